@@ -1,0 +1,1 @@
+"""Rime's metadata store: SQLAlchemy models, engine/session handling and Alembic migrations."""

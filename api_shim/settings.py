@@ -1,0 +1,110 @@
+"""Runtime settings for the API shim and the Dagster code location, read from RIME_* variables."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable; each field is the environment variable RIME_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="RIME_", extra="ignore")
+
+    home: Path = Field(Path(".rime"), description="Root for embedded state: metadata DB, Dagster storage, Iceberg warehouse.")
+    tenant: str = Field("default", description="Tenant this deployment serves (rate limits and records are per tenant).")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the metadata store; default SQLite under RIME_HOME.")
+    admin_token: str | None = Field(None, description="Bootstrap token: an active admin holding it is ensured at start.")
+    admin_email: str = Field("admin@localhost", description="Email of the bootstrap admin user.")
+    secret_key: str | None = Field(None, description="Key that signs cursors (and encrypts secrets); generated into RIME_HOME when unset.")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    dagster_host: str = "127.0.0.1"
+    dagster_port: int = 3000
+    dagster_graphql_url: str | None = Field(None, description="Dagster GraphQL endpoint; default http://DAGSTER_HOST:DAGSTER_PORT/graphql.")
+    dagster_ui_url: str | None = Field(None, description="Public Dagster UI base URL used in run links.")
+    dagster_home: Path | None = Field(None, description="DAGSTER_HOME for run storage reads; default RIME_HOME/dagster.")
+    dagster_location: str = Field("rime", description="Name of the Rime code location in workspace.yaml.")
+    dagster_timeout_seconds: float = 10.0
+
+    iceberg_catalog_name: str = "rime"
+    iceberg_catalog_uri: str | None = Field(None, description="pyiceberg SQL catalog URI; default SQLite under RIME_HOME.")
+    iceberg_warehouse: str | None = Field(None, description="Iceberg warehouse location; default RIME_HOME/warehouse.")
+    iceberg_catalog_properties: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra pyiceberg catalog properties as JSON; with a 'type' key any pyiceberg catalog is used.",
+    )
+
+    rate_limit_default: str = Field("1200/minute", description="Default limit per tenant and endpoint group.")
+    rate_limits: dict[str, str] = Field(default_factory=dict, description='Per-group overrides as JSON, e.g. {"projects": "100/minute"}.')
+    rate_limit_storage: str = Field("memory://", description="Storage URI of the `limits` library (memory://, redis://...).")
+    idempotency_ttl_hours: int = 24
+    health_timeout_seconds: float = 3.0
+    log_level: str = "INFO"
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("rate_limits", "iceberg_catalog_properties", mode="before")
+    @classmethod
+    def _json_mapping(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    # Derived locations -------------------------------------------------
+    @property
+    def metadata_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'rime.db'}"
+
+    @property
+    def graphql_url(self) -> str:
+        return self.dagster_graphql_url or f"http://{self.dagster_host}:{self.dagster_port}/graphql"
+
+    @property
+    def dagster_ui_base(self) -> str:
+        return (self.dagster_ui_url or f"http://{self.dagster_host}:{self.dagster_port}").rstrip("/")
+
+    @property
+    def dagster_home_path(self) -> Path:
+        return (self.dagster_home or self.home / "dagster").expanduser().resolve()
+
+    @property
+    def iceberg_properties(self) -> dict[str, str]:
+        props = {
+            "uri": self.iceberg_catalog_uri or f"sqlite:///{self.home / 'iceberg_catalog.db'}",
+            "warehouse": self.iceberg_warehouse or (self.home / "warehouse").as_uri(),
+        }
+        if "type" in self.iceberg_catalog_properties:
+            props = {}
+        props.update(self.iceberg_catalog_properties)
+        return props
+
+    def signing_key(self) -> str:
+        """The secret for signed cursors; generated once into RIME_HOME (0600) when not configured."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.home / "secret.key"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+            tmp.replace(path)
+        return path.read_text().strip()
+
+
+@functools.lru_cache
+def get_settings() -> Settings:
+    return Settings()
