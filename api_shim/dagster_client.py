@@ -1,0 +1,199 @@
+"""The one module that talks to Dagster: GraphQL (reload, launch, status, terminate) and run storage.
+
+GraphQL calls go through dagster-graphql's official client with a timeout; run
+history is read straight from the Dagster instance's run storage. Dagster being
+down is a 503 `service_unavailable`, never a hang or a 500.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
+
+import httpx
+from fastapi import Depends, Request
+
+from api_shim import metrics
+from api_shim.errors import ServiceUnavailable, Unprocessable
+from api_shim.settings import Settings
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+    from dagster._core.storage.dagster_run import RunRecord
+
+log = logging.getLogger(__name__)
+
+RUN_PREFIX = "run_"
+# Dagster run status -> Rime run status
+RUN_STATUS = {
+    "QUEUED": "queued",
+    "NOT_STARTED": "queued",
+    "MANAGED": "queued",
+    "STARTING": "running",
+    "STARTED": "running",
+    "CANCELING": "running",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "CANCELED": "canceled",
+}
+
+
+def to_rime_run_id(dagster_run_id: str) -> str:
+    return RUN_PREFIX + dagster_run_id.replace("-", "")
+
+
+def to_dagster_run_id(rime_run_id: str) -> str | None:
+    """The Dagster run id (a UUID) behind `run_<32 hex>`, or None if it cannot be one."""
+    if not rime_run_id.startswith(RUN_PREFIX):
+        return None
+    hex_id = rime_run_id[len(RUN_PREFIX):].lower()
+    if len(hex_id) != 32 or any(c not in "0123456789abcdef" for c in hex_id):
+        return None
+    return f"{hex_id[:8]}-{hex_id[8:12]}-{hex_id[12:16]}-{hex_id[16:20]}-{hex_id[20:]}"
+
+
+@dataclass(frozen=True)
+class LaunchedRun:
+    dagster_run_id: str
+
+    @property
+    def run_id(self) -> str:
+        return to_rime_run_id(self.dagster_run_id)
+
+
+class DagsterClient:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.location = settings.dagster_location
+        self._instance: DagsterInstance | None = None
+        self._instance_lock = threading.Lock()
+
+    # GraphQL ------------------------------------------------------------
+    @functools.cached_property
+    def _graphql(self):
+        from dagster_graphql import DagsterGraphQLClient
+
+        url = urlsplit(self.settings.graphql_url)
+        prefix = url.path.removesuffix("/graphql").rstrip("/")
+        return DagsterGraphQLClient(
+            url.hostname or "localhost",
+            port_number=url.port,
+            use_https=url.scheme == "https",
+            timeout=max(1, int(self.settings.dagster_timeout_seconds)),
+            path_prefix=prefix,
+        )
+
+    def _call(self, operation: str, fn, *args, **kwargs):
+        from dagster_graphql import DagsterGraphQLClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except DagsterGraphQLClientError as exc:
+            metrics.DAGSTER_ERRORS.labels(operation).inc()
+            text = str(exc)
+            if "connecting to GraphQL" in text or "Connection" in text or "timed out" in text.lower():
+                log.warning("Dagster %s failed: %s", operation, text)
+                raise ServiceUnavailable("Dagster is unavailable; retry shortly.") from None
+            raise Unprocessable(f"Dagster refused the {operation}: {exc.args[0] if exc.args else text}") from None
+        except Exception as exc:  # transport errors (requests/gql) below the client
+            metrics.DAGSTER_ERRORS.labels(operation).inc()
+            log.warning("Dagster %s failed: %s: %s", operation, type(exc).__name__, exc)
+            raise ServiceUnavailable("Dagster is unavailable; retry shortly.") from None
+
+    def ping(self, timeout: float | None = None) -> str:
+        """Dagster's version from its GraphQL endpoint; ServiceUnavailable when unreachable."""
+        try:
+            response = httpx.post(
+                self.settings.graphql_url,
+                json={"query": "{ version }"},
+                timeout=timeout or self.settings.dagster_timeout_seconds,
+            )
+            response.raise_for_status()
+            return response.json()["data"]["version"]
+        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            raise ServiceUnavailable(f"Dagster GraphQL is unreachable ({type(exc).__name__}).") from None
+
+    def reload_location(self) -> None:
+        """Reload the Rime code location so the UI shows what the metadata store now says."""
+        from dagster_graphql import ReloadRepositoryLocationStatus
+
+        info = self._call("reload", self._graphql.reload_repository_location, self.location)
+        if info.status != ReloadRepositoryLocationStatus.SUCCESS:
+            raise Unprocessable(f"Reloading the Dagster code location failed: {info.message}")
+
+    def definitions_changed(self) -> None:
+        """Best effort after a committed change: a failed reload is logged, and Dagster
+        picks the change up on its next load since definitions come from the store."""
+        try:
+            self.reload_location()
+        except Exception as exc:
+            log.warning("could not reload Dagster code location %r: %s", self.location, exc)
+
+    def launch_run(self, job_name: str, *, tags: dict[str, str], run_config: dict[str, Any] | None = None) -> LaunchedRun:
+        run_id = self._call(
+            "launch",
+            self._graphql.submit_job_execution,
+            job_name,
+            repository_location_name=self.location,
+            run_config=run_config or {},
+            tags=tags,
+        )
+        return LaunchedRun(dagster_run_id=run_id)
+
+    def run_status(self, dagster_run_id: str) -> str:
+        status = self._call("status", self._graphql.get_run_status, dagster_run_id)
+        return RUN_STATUS.get(status.value, "running")
+
+    def terminate(self, dagster_run_id: str) -> None:
+        self._call("terminate", self._graphql.terminate_run, dagster_run_id)
+
+    def run_url(self, dagster_run_id: str) -> str:
+        return f"{self.settings.dagster_ui_base}/runs/{dagster_run_id}"
+
+    # Run storage --------------------------------------------------------
+    def instance(self) -> DagsterInstance:
+        """The Dagster instance under DAGSTER_HOME, opened once, for run-storage reads."""
+        with self._instance_lock:
+            if self._instance is None:
+                from dagster import DagsterInstance
+
+                home = self.settings.dagster_home_path
+                if not (home / "dagster.yaml").exists():
+                    raise ServiceUnavailable(f"No Dagster instance at {home} (dagster.yaml missing).")
+                self._instance = DagsterInstance.from_config(str(home))
+            return self._instance
+
+    def run_records(self, *, tags: dict[str, str], limit: int, cursor: str | None = None) -> list[RunRecord]:
+        from dagster import RunsFilter
+
+        try:
+            return list(self.instance().get_run_records(filters=RunsFilter(tags=tags), limit=limit, cursor=cursor))
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            metrics.DAGSTER_ERRORS.labels("run_storage").inc()
+            log.warning("reading Dagster run storage failed: %s", exc)
+            raise ServiceUnavailable("Dagster run storage is unavailable; retry shortly.") from None
+
+    def run_record(self, dagster_run_id: str) -> RunRecord | None:
+        from dagster import RunsFilter
+
+        records = self.instance().get_run_records(filters=RunsFilter(run_ids=[dagster_run_id]), limit=1)
+        return records[0] if records else None
+
+    def close(self) -> None:
+        with self._instance_lock:
+            if self._instance is not None:
+                self._instance.dispose()
+                self._instance = None
+
+
+def get_dagster_client(request: Request) -> DagsterClient:
+    return request.app.state.dagster
+
+
+DagsterClientDep = Annotated[DagsterClient, Depends(get_dagster_client)]

@@ -1,0 +1,104 @@
+"""FastAPI dependencies shared by every router: session, settings, principal, roles, paging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api_shim.errors import Forbidden
+from api_shim.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorCodec, PageRequest
+from api_shim.services.auth import Principal, Role, authenticate
+from api_shim.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """The request's unit of work: committed when the handler returns, rolled back on error.
+
+    Runs with scope="function" so the commit happens before the response is sent:
+    a client never sees a 2xx for a write that did not commit.
+    """
+    session: Session = request.app.state.sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+_bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer rime_...`")
+
+
+def get_principal(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    principal = authenticate(session, credentials.credentials if credentials else None, tenant_id=settings.tenant)
+    request.state.principal = principal  # read by the audit middleware
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+class RequireRole:
+    """Route guard: the caller's role must be at least `role`. Tests find it on every route."""
+
+    def __init__(self, role: Role):
+        self.role = role
+
+    def __call__(self, principal: PrincipalDep) -> Principal:
+        if not principal.has(self.role):
+            raise Forbidden(f"This action requires the '{self.role.value}' role or higher.")
+        return principal
+
+
+Viewer = Annotated[Principal, Depends(RequireRole(Role.viewer))]
+Auditor = Annotated[Principal, Depends(RequireRole(Role.auditor))]
+Engineer = Annotated[Principal, Depends(RequireRole(Role.data_engineer))]
+Lead = Annotated[Principal, Depends(RequireRole(Role.lead_data_engineer))]
+Admin = Annotated[Principal, Depends(RequireRole(Role.admin))]
+
+
+def get_cursor_codec(request: Request) -> CursorCodec:
+    return request.app.state.cursor_codec
+
+
+CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
+
+
+def pagination(*sortable: str, default_sort: str = "created_at"):
+    """A dependency parsing limit/cursor/sort/order; `sort` is limited to `sortable`."""
+    sort_type = Literal[sortable]  # type: ignore[valid-type]
+
+    def page_request(
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (1-{MAX_LIMIT}).")] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+        sort: Annotated[sort_type, Query(description="Field to order by.")] = default_sort,  # type: ignore[valid-type]
+        order: Annotated[
+            Literal["asc", "desc"] | None,
+            Query(description="Default: newest first for time fields, A-Z otherwise."),
+        ] = None,
+    ) -> PageRequest:
+        if order is None:
+            order = "desc" if sort.endswith("_at") or sort == "timestamp" else "asc"
+        return PageRequest(limit=limit, cursor=cursor, sort=sort, order=order)
+
+    return page_request

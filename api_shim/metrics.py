@@ -1,0 +1,18 @@
+"""Prometheus metrics exported at /metrics (prometheus-client)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+HTTP_REQUESTS = Counter(
+    "rime_http_requests_total", "HTTP requests served by the API", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "rime_http_request_duration_seconds",
+    "Time to serve an HTTP request",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RATE_LIMITED = Counter("rime_rate_limited_total", "Requests refused with 429", ["group"])
+AUDIT_WRITE_FAILURES = Counter("rime_audit_write_failures_total", "Audit entries that could not be written")
+DAGSTER_ERRORS = Counter("rime_dagster_errors_total", "Failed calls to Dagster", ["operation"])

@@ -1,0 +1,91 @@
+"""Projects group: `/projects` and `/projects/{id}`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import BackgroundTasks, Depends, Response, status
+from sqlalchemy import select
+
+from api_shim.dagster_client import DagsterClientDep
+from api_shim.db.models import Project
+from api_shim.errors import ValidationFailed
+from api_shim.deps import Admin, CursorCodecDep, Lead, SessionDep, Viewer, pagination
+from api_shim.pagination import PageRequest, paginate, scope_of
+from api_shim.routes._paging import to_page
+from api_shim.routing import Idempotent, rime_router
+from api_shim.schemas.common import error_responses
+from api_shim.schemas.projects import ProjectCreate, ProjectList, ProjectResponse, ProjectUpdate
+from api_shim.services import projects as service
+
+router = rime_router(prefix="/projects", tags=["Projects"])
+
+SORTABLE = {"created_at": Project.created_at, "updated_at": Project.updated_at, "name": Project.name}
+
+
+@router.get("", name="project.list", response_model=ProjectList, summary="List all projects in the tenant")
+def list_projects(
+    principal: Viewer,
+    session: SessionDep,
+    codec: CursorCodecDep,
+    page: Annotated[PageRequest, Depends(pagination(*SORTABLE))],
+):
+    stmt = select(Project).where(Project.tenant_id == principal.tenant_id)
+    result = paginate(
+        session, stmt, request=page, codec=codec, sort_columns=SORTABLE, id_column=Project.id,
+        scope=scope_of("projects", {}),
+    )
+    return to_page(result, ProjectResponse)
+
+
+@router.post(
+    "",
+    name="project.create",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProjectResponse,
+    responses=error_responses(409),
+    dependencies=[Idempotent],
+    summary="Create a new project",
+)
+def create_project(
+    body: ProjectCreate, principal: Admin, session: SessionDep, dagster: DagsterClientDep, background: BackgroundTasks
+):
+    project = service.create_project(
+        session, tenant_id=principal.tenant_id, name=body.name, description=body.description
+    )
+    # Runs after the commit, so the reloaded code location sees the new project.
+    background.add_task(dagster.definitions_changed)
+    return project
+
+
+@router.get(
+    "/{id}", name="project.get", response_model=ProjectResponse, responses=error_responses(404),
+    summary="Get project details",
+)
+def get_project(id: str, principal: Viewer, session: SessionDep):
+    return service.get_project(session, id, tenant_id=principal.tenant_id)
+
+
+@router.patch(
+    "/{id}", name="project.update", response_model=ProjectResponse, responses=error_responses(404, 409),
+    summary="Update project settings",
+)
+def update_project(id: str, body: ProjectUpdate, principal: Lead, session: SessionDep):
+    project = service.get_project(session, id, tenant_id=principal.tenant_id)
+    changes = body.model_dump(exclude_unset=True)
+    if "name" in changes and changes["name"] is None:
+        raise ValidationFailed.field("name", "Cannot be null.")
+    return service.update_project(session, project, changes=changes)
+
+
+@router.delete(
+    "/{id}", name="project.delete", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404),
+    summary="Delete a project and all its resources",
+)
+def delete_project(
+    id: str, principal: Admin, session: SessionDep, dagster: DagsterClientDep, background: BackgroundTasks
+):
+    project = service.get_project(session, id, tenant_id=principal.tenant_id)
+    service.delete_project(session, project)
+    background.add_task(dagster.definitions_changed)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

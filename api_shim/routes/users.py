@@ -1,0 +1,128 @@
+"""Users group: `/users`, `/users/{userId}` and the user's API tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, status
+from sqlalchemy import select
+
+from api_shim.db.models import ApiToken, User
+from api_shim.deps import Admin, CursorCodecDep, PrincipalDep, SessionDep, Viewer, pagination
+from api_shim.errors import ValidationFailed
+from api_shim.pagination import PageRequest, paginate, scope_of
+from api_shim.routes._paging import to_page
+from api_shim.routing import rime_router
+from api_shim.schemas.common import error_responses
+from api_shim.schemas.users import (
+    TokenCreate,
+    TokenCreated,
+    TokenList,
+    TokenResponse,
+    UserCreate,
+    UserList,
+    UserResponse,
+    UserUpdate,
+)
+from api_shim.services import users as service
+
+router = rime_router(prefix="/users", tags=["Users"])
+
+USER_SORTABLE = {"created_at": User.created_at, "updated_at": User.updated_at, "email": User.email}
+TOKEN_SORTABLE = {"created_at": ApiToken.created_at}
+
+
+@router.get("", name="user.list", response_model=UserList, summary="List users in the tenant")
+def list_users(
+    principal: Viewer,
+    session: SessionDep,
+    codec: CursorCodecDep,
+    page: Annotated[PageRequest, Depends(pagination(*USER_SORTABLE))],
+):
+    stmt = select(User).where(User.tenant_id == principal.tenant_id)
+    result = paginate(
+        session, stmt, request=page, codec=codec, sort_columns=USER_SORTABLE, id_column=User.id,
+        scope=scope_of("users", {}),
+    )
+    return to_page(result, UserResponse)
+
+
+@router.post(
+    "", name="user.create", status_code=status.HTTP_201_CREATED, response_model=UserResponse,
+    responses=error_responses(409), summary="Invite a new user",
+)
+def create_user(body: UserCreate, principal: Admin, session: SessionDep):
+    return service.create_user(session, tenant_id=principal.tenant_id, email=body.email, name=body.name, role=body.role)
+
+
+@router.get(
+    "/{userId}", name="user.get", response_model=UserResponse, responses=error_responses(404),
+    summary="Get user details",
+)
+def get_user(userId: str, principal: Viewer, session: SessionDep):
+    return service.get_user(session, userId, tenant_id=principal.tenant_id)
+
+
+@router.patch(
+    "/{userId}", name="user.update", response_model=UserResponse, responses=error_responses(404, 409),
+    summary="Update user role or settings",
+)
+def update_user(userId: str, body: UserUpdate, principal: Admin, session: SessionDep):
+    user = service.get_user(session, userId, tenant_id=principal.tenant_id)
+    changes = body.model_dump(exclude_unset=True)
+    for field in ("name", "role", "status"):
+        if field in changes and changes[field] is None:
+            raise ValidationFailed.field(field, "Cannot be null.")
+    return service.update_user(session, user, changes=changes)
+
+
+@router.delete(
+    "/{userId}", name="user.delete", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409),
+    summary="Remove a user",
+)
+def delete_user(userId: str, principal: Admin, session: SessionDep):
+    service.delete_user(session, service.get_user(session, userId, tenant_id=principal.tenant_id))
+
+
+def _token_owner(session, principal, user_id: str) -> User:
+    user = service.get_user(session, user_id, tenant_id=principal.tenant_id)
+    service.ensure_can_manage_tokens(principal, user)
+    return user
+
+
+@router.get(
+    "/{userId}/tokens", name="token.list", response_model=TokenList, responses=error_responses(404),
+    summary="List a user's API tokens (never their secrets)",
+)
+def list_tokens(
+    userId: str,
+    principal: PrincipalDep,
+    session: SessionDep,
+    codec: CursorCodecDep,
+    page: Annotated[PageRequest, Depends(pagination(*TOKEN_SORTABLE))],
+):
+    user = _token_owner(session, principal, userId)
+    result = paginate(
+        session, select(ApiToken).where(ApiToken.user_id == user.id), request=page, codec=codec,
+        sort_columns=TOKEN_SORTABLE, id_column=ApiToken.id, scope=scope_of("tokens", {"user": user.id}),
+    )
+    return to_page(result, TokenResponse)
+
+
+@router.post(
+    "/{userId}/tokens", name="token.create", status_code=status.HTTP_201_CREATED, response_model=TokenCreated,
+    responses=error_responses(404), summary="Mint an API token (the secret is returned once)",
+)
+def create_token(userId: str, body: TokenCreate, principal: PrincipalDep, session: SessionDep):
+    user = _token_owner(session, principal, userId)
+    issued = service.create_token(session, user, name=body.name, expires_at=body.expires_at)
+    return TokenCreated(**TokenResponse.model_validate(issued.token).model_dump(), token=issued.secret)
+
+
+@router.delete(
+    "/{userId}/tokens/{tokenId}", name="token.delete", status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404), summary="Revoke an API token",
+)
+def revoke_token(userId: str, tokenId: str, principal: PrincipalDep, session: SessionDep):
+    user = _token_owner(session, principal, userId)
+    service.revoke_token(session, service.get_token(session, user, tokenId))

@@ -1,0 +1,65 @@
+"""Shapes shared by every endpoint group: the error envelope and base model config."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# RFC 3339 in UTC with a `Z` suffix, whatever the backend returned.
+Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
+
+
+class RequestModel(BaseModel):
+    """Request bodies: unknown keys are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every non-2xx response has this shape."""
+
+    error: ErrorBody
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "validation_error: malformed JSON, a missing or invalid field (see `details`)",
+    401: "unauthorized: the token is missing, expired, revoked or invalid",
+    403: "forbidden: the caller's role does not allow this",
+    404: "resource_not_found",
+    409: "conflict: the request conflicts with the current state",
+    413: "payload_too_large",
+    422: "unprocessable_entity: valid JSON, semantically invalid",
+    429: "rate_limited: see `Retry-After`",
+    500: "internal_error",
+    503: "service_unavailable: a dependency (metadata store, Dagster) is down",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+# Every authenticated endpoint can answer these.
+COMMON_ERRORS = error_responses(400, 401, 403, 429, 500, 503)

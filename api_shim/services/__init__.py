@@ -1,0 +1,1 @@
+"""Domain logic of the Rime API: plain functions over a SQLAlchemy session, no FastAPI imports."""

@@ -1,0 +1,66 @@
+"""The append-only audit trail: who did what, to which resource, with what outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.orm import Session
+
+from api_shim.db.models import AuditLog
+from api_shim.ids import new_id
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    tenant_id: str
+    project_id: str | None
+    actor_id: str | None
+    actor: str
+    action: str
+    resource_type: str
+    resource_id: str | None
+    request_id: str
+    method: str
+    path: str
+    status_code: int
+    ip: str | None
+
+
+def record(session: Session, entry: AuditEntry, *, at: datetime | None = None) -> AuditLog:
+    row = AuditLog(id=new_id("audit"), **entry.__dict__)
+    if at is not None:
+        row.timestamp = at
+    session.add(row)
+    session.flush()
+    return row
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    actor: str | None = None
+    action: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+def audit_query(*, tenant_id: str, project_id: str | None, filters: AuditFilters) -> Select:
+    stmt = select(AuditLog).where(AuditLog.tenant_id == tenant_id)
+    if project_id is not None:
+        stmt = stmt.where(AuditLog.project_id == project_id)
+    if filters.actor:
+        stmt = stmt.where(or_(AuditLog.actor == filters.actor.lower(), AuditLog.actor_id == filters.actor))
+    if filters.action:
+        stmt = stmt.where(AuditLog.action == filters.action)
+    if filters.resource_type:
+        stmt = stmt.where(AuditLog.resource_type == filters.resource_type)
+    if filters.resource_id:
+        stmt = stmt.where(AuditLog.resource_id == filters.resource_id)
+    if filters.start:
+        stmt = stmt.where(AuditLog.timestamp >= filters.start)
+    if filters.end:
+        stmt = stmt.where(AuditLog.timestamp < filters.end)
+    return stmt
