@@ -1,6 +1,6 @@
 """FastAPI dependencies shared by every router: session, settings, principal, roles, paging."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: pagination() builds a runtime Literal type.
 
 from collections.abc import Iterator
 from typing import Annotated, Literal

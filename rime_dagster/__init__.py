@@ -1,0 +1,1 @@
+"""Rime's Dagster code location: connectors, dbt projects and pipelines become Dagster definitions."""

@@ -43,7 +43,7 @@ def list_projects(
     name="project.create",
     status_code=status.HTTP_201_CREATED,
     response_model=ProjectResponse,
-    responses=error_responses(409),
+    responses=error_responses(409, 422),
     dependencies=[Idempotent],
     summary="Create a new project",
 )

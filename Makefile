@@ -1,0 +1,34 @@
+# The two set-up commands of the README: `make up` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test install bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start Dagster webserver (:3000), Dagster daemon and the API (:8000) on embedded defaults.
+up: $(STAMP)
+	exec $(BIN)/rime up
+
+## Install what the tests need and run the whole suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/projects_pagination.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check api_shim rime_dagster tests bench
+
+clean:
+	rm -rf $(VENV) .rime

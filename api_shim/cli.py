@@ -1,0 +1,235 @@
+"""`rime` command: `rime migrate`, `rime bootstrap` and `rime up` (the whole platform, supervised).
+
+`rime up` runs the Dagster webserver, the Dagster daemon and the API as child
+process groups; Ctrl-C or SIGTERM stops every one of them (SIGTERM, then SIGKILL
+after a grace period), and if any child dies the others are stopped too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from api_shim.settings import Settings, get_settings
+
+log = logging.getLogger("rime")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GRACE_SECONDS = 10.0
+
+DAGSTER_YAML = """\
+# Written by `rime up`: the embedded Dagster instance (SQLite storage in this folder).
+# Runs launch at once (no queue polling) in-process, which keeps trigger-to-start short.
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+telemetry:
+  enabled: false
+"""
+
+
+def ensure_dagster_home(settings: Settings) -> Path:
+    home = settings.dagster_home_path
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    return home
+
+
+def _write_private(path: Path, content: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+
+
+def admin_token(settings: Settings) -> tuple[str, Path | None]:
+    """RIME_ADMIN_TOKEN, or one generated once into RIME_HOME/admin-token (0600)."""
+    if settings.admin_token:
+        return settings.admin_token, None
+    path = settings.home / "admin-token"
+    if not path.exists():
+        settings.home.mkdir(parents=True, exist_ok=True)
+        _write_private(path, "rime_" + secrets.token_urlsafe(32))
+    return path.read_text().strip(), path
+
+
+def migrate(settings: Settings) -> None:
+    from api_shim.db.migrate import upgrade_to_head
+
+    upgrade_to_head(settings.metadata_url)
+
+
+def bootstrap(settings: Settings, *, demo: bool) -> None:
+    from api_shim.db.session import session_scope
+    from api_shim.main import bootstrap as ensure_admin
+    from api_shim.services import projects
+
+    ensure_admin(settings)
+    if demo:
+        from sqlalchemy import select
+
+        from api_shim.db.models import Project
+
+        with session_scope(settings.metadata_url) as session:
+            exists = session.scalar(select(Project.id).where(Project.tenant_id == settings.tenant, Project.name == "demo"))
+            if exists is None:
+                projects.create_project(
+                    session, tenant_id=settings.tenant, name="demo", description="Demo project loaded by `make up`."
+                )
+
+
+class Supervisor:
+    def __init__(self):
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.stopping = False
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        # Each child leads its own process group so stopping it stops its own children
+        # (the webserver's code server, the daemon's run workers) too.
+        proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, start_new_session=True)
+        self.children.append((name, proc))
+        log.info("started %s (pid %d)", name, proc.pid)
+
+    def first_exited(self) -> tuple[str, int] | None:
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for _, proc in self.children:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for name, proc in self.children:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killing it", name, GRACE_SECONDS)
+        # Kill every group, even those whose leader exited: stragglers must not survive.
+        for _, proc in self.children:
+            _signal_group(proc, signal.SIGKILL)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_ready(url: str, timeout: float, supervisor: Supervisor) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supervisor.first_exited():
+            return False
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    return False
+
+
+def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
+    bin_dir = Path(sys.executable).parent
+    dagster_home = ensure_dagster_home(settings)
+    token, token_path = admin_token(settings)
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RIME_HOME": str(settings.home), "RIME_ADMIN_TOKEN": token}
+    env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    settings = Settings(**{**settings.model_dump(exclude={"admin_token"}), "admin_token": token})
+    migrate(settings)
+    bootstrap(settings, demo=demo)
+
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    supervisor = Supervisor()
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        supervisor.start(
+            "dagster-webserver",
+            [str(bin_dir / "dagster-webserver"), "-h", settings.dagster_host, "-p", str(settings.dagster_port), "-w", workspace],
+            env,
+        )
+        supervisor.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env)
+        supervisor.start(
+            "api",
+            [
+                str(bin_dir / "uvicorn"), "--factory", "api_shim.main:app_from_env",
+                "--host", settings.api_host, "--port", str(settings.api_port), "--no-access-log",
+                "--log-level", settings.log_level.lower(),
+            ],
+            env,
+        )
+        api = f"http://{settings.api_host}:{settings.api_port}"
+        if wait_ready(f"{api}/health/ready", ready_timeout, supervisor):
+            token_hint = f"export RIME_TOKEN=$(cat {token_path})" if token_path else "export RIME_TOKEN=$RIME_ADMIN_TOKEN"
+            print(
+                "\n  Rime is up.\n"
+                f"    Dagster UI : {settings.dagster_ui_base}\n"
+                f"    API        : {api}/api/v1   (docs: {api}/api/docs)\n"
+                f"    Readiness  : {api}/health/ready\n"
+                f"    Admin token: {token_hint}\n"
+                "  Ctrl-C stops everything.\n",
+                flush=True,
+            )
+        else:
+            log.error("the platform did not become ready within %.0f s; see the logs above", ready_timeout)
+        while True:
+            exited = supervisor.first_exited()
+            if exited:
+                log.error("%s exited with code %s; stopping the platform", *exited)
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        log.info("stopping the platform")
+        return 0
+    finally:
+        supervisor.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rime", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply metadata-store migrations")
+    boot = sub.add_parser("bootstrap", help="migrate, ensure the RIME_ADMIN_TOKEN admin, optionally the demo project")
+    boot.add_argument("--demo", action="store_true")
+    start = sub.add_parser("up", help="start Dagster webserver + daemon and the API")
+    start.add_argument("--no-demo", action="store_true", help="do not load the demo project")
+    start.add_argument("--ready-timeout", type=float, default=180.0)
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "migrate":
+        migrate(settings)
+    elif args.command == "bootstrap":
+        migrate(settings)
+        bootstrap(settings, demo=args.demo)
+    elif args.command == "up":
+        return up(settings, demo=not args.no_demo, ready_timeout=args.ready_timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Health, readiness and metrics: no token needed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from api_shim.iceberg import open_catalog
+
+router = APIRouter(tags=["Health"])
+
+
+class DependencyStatus(BaseModel):
+    status: Literal["ok", "error"]
+    latency_ms: float
+    detail: str | None = None
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    dependencies: dict[str, DependencyStatus]
+
+
+def _check_database(request: Request) -> str | None:
+    with request.app.state.sessions() as session:
+        session.execute(text("SELECT 1"))
+    return None
+
+
+def _check_dagster(request: Request) -> str:
+    return f"version {request.app.state.dagster.ping(timeout=request.app.state.settings.health_timeout_seconds)}"
+
+
+def _check_iceberg(request: Request) -> str:
+    catalog = open_catalog(request.app.state.settings)
+    return f"{len(catalog.list_namespaces())} namespaces"
+
+
+CHECKS = {"metadata_db": _check_database, "dagster": _check_dagster, "iceberg_catalog": _check_iceberg}
+
+
+async def _run_check(request: Request, check) -> DependencyStatus:
+    started = time.perf_counter()
+    timeout = request.app.state.settings.health_timeout_seconds
+    try:
+        detail = await asyncio.wait_for(run_in_threadpool(check, request), timeout=timeout)
+        status, message = "ok", detail
+    except TimeoutError:
+        status, message = "error", f"no answer within {timeout:g} s"
+    except Exception as exc:  # report the kind of failure, never a secret-bearing message
+        status, message = "error", getattr(exc, "message", None) or type(exc).__name__
+    return DependencyStatus(status=status, latency_ms=round((time.perf_counter() - started) * 1000, 1), detail=message)
+
+
+@router.get("/health", response_model=Liveness, summary="Liveness: the API process is up")
+def health():
+    return {"status": "ok"}
+
+
+@router.get(
+    "/health/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A dependency is down; see `dependencies`."}},
+    summary="Readiness: metadata store, Dagster GraphQL and the Iceberg catalog all answer",
+)
+async def ready(request: Request):
+    results = await asyncio.gather(*(_run_check(request, check) for check in CHECKS.values()))
+    report = dict(zip(CHECKS, results, strict=True))
+    healthy = all(r.status == "ok" for r in results)
+    body = Readiness(status="ok" if healthy else "unavailable", dependencies=report)
+    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def prometheus_metrics():
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Platform-wide Dagster definitions (housekeeping of the metadata store)."""

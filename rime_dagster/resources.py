@@ -1,0 +1,38 @@
+"""Outside systems as Dagster ConfigurableResources: the metadata store and the Iceberg catalog."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import dagster as dg
+from pydantic import Field
+
+from api_shim.db.session import session_scope
+from api_shim.settings import Settings, get_settings
+
+
+class MetadataStoreResource(dg.ConfigurableResource):
+    """Rime's metadata store (SQLAlchemy URL); defaults to the deployment's RIME_* settings."""
+
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default RIME_DATABASE_URL or SQLite under RIME_HOME.")
+
+    def url(self) -> str:
+        return self.database_url or get_settings().metadata_url
+
+    @contextmanager
+    def session(self):
+        with session_scope(self.url()) as session:
+            yield session
+
+
+class IcebergCatalogResource(dg.ConfigurableResource):
+    """The pyiceberg catalog connector tables land in (RIME_ICEBERG_* settings)."""
+
+    def catalog(self):
+        from api_shim.iceberg import open_catalog
+
+        return open_catalog(get_settings())
+
+
+def settings() -> Settings:
+    return get_settings()
