@@ -163,8 +163,9 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    # SIGINT too: a shell that starts us in the background leaves SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
         supervisor.start(
             "dagster-webserver",
@@ -220,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from api_shim.main import configure_logging
+
+    configure_logging(settings.log_level)
     if args.command == "migrate":
         migrate(settings)
     elif args.command == "bootstrap":

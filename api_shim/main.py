@@ -89,6 +89,16 @@ def _openapi(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request line at INFO, including our own Dagster health probes.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def app_from_env() -> FastAPI:
     """uvicorn entry point: `uvicorn --factory api_shim.main:app_from_env`."""
-    return create_app()
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
