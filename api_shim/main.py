@@ -19,7 +19,6 @@ from api_shim.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
 DESCRIPTION = """The Rime data platform API, served on Dagster.
 
 Authenticate with `Authorization: Bearer <token>`. Errors are `{"error": {"code", "message", "details?"}}`.
@@ -63,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_exception_handlers(app)
     app.include_router(health.router)
     for router in (projects.router, users.router, governance.router):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router)
 
     # Added innermost first: requests pass RequestContext -> Audit -> RateLimit -> routes.
     app.add_middleware(RateLimitMiddleware, settings=settings)

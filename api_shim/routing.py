@@ -102,6 +102,13 @@ async def _finish(request: Request, response: Response | None) -> None:
         log.exception("could not record the outcome of idempotency key %s", ref.key)
 
 
+API_PREFIX = "/api/v1"
+
+
 def rime_router(*, tags: list[str], prefix: str = "") -> APIRouter:
-    """Every Rime router: RimeRoute, the common error responses documented."""
-    return APIRouter(prefix=prefix, tags=tags, route_class=RimeRoute, responses=COMMON_ERRORS)
+    """Every Rime router: under /api/v1, RimeRoute, the common error responses documented.
+
+    The /api/v1 prefix belongs to the router itself (not to include_router) so that
+    `scope["route"].path` is the full template the audit trail and metrics record.
+    """
+    return APIRouter(prefix=API_PREFIX + prefix, tags=tags, route_class=RimeRoute, responses=COMMON_ERRORS)

@@ -1,0 +1,181 @@
+"""Every /api/v1 route, generated from the app's route table: authorized, unauthenticated, forbidden.
+
+A new route fails `test_every_route_has_a_case` until it gets an entry in CASES, so no
+endpoint can ship without its auth tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
+
+from api_shim.deps import RequireRole
+from api_shim.main import create_app
+from api_shim.services.auth import Role
+from api_shim.settings import Settings
+
+_counter = itertools.count()
+
+
+def api_routes() -> list[APIRoute]:
+    app = create_app(Settings(home=Path(tempfile.mkdtemp()), secret_key="collect"))
+    routes = [context.route for context in iter_route_contexts(app.routes)]
+    found = [r for r in routes if isinstance(r, APIRoute) and r.path.startswith("/api/v1")]
+    assert len(found) >= 15, "route discovery found too few routes"
+    return found
+
+
+def required_role(route: APIRoute) -> Role | None:
+    stack = [route.dependant]
+    while stack:
+        dependant = stack.pop()
+        if isinstance(dependant.call, RequireRole):
+            return dependant.call.role
+        stack.extend(dependant.dependencies)
+    return None
+
+
+# Routes guarded by ownership rather than a role: a user manages their own tokens, an admin everybody's.
+SELF_SERVICE = {
+    ("GET", "/api/v1/users/{userId}/tokens"),
+    ("POST", "/api/v1/users/{userId}/tokens"),
+    ("DELETE", "/api/v1/users/{userId}/tokens/{tokenId}"),
+}
+
+
+@dataclass
+class Ctx:
+    """Resources the cases point at, created by the admin before each test."""
+
+    project_id: str
+    spare_user_id: str
+    user_ids: dict[Role, str]
+    admin_token_ids: dict[str, str]
+    clients: object
+
+    def own_token(self, role: Role) -> str:
+        """A fresh token of `role`'s own user, for the revoke case."""
+        created = self.clients.admin.post(f"/api/v1/users/{self.user_ids[role]}/tokens", json={"name": "spare"})
+        return created.json()["id"]
+
+
+Case = Callable[[Ctx, Role], dict]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_counter)}"
+
+
+CASES: dict[tuple[str, str], Case] = {
+    ("GET", "/api/v1/projects"): lambda c, r: {"url": "/api/v1/projects"},
+    ("POST", "/api/v1/projects"): lambda c, r: {"url": "/api/v1/projects", "json": {"name": unique("p")}},
+    ("GET", "/api/v1/projects/{id}"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}"},
+    ("PATCH", "/api/v1/projects/{id}"): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}", "json": {"description": "changed"}
+    },
+    ("DELETE", "/api/v1/projects/{id}"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}"},
+    ("GET", "/api/v1/projects/{id}/audit-logs"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}/audit-logs"},
+    ("GET", "/api/v1/audit-logs"): lambda c, r: {"url": "/api/v1/audit-logs"},
+    ("GET", "/api/v1/users"): lambda c, r: {"url": "/api/v1/users"},
+    ("POST", "/api/v1/users"): lambda c, r: {
+        "url": "/api/v1/users", "json": {"email": f"{unique('u')}@example.com", "name": "N", "role": "viewer"}
+    },
+    ("GET", "/api/v1/users/{userId}"): lambda c, r: {"url": f"/api/v1/users/{c.spare_user_id}"},
+    ("PATCH", "/api/v1/users/{userId}"): lambda c, r: {"url": f"/api/v1/users/{c.spare_user_id}", "json": {"name": "M"}},
+    ("DELETE", "/api/v1/users/{userId}"): lambda c, r: {"url": f"/api/v1/users/{c.spare_user_id}"},
+    ("GET", "/api/v1/users/{userId}/tokens"): lambda c, r: {"url": f"/api/v1/users/{c.user_ids[r]}/tokens"},
+    ("POST", "/api/v1/users/{userId}/tokens"): lambda c, r: {
+        "url": f"/api/v1/users/{c.user_ids[r]}/tokens", "json": {"name": "ci"}
+    },
+    ("DELETE", "/api/v1/users/{userId}/tokens/{tokenId}"): lambda c, r: {
+        "url": f"/api/v1/users/{c.user_ids[r]}/tokens/{c.own_token(r)}"
+    },
+}
+
+# For self-service routes the forbidden case is a viewer reaching for the admin's tokens.
+FORBIDDEN_SELF_SERVICE: dict[tuple[str, str], Case] = {
+    ("GET", "/api/v1/users/{userId}/tokens"): lambda c, r: {"url": f"/api/v1/users/{c.user_ids[Role.admin]}/tokens"},
+    ("POST", "/api/v1/users/{userId}/tokens"): lambda c, r: {
+        "url": f"/api/v1/users/{c.user_ids[Role.admin]}/tokens", "json": {"name": "steal"}
+    },
+    ("DELETE", "/api/v1/users/{userId}/tokens/{tokenId}"): lambda c, r: {
+        "url": f"/api/v1/users/{c.user_ids[Role.admin]}/tokens/{c.admin_token_ids['bootstrap']}"
+    },
+}
+
+ROUTES = [(method, route) for route in api_routes() for method in sorted(route.methods)]
+IDS = [f"{method} {route.path}" for method, route in ROUTES]
+
+
+def test_every_route_has_a_case():
+    missing = [f"{m} {r.path}" for m, r in ROUTES if (m, r.path) not in CASES]
+    assert not missing, f"add auth matrix cases for: {missing}"
+
+
+def test_every_route_is_guarded():
+    unguarded = [f"{m} {r.path}" for m, r in ROUTES if required_role(r) is None and (m, r.path) not in SELF_SERVICE]
+    assert not unguarded, f"routes without a RequireRole guard: {unguarded}"
+
+
+@pytest.fixture
+def ctx(clients) -> Ctx:
+    admin = clients.admin
+    project = admin.post("/api/v1/projects", json={"name": "matrix"}).json()
+    spare = admin.post("/api/v1/users", json={"email": "spare@example.com", "name": "Spare", "role": "viewer"}).json()
+    me = admin.get("/api/v1/users", params={"limit": 100}).json()["data"]
+    user_ids = dict(clients.user_ids)
+    user_ids[Role.admin] = next(u["id"] for u in me if u["role"] == "admin")
+    tokens = admin.get(f"/api/v1/users/{user_ids[Role.admin]}/tokens").json()["data"]
+    return Ctx(
+        project_id=project["id"],
+        spare_user_id=spare["id"],
+        user_ids=user_ids,
+        admin_token_ids={"bootstrap": tokens[0]["id"]},
+        clients=clients,
+    )
+
+
+def _minimum_role(method: str, route: APIRoute) -> Role:
+    return required_role(route) or Role.viewer
+
+
+def _assert_error(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert response.headers["X-Request-Id"].startswith("req_")
+
+
+@pytest.mark.parametrize(("method", "route"), ROUTES, ids=IDS)
+def test_authorized(method, route, clients, ctx):
+    role = _minimum_role(method, route)
+    response = clients.as_role(role).request(method, **CASES[(method, route.path)](ctx, role))
+    assert 200 <= response.status_code < 300, response.text
+
+
+@pytest.mark.parametrize(("method", "route"), ROUTES, ids=IDS)
+def test_unauthenticated(method, route, clients, ctx):
+    request = CASES[(method, route.path)](ctx, Role.admin)
+    _assert_error(clients.anonymous.request(method, **request), 401, "unauthorized")
+    bad = clients.anonymous.request(method, **request, headers={"Authorization": "Bearer rime_not_a_real_token"})
+    _assert_error(bad, 401, "unauthorized")
+
+
+@pytest.mark.parametrize(("method", "route"), ROUTES, ids=IDS)
+def test_forbidden(method, route, clients, ctx):
+    key = (method, route.path)
+    if key in SELF_SERVICE:
+        response = clients.as_role(Role.viewer).request(method, **FORBIDDEN_SELF_SERVICE[key](ctx, Role.viewer))
+        _assert_error(response, 403, "forbidden")
+        return
+    role = _minimum_role(method, route)
+    if role is Role.viewer:
+        pytest.skip("every authenticated user may call this route")
+    below = list(Role)[role.rank - 1]
+    response = clients.as_role(below).request(method, **CASES[key](ctx, below))
+    _assert_error(response, 403, "forbidden")

@@ -1,0 +1,109 @@
+"""Shared fixtures: a migrated metadata store, the app, and a client per role."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api_shim.db.migrate import upgrade_to_head
+from api_shim.db.session import engine_for, session_scope
+from api_shim.main import create_app
+from api_shim.services import users as user_service
+from api_shim.services.auth import Role
+from api_shim.settings import Settings
+from tests.support.postgres import throwaway_postgres
+
+ADMIN_TOKEN = "rime_test_admin_token_0123456789abcdef"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: Dagster calls to it fail fast."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with throwaway_postgres() as url:
+        yield url
+
+
+def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Settings:
+    values = dict(
+        home=tmp_path / "rime",
+        database_url=database_url,
+        admin_token=ADMIN_TOKEN,
+        rate_limit_default="100000/minute",
+        dagster_graphql_url=f"http://127.0.0.1:{closed_port()}/graphql",
+        dagster_timeout_seconds=2,
+        health_timeout_seconds=2,
+        secret_key="test-secret-key",
+    )
+    values.update(overrides)
+    settings = Settings(**values)
+    upgrade_to_head(settings.metadata_url)
+    return settings
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@dataclass
+class Clients:
+    """An authenticated TestClient per role, plus an anonymous one."""
+
+    app: object
+    anonymous: TestClient
+    tokens: dict[Role, str]
+    user_ids: dict[Role, str]
+
+    def as_role(self, role: Role) -> TestClient:
+        client = TestClient(self.app, raise_server_exceptions=False)
+        client.headers["Authorization"] = f"Bearer {self.tokens[role]}"
+        return client
+
+    @property
+    def admin(self) -> TestClient:
+        return self.as_role(Role.admin)
+
+
+@pytest.fixture
+def clients(app, settings) -> Iterator[Clients]:
+    with TestClient(app, raise_server_exceptions=False) as anonymous:  # runs the lifespan (bootstrap admin)
+        tokens: dict[Role, str] = {Role.admin: ADMIN_TOKEN}
+        user_ids: dict[Role, str] = {}
+        with session_scope(settings.metadata_url) as session:
+            for role in Role:
+                if role is Role.admin:
+                    continue
+                user = user_service.create_user(
+                    session, tenant_id=settings.tenant, email=f"{role.value}@example.com", name=role.value, role=role
+                )
+                tokens[role] = user_service.create_token(session, user, name="test", expires_at=None).secret
+                user_ids[role] = user.id
+        yield Clients(app=app, anonymous=anonymous, tokens=tokens, user_ids=user_ids)
+    engine_for(settings.metadata_url).dispose()
+
+
+@pytest.fixture
+def admin(clients) -> TestClient:
+    return clients.admin
+
+
+@pytest.fixture
+def project(admin) -> dict:
+    response = admin.post("/api/v1/projects", json={"name": "analytics", "description": "test project"})
+    assert response.status_code == 201, response.text
+    return response.json()
