@@ -94,14 +94,15 @@ class DagsterClient:
             return fn(*args, **kwargs)
         except DagsterGraphQLClientError as exc:
             metrics.DAGSTER_ERRORS.labels(operation).inc()
-            text = str(exc)
+            # The client's message embeds the whole GraphQL query; the first line is the reason.
+            text = str(exc.args[0] if exc.args else exc).splitlines()[0]
             if "connecting to GraphQL" in text or "Connection" in text or "timed out" in text.lower():
                 log.warning("Dagster %s failed: %s", operation, text)
                 raise ServiceUnavailable("Dagster is unavailable; retry shortly.") from None
-            raise Unprocessable(f"Dagster refused the {operation}: {exc.args[0] if exc.args else text}") from None
+            raise Unprocessable(f"Dagster refused the {operation}: {text}") from None
         except Exception as exc:  # transport errors (requests/gql) below the client
             metrics.DAGSTER_ERRORS.labels(operation).inc()
-            log.warning("Dagster %s failed: %s: %s", operation, type(exc).__name__, exc)
+            log.warning("Dagster %s failed: %s: %s", operation, type(exc).__name__, str(exc).splitlines()[0])
             raise ServiceUnavailable("Dagster is unavailable; retry shortly.") from None
 
     def ping(self, timeout: float | None = None) -> str:

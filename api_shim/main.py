@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from sqlalchemy.exc import OperationalError
 
 from api_shim.dagster_client import DagsterClient
 from api_shim.db.session import session_factory, session_scope
@@ -40,7 +41,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        bootstrap(settings)
+        try:
+            bootstrap(settings)
+        except OperationalError:
+            # Start anyway so /health/ready can say what is wrong; `rime up` bootstraps
+            # before starting the API, so this only happens when the store is down.
+            log.error("metadata store unavailable at start; RIME_ADMIN_TOKEN not ensured")
         yield
         app.state.dagster.close()
 

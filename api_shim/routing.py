@@ -12,21 +12,15 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from api_shim.deps import PrincipalDep
+from api_shim.errors import RimeError
 from api_shim.schemas.common import COMMON_ERRORS
 from api_shim.services import idempotency
+from api_shim.services.auth import Principal, authenticate
 
 log = logging.getLogger(__name__)
 
 
-class IdempotentReplay(Exception):
-    def __init__(self, stored: idempotency.StoredResponse):
-        self.stored = stored
-
-
-async def idempotency_key(
-    request: Request,
-    principal: PrincipalDep,
+def idempotency_key(
     key: Annotated[
         str | None,
         Header(
@@ -35,62 +29,94 @@ async def idempotency_key(
             "returns the first response and starts nothing new.",
         ),
     ] = None,
-) -> None:
-    """Declare on work-starting POSTs, after the role guard. Claims the key or replays."""
-    if key is None:
-        return
-    key = idempotency.validate_key(key)
-    app = request.app
-    ref = idempotency.KeyRef(tenant_id=principal.tenant_id, principal_id=principal.user_id, key=key)
-    body = await request.body()
-    fingerprint = hashlib.sha256(body).hexdigest()
-    stored = await run_in_threadpool(
-        idempotency.claim_or_conflict,
-        app.state.sessions,
-        ref,
-        method=request.method,
-        path=request.url.path,
-        fingerprint=fingerprint,
-        ttl=timedelta(hours=app.state.settings.idempotency_ttl_hours),
-    )
-    if stored is not None:
-        raise IdempotentReplay(stored)
-    request.state.idempotency_ref = ref
+) -> str | None:
+    """Marks a route as idempotent (RimeRoute does the work) and documents the header."""
+    return idempotency.validate_key(key) if key is not None else None
 
 
 Idempotent = Depends(idempotency_key)
 
 
+def _declares_idempotency(dependant) -> bool:
+    stack = [dependant]
+    while stack:
+        current = stack.pop()
+        if current.call is idempotency_key:
+            return True
+        stack.extend(current.dependencies)
+    return False
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" and secret.strip() else None
+
+
+def _authenticate(request: Request) -> Principal | None:
+    with request.app.state.sessions.begin() as session:
+        try:
+            return authenticate(session, _bearer(request), tenant_id=request.app.state.settings.tenant)
+        except RimeError:
+            return None  # the route's own guard answers 401
+
+
 class RimeRoute(APIRoute):
-    """Stores a claimed idempotency key's first successful response, or releases it on failure."""
+    """Adds the Idempotency-Key mechanism to routes that declare `Idempotent`.
+
+    The key is claimed, and later completed or released, in transactions of its own
+    that run before and after the request's unit of work: a concurrent repeat sees the
+    claim at once, and SQLite never has two writers inside one request.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = super().get_route_handler()
+        if not _declares_idempotency(self.dependant):
+            return handler
 
-        async def route_handler(request: Request) -> Response:
-            try:
-                response = await handler(request)
-            except IdempotentReplay as replay:
+        async def idempotent_handler(request: Request) -> Response:
+            raw_key = request.headers.get("idempotency-key")
+            if raw_key is None:
+                return await handler(request)
+            key = idempotency.validate_key(raw_key)
+            principal = await run_in_threadpool(_authenticate, request)
+            if principal is None:
+                return await handler(request)
+            ref = idempotency.KeyRef(tenant_id=principal.tenant_id, principal_id=principal.user_id, key=key)
+            sessions = request.app.state.sessions
+            stored = await run_in_threadpool(
+                idempotency.claim,
+                sessions,
+                ref,
+                method=request.method,
+                path=request.url.path,
+                fingerprint=hashlib.sha256(await request.body()).hexdigest(),
+                ttl=timedelta(hours=request.app.state.settings.idempotency_ttl_hours),
+            )
+            if stored is not None:
                 return Response(
-                    replay.stored.body,
-                    status_code=replay.stored.status,
+                    stored.body,
+                    status_code=stored.status,
                     media_type="application/json",
                     headers={"Idempotent-Replayed": "true"},
                 )
-            except BaseException:
-                await _finish(request, None)
-                raise
-            await _finish(request, response)
-            return response
+            # Record the outcome on FastAPI's function-scoped exit stack: pushed before the
+            # handler opens its DB session, it runs after that session committed (or failed),
+            # and before the response leaves. A failed commit therefore releases the key.
+            outcome: dict[str, Response] = {}
 
-        return route_handler
+            async def finish(exc_type, exc, tb) -> bool:
+                await _finish(sessions, ref, outcome.get("response") if exc is None else None)
+                return False
+
+            request.scope["fastapi_function_astack"].push_async_exit(finish)
+            outcome["response"] = await handler(request)
+            return outcome["response"]
+
+        return idempotent_handler
 
 
-async def _finish(request: Request, response: Response | None) -> None:
-    ref = getattr(request.state, "idempotency_ref", None)
-    if ref is None:
-        return
-    sessions = request.app.state.sessions
+async def _finish(sessions, ref: idempotency.KeyRef, response: Response | None) -> None:
+    """Store a 2xx as the key's answer; forget the key otherwise so the client can retry."""
     try:
         if response is not None and 200 <= response.status_code < 300:
             body = bytes(getattr(response, "body", b"") or b"").decode()

@@ -28,8 +28,14 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        # isolation_level=None hands transaction control to us: every transaction starts
+        # with BEGIN IMMEDIATE. With pysqlite's deferred BEGIN, a transaction that read
+        # before another connection committed a write fails its own write at once
+        # ("database is locked", no busy wait); taking the write lock up front makes
+        # concurrent writers queue on busy_timeout instead.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         # psycopg (v3) is the driver we install; a bare postgresql:// URL means it.

@@ -43,6 +43,15 @@ def claim(
     sessions: sessionmaker[Session], ref: KeyRef, *, method: str, path: str, fingerprint: str, ttl: timedelta
 ) -> StoredResponse | None:
     """None when the caller now owns the key and should do the work; otherwise the first response."""
+    try:
+        return _claim(sessions, ref, method=method, path=path, fingerprint=fingerprint, ttl=ttl)
+    except IntegrityError:  # a concurrent repeat claimed it between our read and insert
+        raise Conflict("A request with this Idempotency-Key is still being processed; retry shortly.") from None
+
+
+def _claim(
+    sessions: sessionmaker[Session], ref: KeyRef, *, method: str, path: str, fingerprint: str, ttl: timedelta
+) -> StoredResponse | None:
     with sessions.begin() as session:
         row = session.get(IdempotencyKey, (ref.tenant_id, ref.principal_id, ref.key))
         if row is not None and row.created_at < datetime.now(UTC) - ttl:
@@ -67,13 +76,6 @@ def claim(
             )
         )
     return None
-
-
-def claim_or_conflict(sessions: sessionmaker[Session], ref: KeyRef, **kwargs) -> StoredResponse | None:
-    try:
-        return claim(sessions, ref, **kwargs)
-    except IntegrityError:  # a concurrent repeat claimed it between our read and insert
-        raise Conflict("A request with this Idempotency-Key is still being processed; retry shortly.") from None
 
 
 def complete(sessions: sessionmaker[Session], ref: KeyRef, response: StoredResponse) -> None:
