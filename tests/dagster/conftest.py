@@ -1,0 +1,172 @@
+"""A real `dagster-webserver` for the module, serving the `rime` code location from workspace.yaml.
+
+The webserver gets its own DAGSTER_HOME (dagster.yaml written by `ensure_dagster_home`)
+and RIME_HOME (a migrated SQLite metadata store), leads its own process group, and
+teardown stops that whole group (code server and run workers included), then checks
+that no process carrying this DAGSTER_HOME survived.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api_shim.cli import REPO_ROOT, ensure_dagster_home
+from api_shim.dagster_client import DagsterClient
+from api_shim.errors import ServiceUnavailable
+from api_shim.settings import Settings
+from tests.conftest import closed_port, make_settings
+
+BIN = REPO_ROOT / ".venv" / "bin"
+START_TIMEOUT = 90.0
+STOP_GRACE = 10.0
+
+
+@dataclass
+class Webserver:
+    settings: Settings
+    client: DagsterClient
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def _pids_with_env(entry: str) -> list[int]:
+    """Our processes whose environment holds `entry` (e.g. DAGSTER_HOME=<this test's home>)."""
+    needle = entry.encode() + b"\0"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes() + b"\0":
+                found.append(int(proc.name))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop(process: subprocess.Popen, env_marker: str) -> None:
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    # The leader may be gone while its code server or a run worker lingers: kill the group anyway.
+    _signal_group(process.pid, signal.SIGKILL)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    # Anything that left the group but still carries our DAGSTER_HOME is ours too.
+    deadline = time.monotonic() + 5
+    while (pids := _pids_with_env(env_marker)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.2)
+
+
+LOCATIONS_QUERY = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries {
+    name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+
+
+def graphql(settings: Settings, query: str, variables: dict | None = None) -> dict:
+    response = httpx.post(settings.graphql_url, json={"query": query, "variables": variables or {}}, timeout=10)
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def location_entry(settings: Settings) -> dict | None:
+    data = graphql(settings, LOCATIONS_QUERY)["workspaceOrError"]
+    return next((e for e in data.get("locationEntries", []) if e["name"] == settings.dagster_location), None)
+
+
+def _location_loaded(settings: Settings) -> bool:
+    """The webserver answers `version` before its code server has loaded the location."""
+    entry = location_entry(settings)
+    if entry is None or entry["loadStatus"] != "LOADED":
+        return False
+    error = entry["locationOrLoadError"]
+    if error and error["__typename"] == "PythonError":
+        pytest.fail(f"the {settings.dagster_location!r} code location failed to load: {error['message']}")
+    return True
+
+
+@pytest.fixture(scope="session")
+def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
+    tmp = tmp_path_factory.mktemp("dagster-webserver")
+    port = closed_port()
+    settings = make_settings(
+        tmp,
+        dagster_port=port,
+        dagster_graphql_url=f"http://127.0.0.1:{port}/graphql",
+        dagster_timeout_seconds=10,
+        health_timeout_seconds=5,
+    )  # migrates the metadata store under settings.home
+    dagster_home = ensure_dagster_home(settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RIME_", "DAGSTER_"))}
+    env.update(
+        DAGSTER_HOME=str(dagster_home),
+        RIME_HOME=str(settings.home),
+        DAGSTER_DISABLE_TELEMETRY="1",
+    )
+    env_marker = f"DAGSTER_HOME={dagster_home}"
+    log_path = tmp / "webserver.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO_ROOT / "workspace.yaml")],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    client = DagsterClient(settings)
+    server = Webserver(settings=settings, client=client, process=process, log_path=log_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"dagster-webserver exited with {process.returncode}:\n{server.log_tail()}")
+            try:
+                client.ping(timeout=2)
+                if _location_loaded(settings):
+                    break
+            except ServiceUnavailable:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"dagster-webserver did not load {settings.dagster_location!r} within {START_TIMEOUT:.0f} s:\n{server.log_tail()}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        client.close()
+        _stop(process, env_marker)
+    leftovers = _pids_with_env(env_marker)
+    assert not leftovers, f"Dagster processes survived teardown: {leftovers}"
