@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from api_shim.errors import ServiceUnavailable
 from api_shim.settings import Settings
 from tests.conftest import closed_port, make_settings
 
-BIN = REPO_ROOT / ".venv" / "bin"
+BIN = Path(sys.executable).parent  # the venv running the tests, as `rime up` does
 START_TIMEOUT = 90.0
 STOP_GRACE = 10.0
 
@@ -141,7 +142,15 @@ def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
     log_path = tmp / "webserver.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO_ROOT / "workspace.yaml")],
+            [
+                str(BIN / "dagster-webserver"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                str(REPO_ROOT / "workspace.yaml"),
+            ],
             env=env,
             cwd=REPO_ROOT,
             stdout=log,
@@ -162,7 +171,8 @@ def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
             except ServiceUnavailable:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"dagster-webserver did not load {settings.dagster_location!r} within {START_TIMEOUT:.0f} s:\n{server.log_tail()}")
+                location, tail = settings.dagster_location, server.log_tail()
+                pytest.fail(f"dagster-webserver did not load {location!r} in {START_TIMEOUT:.0f}s:\n{tail}")
             time.sleep(0.5)
         yield server
     finally:

@@ -65,7 +65,8 @@ def _wait_terminal(client: DagsterClient, dagster_run_id: str) -> tuple[str, lis
         if status in TERMINAL:
             return status, seen
         time.sleep(0.25)
-    raise AssertionError(f"run {dagster_run_id} not terminal after {RUN_TIMEOUT:.0f} s; statuses seen: {seen}")
+    hint = " (stuck queued: is dagster.yaml's run_coordinator the DefaultRunCoordinator?)" if seen == ["queued"] else ""
+    raise AssertionError(f"run {dagster_run_id} not terminal after {RUN_TIMEOUT:.0f} s; statuses seen: {seen}{hint}")
 
 
 # Against the running webserver -----------------------------------------------------------
@@ -92,7 +93,9 @@ def test_reload_location_succeeds_and_the_location_serves_the_housekeeping_job(d
         settings,
         "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } jobs { name } } } } }",
     )["repositoriesOrError"]["nodes"]
-    names = {job["name"] for repo in repos if repo["location"]["name"] == settings.dagster_location for job in repo["jobs"]}
+    names = {
+        job["name"] for repo in repos if repo["location"]["name"] == settings.dagster_location for job in repo["jobs"]
+    }
     assert "rime_housekeeping" in names
 
 
