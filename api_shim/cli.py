@@ -80,7 +80,9 @@ def bootstrap(settings: Settings, *, demo: bool) -> None:
         from api_shim.db.models import Project
 
         with session_scope(settings.metadata_url) as session:
-            exists = session.scalar(select(Project.id).where(Project.tenant_id == settings.tenant, Project.name == "demo"))
+            exists = session.scalar(
+                select(Project.id).where(Project.tenant_id == settings.tenant, Project.name == "demo")
+            )
             if exists is None:
                 projects.create_project(
                     session, tenant_id=settings.tenant, name="demo", description="Demo project loaded by `make up`."
@@ -169,22 +171,39 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     try:
         supervisor.start(
             "dagster-webserver",
-            [str(bin_dir / "dagster-webserver"), "-h", settings.dagster_host, "-p", str(settings.dagster_port), "-w", workspace],
+            [
+                str(bin_dir / "dagster-webserver"),
+                "-h",
+                settings.dagster_host,
+                "-p",
+                str(settings.dagster_port),
+                "-w",
+                workspace,
+            ],
             env,
         )
         supervisor.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env)
         supervisor.start(
             "api",
             [
-                str(bin_dir / "uvicorn"), "--factory", "api_shim.main:app_from_env",
-                "--host", settings.api_host, "--port", str(settings.api_port), "--no-access-log",
-                "--log-level", settings.log_level.lower(),
+                str(bin_dir / "uvicorn"),
+                "--factory",
+                "api_shim.main:app_from_env",
+                "--host",
+                settings.api_host,
+                "--port",
+                str(settings.api_port),
+                "--no-access-log",
+                "--log-level",
+                settings.log_level.lower(),
             ],
             env,
         )
         api = f"http://{settings.api_host}:{settings.api_port}"
         if wait_ready(f"{api}/health/ready", ready_timeout, supervisor):
-            token_hint = f"export RIME_TOKEN=$(cat {token_path})" if token_path else "export RIME_TOKEN=$RIME_ADMIN_TOKEN"
+            token_hint = (
+                f"export RIME_TOKEN=$(cat {token_path})" if token_path else "export RIME_TOKEN=$RIME_ADMIN_TOKEN"
+            )
             print(
                 "\n  Rime is up.\n"
                 f"    Dagster UI : {settings.dagster_ui_base}\n"

@@ -50,10 +50,29 @@ def to_dagster_run_id(rime_run_id: str) -> str | None:
     """The Dagster run id (a UUID) behind `run_<32 hex>`, or None if it cannot be one."""
     if not rime_run_id.startswith(RUN_PREFIX):
         return None
-    hex_id = rime_run_id[len(RUN_PREFIX):].lower()
+    hex_id = rime_run_id[len(RUN_PREFIX) :].lower()
     if len(hex_id) != 32 or any(c not in "0123456789abcdef" for c in hex_id):
         return None
     return f"{hex_id[:8]}-{hex_id[8:12]}-{hex_id[12:16]}-{hex_id[16:20]}-{hex_id[20:]}"
+
+
+def _is_transport_failure(exc: BaseException) -> bool:
+    """Whether a DagsterGraphQLClientError means Dagster did not answer (refused, timed out, 5xx).
+
+    gql wraps refused connections and timeouts in its own exceptions, which the Dagster
+    client reports as a generic query failure; the cause chain tells them apart.
+    """
+    import requests
+    from gql.transport.exceptions import TransportConnectionFailed, TransportServerError
+
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, TransportServerError):
+            return (cause.code or 500) >= 500
+        if isinstance(cause, (TransportConnectionFailed, requests.exceptions.RequestException, OSError)):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,7 @@ class DagsterClient:
             metrics.DAGSTER_ERRORS.labels(operation).inc()
             # The client's message embeds the whole GraphQL query; the first line is the reason.
             text = str(exc.args[0] if exc.args else exc).splitlines()[0]
-            if "connecting to GraphQL" in text or "Connection" in text or "timed out" in text.lower():
+            if _is_transport_failure(exc):
                 log.warning("Dagster %s failed: %s", operation, text)
                 raise ServiceUnavailable("Dagster is unavailable; retry shortly.") from None
             raise Unprocessable(f"Dagster refused the {operation}: {text}") from None
@@ -134,12 +153,17 @@ class DagsterClient:
         except Exception as exc:
             log.warning("could not reload Dagster code location %r: %s", self.location, exc)
 
-    def launch_run(self, job_name: str, *, tags: dict[str, str], run_config: dict[str, Any] | None = None) -> LaunchedRun:
+    def launch_run(
+        self, job_name: str, *, tags: dict[str, str], run_config: dict[str, Any] | None = None
+    ) -> LaunchedRun:
         run_id = self._call(
             "launch",
             self._graphql.submit_job_execution,
             job_name,
             repository_location_name=self.location,
+            # Definitions' singleton repository: without it the client searches every
+            # location for the job name and could launch another location's job.
+            repository_name="__repository__",
             run_config=run_config or {},
             tags=tags,
         )
@@ -183,7 +207,14 @@ class DagsterClient:
     def run_record(self, dagster_run_id: str) -> RunRecord | None:
         from dagster import RunsFilter
 
-        records = self.instance().get_run_records(filters=RunsFilter(run_ids=[dagster_run_id]), limit=1)
+        try:
+            records = self.instance().get_run_records(filters=RunsFilter(run_ids=[dagster_run_id]), limit=1)
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            metrics.DAGSTER_ERRORS.labels("run_storage").inc()
+            log.warning("reading Dagster run storage failed: %s", exc)
+            raise ServiceUnavailable("Dagster run storage is unavailable; retry shortly.") from None
         return records[0] if records else None
 
     def close(self) -> None:

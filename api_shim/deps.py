@@ -89,7 +89,9 @@ def pagination(*sortable: str, default_sort: str = "created_at"):
     sort_type = Literal[sortable]  # type: ignore[valid-type]
 
     def page_request(
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (1-{MAX_LIMIT}).")] = DEFAULT_LIMIT,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (1-{MAX_LIMIT}).")
+        ] = DEFAULT_LIMIT,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
         sort: Annotated[sort_type, Query(description="Field to order by.")] = default_sort,  # type: ignore[valid-type]
         order: Annotated[

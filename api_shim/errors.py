@@ -11,7 +11,9 @@ class RimeError(Exception):
     code = "internal_error"
     status = 500
 
-    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self, message: str, *, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.details = details

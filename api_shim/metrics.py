@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-HTTP_REQUESTS = Counter(
-    "rime_http_requests_total", "HTTP requests served by the API", ["method", "route", "status"]
-)
+HTTP_REQUESTS = Counter("rime_http_requests_total", "HTTP requests served by the API", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
     "rime_http_request_duration_seconds",
     "Time to serve an HTTP request",

@@ -91,8 +91,13 @@ class RequestContextMiddleware:
             metrics.HTTP_LATENCY.labels(scope["method"], template).observe(elapsed)
             query = _SECRET_QUERY.sub(r"\1=***", scope.get("query_string", b"").decode("latin-1"))
             access_log.info(
-                '%s %s%s %s %.1fms request_id=%s',
-                scope["method"], scope["path"], f"?{query}" if query else "", status["code"], elapsed * 1000, request_id,
+                "%s %s%s %s %.1fms request_id=%s",
+                scope["method"],
+                scope["path"],
+                f"?{query}" if query else "",
+                status["code"],
+                elapsed * 1000,
+                request_id,
             )
 
 
@@ -136,7 +141,9 @@ class RateLimitMiddleware:
         if not allowed:
             metrics.RATE_LIMITED.labels(group).inc()
             headers["Retry-After"] = str(reset_in)
-            message = f"Rate limit of {item.amount} per {item.get_expiry()} s for '{group}' exceeded; retry in {reset_in} s."
+            message = (
+                f"Rate limit of {item.amount} per {item.get_expiry()} s for '{group}' exceeded; retry in {reset_in} s."
+            )
             return await _send_json(send, 429, error_payload("rate_limited", message), headers)
 
         async def send_with_headers(message: Message) -> None:

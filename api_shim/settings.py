@@ -18,25 +18,41 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RIME_", extra="ignore")
 
-    home: Path = Field(Path(".rime"), description="Root for embedded state: metadata DB, Dagster storage, Iceberg warehouse.")
-    tenant: str = Field("default", description="Tenant this deployment serves (rate limits and records are per tenant).")
-    database_url: str | None = Field(None, description="SQLAlchemy URL of the metadata store; default SQLite under RIME_HOME.")
-    admin_token: str | None = Field(None, description="Bootstrap token: an active admin holding it is ensured at start.")
+    home: Path = Field(
+        Path(".rime"), description="Root for embedded state: metadata DB, Dagster storage, Iceberg warehouse."
+    )
+    tenant: str = Field(
+        "default", description="Tenant this deployment serves (rate limits and records are per tenant)."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the metadata store; default SQLite under RIME_HOME."
+    )
+    admin_token: str | None = Field(
+        None, description="Bootstrap token: an active admin holding it is ensured at start."
+    )
     admin_email: str = Field("admin@localhost", description="Email of the bootstrap admin user.")
-    secret_key: str | None = Field(None, description="Key that signs cursors (and encrypts secrets); generated into RIME_HOME when unset.")
+    secret_key: str | None = Field(
+        None, description="Key that signs cursors (and encrypts secrets); generated into RIME_HOME when unset."
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     dagster_host: str = "127.0.0.1"
     dagster_port: int = 3000
-    dagster_graphql_url: str | None = Field(None, description="Dagster GraphQL endpoint; default http://DAGSTER_HOST:DAGSTER_PORT/graphql.")
+    dagster_graphql_url: str | None = Field(
+        None, description="Dagster GraphQL endpoint; default http://DAGSTER_HOST:DAGSTER_PORT/graphql."
+    )
     dagster_ui_url: str | None = Field(None, description="Public Dagster UI base URL used in run links.")
-    dagster_home: Path | None = Field(None, description="DAGSTER_HOME for run storage reads; default RIME_HOME/dagster.")
+    dagster_home: Path | None = Field(
+        None, description="DAGSTER_HOME for run storage reads; default RIME_HOME/dagster."
+    )
     dagster_location: str = Field("rime", description="Name of the Rime code location in workspace.yaml.")
     dagster_timeout_seconds: float = 10.0
 
     iceberg_catalog_name: str = "rime"
-    iceberg_catalog_uri: str | None = Field(None, description="pyiceberg SQL catalog URI; default SQLite under RIME_HOME.")
+    iceberg_catalog_uri: str | None = Field(
+        None, description="pyiceberg SQL catalog URI; default SQLite under RIME_HOME."
+    )
     iceberg_warehouse: str | None = Field(None, description="Iceberg warehouse location; default RIME_HOME/warehouse.")
     iceberg_catalog_properties: dict[str, str] = Field(
         default_factory=dict,
@@ -44,8 +60,12 @@ class Settings(BaseSettings):
     )
 
     rate_limit_default: str = Field("1200/minute", description="Default limit per tenant and endpoint group.")
-    rate_limits: dict[str, str] = Field(default_factory=dict, description='Per-group overrides as JSON, e.g. {"projects": "100/minute"}.')
-    rate_limit_storage: str = Field("memory://", description="Storage URI of the `limits` library (memory://, redis://...).")
+    rate_limits: dict[str, str] = Field(
+        default_factory=dict, description='Per-group overrides as JSON, e.g. {"projects": "100/minute"}.'
+    )
+    rate_limit_storage: str = Field(
+        "memory://", description="Storage URI of the `limits` library (memory://, redis://...)."
+    )
     idempotency_ttl_hours: int = 24
     health_timeout_seconds: float = 3.0
     log_level: str = "INFO"

@@ -62,9 +62,7 @@ def log(message: str) -> None:
 def seed_projects(engine: Engine) -> None:
     """Insert PROJECTS rows in one executemany, created_at 1 ms apart (all distinct)."""
     with engine.connect() as conn:
-        existing = conn.scalar(
-            select(func.count()).select_from(Project).where(Project.tenant_id == TENANT)
-        )
+        existing = conn.scalar(select(func.count()).select_from(Project).where(Project.tenant_id == TENANT))
     if existing:
         sys.exit(f"tenant {TENANT!r} already has {existing} projects; use an empty database")
     rows = []
@@ -187,9 +185,7 @@ def walk_pages(client: httpx.Client) -> tuple[str, list[dict]]:
     return deep_cursor, deep_items
 
 
-def time_interleaved(
-    cases: dict[str, Callable[[], object]], requests: int, warmup: int
-) -> dict[str, list[float]]:
+def time_interleaved(cases: dict[str, Callable[[], object]], requests: int, warmup: int) -> dict[str, list[float]]:
     """Run each case `requests` times (ms), alternating the order every round."""
     names = list(cases)
     for _ in range(warmup):
@@ -267,12 +263,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         epilog=f"Target: page {DEEP_PAGE} p50 <= {TARGET_RATIO}x page 1 p50. Always exits 0.",
     )
-    parser.add_argument(
-        "--requests", type=int, default=200, help="timed requests per row (default 200)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=20, help="untimed requests per row first (default 20)"
-    )
+    parser.add_argument("--requests", type=int, default=200, help="timed requests per row (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed requests per row first (default 20)")
     parser.add_argument(
         "--database-url",
         help="PostgreSQL URL of an empty database, passed to the API as RIME_DATABASE_URL "
@@ -375,9 +367,7 @@ def run(args: argparse.Namespace, home: Path) -> None:
     ratio = percentile(api["deep"], 50) / percentile(api["first"], 50)
     sql_ratio = percentile(sql["offset"], 50) / percentile(sql["keyset"], 50)
     verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
-    print(
-        f"page {DEEP_PAGE} / page 1 p50 ratio: {ratio:.2f}x (target <= {TARGET_RATIO}x): {verdict}"
-    )
+    print(f"page {DEEP_PAGE} / page 1 p50 ratio: {ratio:.2f}x (target <= {TARGET_RATIO}x): {verdict}")
     print(f"SQL page {DEEP_PAGE} OFFSET / keyset p50 ratio: {sql_ratio:.2f}x")
 
 

@@ -14,7 +14,9 @@ from api_shim.settings import Settings, get_settings
 class MetadataStoreResource(dg.ConfigurableResource):
     """Rime's metadata store (SQLAlchemy URL); defaults to the deployment's RIME_* settings."""
 
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default RIME_DATABASE_URL or SQLite under RIME_HOME.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default RIME_DATABASE_URL or SQLite under RIME_HOME."
+    )
 
     def url(self) -> str:
         return self.database_url or get_settings().metadata_url

@@ -56,7 +56,10 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
     }
     env.pop("DAGSTER_HOME", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api_shim.cli", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "api_shim.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     try:
@@ -73,7 +76,9 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
         assert ready is not None and ready.status_code == 200, ready.text if ready else "API never answered"
         assert {d["status"] for d in ready.json()["dependencies"].values()} == {"ok"}
         headers = {"Authorization": "Bearer rime_up_test_token_0123456789"}
-        names = [p["name"] for p in httpx.get(f"http://127.0.0.1:{api_port}/api/v1/projects", headers=headers).json()["data"]]
+        names = [
+            p["name"] for p in httpx.get(f"http://127.0.0.1:{api_port}/api/v1/projects", headers=headers).json()["data"]
+        ]
         assert "demo" in names
         family = _descendants(proc.pid)
         assert len(family) >= 3  # webserver, daemon, API (+ their code servers)

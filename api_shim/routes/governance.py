@@ -48,15 +48,23 @@ AuditPage = Annotated[PageRequest, Depends(pagination(*SORTABLE, default_sort="t
 def _list(session, codec, page, *, tenant_id: str, project_id: str | None, filters: audit.AuditFilters):
     stmt = audit.audit_query(tenant_id=tenant_id, project_id=project_id, filters=filters)
     result = paginate(
-        session, stmt, request=page, codec=codec, sort_columns=SORTABLE, id_column=AuditLog.id,
+        session,
+        stmt,
+        request=page,
+        codec=codec,
+        sort_columns=SORTABLE,
+        id_column=AuditLog.id,
         scope=scope_of("audit", {"project": project_id, **filters.__dict__}),
     )
     return to_page(result, AuditLogResponse)
 
 
 @router.get(
-    "/projects/{id}/audit-logs", name="audit_log.list", response_model=AuditLogList,
-    responses=error_responses(404), summary="Query a project's audit logs",
+    "/projects/{id}/audit-logs",
+    name="audit_log.list",
+    response_model=AuditLogList,
+    responses=error_responses(404),
+    summary="Query a project's audit logs",
 )
 def list_project_audit_logs(
     id: str, principal: Auditor, session: SessionDep, codec: CursorCodecDep, page: AuditPage, filters: AuditFiltersDep
@@ -66,8 +74,12 @@ def list_project_audit_logs(
 
 
 @router.get(
-    "/audit-logs", name="audit_log.list_tenant", response_model=AuditLogList,
+    "/audit-logs",
+    name="audit_log.list_tenant",
+    response_model=AuditLogList,
     summary="Query the tenant-wide audit log (users, tokens, and every project)",
 )
-def list_tenant_audit_logs(principal: Auditor, session: SessionDep, codec: CursorCodecDep, page: AuditPage, filters: AuditFiltersDep):
+def list_tenant_audit_logs(
+    principal: Auditor, session: SessionDep, codec: CursorCodecDep, page: AuditPage, filters: AuditFiltersDep
+):
     return _list(session, codec, page, tenant_id=principal.tenant_id, project_id=None, filters=filters)

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from api_shim.dagster_client import DagsterClientDep
 from api_shim.db.models import Project
-from api_shim.errors import ValidationFailed
 from api_shim.deps import Admin, CursorCodecDep, Lead, SessionDep, Viewer, pagination
+from api_shim.errors import ValidationFailed
 from api_shim.pagination import PageRequest, paginate, scope_of
 from api_shim.routes._paging import to_page
 from api_shim.routing import Idempotent, rime_router
@@ -32,7 +32,12 @@ def list_projects(
 ):
     stmt = select(Project).where(Project.tenant_id == principal.tenant_id)
     result = paginate(
-        session, stmt, request=page, codec=codec, sort_columns=SORTABLE, id_column=Project.id,
+        session,
+        stmt,
+        request=page,
+        codec=codec,
+        sort_columns=SORTABLE,
+        id_column=Project.id,
         scope=scope_of("projects", {}),
     )
     return to_page(result, ProjectResponse)
@@ -59,7 +64,10 @@ def create_project(
 
 
 @router.get(
-    "/{id}", name="project.get", response_model=ProjectResponse, responses=error_responses(404),
+    "/{id}",
+    name="project.get",
+    response_model=ProjectResponse,
+    responses=error_responses(404),
     summary="Get project details",
 )
 def get_project(id: str, principal: Viewer, session: SessionDep):
@@ -67,7 +75,10 @@ def get_project(id: str, principal: Viewer, session: SessionDep):
 
 
 @router.patch(
-    "/{id}", name="project.update", response_model=ProjectResponse, responses=error_responses(404, 409),
+    "/{id}",
+    name="project.update",
+    response_model=ProjectResponse,
+    responses=error_responses(404, 409),
     summary="Update project settings",
 )
 def update_project(id: str, body: ProjectUpdate, principal: Lead, session: SessionDep):
@@ -79,7 +90,10 @@ def update_project(id: str, body: ProjectUpdate, principal: Lead, session: Sessi
 
 
 @router.delete(
-    "/{id}", name="project.delete", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404),
+    "/{id}",
+    name="project.delete",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404),
     summary="Delete a project and all its resources",
 )
 def delete_project(

@@ -41,22 +41,34 @@ def list_users(
 ):
     stmt = select(User).where(User.tenant_id == principal.tenant_id)
     result = paginate(
-        session, stmt, request=page, codec=codec, sort_columns=USER_SORTABLE, id_column=User.id,
+        session,
+        stmt,
+        request=page,
+        codec=codec,
+        sort_columns=USER_SORTABLE,
+        id_column=User.id,
         scope=scope_of("users", {}),
     )
     return to_page(result, UserResponse)
 
 
 @router.post(
-    "", name="user.create", status_code=status.HTTP_201_CREATED, response_model=UserResponse,
-    responses=error_responses(409), summary="Invite a new user",
+    "",
+    name="user.create",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserResponse,
+    responses=error_responses(409),
+    summary="Invite a new user",
 )
 def create_user(body: UserCreate, principal: Admin, session: SessionDep):
     return service.create_user(session, tenant_id=principal.tenant_id, email=body.email, name=body.name, role=body.role)
 
 
 @router.get(
-    "/{userId}", name="user.get", response_model=UserResponse, responses=error_responses(404),
+    "/{userId}",
+    name="user.get",
+    response_model=UserResponse,
+    responses=error_responses(404),
     summary="Get user details",
 )
 def get_user(userId: str, principal: Viewer, session: SessionDep):
@@ -64,7 +76,10 @@ def get_user(userId: str, principal: Viewer, session: SessionDep):
 
 
 @router.patch(
-    "/{userId}", name="user.update", response_model=UserResponse, responses=error_responses(404, 409),
+    "/{userId}",
+    name="user.update",
+    response_model=UserResponse,
+    responses=error_responses(404, 409),
     summary="Update user role or settings",
 )
 def update_user(userId: str, body: UserUpdate, principal: Admin, session: SessionDep):
@@ -77,7 +92,10 @@ def update_user(userId: str, body: UserUpdate, principal: Admin, session: Sessio
 
 
 @router.delete(
-    "/{userId}", name="user.delete", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409),
+    "/{userId}",
+    name="user.delete",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404, 409),
     summary="Remove a user",
 )
 def delete_user(userId: str, principal: Admin, session: SessionDep):
@@ -91,7 +109,10 @@ def _token_owner(session, principal, user_id: str) -> User:
 
 
 @router.get(
-    "/{userId}/tokens", name="token.list", response_model=TokenList, responses=error_responses(404),
+    "/{userId}/tokens",
+    name="token.list",
+    response_model=TokenList,
+    responses=error_responses(404),
     summary="List a user's API tokens (never their secrets)",
 )
 def list_tokens(
@@ -103,15 +124,24 @@ def list_tokens(
 ):
     user = _token_owner(session, principal, userId)
     result = paginate(
-        session, select(ApiToken).where(ApiToken.user_id == user.id), request=page, codec=codec,
-        sort_columns=TOKEN_SORTABLE, id_column=ApiToken.id, scope=scope_of("tokens", {"user": user.id}),
+        session,
+        select(ApiToken).where(ApiToken.user_id == user.id),
+        request=page,
+        codec=codec,
+        sort_columns=TOKEN_SORTABLE,
+        id_column=ApiToken.id,
+        scope=scope_of("tokens", {"user": user.id}),
     )
     return to_page(result, TokenResponse)
 
 
 @router.post(
-    "/{userId}/tokens", name="token.create", status_code=status.HTTP_201_CREATED, response_model=TokenCreated,
-    responses=error_responses(404), summary="Mint an API token (the secret is returned once)",
+    "/{userId}/tokens",
+    name="token.create",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TokenCreated,
+    responses=error_responses(404),
+    summary="Mint an API token (the secret is returned once)",
 )
 def create_token(userId: str, body: TokenCreate, principal: PrincipalDep, session: SessionDep):
     user = _token_owner(session, principal, userId)
@@ -120,8 +150,11 @@ def create_token(userId: str, body: TokenCreate, principal: PrincipalDep, sessio
 
 
 @router.delete(
-    "/{userId}/tokens/{tokenId}", name="token.delete", status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(404), summary="Revoke an API token",
+    "/{userId}/tokens/{tokenId}",
+    name="token.delete",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404),
+    summary="Revoke an API token",
 )
 def revoke_token(userId: str, tokenId: str, principal: PrincipalDep, session: SessionDep):
     user = _token_owner(session, principal, userId)

@@ -81,4 +81,6 @@ def authenticate(session: Session, secret: str | None, *, tenant_id: str) -> Pri
         user.last_seen_at = now
     if user.status == "invited":
         user.status = "active"
-    return Principal(user_id=user.id, email=user.email, role=Role(user.role), tenant_id=user.tenant_id, token_id=token.id)
+    return Principal(
+        user_id=user.id, email=user.email, role=Role(user.role), tenant_id=user.tenant_id, token_id=token.id
+    )

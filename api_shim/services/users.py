@@ -27,9 +27,9 @@ def get_user(session: Session, user_id: str, *, tenant_id: str) -> User:
 
 def _active_admins(session: Session, tenant_id: str) -> int:
     return session.scalar(
-        select(func.count()).select_from(User).where(
-            User.tenant_id == tenant_id, User.role == Role.admin.value, User.status != "disabled"
-        )
+        select(func.count())
+        .select_from(User)
+        .where(User.tenant_id == tenant_id, User.role == Role.admin.value, User.status != "disabled")
     )
 
 
@@ -129,11 +129,15 @@ def ensure_bootstrap_admin(session: Session, *, tenant_id: str, email: str, secr
         return user
     user = session.scalar(select(User).where(User.tenant_id == tenant_id, User.email == email.lower()))
     if user is None:
-        user = User(id=new_id("user"), tenant_id=tenant_id, email=email.lower(), name="Bootstrap admin", role=Role.admin.value)
+        user = User(
+            id=new_id("user"), tenant_id=tenant_id, email=email.lower(), name="Bootstrap admin", role=Role.admin.value
+        )
         session.add(user)
     user.role, user.status = Role.admin.value, "active"
     session.add(
-        ApiToken(id=new_id("token"), user=user, name="RIME_ADMIN_TOKEN", token_hash=hash_token(secret), prefix=secret[:12])
+        ApiToken(
+            id=new_id("token"), user=user, name="RIME_ADMIN_TOKEN", token_hash=hash_token(secret), prefix=secret[:12]
+        )
     )
     session.flush()
     return user

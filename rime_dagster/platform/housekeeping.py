@@ -1,6 +1,5 @@
 """Daily housekeeping job: purges idempotency keys older than their 24 h replay window."""
 
-
 from datetime import timedelta
 
 import dagster as dg
@@ -19,7 +18,11 @@ def purge_idempotency_keys(context: dg.OpExecutionContext, metadata_store: Metad
     return purged
 
 
-@dg.job(name="rime_housekeeping", description="Metadata-store housekeeping for the Rime platform.", tags={"rime/kind": "housekeeping"})
+@dg.job(
+    name="rime_housekeeping",
+    description="Metadata-store housekeeping for the Rime platform.",
+    tags={"rime/kind": "housekeeping"},
+)
 def housekeeping_job():
     purge_idempotency_keys()
 

@@ -32,9 +32,7 @@ class TestRecording:
         assert denied.status_code == 403
         viewer.get(f"/api/v1/projects/{project['id']}/audit-logs")  # viewers may not read audit logs
         entries = _logs(clients.admin, project["id"], actor="viewer@example.com")
-        assert {(e["action"], e["status_code"]) for e in entries} == {
-            ("project.delete", 403), ("audit_log.list", 403)
-        }
+        assert {(e["action"], e["status_code"]) for e in entries} == {("project.delete", 403), ("audit_log.list", 403)}
 
     def test_failed_and_unauthenticated_mutations_recorded(self, clients, project):
         clients.admin.patch(f"/api/v1/projects/{project['id']}", json={"name": ""})
@@ -48,11 +46,14 @@ class TestRecording:
         assert len(_logs(admin, project["id"], limit=100)) == before
 
     def test_user_and_token_changes_in_tenant_log(self, clients):
-        user = clients.admin.post("/api/v1/users", json={"email": "n@example.com", "name": "N", "role": "viewer"}).json()
+        user = clients.admin.post(
+            "/api/v1/users", json={"email": "n@example.com", "name": "N", "role": "viewer"}
+        ).json()
         token = clients.admin.post(f"/api/v1/users/{user['id']}/tokens", json={"name": "t"}).json()
         entries = clients.admin.get("/api/v1/audit-logs", params={"limit": 5}).json()["data"]
         assert [(e["action"], e["resource_id"]) for e in entries[:2]] == [
-            ("token.create", token["id"]), ("user.create", user["id"])
+            ("token.create", token["id"]),
+            ("user.create", user["id"]),
         ]
         assert token["token"] not in clients.admin.get("/api/v1/audit-logs").text
 
@@ -73,7 +74,11 @@ class TestQuery:
 
     @pytest.mark.parametrize(
         "params",
-        [{"from": "yesterday"}, {"from": "2026-01-01T00:00:00"}, {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}],
+        [
+            {"from": "yesterday"},
+            {"from": "2026-01-01T00:00:00"},
+            {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+        ],
     )
     def test_bad_time_filters_400(self, admin, project, params):
         assert admin.get(f"/api/v1/projects/{project['id']}/audit-logs", params=params).status_code == 400

@@ -17,9 +17,7 @@ REQUEST_ID = re.compile(r"^req_[0-9A-Z]{26}$")
 
 class TestErrorEnvelope:
     def test_malformed_json_is_400(self, admin):
-        response = admin.post(
-            "/api/v1/projects", content=b'{"name": ', headers={"Content-Type": "application/json"}
-        )
+        response = admin.post("/api/v1/projects", content=b'{"name": ', headers={"Content-Type": "application/json"})
         assert response.status_code == 400
         error = response.json()["error"]
         assert error["code"] == "validation_error"
@@ -168,7 +166,9 @@ class TestIdempotency:
         from api_shim.services import users
 
         with session_scope(settings.metadata_url) as session:
-            other = users.create_user(session, tenant_id=settings.tenant, email="a2@example.com", name="A2", role=Role.admin)
+            other = users.create_user(
+                session, tenant_id=settings.tenant, email="a2@example.com", name="A2", role=Role.admin
+            )
             secret = users.create_token(session, other, name="t", expires_at=None).secret
         second_admin = TestClient(clients.app, raise_server_exceptions=False)
         second_admin.headers["Authorization"] = f"Bearer {secret}"

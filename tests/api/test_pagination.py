@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from api_shim.db.session import session_scope
 from api_shim.pagination import CursorCodec
@@ -17,7 +19,9 @@ _names = itertools.count()
 def _seed(settings, count: int) -> set[str]:
     with session_scope(settings.metadata_url) as session:
         return {
-            projects.create_project(session, tenant_id=settings.tenant, name=f"seed-{next(_names)}", description=None).id
+            projects.create_project(
+                session, tenant_id=settings.tenant, name=f"seed-{next(_names)}", description=None
+            ).id
             for _ in range(count)
         }
 

@@ -22,8 +22,13 @@ class TestCreate:
 
     @pytest.mark.parametrize(
         ("body", "field"),
-        [({}, "name"), ({"name": ""}, "name"), ({"name": "x" * 201}, "name"), ({"name": 5}, "name"),
-         ({"name": "ok", "description": "d" * 2001}, "description")],
+        [
+            ({}, "name"),
+            ({"name": ""}, "name"),
+            ({"name": "x" * 201}, "name"),
+            ({"name": 5}, "name"),
+            ({"name": "ok", "description": "d" * 2001}, "description"),
+        ],
     )
     def test_invalid_body_400_per_field(self, admin, body, field):
         response = admin.post("/api/v1/projects", json=body)

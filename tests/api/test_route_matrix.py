@@ -77,21 +77,27 @@ CASES: dict[tuple[str, str], Case] = {
     ("POST", "/api/v1/projects"): lambda c, r: {"url": "/api/v1/projects", "json": {"name": unique("p")}},
     ("GET", "/api/v1/projects/{id}"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}"},
     ("PATCH", "/api/v1/projects/{id}"): lambda c, r: {
-        "url": f"/api/v1/projects/{c.project_id}", "json": {"description": "changed"}
+        "url": f"/api/v1/projects/{c.project_id}",
+        "json": {"description": "changed"},
     },
     ("DELETE", "/api/v1/projects/{id}"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}"},
     ("GET", "/api/v1/projects/{id}/audit-logs"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}/audit-logs"},
     ("GET", "/api/v1/audit-logs"): lambda c, r: {"url": "/api/v1/audit-logs"},
     ("GET", "/api/v1/users"): lambda c, r: {"url": "/api/v1/users"},
     ("POST", "/api/v1/users"): lambda c, r: {
-        "url": "/api/v1/users", "json": {"email": f"{unique('u')}@example.com", "name": "N", "role": "viewer"}
+        "url": "/api/v1/users",
+        "json": {"email": f"{unique('u')}@example.com", "name": "N", "role": "viewer"},
     },
     ("GET", "/api/v1/users/{userId}"): lambda c, r: {"url": f"/api/v1/users/{c.spare_user_id}"},
-    ("PATCH", "/api/v1/users/{userId}"): lambda c, r: {"url": f"/api/v1/users/{c.spare_user_id}", "json": {"name": "M"}},
+    ("PATCH", "/api/v1/users/{userId}"): lambda c, r: {
+        "url": f"/api/v1/users/{c.spare_user_id}",
+        "json": {"name": "M"},
+    },
     ("DELETE", "/api/v1/users/{userId}"): lambda c, r: {"url": f"/api/v1/users/{c.spare_user_id}"},
     ("GET", "/api/v1/users/{userId}/tokens"): lambda c, r: {"url": f"/api/v1/users/{c.user_ids[r]}/tokens"},
     ("POST", "/api/v1/users/{userId}/tokens"): lambda c, r: {
-        "url": f"/api/v1/users/{c.user_ids[r]}/tokens", "json": {"name": "ci"}
+        "url": f"/api/v1/users/{c.user_ids[r]}/tokens",
+        "json": {"name": "ci"},
     },
     ("DELETE", "/api/v1/users/{userId}/tokens/{tokenId}"): lambda c, r: {
         "url": f"/api/v1/users/{c.user_ids[r]}/tokens/{c.own_token(r)}"
@@ -102,7 +108,8 @@ CASES: dict[tuple[str, str], Case] = {
 FORBIDDEN_SELF_SERVICE: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/users/{userId}/tokens"): lambda c, r: {"url": f"/api/v1/users/{c.user_ids[Role.admin]}/tokens"},
     ("POST", "/api/v1/users/{userId}/tokens"): lambda c, r: {
-        "url": f"/api/v1/users/{c.user_ids[Role.admin]}/tokens", "json": {"name": "steal"}
+        "url": f"/api/v1/users/{c.user_ids[Role.admin]}/tokens",
+        "json": {"name": "steal"},
     },
     ("DELETE", "/api/v1/users/{userId}/tokens/{tokenId}"): lambda c, r: {
         "url": f"/api/v1/users/{c.user_ids[Role.admin]}/tokens/{c.admin_token_ids['bootstrap']}"

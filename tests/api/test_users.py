@@ -145,7 +145,9 @@ class TestTokens:
 
         with session_scope(settings.metadata_url) as session:
             session.execute(
-                update(ApiToken).where(ApiToken.id == token["id"]).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+                update(ApiToken)
+                .where(ApiToken.id == token["id"])
+                .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
             )
         refused = _client_with(clients, token["token"]).get("/api/v1/projects")
         assert refused.status_code == 401 and "expired" in refused.json()["error"]["message"]

@@ -221,18 +221,10 @@ CALLS = {
     "status": lambda c: c.run_status(str(uuid.uuid4())),
     "terminate": lambda c: c.terminate(str(uuid.uuid4())),
 }
-# gql 4 wraps requests' ConnectionError/ReadTimeout in TransportConnectionFailed, so
-# dagster-graphql reports them as "Exception occured during execution of query" and
-# DagsterClient._call classifies them as Unprocessable (422) instead of 503.
-GRAPHQL_DOWN_BUG = pytest.mark.xfail(
-    strict=True, raises=Unprocessable, reason="DagsterClient._call maps an unreachable Dagster to Unprocessable"
-)
 
 
 @pytest.mark.parametrize("mode", ["closed", "hung"])
-@pytest.mark.parametrize(
-    "call", [pytest.param(name, marks=() if name == "ping" else GRAPHQL_DOWN_BUG) for name in CALLS]
-)
+@pytest.mark.parametrize("call", list(CALLS))
 def test_dagster_down_is_service_unavailable_quickly(tmp_path, request, mode, call):
     client = _down_client(tmp_path, request, "hung_port" if mode == "hung" else None)
     started = time.monotonic()

@@ -99,8 +99,18 @@ def test_audit_log_append_only(db_url, statement):
     from api_shim.services import audit
 
     entry = audit.AuditEntry(
-        tenant_id="t", project_id=None, actor_id=None, actor="a", action="x.y", resource_type="x", resource_id=None,
-        request_id="req_1", method="POST", path="/", status_code=200, ip=None,
+        tenant_id="t",
+        project_id=None,
+        actor_id=None,
+        actor="a",
+        action="x.y",
+        resource_type="x",
+        resource_id=None,
+        request_id="req_1",
+        method="POST",
+        path="/",
+        status_code=200,
+        ip=None,
     )
     with session_scope(db_url) as session:
         audit.record(session, entry)
@@ -120,9 +130,13 @@ def test_keyset_pages_cover_everything_once(db_url):
         while True:
             with session_scope(db_url) as session:
                 page = paginate(
-                    session, select(Project).where(Project.tenant_id == "t"),
+                    session,
+                    select(Project).where(Project.tenant_id == "t"),
                     request=PageRequest(limit=5, cursor=cursor, sort=sort, order=order),
-                    codec=codec, sort_columns=columns, id_column=Project.id, scope="s",
+                    codec=codec,
+                    sort_columns=columns,
+                    id_column=Project.id,
+                    scope="s",
                 )
                 seen.extend(p.name for p in page.items)
             if not page.has_more:
@@ -148,7 +162,9 @@ def test_readme_flow_on_postgresql(postgres_url, tmp_path):
             viewer = client.post(
                 "/api/v1/users", json={"email": "v@example.com", "name": "V", "role": "viewer"}, headers=admin
             ).json()
-            secret = client.post(f"/api/v1/users/{viewer['id']}/tokens", json={"name": "t"}, headers=admin).json()["token"]
+            secret = client.post(f"/api/v1/users/{viewer['id']}/tokens", json={"name": "t"}, headers=admin).json()[
+                "token"
+            ]
             denied = client.patch(
                 f"/api/v1/projects/{project['id']}", json={"name": "x"}, headers={"Authorization": f"Bearer {secret}"}
             )

@@ -31,7 +31,9 @@ def _ensure_binaries() -> tuple[str, str]:
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "postgresql"],
-            check=True, capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
         initdb, pg_ctl = _find_bin("initdb"), _find_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
@@ -62,16 +64,19 @@ def throwaway_postgres() -> Iterator[str]:
     try:
         subprocess.run(
             [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "rime", "-E", "UTF8", "--no-sync"],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
         subprocess.run(
             [*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "-t", "60", "start"],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         subprocess.run(
             [*as_user, _find_bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "rime", "rime"],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         yield f"postgresql+psycopg://rime@127.0.0.1:{port}/rime"
     finally:
