@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from api_shim.dagster_client import DagsterClient
 from api_shim.db.session import session_factory, session_scope
 from api_shim.handlers import install_exception_handlers
-from api_shim.middleware import AuditMiddleware, RateLimitMiddleware, RequestContextMiddleware
+from api_shim.middleware import AuditMiddleware, BodyLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from api_shim.pagination import CursorCodec
 from api_shim.routes import governance, health, projects, users
 from api_shim.services.users import ensure_bootstrap_admin
@@ -70,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (projects.router, users.router, governance.router):
         app.include_router(router)
 
-    # Added innermost first: requests pass RequestContext -> Audit -> RateLimit -> routes.
+    # Added innermost first: requests pass RequestContext -> Audit -> RateLimit -> BodyLimit -> routes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, settings=settings)
     app.add_middleware(AuditMiddleware, settings=settings, sessions=app.state.sessions)
     app.add_middleware(RequestContextMiddleware)

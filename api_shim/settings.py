@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_hours: int = 24
     health_timeout_seconds: float = 3.0
+    max_body_bytes: int = Field(1024 * 1024, description="Largest request body accepted (413 above).")
     log_level: str = "INFO"
 
     @field_validator("home", mode="after")

@@ -62,4 +62,4 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 # Every authenticated endpoint can answer these.
-COMMON_ERRORS = error_responses(400, 401, 403, 429, 500, 503)
+COMMON_ERRORS = error_responses(400, 401, 403, 413, 429, 500, 503)

@@ -242,3 +242,27 @@ class TestHealth:
         clients.admin.get("/api/v1/projects")
         text = clients.anonymous.get("/metrics").text
         assert 'rime_http_requests_total{method="GET",route="/api/v1/projects",status="200"}' in text
+
+
+class TestBodyLimit:
+    def test_declared_oversize_body_413(self, admin):
+        body = b'{"name": "' + b"x" * 1_100_000 + b'"}'
+        response = admin.post("/api/v1/projects", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+        assert REQUEST_ID.match(response.headers["X-Request-Id"])
+
+    @pytest.mark.parametrize("headers", [{}, {"Idempotency-Key": "big"}])
+    def test_streamed_oversize_body_413_and_nothing_created(self, admin, headers):
+        def chunks():
+            yield b'{"name": "'
+            for _ in range(12):
+                yield b"x" * 100_000
+            yield b'"}'
+
+        response = admin.post(
+            "/api/v1/projects", content=chunks(), headers={"Content-Type": "application/json", **headers}
+        )
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+        assert admin.get("/api/v1/projects").json()["data"] == []
