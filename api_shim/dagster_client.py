@@ -192,29 +192,25 @@ class DagsterClient:
                 self._instance = DagsterInstance.from_config(str(home))
             return self._instance
 
-    def run_records(self, *, tags: dict[str, str], limit: int, cursor: str | None = None) -> list[RunRecord]:
-        from dagster import RunsFilter
-
+    def _run_records(self, filters, limit: int, cursor: str | None = None) -> list[RunRecord]:
         try:
-            return list(self.instance().get_run_records(filters=RunsFilter(tags=tags), limit=limit, cursor=cursor))
+            return list(self.instance().get_run_records(filters=filters, limit=limit, cursor=cursor))
         except ServiceUnavailable:
             raise
         except Exception as exc:
             metrics.DAGSTER_ERRORS.labels("run_storage").inc()
             log.warning("reading Dagster run storage failed: %s", exc)
             raise ServiceUnavailable("Dagster run storage is unavailable; retry shortly.") from None
+
+    def run_records(self, *, tags: dict[str, str], limit: int, cursor: str | None = None) -> list[RunRecord]:
+        from dagster import RunsFilter
+
+        return self._run_records(RunsFilter(tags=tags), limit, cursor)
 
     def run_record(self, dagster_run_id: str) -> RunRecord | None:
         from dagster import RunsFilter
 
-        try:
-            records = self.instance().get_run_records(filters=RunsFilter(run_ids=[dagster_run_id]), limit=1)
-        except ServiceUnavailable:
-            raise
-        except Exception as exc:
-            metrics.DAGSTER_ERRORS.labels("run_storage").inc()
-            log.warning("reading Dagster run storage failed: %s", exc)
-            raise ServiceUnavailable("Dagster run storage is unavailable; retry shortly.") from None
+        records = self._run_records(RunsFilter(run_ids=[dagster_run_id]), 1)
         return records[0] if records else None
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api_shim.db.session import unit_of_work
 from api_shim.errors import Forbidden
 from api_shim.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorCodec, PageRequest
 from api_shim.services.auth import Principal, Role, authenticate
@@ -28,15 +29,8 @@ def get_session(request: Request) -> Iterator[Session]:
     Runs with scope="function" so the commit happens before the response is sent:
     a client never sees a 2xx for a write that did not commit.
     """
-    session: Session = request.app.state.sessions()
-    try:
+    with unit_of_work(request.app.state.sessions) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -131,3 +131,26 @@ def paginate(
             }
         )
     return PageResult(items=rows, next_cursor=next_cursor, has_more=has_more)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One paginated list: its name (cursors are bound to it), sortable columns and id column."""
+
+    name: str
+    sort_columns: dict[str, InstrumentedAttribute]
+    id_column: InstrumentedAttribute
+    default_sort: str = "created_at"
+
+    def page(
+        self, session: Session, stmt: Select, request: PageRequest, codec: CursorCodec, filters: dict | None = None
+    ) -> PageResult:
+        return paginate(
+            session,
+            stmt,
+            request=request,
+            codec=codec,
+            sort_columns=self.sort_columns,
+            id_column=self.id_column,
+            scope=scope_of(self.name, filters or {}),
+        )

@@ -61,7 +61,14 @@ def session_factory(url: str) -> sessionmaker[Session]:
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A unit of work outside a request: commits on success, rolls back on error."""
-    session = session_factory(url)()
+    with unit_of_work(session_factory(url)) as session:
+        yield session
+
+
+@contextmanager
+def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """Commits when the block succeeds, rolls back when it raises, always closes."""
+    session = sessions()
     try:
         yield session
         session.commit()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Depends
 from pydantic import BaseModel
 
-from api_shim.pagination import Page, PageResult
+from api_shim.deps import pagination
+from api_shim.pagination import Listing, Page, PageRequest, PageResult
 
 
 def to_page(result: PageResult, model: type[BaseModel]) -> Page:
@@ -13,3 +17,8 @@ def to_page(result: PageResult, model: type[BaseModel]) -> Page:
         next_cursor=result.next_cursor,
         has_more=result.has_more,
     )
+
+
+def page_params(listing: Listing):
+    """The `limit/cursor/sort/order` query parameters of `listing`, as an annotated dependency."""
+    return Annotated[PageRequest, Depends(pagination(*listing.sort_columns, default_sort=listing.default_sort))]

@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Query
 
 from api_shim.db.models import AuditLog
-from api_shim.deps import Auditor, CursorCodecDep, SessionDep, pagination
+from api_shim.deps import Auditor, CursorCodecDep, SessionDep
 from api_shim.errors import ValidationFailed
-from api_shim.pagination import PageRequest, paginate, scope_of
-from api_shim.routes._paging import to_page
+from api_shim.pagination import Listing
+from api_shim.routes._paging import page_params, to_page
 from api_shim.routing import rime_router
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.governance import AuditLogList, AuditLogResponse
@@ -20,7 +20,8 @@ from api_shim.services.projects import get_project
 
 router = rime_router(tags=["Governance"])
 
-SORTABLE = {"timestamp": AuditLog.timestamp}
+AUDIT_LOGS = Listing("audit", {"timestamp": AuditLog.timestamp}, AuditLog.id, default_sort="timestamp")
+AuditPage = page_params(AUDIT_LOGS)
 
 
 def audit_filters(
@@ -42,20 +43,11 @@ def audit_filters(
 
 
 AuditFiltersDep = Annotated[audit.AuditFilters, Depends(audit_filters)]
-AuditPage = Annotated[PageRequest, Depends(pagination(*SORTABLE, default_sort="timestamp"))]
 
 
 def _list(session, codec, page, *, tenant_id: str, project_id: str | None, filters: audit.AuditFilters):
     stmt = audit.audit_query(tenant_id=tenant_id, project_id=project_id, filters=filters)
-    result = paginate(
-        session,
-        stmt,
-        request=page,
-        codec=codec,
-        sort_columns=SORTABLE,
-        id_column=AuditLog.id,
-        scope=scope_of("audit", {"project": project_id, **filters.__dict__}),
-    )
+    result = AUDIT_LOGS.page(session, stmt, page, codec, {"project": project_id, **filters.__dict__})
     return to_page(result, AuditLogResponse)
 
 

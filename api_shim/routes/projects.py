@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import BackgroundTasks, Depends, Response, status
+from fastapi import BackgroundTasks, status
 from sqlalchemy import select
 
 from api_shim.dagster_client import DagsterClientDep
 from api_shim.db.models import Project
-from api_shim.deps import Admin, CursorCodecDep, Lead, SessionDep, Viewer, pagination
+from api_shim.deps import Admin, CursorCodecDep, Lead, SessionDep, Viewer
 from api_shim.errors import ValidationFailed
-from api_shim.pagination import PageRequest, paginate, scope_of
-from api_shim.routes._paging import to_page
+from api_shim.pagination import Listing
+from api_shim.routes._paging import page_params, to_page
 from api_shim.routing import Idempotent, rime_router
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.projects import ProjectCreate, ProjectList, ProjectResponse, ProjectUpdate
@@ -20,7 +18,12 @@ from api_shim.services import projects as service
 
 router = rime_router(prefix="/projects", tags=["Projects"])
 
-SORTABLE = {"created_at": Project.created_at, "updated_at": Project.updated_at, "name": Project.name}
+PROJECTS = Listing(
+    "projects",
+    {"created_at": Project.created_at, "updated_at": Project.updated_at, "name": Project.name},
+    Project.id,
+)
+ProjectPage = page_params(PROJECTS)
 
 
 @router.get("", name="project.list", response_model=ProjectList, summary="List all projects in the tenant")
@@ -28,19 +31,10 @@ def list_projects(
     principal: Viewer,
     session: SessionDep,
     codec: CursorCodecDep,
-    page: Annotated[PageRequest, Depends(pagination(*SORTABLE))],
+    page: ProjectPage,
 ):
     stmt = select(Project).where(Project.tenant_id == principal.tenant_id)
-    result = paginate(
-        session,
-        stmt,
-        request=page,
-        codec=codec,
-        sort_columns=SORTABLE,
-        id_column=Project.id,
-        scope=scope_of("projects", {}),
-    )
-    return to_page(result, ProjectResponse)
+    return to_page(PROJECTS.page(session, stmt, page, codec), ProjectResponse)
 
 
 @router.post(
@@ -102,4 +96,3 @@ def delete_project(
     project = service.get_project(session, id, tenant_id=principal.tenant_id)
     service.delete_project(session, project)
     background.add_task(dagster.definitions_changed)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)

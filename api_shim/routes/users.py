@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends, status
+from fastapi import status
 from sqlalchemy import select
 
 from api_shim.db.models import ApiToken, User
-from api_shim.deps import Admin, CursorCodecDep, PrincipalDep, SessionDep, Viewer, pagination
+from api_shim.deps import Admin, CursorCodecDep, PrincipalDep, SessionDep, Viewer
 from api_shim.errors import ValidationFailed
-from api_shim.pagination import PageRequest, paginate, scope_of
-from api_shim.routes._paging import to_page
+from api_shim.pagination import Listing
+from api_shim.routes._paging import page_params, to_page
 from api_shim.routing import rime_router
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.users import (
@@ -28,8 +26,10 @@ from api_shim.services import users as service
 
 router = rime_router(prefix="/users", tags=["Users"])
 
-USER_SORTABLE = {"created_at": User.created_at, "updated_at": User.updated_at, "email": User.email}
-TOKEN_SORTABLE = {"created_at": ApiToken.created_at}
+USERS = Listing("users", {"created_at": User.created_at, "updated_at": User.updated_at, "email": User.email}, User.id)
+TOKENS = Listing("tokens", {"created_at": ApiToken.created_at}, ApiToken.id)
+UserPage = page_params(USERS)
+TokenPage = page_params(TOKENS)
 
 
 @router.get("", name="user.list", response_model=UserList, summary="List users in the tenant")
@@ -37,19 +37,10 @@ def list_users(
     principal: Viewer,
     session: SessionDep,
     codec: CursorCodecDep,
-    page: Annotated[PageRequest, Depends(pagination(*USER_SORTABLE))],
+    page: UserPage,
 ):
     stmt = select(User).where(User.tenant_id == principal.tenant_id)
-    result = paginate(
-        session,
-        stmt,
-        request=page,
-        codec=codec,
-        sort_columns=USER_SORTABLE,
-        id_column=User.id,
-        scope=scope_of("users", {}),
-    )
-    return to_page(result, UserResponse)
+    return to_page(USERS.page(session, stmt, page, codec), UserResponse)
 
 
 @router.post(
@@ -120,19 +111,11 @@ def list_tokens(
     principal: PrincipalDep,
     session: SessionDep,
     codec: CursorCodecDep,
-    page: Annotated[PageRequest, Depends(pagination(*TOKEN_SORTABLE))],
+    page: TokenPage,
 ):
     user = _token_owner(session, principal, userId)
-    result = paginate(
-        session,
-        select(ApiToken).where(ApiToken.user_id == user.id),
-        request=page,
-        codec=codec,
-        sort_columns=TOKEN_SORTABLE,
-        id_column=ApiToken.id,
-        scope=scope_of("tokens", {"user": user.id}),
-    )
-    return to_page(result, TokenResponse)
+    stmt = select(ApiToken).where(ApiToken.user_id == user.id)
+    return to_page(TOKENS.page(session, stmt, page, codec, {"user": user.id}), TokenResponse)
 
 
 @router.post(
