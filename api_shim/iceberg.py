@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from api_shim.settings import Settings
@@ -19,3 +20,18 @@ def open_catalog(settings: Settings):
     if "type" not in props:
         props["type"] = "sql"
     return load_catalog(settings.iceberg_catalog_name, **props)
+
+
+class CatalogProvider:
+    """Opens the catalog once per process (each pyiceberg SQL catalog holds its own engine)."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._catalog = None
+        self._lock = threading.Lock()
+
+    def catalog(self):
+        with self._lock:
+            if self._catalog is None:
+                self._catalog = open_catalog(self._settings)
+            return self._catalog

@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 from api_shim.dagster_client import DagsterClient
 from api_shim.db.session import session_factory, session_scope
 from api_shim.handlers import install_exception_handlers
+from api_shim.iceberg import CatalogProvider
 from api_shim.middleware import AuditMiddleware, BodyLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from api_shim.pagination import CursorCodec
 from api_shim.routes import governance, health, projects, users
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = session_factory(settings.metadata_url)
     app.state.cursor_codec = CursorCodec(settings.signing_key())
     app.state.dagster = DagsterClient(settings)
+    app.state.iceberg = CatalogProvider(settings)
 
     install_exception_handlers(app)
     app.include_router(health.router)

@@ -13,8 +13,6 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from api_shim.iceberg import open_catalog
-
 router = APIRouter(tags=["Health"])
 
 
@@ -33,10 +31,10 @@ class Readiness(BaseModel):
     dependencies: dict[str, DependencyStatus]
 
 
-def _check_database(request: Request) -> str | None:
+def _check_database(request: Request) -> str:
     with request.app.state.sessions() as session:
         session.execute(text("SELECT 1"))
-    return None
+        return session.get_bind().dialect.name
 
 
 def _check_dagster(request: Request) -> str:
@@ -44,8 +42,7 @@ def _check_dagster(request: Request) -> str:
 
 
 def _check_iceberg(request: Request) -> str:
-    catalog = open_catalog(request.app.state.settings)
-    return f"{len(catalog.list_namespaces())} namespaces"
+    return f"{len(request.app.state.iceberg.catalog().list_namespaces())} namespaces"
 
 
 CHECKS = {"metadata_db": _check_database, "dagster": _check_dagster, "iceberg_catalog": _check_iceberg}
