@@ -1,0 +1,125 @@
+"""The connector plug-in interface: one class per `connector_type`, found through REGISTRY.
+
+A plug-in owns its pydantic `config` and `credentials` models (unknown keys rejected),
+its connection test, live schema discovery and a streaming batch reader. Adding a type
+means adding a module here and decorating its class with `@register`; no route changes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+DEFAULT_BATCH_ROWS = 65_536
+
+
+class StrictModel(BaseModel):
+    """Base of every config/credentials model: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class NoCredentials(StrictModel):
+    pass
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: str  # the source's own type name, e.g. "numeric(12,2)", "timestamp with time zone"
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    columns: list[ColumnInfo]
+    primary_key: list[str] = field(default_factory=list)
+    row_estimate: int | None = None
+
+
+@dataclass(frozen=True)
+class TestResult:
+    success: bool
+    message: str
+
+
+class SourceError(Exception):
+    """A failure the user can act on (bad credentials, unreachable host, missing table).
+
+    Its message is shown to users and written to run logs: it must never contain a secret.
+    """
+
+
+class Source(ABC):
+    """One configured source. Instances are cheap; connections open per call."""
+
+    connector_type: ClassVar[str]
+    config_model: ClassVar[type[StrictModel]]
+    credentials_model: ClassVar[type[StrictModel]] = NoCredentials
+
+    def __init__(self, config: StrictModel, credentials: StrictModel | None, *, upload_dir: Path | None = None):
+        self.config = config
+        self.credentials = credentials or self.credentials_model()
+        self.upload_dir = upload_dir  # the connector's upload area (used by `files`)
+
+    @classmethod
+    def from_dicts(
+        cls, config: dict[str, Any], credentials: dict[str, Any] | None, *, upload_dir: Path | None = None
+    ) -> Source:
+        """Validates raw dicts (pydantic.ValidationError on bad input) and builds the source."""
+        return cls(
+            cls.config_model.model_validate(config),
+            cls.credentials_model.model_validate(credentials or {}),
+            upload_dir=upload_dir,
+        )
+
+    @abstractmethod
+    def test(self, timeout: float) -> TestResult:
+        """A real connection attempt bounded by `timeout` seconds; never raises, never leaks secrets."""
+
+    @abstractmethod
+    def discover(self, timeout: float) -> list[TableInfo]:
+        """The tables this source offers, with columns, primary keys and row estimates."""
+
+    @abstractmethod
+    def arrow_schema(self, table: str) -> pa.Schema:
+        """The Arrow schema `read` yields for `table` (faithful types, see landing)."""
+
+    @abstractmethod
+    def read(
+        self,
+        table: str,
+        *,
+        cursor_field: str | None = None,
+        cursor_value: Any = None,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+    ) -> Iterator[pa.RecordBatch]:
+        """Streams `table` as record batches of `arrow_schema(table)`, bounded memory.
+
+        With `cursor_field` and a `cursor_value`, only rows with cursor_field > cursor_value.
+        Raises SourceError for user-actionable failures.
+        """
+
+
+REGISTRY: dict[str, type[Source]] = {}
+
+
+def register(cls: type[Source]) -> type[Source]:
+    REGISTRY[cls.connector_type] = cls
+    return cls
+
+
+def source_class(connector_type: str) -> type[Source]:
+    from rime_dagster.connectors import sources  # noqa: F401  (imports every plug-in module)
+
+    try:
+        return REGISTRY[connector_type]
+    except KeyError:
+        raise KeyError(f"unknown connector_type {connector_type!r}; known: {sorted(REGISTRY)}") from None
