@@ -19,31 +19,12 @@ from pathlib import Path
 
 import httpx
 
+from api_shim.dagster_client import ensure_dagster_home
 from api_shim.settings import Settings, get_settings
 
 log = logging.getLogger("rime")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GRACE_SECONDS = 10.0
-
-DAGSTER_YAML = """\
-# Written by `rime up`: the embedded Dagster instance (SQLite storage in this folder).
-# Runs launch at once (no queue polling) in-process, which keeps trigger-to-start short.
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: DefaultRunCoordinator
-telemetry:
-  enabled: false
-"""
-
-
-def ensure_dagster_home(settings: Settings) -> Path:
-    home = settings.dagster_home_path
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
-    return home
-
 
 def _write_private(path: Path, content: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

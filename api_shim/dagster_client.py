@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
@@ -40,6 +41,26 @@ RUN_STATUS = {
     "FAILURE": "failed",
     "CANCELED": "canceled",
 }
+
+
+DAGSTER_YAML = """\
+# Written by Rime at start: the embedded Dagster instance (SQLite storage in this folder).
+# Runs launch at once (no queue polling) in-process, which keeps trigger-to-start short.
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+telemetry:
+  enabled: false
+"""
+
+
+def ensure_dagster_home(settings: Settings) -> Path:
+    home = settings.dagster_home_path
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    return home
 
 
 def to_rime_run_id(dagster_run_id: str) -> str:
@@ -73,6 +94,12 @@ def _is_transport_failure(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__
     return False
+
+
+@dataclass
+class RunEvents:
+    materialized: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -212,6 +239,36 @@ class DagsterClient:
 
         records = self._run_records(RunsFilter(run_ids=[dagster_run_id]), 1)
         return records[0] if records else None
+
+    def run_events(self, dagster_run_id: str) -> RunEvents:
+        """Materializations (asset key path -> metadata values) and the failure messages of a run."""
+        from dagster import DagsterEventType
+
+        kinds = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+        try:
+            records = self.instance().get_records_for_run(dagster_run_id, of_type=kinds).records
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            metrics.DAGSTER_ERRORS.labels("event_log").inc()
+            log.warning("reading Dagster event log failed: %s", exc)
+            raise ServiceUnavailable("Dagster event log is unavailable; retry shortly.") from None
+        events = RunEvents()
+        for record in records:
+            event = record.event_log_entry.dagster_event
+            if event is None:
+                continue
+            if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                materialization = event.event_specific_data.materialization
+                events.materialized[tuple(materialization.asset_key.path)] = {
+                    key: getattr(value, "value", value) for key, value in materialization.metadata.items()
+                }
+            elif event.event_type == DagsterEventType.STEP_FAILURE:
+                error = event.event_specific_data.error
+                events.errors.append(error.message.strip() if error else event.message or "step failed")
+            elif not events.errors:  # RUN_FAILURE: only when no step said why
+                events.errors.append(event.message or "run failed")
+        return events
 
     def close(self) -> None:
         with self._instance_lock:

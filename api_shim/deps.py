@@ -40,11 +40,13 @@ _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization
 
 def get_principal(
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    principal = authenticate(session, credentials.credentials if credentials else None, tenant_id=settings.tenant)
+    # Its own short unit of work, not the request's: a route that then waits on a slow
+    # source (connection tests) must not keep a transaction, or SQLite's write lock, open.
+    with unit_of_work(request.app.state.sessions) as session:
+        principal = authenticate(session, credentials.credentials if credentials else None, tenant_id=settings.tenant)
     request.state.principal = principal  # read by the audit middleware
     return principal
 

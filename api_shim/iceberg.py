@@ -35,3 +35,21 @@ class CatalogProvider:
             if self._catalog is None:
                 self._catalog = open_catalog(self._settings)
             return self._catalog
+
+
+def drop_tables(catalog, namespace: str, *, prefix: str | None = None, drop_namespace: bool = False) -> list[str]:
+    """Drops (and purges) the namespace's tables, or only those named `<prefix>__*`."""
+    from pyiceberg.exceptions import NoSuchNamespaceError
+
+    try:
+        identifiers = catalog.list_tables(namespace)
+    except NoSuchNamespaceError:
+        return []
+    dropped = []
+    for identifier in identifiers:
+        if prefix is None or identifier[-1].startswith(f"{prefix}__"):
+            catalog.purge_table(identifier)
+            dropped.append(".".join(identifier))
+    if drop_namespace:
+        catalog.drop_namespace(namespace)
+    return dropped

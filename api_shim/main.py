@@ -9,13 +9,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import OperationalError
 
-from api_shim.dagster_client import DagsterClient
+from api_shim.crypto import CredentialCipher
+from api_shim.dagster_client import DagsterClient, ensure_dagster_home
 from api_shim.db.session import session_factory, session_scope
 from api_shim.handlers import install_exception_handlers
 from api_shim.iceberg import CatalogProvider
 from api_shim.middleware import AuditMiddleware, BodyLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from api_shim.pagination import CursorCodec
-from api_shim.routes import governance, health, projects, users
+from api_shim.routes import connectors, governance, health, projects, tables, users
 from api_shim.services.users import ensure_bootstrap_admin
 from api_shim.settings import Settings, get_settings
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        ensure_dagster_home(settings)
         try:
             bootstrap(settings)
         except OperationalError:
@@ -66,14 +68,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.cursor_codec = CursorCodec(settings.signing_key())
     app.state.dagster = DagsterClient(settings)
     app.state.iceberg = CatalogProvider(settings)
+    app.state.cipher = CredentialCipher.from_settings(settings)
 
     install_exception_handlers(app)
     app.include_router(health.router)
-    for router in (projects.router, users.router, governance.router):
+    for router in (projects.router, connectors.router, tables.router, users.router, governance.router):
         app.include_router(router)
 
     # Added innermost first: requests pass RequestContext -> Audit -> RateLimit -> BodyLimit -> routes.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.upload_max_request_bytes
+    )
     app.add_middleware(RateLimitMiddleware, settings=settings)
     app.add_middleware(AuditMiddleware, settings=settings, sessions=app.state.sessions)
     app.add_middleware(RequestContextMiddleware)

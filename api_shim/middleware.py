@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _SECRET_QUERY = re.compile(r"(?i)\b(token|access_token|api_key)=[^&]*")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+_UPLOAD_PATH = re.compile(r"^/api/v1/projects/[^/]+/connectors/[^/]+/files$")
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
@@ -165,16 +166,19 @@ class BodyLimitMiddleware:
     while reading, so nothing is half-processed).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_max_bytes = upload_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        # Upload areas take files (each checked against its own limit by the route).
+        limit = self.upload_max_bytes if _UPLOAD_PATH.match(scope["path"]) else self.max_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _send_json(send, 413, error_payload("payload_too_large", self._message()), {})
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _send_json(send, 413, error_payload("payload_too_large", self._message(limit)), {})
         received = 0
 
         async def counting_receive() -> Message:
@@ -182,16 +186,17 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # An HTTPException, because FastAPI re-raises those from body parsing
                     # (anything else becomes a generic 400); handlers map it to the envelope.
-                    raise HTTPException(413, detail=self._message())
+                    raise HTTPException(413, detail=self._message(limit))
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _message(self) -> str:
-        return f"The request body is larger than {self.max_bytes} bytes."
+    @staticmethod
+    def _message(limit: int) -> str:
+        return f"The request body is larger than {limit} bytes."
 
 
 class AuditMiddleware:

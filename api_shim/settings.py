@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: int = 24
     health_timeout_seconds: float = 3.0
     max_body_bytes: int = Field(1024 * 1024, description="Largest request body accepted (413 above).")
+    upload_max_file_bytes: int = Field(32 * 1024 * 1024, description="Largest file accepted by an upload area.")
+    upload_max_request_bytes: int = Field(256 * 1024 * 1024, description="Largest multi-file upload request.")
     log_level: str = "INFO"
 
     @field_validator("home", mode="after")

@@ -73,6 +73,7 @@ def seed_projects(engine: Engine) -> None:
                 "id": new_id("project"),
                 "tenant_id": TENANT,
                 "name": f"bench-project-{i:05d}",
+                "namespace": f"bench_project_{i:05d}",
                 "description": f"Benchmark project number {i}.",
                 "created_at": at,
                 "updated_at": at,

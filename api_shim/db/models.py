@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from api_shim.db.types import UTCDateTime, utcnow
@@ -65,12 +65,46 @@ class Project(TimestampedMixin, Base):
         UniqueConstraint("tenant_id", "name", name="uq_projects_tenant_name"),
         Index("ix_projects_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_projects_tenant_name_id", "tenant_id", "name", "id"),
+        UniqueConstraint("tenant_id", "namespace", name="uq_projects_tenant_namespace"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
+    # Iceberg namespace and Dagster asset-key prefix, fixed at creation (renames never move data).
+    namespace: Mapped[str] = mapped_column(String(100), nullable=False)
+
+
+class Connector(TimestampedMixin, Base):
+    """A configured source. Its Iceberg tables are `<project.namespace>.<table_prefix>__<table>`,
+    fixed at creation so renames never move data."""
+
+    __tablename__ = "connectors"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_connectors_project_name"),
+        Index("ix_connectors_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    connector_type: Mapped[str] = mapped_column(String(50), nullable=False)
+    config: Mapped[dict] = mapped_column(JSON, nullable=False)
+    # Fernet token of the credentials JSON (api_shim.crypto); never returned, never logged.
+    credentials_encrypted: Mapped[str | None] = mapped_column(Text)
+    selected_tables: Mapped[list | None] = mapped_column(JSON)
+    schedule: Mapped[str | None] = mapped_column(String(100))
+    sync_mode: Mapped[str] = mapped_column(String(20), nullable=False, default="full_refresh")
+    cursor_fields: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    paused: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    table_prefix: Mapped[str] = mapped_column(String(100), nullable=False)
+    # Tables seen by the last successful discovery: the asset set when selected_tables is null.
+    known_tables: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self.selected_tables) if self.selected_tables is not None else list(self.known_tables)
 
 
 class AuditLog(Base):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import BackgroundTasks, status
+from typing import Annotated
+
+from fastapi import BackgroundTasks, Query, Request, status
 from sqlalchemy import select
 
 from api_shim.dagster_client import DagsterClientDep
 from api_shim.db.models import Project
-from api_shim.deps import Admin, CursorCodecDep, Lead, SessionDep, Viewer
+from api_shim.deps import Admin, CursorCodecDep, Lead, SessionDep, SettingsDep, Viewer
 from api_shim.errors import ValidationFailed
 from api_shim.pagination import Listing
 from api_shim.routes._paging import page_params, to_page
@@ -91,8 +93,18 @@ def update_project(id: str, body: ProjectUpdate, principal: Lead, session: Sessi
     summary="Delete a project and all its resources",
 )
 def delete_project(
-    id: str, principal: Admin, session: SessionDep, dagster: DagsterClientDep, background: BackgroundTasks
+    id: str,
+    request: Request,
+    principal: Admin,
+    session: SessionDep,
+    settings: SettingsDep,
+    dagster: DagsterClientDep,
+    background: BackgroundTasks,
+    purge_data: Annotated[bool, Query(description="Also drop the project's Iceberg tables.")] = False,
 ):
     project = service.get_project(session, id, tenant_id=principal.tenant_id)
-    service.delete_project(session, project)
+    service.delete_project(session, project, settings=settings)
+    if purge_data:
+        # After the commit: a failed purge must not resurrect the project. Logged if it fails.
+        background.add_task(service.purge_project_data, request.app.state.iceberg, project.namespace)
     background.add_task(dagster.definitions_changed)

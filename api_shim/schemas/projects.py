@@ -24,6 +24,7 @@ class ProjectResponse(ResponseModel):
     id: str = Field(examples=["proj_01jd2x9k7m3b5q8r1t4v6w0y2z"])
     name: str
     description: str | None
+    namespace: str = Field(description="Iceberg namespace (and Dagster asset-key prefix) of the project's tables.")
     created_at: Timestamp
     updated_at: Timestamp
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_shim.db.models import Project
 from api_shim.errors import Conflict, NotFound
+from api_shim.iceberg import drop_tables
 from api_shim.ids import new_id
+from api_shim.naming import unique_identifier
+from api_shim.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def get_project(session: Session, project_id: str, *, tenant_id: str) -> Project:
@@ -26,7 +34,14 @@ def _ensure_name_free(session: Session, tenant_id: str, name: str, *, except_id:
 
 def create_project(session: Session, *, tenant_id: str, name: str, description: str | None) -> Project:
     _ensure_name_free(session, tenant_id, name)
-    project = Project(id=new_id("project"), tenant_id=tenant_id, name=name, description=description)
+    taken = set(session.scalars(select(Project.namespace).where(Project.tenant_id == tenant_id)))
+    project = Project(
+        id=new_id("project"),
+        tenant_id=tenant_id,
+        name=name,
+        description=description,
+        namespace=unique_identifier(name, taken, fallback="p"),
+    )
     session.add(project)
     try:
         session.flush()
@@ -48,11 +63,18 @@ def update_project(session: Session, project: Project, *, changes: dict) -> Proj
     return project
 
 
-def delete_project(session: Session, project: Project) -> None:
-    """Deletes the project; rows it owns go with it through ON DELETE CASCADE.
-
-    Resources that live outside the metadata store (Dagster definitions, Iceberg
-    tables) are cleaned up by their domains as they are added.
-    """
+def delete_project(session: Session, project: Project, *, settings: Settings) -> None:
+    """Deletes the project; rows it owns (connectors, ...) go with it through ON DELETE CASCADE,
+    and so do its upload areas. Its Dagster definitions disappear on the next code-location
+    reload, since they are built from these rows; Iceberg tables stay unless purged."""
     session.delete(project)
     session.flush()
+    shutil.rmtree(settings.home / "uploads" / project.id, ignore_errors=True)
+
+
+def purge_project_data(catalog_provider, namespace: str) -> None:
+    try:
+        dropped = drop_tables(catalog_provider.catalog(), namespace, drop_namespace=True)
+        log.info("purged %d Iceberg tables of namespace %s", len(dropped), namespace)
+    except Exception:
+        log.exception("could not purge Iceberg namespace %s", namespace)

@@ -205,7 +205,9 @@ class TestOpenAPI:
                         "$ref": "#/components/schemas/ErrorResponse"
                     }, f"{method} {path} lacks {code}"
                 if "requestBody" in operation:
-                    assert operation["requestBody"]["content"]["application/json"]["schema"]
+                    content = operation["requestBody"]["content"]
+                    body = content.get("application/json") or content.get("multipart/form-data")
+                    assert body and body["schema"], f"{method} {path} documents no request schema"
                 assert operation["security"] == [{"HTTPBearer": []}]
 
     def test_swagger_ui(self, clients):

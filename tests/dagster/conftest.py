@@ -136,6 +136,8 @@ def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
     env.update(
         DAGSTER_HOME=str(dagster_home),
         RIME_HOME=str(settings.home),
+        # The API in the tests encrypts credentials with this key; the run workers must decrypt them.
+        RIME_SECRET_KEY=settings.secret_key,
         DAGSTER_DISABLE_TELEMETRY="1",
     )
     env_marker = f"DAGSTER_HOME={dagster_home}"

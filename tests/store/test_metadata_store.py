@@ -79,7 +79,7 @@ def test_unique_names_per_tenant(db_url):
         projects.create_project(session, tenant_id="b", name="same", description=None)
     with pytest.raises(DBAPIError):  # the database enforces it even past the service check
         with session_scope(db_url) as session:
-            session.add(Project(id="proj_dupe", tenant_id="a", name="same"))
+            session.add(Project(id="proj_dupe", tenant_id="a", name="same", namespace="other"))
 
 
 def test_deleting_a_user_cascades_to_tokens(db_url):

@@ -1,0 +1,41 @@
+"""Bodies of the Tables group: what landed in Iceberg, readable without another tool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api_shim.schemas.common import ResponseModel, Timestamp
+
+
+class TableSource(ResponseModel):
+    connector_id: str
+    table: str
+
+
+class TableResponse(ResponseModel):
+    name: str
+    namespace: str
+    row_count: int | None
+    snapshot_id: str | None
+    updated_at: Timestamp | None
+    source: TableSource | None
+
+
+class TableList(ResponseModel):
+    data: list[TableResponse]
+
+
+class TableColumn(ResponseModel):
+    name: str
+    type: str
+    nullable: bool
+
+
+class TableSchemaResponse(ResponseModel):
+    name: str
+    columns: list[TableColumn]
+
+
+class TablePreview(ResponseModel):
+    columns: list[str]
+    rows: list[list[Any]]

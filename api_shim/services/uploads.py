@@ -1,0 +1,73 @@
+"""Upload areas (landing zones) of `files` connectors: safe names, size limits, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from api_shim.errors import PayloadTooLarge, ValidationFailed
+
+ALLOWED_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    name: str
+    size_bytes: int
+    uploaded_at: datetime
+
+
+def check_name(filename: str | None, index: int) -> str:
+    name = os.path.basename((filename or "").replace("\\", "/"))
+    field = f"files.{index}"
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise ValidationFailed.field(field, "File names may use letters, digits, '.', '_' and '-' only.")
+    if not name.lower().endswith(ALLOWED_SUFFIXES):
+        raise ValidationFailed.field(field, f"Unsupported file type; use one of {', '.join(ALLOWED_SUFFIXES)}.")
+    return name
+
+
+def file_size(handle: BinaryIO) -> int:
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(0)
+    return size
+
+
+def check_sizes(sizes: list[tuple[str, int]], limit: int) -> None:
+    too_big = [name for name, size in sizes if size > limit]
+    if too_big:
+        raise PayloadTooLarge(f"Files over the {limit // (1024 * 1024)} MB limit: {', '.join(too_big)}.")
+
+
+def store(directory: Path, name: str, handle: BinaryIO) -> StoredFile:
+    """Writes to a temp file in the same folder and renames it: readers never see half a file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := handle.read(CHUNK):
+                out.write(chunk)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return describe(directory / name)
+
+
+def describe(path: Path) -> StoredFile:
+    stat = path.stat()
+    return StoredFile(name=path.name, size_bytes=stat.st_size, uploaded_at=datetime.fromtimestamp(stat.st_mtime, UTC))
+
+
+def list_files(directory: Path) -> list[StoredFile]:
+    if not directory.is_dir():
+        return []
+    return [describe(p) for p in sorted(directory.iterdir()) if p.is_file() and not p.name.startswith(".")]
