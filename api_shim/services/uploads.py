@@ -25,9 +25,9 @@ class StoredFile:
 
 
 def check_name(filename: str | None, index: int) -> str:
-    name = os.path.basename((filename or "").replace("\\", "/"))
+    name = filename or ""
     field = f"files.{index}"
-    if not _SAFE_NAME.match(name) or ".." in name:
+    if "/" in name or "\\" in name or not _SAFE_NAME.match(name) or ".." in name:
         raise ValidationFailed.field(field, "File names may use letters, digits, '.', '_' and '-' only.")
     if not name.lower().endswith(ALLOWED_SUFFIXES):
         raise ValidationFailed.field(field, f"Unsupported file type; use one of {', '.join(ALLOWED_SUFFIXES)}.")
