@@ -258,8 +258,9 @@ class AuditMiddleware:
         action = route.name
         resource_type = action.split(".", 1)[0]
         resource_id = None
-        # A create on a collection (path ends in a literal) names the new resource in its body.
-        if scope["method"] == "POST" and 200 <= status < 300 and not route.path.endswith("}"):
+        # A create (201 on a collection) names the new resource in its body; run triggers (202)
+        # and actions are recorded against the resource in their path.
+        if scope["method"] == "POST" and status == 201 and not route.path.endswith("}"):
             resource_id = _created_id(body)
         if resource_id is None and path_params:
             resource_id = list(path_params.values())[-1]
@@ -289,6 +290,6 @@ def _created_id(body: bytes) -> str | None:
     except ValueError:
         return None
     if isinstance(payload, dict):
-        value = payload.get("id") or payload.get("run_id")
+        value = payload.get("id")
         return value if isinstance(value, str) else None
     return None
