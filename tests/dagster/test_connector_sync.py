@@ -12,7 +12,9 @@ from tests.dagster.conftest import Webserver, graphql
 
 pytestmark = pytest.mark.dagster
 
-CUSTOMERS_V1 = b"id,name,amount,signed_up\n1,Ada,10.50,2026-01-02T03:04:05\n2,Grace,,2026-02-03T04:05:06\n3,Linus,7.25,\n"
+CUSTOMERS_V1 = (
+    b"id,name,amount,signed_up\n1,Ada,10.50,2026-01-02T03:04:05\n2,Grace,,2026-02-03T04:05:06\n3,Linus,7.25,\n"
+)
 CUSTOMERS_V2 = b"id,name,amount,signed_up\n1,Ada,11.00,2026-01-02T03:04:05\n4,Barbara,3.00,2026-03-04T05:06:07\n"
 
 
@@ -64,7 +66,7 @@ def test_files_connector_syncs_into_iceberg_and_back_out_of_the_api(api, dagster
     # The schedule is a Dagster schedule of the connector's job.
     schedules = graphql(
         settings,
-        "{ schedulesOrError(repositorySelector: {repositoryLocationName: \"rime\", repositoryName: \"__repository__\"})"
+        '{ schedulesOrError(repositorySelector: {repositoryLocationName: "rime", repositoryName: "__repository__"})'
         " { ... on Schedules { results { name cronSchedule } } } }",
     )["schedulesOrError"]["results"]
     assert {"name": f"sync_{connector['id']}_schedule", "cronSchedule": "0 2 * * *"} in schedules
