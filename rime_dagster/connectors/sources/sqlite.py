@@ -1,0 +1,451 @@
+"""SQLite source: a database file on the server, opened read-only with Python's sqlite3.
+
+Why sqlite3 and not DuckDB's sqlite scanner: SQLite columns are dynamically typed, so the real
+work is deciding what a declared type lands as and what to do with values that do not fit it.
+The scanner decides both for us (unconstrained NUMERIC as DOUBLE, a mismatching value fails
+with a message that names no row) and SQLite files here are uploads of modest size, where the
+standard library's reader is fast enough. Here every rule is ours, written down below, and a
+value that does not fit fails the read with a SourceError naming the table, column and row.
+
+Landing types, from the declared type (SQLite's affinity rules, after a few well-known names):
+
+    BOOLEAN, BOOL                    -> bool       (0/1, 'true'/'false'/'t'/'f'/'1'/'0', any case)
+    DATE                             -> date32     (ISO 'YYYY-MM-DD' text; a datetime text at midnight)
+    DATETIME, TIMESTAMP...           -> timestamp(us), naive (ISO 8601 text, ' ' or 'T', any
+                                        fraction; text with an offset or 'Z' is converted to UTC;
+                                        INTEGER/REAL values are Unix epoch seconds, UTC)
+    TIME                             -> time64(us) (ISO 'HH:MM[:SS[.ffffff]]' text)
+    DECIMAL(p,s) / NUMERIC(p,s), p<=38 -> decimal128(p,s) (INTEGER, REAL and numeric text accepted;
+                                        rounded half-even to s places: SQLite stored them as
+                                        doubles anyway; more than p digits is an error)
+    DECIMAL / NUMERIC (no precision, or p > 38) -> float64
+    JSON                             -> string
+    ...contains INT                  -> int64      (INTEGER affinity)
+    ...contains CHAR, CLOB or TEXT   -> string     (TEXT affinity)
+    ...contains BLOB                 -> binary     (text values: their UTF-8 bytes)
+    ...contains REAL, FLOA or DOUB   -> float64    (INTEGER values widen)
+    no declared type, anything else  -> string     (INTEGER/REAL rendered as text; a BLOB is an error)
+
+Anything else that does not fit (text in an INTEGER column, a fraction in an INTEGER column, a
+BLOB in a TEXT column, an unparseable date) is an error, never a silent NULL. Every Arrow field is
+nullable (NOT NULL is reported by `discover`).
+
+`discover` lists tables (not views, not `sqlite_%` internals) with declared types, NOT NULL (an
+INTEGER PRIMARY KEY, the rowid, is never null), primary key columns in key order and an exact
+`COUNT(*)` as row estimate (None when it does not finish within the timeout).
+
+Incremental reads: for int64/float64 cursor columns `WHERE "cursor" > ?` is pushed to SQLite
+(numeric comparison is the same on both sides); for every other type the comparison is done on
+the converted Arrow values, since SQLite would compare the stored text or numbers, not the dates
+or decimals they mean. Either way only rows with cursor > cursor_value are yielded.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time as time_module
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator
+
+from rime_dagster.connectors.sources.base import (
+    DEFAULT_BATCH_ROWS,
+    ColumnInfo,
+    NoCredentials,
+    Source,
+    SourceError,
+    StrictModel,
+    TableInfo,
+    TestResult,
+    register,
+)
+
+_DECIMAL = re.compile(r"^(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)$")
+_TRUE = {"1", "true", "t"}
+_FALSE = {"0", "false", "f"}
+
+
+class SqliteConfig(StrictModel):
+    path: str = Field(min_length=1, description="Absolute path of the SQLite database file")
+
+    @field_validator("path")
+    @classmethod
+    def _existing_absolute_file(cls, value: str) -> str:
+        path = Path(value)
+        if not path.is_absolute():
+            raise ValueError("must be an absolute path")
+        if not path.is_file():
+            raise ValueError("no such file")
+        return value
+
+
+class _Unfit(Exception):
+    """A value that does not fit its column's landing type."""
+
+
+# -- value converters (slow path: one Python value at a time) ---------------------------------
+
+
+def _kind(value: Any) -> str:
+    return {int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB"}.get(type(value), type(value).__name__)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    raise _Unfit
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    raise _Unfit
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    raise _Unfit
+
+
+def _to_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise _Unfit
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise _Unfit
+
+
+def _decimal_converter(precision: int, scale: int) -> Callable[[Any], Decimal]:
+    quantum = Decimal(1).scaleb(-scale)
+
+    def convert(value: Any) -> Decimal:
+        if isinstance(value, bytes) or value is True or value is False:
+            raise _Unfit
+        try:
+            number = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+            number = number.quantize(quantum, rounding=ROUND_HALF_EVEN)
+        except (InvalidOperation, ValueError):
+            raise _Unfit from None
+        if not number.is_finite() or len(number.as_tuple().digits) > precision:
+            raise _Unfit
+        return number
+
+    return convert
+
+
+def _to_timestamp(value: Any) -> datetime:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+        except (OverflowError, OSError, ValueError):
+            raise _Unfit from None
+    if not isinstance(value, str):
+        raise _Unfit
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise _Unfit from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def _to_date(value: Any) -> date:
+    if not isinstance(value, str):
+        raise _Unfit
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        pass
+    parsed = _to_timestamp(value)
+    if parsed.time() != time(0):
+        raise _Unfit
+    return parsed.date()
+
+
+def _to_time(value: Any) -> time:
+    if not isinstance(value, str):
+        raise _Unfit
+    try:
+        parsed = time.fromisoformat(value.strip())
+    except ValueError:
+        raise _Unfit from None
+    return parsed.replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    declared: str
+    type: pa.DataType
+    convert: Callable[[Any], Any]
+    fast_types: frozenset[type] = frozenset()  # Python types Arrow converts exactly as `convert` would
+    arrow_cast: bool = False  # the fast path parses text with Arrow (dates, timestamps)
+
+
+_NONE = type(None)
+_INTS = frozenset({int, _NONE})
+_NUMBERS = frozenset({int, float, _NONE})
+_TEXTS = frozenset({str, _NONE})
+_BYTES = frozenset({bytes, str, _NONE})
+
+
+def _landing(name: str, declared: str) -> _Column:
+    """The landing type of a column from its declared type (rules in the module docstring)."""
+    upper = " ".join(declared.upper().split())
+    base = upper.split("(")[0].strip()
+    if base in ("BOOLEAN", "BOOL"):
+        return _Column(name, declared, pa.bool_(), _to_bool)
+    if base == "DATE":
+        return _Column(name, declared, pa.date32(), _to_date, _TEXTS, arrow_cast=True)
+    if base == "DATETIME" or base.startswith("TIMESTAMP"):
+        return _Column(name, declared, pa.timestamp("us"), _to_timestamp, _TEXTS, arrow_cast=True)
+    if base == "TIME":
+        return _Column(name, declared, pa.time64("us"), _to_time)
+    if base in ("DECIMAL", "NUMERIC"):
+        match = _DECIMAL.match(upper)
+        if match and 1 <= int(match.group(1)) <= 38 and int(match.group(2) or 0) <= int(match.group(1)):
+            precision, scale = int(match.group(1)), int(match.group(2) or 0)
+            return _Column(name, declared, pa.decimal128(precision, scale), _decimal_converter(precision, scale))
+        return _Column(name, declared, pa.float64(), _to_float, _NUMBERS)
+    if base == "JSON":
+        return _Column(name, declared, pa.string(), _to_str, _TEXTS)
+    if "INT" in upper:
+        return _Column(name, declared, pa.int64(), _to_int, _INTS)
+    if "CHAR" in upper or "CLOB" in upper or "TEXT" in upper:
+        return _Column(name, declared, pa.string(), _to_str, _TEXTS)
+    if "BLOB" in upper:
+        return _Column(name, declared, pa.binary(), _to_bytes, _BYTES)
+    if "REAL" in upper or "FLOA" in upper or "DOUB" in upper:
+        return _Column(name, declared, pa.float64(), _to_float, _NUMBERS)
+    return _Column(name, declared, pa.string(), _to_str, _TEXTS)
+
+
+def _interrupt_after(conn: sqlite3.Connection, deadline: float) -> None:
+    """Make statements on `conn` fail ("interrupted") once time.monotonic() passes `deadline`."""
+    conn.set_progress_handler(lambda: int(time_module.monotonic() > deadline), 10_000)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@register
+class SqliteSource(Source):
+    connector_type = "sqlite"
+    config_model = SqliteConfig
+    credentials_model = NoCredentials
+
+    config: SqliteConfig
+
+    def __repr__(self) -> str:
+        return f"SqliteSource(path={self.config.path!r})"
+
+    def _open(self, timeout: float | None = None) -> sqlite3.Connection:
+        """Read-only connection; with `timeout`, statements are interrupted past that many seconds."""
+        path = Path(self.config.path)
+        if not path.is_file():
+            raise SourceError(f"SQLite file {self.config.path} does not exist or is not a file.")
+        try:
+            conn = sqlite3.connect(
+                f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout or 5.0, check_same_thread=False
+            )
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            message = f"Could not open {self.config.path}: {exc}."
+            raise SourceError(message) from None
+        if timeout is not None:
+            _interrupt_after(conn, time_module.monotonic() + timeout)
+        return conn
+
+    def _tables(self, conn: sqlite3.Connection) -> list[str]:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+            "ORDER BY name"
+        ).fetchall()
+        return [name for (name,) in rows]
+
+    def _columns(self, conn: sqlite3.Connection, table: str) -> list[tuple[str, str, bool, int]]:
+        """(name, declared type, not null, primary-key position) of the columns `SELECT *` returns."""
+        rows = conn.execute(
+            'SELECT name, type, "notnull", pk FROM pragma_table_xinfo(?) WHERE hidden != 1 ORDER BY cid', [table]
+        ).fetchall()
+        if not rows:
+            raise SourceError(f"Table '{table}' not found.")
+        return [(name, declared or "", bool(notnull), pk) for name, declared, notnull, pk in rows]
+
+    def test(self, timeout: float) -> TestResult:
+        try:
+            conn = self._open(timeout)
+        except SourceError as exc:
+            return TestResult(False, str(exc))
+        try:
+            with conn:
+                tables = self._tables(conn)
+        except sqlite3.Error as exc:
+            return TestResult(False, f"Could not read {self.config.path}: {exc}.")
+        finally:
+            conn.close()
+        noun = "table" if len(tables) == 1 else "tables"
+        return TestResult(True, f"Connection successful. {len(tables)} {noun} accessible.")
+
+    def discover(self, timeout: float) -> list[TableInfo]:
+        deadline = time_module.monotonic() + timeout
+        conn = self._open()
+        error: SourceError | None = None
+        try:
+            result = []
+            for table in self._tables(conn):
+                columns = self._columns(conn, table)
+                keys = sorted((pk, name) for name, _, _, pk in columns if pk)
+                rowid_alias = len(keys) == 1 and any(
+                    pk and declared.upper() == "INTEGER" for _, declared, _, pk in columns
+                )
+                _interrupt_after(conn, deadline)
+                try:
+                    estimate = conn.execute(f"SELECT count(*) FROM {_quote(table)}").fetchone()[0]
+                except sqlite3.OperationalError:  # interrupted at the deadline
+                    estimate = None
+                finally:
+                    conn.set_progress_handler(None, 0)
+                result.append(
+                    TableInfo(
+                        name=table,
+                        columns=[
+                            ColumnInfo(name, declared, nullable=not (notnull or (rowid_alias and pk == 1)))
+                            for name, declared, notnull, pk in columns
+                        ],
+                        primary_key=[name for _, name in keys],
+                        row_estimate=estimate,
+                    )
+                )
+            return result
+        except sqlite3.Error as exc:
+            error = SourceError(f"Could not read {self.config.path}: {exc}.")
+        finally:
+            conn.close()
+        raise error
+
+    def _landing_columns(self, conn: sqlite3.Connection, table: str) -> list[_Column]:
+        return [_landing(name, declared) for name, declared, _, _ in self._columns(conn, table)]
+
+    def arrow_schema(self, table: str) -> pa.Schema:
+        conn = self._open()
+        error: SourceError | None = None
+        try:
+            return pa.schema([pa.field(column.name, column.type) for column in self._landing_columns(conn, table)])
+        except sqlite3.Error as exc:
+            error = SourceError(f"Could not read {self.config.path}: {exc}.")
+        finally:
+            conn.close()
+        raise error
+
+    def read(
+        self,
+        table: str,
+        *,
+        cursor_field: str | None = None,
+        cursor_value: Any = None,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+    ) -> Iterator[pa.RecordBatch]:
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be positive")
+        conn = self._open()
+        error: SourceError | None = None
+        try:
+            columns = self._landing_columns(conn, table)
+            schema = pa.schema([pa.field(column.name, column.type) for column in columns])
+            names = [column.name for column in columns]
+            query = f"SELECT {', '.join(map(_quote, names))} FROM {_quote(table)}"
+            params: list[Any] = []
+            arrow_filter: tuple[int, pa.Scalar] | None = None
+            if cursor_field is not None:
+                if cursor_field not in names:
+                    raise SourceError(f"Cursor column '{cursor_field}' not found in table '{table}'.")
+                if cursor_value is not None:
+                    index = names.index(cursor_field)
+                    if columns[index].type in (pa.int64(), pa.float64()):
+                        query += f" WHERE {_quote(cursor_field)} > ?"
+                        params.append(cursor_value)
+                    else:
+                        arrow_filter = (index, self._cursor_scalar(table, columns[index], cursor_value))
+            cursor = conn.execute(query, params)
+            seen = 0
+            while rows := cursor.fetchmany(batch_rows):
+                values = list(zip(*rows, strict=True))
+                arrays = [self._array(table, column, values[i], seen) for i, column in enumerate(columns)]
+                seen += len(rows)
+                batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+                if arrow_filter is not None:
+                    index, scalar = arrow_filter
+                    batch = batch.filter(pc.greater(batch.column(index), scalar))
+                if batch.num_rows:
+                    yield batch
+        except sqlite3.Error as exc:
+            error = SourceError(f"Reading table '{table}' from {self.config.path} failed: {exc}.")
+        finally:
+            conn.close()
+        if error is not None:
+            raise error
+
+    @staticmethod
+    def _cursor_scalar(table: str, column: _Column, value: Any) -> pa.Scalar:
+        if isinstance(value, datetime) and value.tzinfo is not None and pa.types.is_timestamp(column.type):
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        try:
+            return pa.scalar(value).cast(column.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            raise SourceError(
+                f"Cursor value of type {type(value).__name__} cannot be compared with column "
+                f"'{column.name}' ({column.declared or 'no declared type'}) of table '{table}'."
+            ) from None
+
+    @staticmethod
+    def _array(table: str, column: _Column, values: tuple[Any, ...], offset: int) -> pa.Array:
+        """One column of a batch in its landing type; fast paths first, then value by value."""
+        # Arrow converts a whole list at C speed, but silently truncates floats to ints and takes BLOBs as
+        # text: only columns holding nothing but the expected Python types take the fast path.
+        if column.fast_types and set(map(type, values)) <= column.fast_types:
+            try:
+                if column.arrow_cast:
+                    return pa.array(values, type=pa.string()).cast(column.type)
+                return pa.array(values, type=column.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                pass  # e.g. an integer too big for a double, a text Arrow cannot parse: value by value
+        converted = []
+        for position, value in enumerate(values):
+            if value is None:
+                converted.append(None)
+                continue
+            try:
+                converted.append(column.convert(value))
+            except _Unfit:
+                raise SourceError(
+                    f"Table '{table}', column '{column.name}', row {offset + position + 1} of the read: "
+                    f"a {_kind(value)} value does not fit the declared type "
+                    f"{column.declared or '(none)'} (landing type {column.type})."
+                ) from None
+        return pa.array(converted, type=column.type)
