@@ -26,6 +26,7 @@ log = logging.getLogger("rime")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GRACE_SECONDS = 10.0
 
+
 def _write_private(path: Path, content: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -50,24 +51,20 @@ def migrate(settings: Settings) -> None:
 
 
 def bootstrap(settings: Settings, *, demo: bool) -> None:
-    from api_shim.db.session import session_scope
+    from api_shim.demo import ensure_demo
     from api_shim.main import bootstrap as ensure_admin
-    from api_shim.services import projects
 
     ensure_admin(settings)
     if demo:
-        from sqlalchemy import select
+        ensure_demo(settings)
 
-        from api_shim.db.models import Project
 
-        with session_scope(settings.metadata_url) as session:
-            exists = session.scalar(
-                select(Project.id).where(Project.tenant_id == settings.tenant, Project.name == "demo")
-            )
-            if exists is None:
-                projects.create_project(
-                    session, tenant_id=settings.tenant, name="demo", description="Demo project loaded by `make up`."
-                )
+def initialize_dagster_storage(dagster_home: Path) -> None:
+    """Create Dagster's SQLite storages once, before its processes start: the webserver and the
+    daemon creating them at the same moment can stamp two Alembic heads into one database."""
+    from dagster import DagsterInstance
+
+    DagsterInstance.from_config(str(dagster_home)).dispose()
 
 
 class Supervisor:
@@ -133,6 +130,7 @@ def wait_ready(url: str, timeout: float, supervisor: Supervisor) -> bool:
 def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     bin_dir = Path(sys.executable).parent
     dagster_home = ensure_dagster_home(settings)
+    initialize_dagster_storage(dagster_home)
     token, token_path = admin_token(settings)
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RIME_HOME": str(settings.home), "RIME_ADMIN_TOKEN": token}
     env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
