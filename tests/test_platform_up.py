@@ -76,10 +76,11 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
         assert ready is not None and ready.status_code == 200, ready.text if ready else "API never answered"
         assert {d["status"] for d in ready.json()["dependencies"].values()} == {"ok"}
         headers = {"Authorization": "Bearer rime_up_test_token_0123456789"}
-        names = [
-            p["name"] for p in httpx.get(f"http://127.0.0.1:{api_port}/api/v1/projects", headers=headers).json()["data"]
-        ]
-        assert "demo" in names
+        api = f"http://127.0.0.1:{api_port}/api/v1"
+        projects = httpx.get(f"{api}/projects", headers=headers).json()["data"]
+        demo = next(p for p in projects if p["name"] == "demo")
+        connectors = httpx.get(f"{api}/projects/{demo['id']}/connectors", headers=headers).json()["data"]
+        assert [(c["name"], c["connector_type"]) for c in connectors] == [("Demo Shop", "files")]
         family = _descendants(proc.pid)
         assert len(family) >= 3  # webserver, daemon, API (+ their code servers)
         proc.send_signal(stop_signal)
