@@ -182,3 +182,28 @@ def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
         _stop(process, env_marker)
     leftovers = _pids_with_env(env_marker)
     assert not leftovers, f"Dagster processes survived teardown: {leftovers}"
+
+
+@pytest.fixture
+def api(dagster_webserver: Webserver):
+    """The API, as the admin, wired to the session's real Dagster webserver."""
+    from fastapi.testclient import TestClient
+
+    from api_shim.main import create_app
+
+    settings = dagster_webserver.settings
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {settings.admin_token}"
+        yield client
+
+
+def wait_for_run(api, connector_url: str, run_id: str, timeout: float = 120) -> dict:
+    """Polls the connector's run history until `run_id` is terminal."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = api.get(f"{connector_url}/runs").json()["data"]
+        run = next((r for r in runs if r["run_id"] == run_id), None)
+        if run and run["status"] in ("succeeded", "failed", "canceled"):
+            return run
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} did not finish in {timeout:.0f}s")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api_shim.main import create_app
-from tests.dagster.conftest import Webserver, graphql
+from tests.dagster.conftest import Webserver, graphql, wait_for_run
 
 pytestmark = pytest.mark.dagster
 
@@ -16,25 +14,6 @@ CUSTOMERS_V1 = (
     b"id,name,amount,signed_up\n1,Ada,10.50,2026-01-02T03:04:05\n2,Grace,,2026-02-03T04:05:06\n3,Linus,7.25,\n"
 )
 CUSTOMERS_V2 = b"id,name,amount,signed_up\n1,Ada,11.00,2026-01-02T03:04:05\n4,Barbara,3.00,2026-03-04T05:06:07\n"
-
-
-@pytest.fixture
-def api(dagster_webserver: Webserver):
-    settings = dagster_webserver.settings
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        client.headers["Authorization"] = f"Bearer {settings.admin_token}"
-        yield client
-
-
-def _wait_for_run(api, base: str, run_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = api.get(f"{base}/runs").json()["data"]
-        run = next((r for r in runs if r["run_id"] == run_id), None)
-        if run and run["status"] in ("succeeded", "failed", "canceled"):
-            return run
-        time.sleep(1)
-    raise AssertionError(f"run {run_id} did not finish in {timeout}s")
 
 
 def _wait_for_asset(settings, key: list[str], timeout: float = 30) -> None:
@@ -78,7 +57,7 @@ def test_files_connector_syncs_into_iceberg_and_back_out_of_the_api(api, dagster
     replay = api.post(f"{base}/sync", headers={"Idempotency-Key": "first-sync"})
     assert replay.json()["run_id"] == run_id  # nothing new started
 
-    run = _wait_for_run(api, base, run_id)
+    run = wait_for_run(api, base, run_id)
     assert run["status"] == "succeeded", run
     assert run["rows_synced"] == 3 and run["tables"] == [{"name": "customers", "rows": 3, "status": "succeeded"}]
     assert run["duration_seconds"] is not None and run["error"] is None
@@ -96,13 +75,13 @@ def test_files_connector_syncs_into_iceberg_and_back_out_of_the_api(api, dagster
     # A full refresh replaces the rows atomically.
     api.post(f"{base}/files", files={"files": ("customers.csv", CUSTOMERS_V2, "text/csv")})
     second = api.post(f"{base}/sync", json={"full_refresh": True}).json()["run_id"]
-    assert _wait_for_run(api, base, second)["status"] == "succeeded"
+    assert wait_for_run(api, base, second)["status"] == "succeeded"
     preview = api.get(f"/api/v1/projects/{project['id']}/tables/drop_zone__customers/preview").json()
     assert sorted(dict(zip(preview["columns"], r, strict=True))["name"] for r in preview["rows"]) == ["Ada", "Barbara"]
 
     # A run launched in Dagster directly (as from the UI) shows up in the API's history.
     launched = dagster_webserver.client.launch_run(f"sync_{connector['id']}", tags={})
-    ui_run = _wait_for_run(api, base, launched.run_id)
+    ui_run = wait_for_run(api, base, launched.run_id)
     assert ui_run["status"] == "succeeded"
     history = [r["run_id"] for r in api.get(f"{base}/runs").json()["data"]]
     assert history[:3] == [launched.run_id, second, run_id]
@@ -119,13 +98,13 @@ def test_failed_sync_is_reported_and_keeps_previous_data(api, dagster_webserver:
     api.post(f"{base}/files", files={"files": ("events.csv", b"id,kind\n1,open\n2,close\n", "text/csv")})
     _wait_for_asset(settings, [project["namespace"], "events", "events"])
     first = api.post(f"{base}/sync").json()["run_id"]
-    assert _wait_for_run(api, base, first)["status"] == "succeeded"
+    assert wait_for_run(api, base, first)["status"] == "succeeded"
 
     # Same table, now with a row whose id is not an integer: the sync must fail, cleanly.
     broken = b"id,kind\n" + b"".join(b"%d,open\n" % i for i in range(200_000)) + b"not-a-number,close\n"
     api.post(f"{base}/files", files={"files": ("events.csv", broken, "text/csv")})
     failed = api.post(f"{base}/sync").json()["run_id"]
-    run = _wait_for_run(api, base, failed)
+    run = wait_for_run(api, base, failed)
     assert run["status"] == "failed"
     assert run["error"] and "events" in run["error"]
     assert run["tables"] == [{"name": "events", "rows": None, "status": "failed"}]

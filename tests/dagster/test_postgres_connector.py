@@ -10,12 +10,10 @@ import uuid
 
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
-from api_shim.main import create_app
 from rime_dagster.connectors.landing import preview
-from tests.dagster.conftest import Webserver
+from tests.dagster.conftest import Webserver, wait_for_run
 
 pytestmark = [pytest.mark.dagster, pytest.mark.postgres]
 
@@ -57,24 +55,6 @@ def crm(postgres_url):
             """
         )
     return url, dsn
-
-
-@pytest.fixture
-def api(dagster_webserver: Webserver):
-    settings = dagster_webserver.settings
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        client.headers["Authorization"] = f"Bearer {settings.admin_token}"
-        yield client
-
-
-def _wait(api, base: str, run_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = next((r for r in api.get(f"{base}/runs").json()["data"] if r["run_id"] == run_id), None)
-        if run and run["status"] in ("succeeded", "failed", "canceled"):
-            return run
-        time.sleep(1)
-    raise AssertionError(f"run {run_id} did not finish")
 
 
 JSON_COLUMNS = {"profile"}  # jsonb lands as its JSON text
@@ -138,7 +118,7 @@ def test_worked_example_verbatim_then_row_for_row(api, crm, dagster_webserver: W
     started = api.post(f"{base}/sync")
     assert started.status_code == 202, started.text
     assert started.json()["status"] in ("queued", "running") and started.json()["run_id"].startswith("run_")
-    run = _wait(api, base, started.json()["run_id"])
+    run = wait_for_run(api, base, started.json()["run_id"])
     assert run["status"] == "succeeded", run
     assert {t["name"]: t["rows"] for t in run["tables"]} == {"customers": 2500, "orders": 10000, "products": 3}
 
@@ -166,12 +146,12 @@ def test_wrong_credentials_fail_cleanly_and_keep_data(api, crm, dagster_webserve
     connector = api.post(f"/api/v1/projects/{project['id']}/connectors", json=body).json()
     base = f"/api/v1/projects/{project['id']}/connectors/{connector['id']}"
     time.sleep(1)
-    first = _wait(api, base, api.post(f"{base}/sync").json()["run_id"])
+    first = wait_for_run(api, base, api.post(f"{base}/sync").json()["run_id"])
     assert first["status"] == "succeeded"
 
     api.patch(base, json={"credentials": {"username": "no_such_user", "password": SECRET + "-wrong"}})
     assert api.post(f"{base}/test").json()["success"] is False
-    failed = _wait(api, base, api.post(f"{base}/sync").json()["run_id"])
+    failed = wait_for_run(api, base, api.post(f"{base}/sync").json()["run_id"])
     assert failed["status"] == "failed" and failed["error"]
     assert "no_such_user" in failed["error"] or "authentication" in failed["error"].lower()
     tables = api.get(f"/api/v1/projects/{project['id']}/tables").json()["data"]
