@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rime_dagster.connectors.landing import LandResult, land_table, read_cursor
+from rime_dagster.connectors.prefetch import prefetched
 from rime_dagster.connectors.sources import Source
 
 
@@ -30,14 +31,19 @@ def sync_table(source: Source, catalog: Any, spec: TableSync, *, run_id: str, fu
         cursor_field=spec.cursor_field if incremental else None,
         cursor_value=cursor_value,
     )
-    return land_table(
-        catalog,
-        identifier,
-        schema,
-        batches,
-        mode="incremental" if incremental else "full_refresh",
-        # A full refresh of an incremental table restarts its cursor from the new data.
-        cursor_field=spec.cursor_field,
-        run_id=run_id,
-        properties=spec.properties,
-    )
+    reader = prefetched(batches, name=f"read-{spec.table}")
+    try:
+        return land_table(
+            catalog,
+            identifier,
+            schema,
+            # The scan of the next batch overlaps the Parquet write of this one (both release the GIL).
+            reader,
+            mode="incremental" if incremental else "full_refresh",
+            # A full refresh of an incremental table restarts its cursor from the new data.
+            cursor_field=spec.cursor_field,
+            run_id=run_id,
+            properties=spec.properties,
+        )
+    finally:
+        reader.close()  # stops the read-ahead thread now, not when the traceback is collected
