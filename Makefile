@@ -24,8 +24,11 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+## Run every benchmark (installs the `bench` extra: dlt, the connector sync peer).
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/projects_pagination.py
+	$(BIN)/python bench/connector_sync.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check api_shim rime_dagster tests bench
