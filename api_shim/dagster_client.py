@@ -181,8 +181,14 @@ class DagsterClient:
             log.warning("could not reload Dagster code location %r: %s", self.location, exc)
 
     def launch_run(
-        self, job_name: str, *, tags: dict[str, str], run_config: dict[str, Any] | None = None
+        self,
+        job_name: str,
+        *,
+        tags: dict[str, str],
+        run_config: dict[str, Any] | None = None,
+        asset_selection: list[list[str]] | None = None,
     ) -> LaunchedRun:
+        """Launches `job_name` (a subset of its assets, with their checks, when `asset_selection` is given)."""
         run_id = self._call(
             "launch",
             self._graphql.submit_job_execution,
@@ -193,6 +199,7 @@ class DagsterClient:
             repository_name="__repository__",
             run_config=run_config or {},
             tags=tags,
+            asset_selection=asset_selection,
         )
         return LaunchedRun(dagster_run_id=run_id)
 

@@ -7,10 +7,10 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -73,10 +73,25 @@ class Settings(BaseSettings):
     upload_max_request_bytes: int = Field(256 * 1024 * 1024, description="Largest multi-file upload request.")
     log_level: str = "INFO"
 
+    dbt_project_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders a `path` dbt project may be registered from (JSON list); empty allows any path "
+        "the server can read. Set it in production.",
+    )
+    dbt_timeout_seconds: float = Field(300.0, description="Limit for fetching (git) and parsing a dbt project.")
+    dbt_threads: int = Field(4, description="dbt threads in generated profiles.")
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("dbt_project_roots", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
+        return value
 
     @field_validator("rate_limits", "iceberg_catalog_properties", mode="before")
     @classmethod
@@ -112,6 +127,11 @@ class Settings(BaseSettings):
             props = {}
         props.update(self.iceberg_catalog_properties)
         return props
+
+    @property
+    def dbt_home(self) -> Path:
+        """dbt projects' files, DuckDB warehouses and run artifacts."""
+        return self.home / "dbt"
 
     def signing_key(self) -> str:
         """The secret for signed cursors; generated once into RIME_HOME (0600) when not configured."""

@@ -12,7 +12,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from api_shim.db.models import Connector, Project
+from api_shim.db.models import Connector, DbtProject, Project
+from rime_dagster.dbt.manifest import ConnectorTable
+from rime_dagster.dbt.workspace import ProjectFiles, duckdb_path, project_root
 from rime_dagster.resources import MetadataStoreResource, settings
 
 
@@ -54,13 +56,49 @@ class ConnectorSpec:
 
 
 @dataclass(frozen=True)
+class DbtProjectSpec:
+    id: str
+    project_id: str
+    namespace: str
+    name: str
+    slug: str
+    root: Path
+    revision: int
+    target: dict[str, Any]
+    credentials_encrypted: str | None
+    vars: dict[str, Any]
+    schedule: str | None
+    paused: bool
+    duckdb_file: Path
+    connector_tables: tuple[ConnectorTable, ...]
+
+    @property
+    def files(self) -> ProjectFiles:
+        return ProjectFiles(self.root, self.revision)
+
+    @property
+    def adapter(self) -> str:
+        return self.target.get("adapter", "duckdb")
+
+    def target_password(self) -> str | None:
+        """The target's password, decrypted only now, inside the run."""
+        if not self.credentials_encrypted:
+            return None
+        from api_shim.crypto import CredentialCipher
+
+        return CredentialCipher.from_settings(settings()).decrypt(self.credentials_encrypted).get("password")
+
+
+@dataclass(frozen=True)
 class PlatformSpecs:
     projects: list[ProjectSpec] = field(default_factory=list)
     connectors: list[ConnectorSpec] = field(default_factory=list)
+    dbt_projects: list[DbtProjectSpec] = field(default_factory=list)
 
 
 def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
     home = settings().home
+    dbt_home = settings().dbt_home
     with store.session() as session:
         projects = {
             p.id: ProjectSpec(id=p.id, name=p.name, namespace=p.namespace)
@@ -85,4 +123,40 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
             )
             for c in session.scalars(select(Connector).order_by(Connector.created_at, Connector.id))
         ]
-    return PlatformSpecs(projects=list(projects.values()), connectors=connectors)
+        dbt_projects = [
+            DbtProjectSpec(
+                id=d.id,
+                project_id=d.project_id,
+                namespace=projects[d.project_id].namespace,
+                name=d.name,
+                slug=d.slug,
+                root=project_root(dbt_home, d.project_id, d.id),
+                revision=d.revision,
+                target=dict(d.target),
+                credentials_encrypted=d.target_credentials_encrypted,
+                vars=dict(d.vars),
+                schedule=d.schedule,
+                paused=d.paused,
+                duckdb_file=duckdb_path(dbt_home, d.project_id),
+                connector_tables=tuple(
+                    t for c in connectors if c.project_id == d.project_id for t in connector_tables_of(c)
+                ),
+            )
+            for d in session.scalars(select(DbtProject).order_by(DbtProject.created_at, DbtProject.id))
+        ]
+    return PlatformSpecs(projects=list(projects.values()), connectors=connectors, dbt_projects=dbt_projects)
+
+
+def connector_tables_of(connector: ConnectorSpec | Connector, namespace: str | None = None) -> list[ConnectorTable]:
+    """The connector's tables as dbt sources can reference them."""
+    ns = namespace or connector.namespace  # type: ignore[union-attr]
+    return [
+        ConnectorTable(
+            connector_id=connector.id,
+            connector_name=connector.name,
+            table_prefix=connector.table_prefix,
+            table=table,
+            namespace=ns,
+        )
+        for table in connector.tables
+    ]

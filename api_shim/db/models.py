@@ -107,6 +107,39 @@ class Connector(TimestampedMixin, Base):
         return list(self.selected_tables) if self.selected_tables is not None else list(self.known_tables)
 
 
+class DbtProject(TimestampedMixin, Base):
+    """A registered dbt project. Its files live under `RIME_HOME/dbt/<project_id>/<id>/rev-<revision>/`
+    (copied or checked out, then parsed); `slug` prefixes its asset keys and published Iceberg tables."""
+
+    __tablename__ = "dbt_projects"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_dbt_projects_project_name"),
+        UniqueConstraint("project_id", "slug", name="uq_dbt_projects_project_slug"),
+        Index("ix_dbt_projects_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    slug: Mapped[str] = mapped_column(String(100), nullable=False)
+    # {"type": "path", "path": ...} | {"type": "git", "url": ..., "ref": ..., "subdirectory": ...}
+    source: Mapped[dict] = mapped_column(JSON, nullable=False)
+    # {"adapter": "duckdb", "threads": ...} | {"adapter": "postgres", "host": ..., ...}: never a secret.
+    target: Mapped[dict] = mapped_column(JSON, nullable=False)
+    # Fernet token of the target's secrets ({"password": ...}); never returned, never written to disk.
+    target_credentials_encrypted: Mapped[str | None] = mapped_column(Text)
+    vars: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    schedule: Mapped[str | None] = mapped_column(String(100))
+    paused: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Bumped by every successful fetch + parse; the code location builds from this revision only.
+    revision: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    dbt_project_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    profile_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    models_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    parsed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
 class AuditLog(Base):
     """Append-only (the API has no update/delete and database triggers refuse both).
 

@@ -44,6 +44,8 @@ def _describe(catalog, namespace: str, name: str) -> TableResponse:
     source = None
     if "rime.connector_id" in props:
         source = {"connector_id": props["rime.connector_id"], "table": props.get("rime.source_table", name)}
+    elif "rime.dbt_project_id" in props:
+        source = {"dbt_project_id": props["rime.dbt_project_id"], "model": props.get("rime.dbt_model", name)}
     return TableResponse(
         name=name,
         namespace=namespace,

@@ -8,8 +8,17 @@ from api_shim.schemas.common import ResponseModel, Timestamp
 
 
 class TableSource(ResponseModel):
+    """A connector's synced table."""
+
     connector_id: str
     table: str
+
+
+class ModelSource(ResponseModel):
+    """A dbt model published to Iceberg."""
+
+    dbt_project_id: str
+    model: str
 
 
 class TableResponse(ResponseModel):
@@ -18,7 +27,7 @@ class TableResponse(ResponseModel):
     row_count: int | None
     snapshot_id: str | None
     updated_at: Timestamp | None
-    source: TableSource | None
+    source: TableSource | ModelSource | None
 
 
 class TableList(ResponseModel):

@@ -94,7 +94,9 @@ def create_connector(session: Session, project: Project, body, cipher: Credentia
     cursor_fields = body.cursor_fields or {}
     _check_sync_mode(body.sync_mode, body.selected_tables, cursor_fields)
     _ensure_name_free(session, project, body.name)
-    taken = set(session.scalars(select(Connector.table_prefix).where(Connector.project_id == project.id)))
+    from api_shim.services.dbt import taken_prefixes  # connector prefixes and dbt slugs share a name space
+
+    taken = taken_prefixes(session, project.id)
     connector = Connector(
         id=new_id("connector"),
         project_id=project.id,

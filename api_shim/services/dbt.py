@@ -1,0 +1,258 @@
+"""dbt projects: fetched and parsed before they are stored, run through Dagster, read back from dbt's artifacts.
+
+Fetching and parsing take seconds, so they happen outside any database transaction (SQLite's
+write lock would block every other writer): `prepare_revision` builds a revision's files, and only
+a parsed revision is ever recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api_shim.crypto import CredentialCipher
+from api_shim.db.models import Connector, DbtProject, Project
+from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
+from api_shim.iceberg import drop_tables
+from api_shim.naming import unique_identifier
+from api_shim.settings import Settings
+from rime_dagster.dbt import workspace
+from rime_dagster.dbt.manifest import (
+    ASSET_TYPES,
+    ConnectorIndex,
+    load_manifest,
+    node_asset_key,
+    resources,
+)
+from rime_dagster.dbt.workspace import DbtProjectError, ProjectFiles
+from rime_dagster.specs import connector_tables_of
+
+log = logging.getLogger(__name__)
+
+
+def get_dbt_project(session: Session, project: Project, dbt_project_id: str) -> DbtProject:
+    row = session.get(DbtProject, dbt_project_id)
+    if row is None or row.project_id != project.id:
+        raise NotFound.of("dbt project", dbt_project_id, " in this project")
+    return row
+
+
+def files_of(settings: Settings, row: DbtProject, revision: int | None = None) -> ProjectFiles:
+    root = workspace.project_root(settings.dbt_home, row.project_id, row.id)
+    return ProjectFiles(root, revision if revision is not None else row.revision)
+
+
+def ensure_name_free(session: Session, project_id: str, name: str, *, except_id: str | None = None) -> None:
+    clash = session.scalar(select(DbtProject.id).where(DbtProject.project_id == project_id, DbtProject.name == name))
+    if clash is not None and clash != except_id:
+        raise Conflict(f"A dbt project named '{name}' already exists in this project.")
+
+
+def taken_prefixes(session: Session, project_id: str) -> set[str]:
+    """Connector table prefixes and dbt slugs share one name space: both prefix asset keys and Iceberg tables."""
+    connectors = session.scalars(select(Connector.table_prefix).where(Connector.project_id == project_id))
+    dbt = session.scalars(select(DbtProject.slug).where(DbtProject.project_id == project_id))
+    return set(connectors) | set(dbt)
+
+
+def new_slug(session: Session, project_id: str, name: str) -> str:
+    return unique_identifier(name, taken_prefixes(session, project_id), fallback="dbt")
+
+
+# Revisions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revision:
+    files: ProjectFiles
+    commit_sha: str | None
+    dbt_project_name: str
+    profile_name: str
+    models_count: int
+
+
+def target_settings(target: Any | None) -> tuple[dict[str, Any], str | None]:
+    """(target without secrets as stored, password or None) from a validated target body."""
+    if target is None:
+        return {"adapter": "duckdb", "schema": "main"}, None
+    data = target.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"password"})
+    password = getattr(target, "password", None)
+    return data, password.get_secret_value() if password is not None else None
+
+
+def prepare_revision(
+    settings: Settings,
+    *,
+    files: ProjectFiles,
+    source: Mapping[str, Any],
+    target: Mapping[str, Any],
+    namespace: str,
+    vars: Mapping[str, Any],
+) -> Revision:
+    """Fetches the source into a new revision folder and parses it; on any failure the folder is removed
+    and Unprocessable carries the reason (dbt's own message for a broken project)."""
+    try:
+        files.revision_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise Conflict("Another update of this dbt project is in progress; retry shortly.") from None
+    try:
+        commit = workspace.fetch(
+            source,
+            files.project_dir,
+            allowed_roots=settings.dbt_project_roots,
+            timeout=settings.dbt_timeout_seconds,
+        )
+        project_file = workspace.read_project_file(files.project_dir)
+        output = workspace.profile_output(
+            target,
+            duckdb_file=workspace.duckdb_path(settings.dbt_home, files.root.parent.name),
+            namespace=namespace,
+            threads=settings.dbt_threads,
+        )
+        workspace.write_profiles(files, project_file.profile, output)
+        manifest_path = workspace.parse(files, vars=vars, timeout=settings.dbt_timeout_seconds)
+        manifest = load_manifest(manifest_path)
+    except DbtProjectError as exc:
+        shutil.rmtree(files.revision_dir, ignore_errors=True)
+        raise Unprocessable(str(exc)) from None
+    except BaseException:
+        shutil.rmtree(files.revision_dir, ignore_errors=True)
+        raise
+    return Revision(
+        files=files,
+        commit_sha=commit,
+        dbt_project_name=project_file.name,
+        profile_name=project_file.profile,
+        models_count=len(resources(manifest, ("model",))),
+    )
+
+
+def discard_revision(revision: Revision) -> None:
+    shutil.rmtree(revision.files.revision_dir, ignore_errors=True)
+
+
+def record_new(
+    session: Session,
+    *,
+    dbt_id: str,
+    project: Project,
+    body,
+    slug: str,
+    target: dict[str, Any],
+    password: str | None,
+    revision: Revision,
+    cipher: CredentialCipher,
+) -> DbtProject:
+    ensure_name_free(session, project.id, body.name)
+    if slug in taken_prefixes(session, project.id):
+        raise Conflict("A connector or dbt project took this name meanwhile; retry.")
+    row = DbtProject(
+        id=dbt_id,
+        project_id=project.id,
+        name=body.name,
+        slug=slug,
+        source=body.source.model_dump(mode="json", exclude_none=True),
+        target=target,
+        target_credentials_encrypted=cipher.encrypt({"password": password}) if password else None,
+        vars=body.vars or {},
+        schedule=body.schedule,
+        revision=revision.files.revision,
+        commit_sha=revision.commit_sha,
+        dbt_project_name=revision.dbt_project_name,
+        profile_name=revision.profile_name,
+        models_count=revision.models_count,
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise Conflict(f"A dbt project named '{body.name}' already exists in this project.") from None
+    return row
+
+
+def delete_files(settings: Settings, row: DbtProject) -> None:
+    shutil.rmtree(workspace.project_root(settings.dbt_home, row.project_id, row.id), ignore_errors=True)
+
+
+def purge_published(catalog_provider, namespace: str, slug: str) -> None:
+    try:
+        dropped = drop_tables(catalog_provider.catalog(), namespace, prefix=slug)
+        log.info("purged published Iceberg tables %s", ", ".join(dropped) or "(none)")
+    except Exception:
+        log.exception("could not purge the Iceberg tables of %s.%s__*", namespace, slug)
+
+
+# Reading ------------------------------------------------------------------------------------
+
+
+def manifest_of(settings: Settings, row: DbtProject) -> dict[str, Any]:
+    path = files_of(settings, row).manifest_path
+    try:
+        return load_manifest(path)
+    except (OSError, ValueError):
+        raise Unprocessable(
+            "This dbt project's parsed files are missing on the server; update it with `refresh: true`."
+        ) from None
+
+
+def connector_index(session: Session, project: Project) -> ConnectorIndex:
+    connectors = session.scalars(select(Connector).where(Connector.project_id == project.id))
+    return ConnectorIndex(t for c in connectors for t in connector_tables_of(c, project.namespace))
+
+
+def resolve_selection(
+    manifest: Mapping[str, Any], *, command: str, select_expr: str | None, exclude: str | None
+) -> tuple[list[str], bool]:
+    """The unique ids of the models, seeds and snapshots a run covers, and whether that is all of them.
+
+    dbt's own selector evaluates `select`/`exclude` on the manifest; a selected test brings in the
+    node it tests when the command is `test` or the selection is only tests. `seed` keeps seeds, `run` models.
+    """
+    from dagster_dbt.utils import select_unique_ids
+
+    try:
+        ids = select_unique_ids(select_expr or "fqn:*", exclude or "", "", None, manifest)
+    except Exception as exc:
+        field = "exclude" if exclude and not select_expr else "select"
+        raise ValidationFailed.field(field, f"dbt could not evaluate the selection: {exc}") from None
+    nodes = manifest.get("nodes", {})
+    chosen: set[str] = set()
+    tested: set[str] = set()  # nodes whose tests the selection names
+    for unique_id in ids:
+        node = nodes.get(unique_id)
+        if node is None:
+            continue
+        if node["resource_type"] in ASSET_TYPES:
+            chosen.add(unique_id)
+        elif node["resource_type"] == "test":
+            attached = node.get("attached_node")
+            parents = [attached] if attached else (node.get("depends_on") or {}).get("nodes", [])
+            tested.update(p for p in parents if nodes.get(p, {}).get("resource_type") in ASSET_TYPES)
+    # Tests select the nodes they test only for `test`, or when the selection names nothing but tests:
+    # `stg_orders+ --exclude customers` must not rebuild `customers` because a test on it is downstream.
+    if command == "test" or not chosen:
+        chosen |= tested
+    kinds = {"seed": {"seed"}, "run": {"model"}}.get(command, set(ASSET_TYPES))
+    chosen = {u for u in chosen if nodes[u]["resource_type"] in kinds}
+    if not chosen:
+        what = {"seed": "seeds", "run": "models"}.get(command, "models, seeds or snapshots")
+        raise Unprocessable(f"The selection matches no {what} of this dbt project.")
+    everything = {n["unique_id"] for n in resources(manifest, ASSET_TYPES)}
+    return sorted(chosen), chosen == everything
+
+
+def asset_keys(namespace: str, slug: str, manifest: Mapping[str, Any], unique_ids: list[str]) -> list[list[str]]:
+    nodes = manifest.get("nodes", {})
+    return [node_asset_key(namespace, slug, nodes[u]) for u in unique_ids]
+
+
+def run_dir(settings: Settings, row: DbtProject, dagster_run_id: str) -> Path:
+    return files_of(settings, row).run_dir(dagster_run_id)
