@@ -145,9 +145,9 @@ def _git_checkout(url: str, ref: str | None, subdirectory: str | None, dest: Pat
     checkout = dest.parent / f"{dest.name}.git-checkout"
     shutil.rmtree(checkout, ignore_errors=True)
     try:
-        _git(["clone", "--quiet", "--no-tags", "--", url, str(checkout)], cwd=None, timeout=timeout)
+        _git(["clone", "--quiet", "--", url, str(checkout)], cwd=None, timeout=timeout)
         if ref:
-            _git(["checkout", "--quiet", "--detach", ref], cwd=checkout, timeout=timeout)
+            _git(["checkout", "--quiet", "--detach", ref, "--"], cwd=checkout, timeout=timeout)
         sha = _git(["rev-parse", "HEAD"], cwd=checkout, timeout=timeout)
         folder = (checkout / (subdirectory or "")).resolve()
         if not folder.is_relative_to(checkout.resolve()) or not (folder / "dbt_project.yml").is_file():

@@ -55,6 +55,7 @@ class Ctx:
 
     project_id: str
     connector_id: str
+    dbt_project_id: str
     spare_user_id: str
     user_ids: dict[Role, str]
     admin_token_ids: dict[str, str]
@@ -74,10 +75,16 @@ def unique(prefix: str) -> str:
 
 
 CONN = "/api/v1/projects/{id}/connectors"
+DBT = "/api/v1/projects/{id}/dbt-projects"
+TINY_DBT = Path(__file__).resolve().parents[1] / "fixtures" / "dbt" / "tiny"
 
 
 def conn_url(c: Ctx, suffix: str = "") -> str:
     return f"/api/v1/projects/{c.project_id}/connectors/{c.connector_id}{suffix}"
+
+
+def dbt_url(c: Ctx, suffix: str = "") -> str:
+    return f"/api/v1/projects/{c.project_id}/dbt-projects/{c.dbt_project_id}{suffix}"
 
 
 CASES: dict[tuple[str, str], Case] = {
@@ -98,6 +105,18 @@ CASES: dict[tuple[str, str], Case] = {
         "files": {"files": ("more.csv", b"a,b\n1,2\n", "text/csv")},
     },
     ("GET", CONN + "/{connectorId}/files"): lambda c, r: {"url": conn_url(c, "/files")},
+    ("GET", DBT): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}/dbt-projects"},
+    ("POST", DBT): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}/dbt-projects",
+        "json": {"name": unique("d"), "source": {"type": "path", "path": str(TINY_DBT)}},
+    },
+    ("GET", DBT + "/{dbtId}"): lambda c, r: {"url": dbt_url(c)},
+    ("PATCH", DBT + "/{dbtId}"): lambda c, r: {"url": dbt_url(c), "json": {"schedule": "5 4 * * *"}},
+    ("DELETE", DBT + "/{dbtId}"): lambda c, r: {"url": dbt_url(c)},
+    ("POST", DBT + "/{dbtId}/run"): lambda c, r: {"url": dbt_url(c, "/run"), "json": {"command": "run"}},
+    ("GET", DBT + "/{dbtId}/runs"): lambda c, r: {"url": dbt_url(c, "/runs")},
+    ("GET", DBT + "/{dbtId}/models"): lambda c, r: {"url": dbt_url(c, "/models")},
+    ("GET", DBT + "/{dbtId}/lineage"): lambda c, r: {"url": dbt_url(c, "/lineage")},
     ("GET", "/api/v1/projects/{id}/tables"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}/tables"},
     ("GET", "/api/v1/projects/{id}/tables/{table}/schema"): lambda c, r: {
         "url": f"/api/v1/projects/{c.project_id}/tables/matrix__seed/schema"
@@ -163,7 +182,7 @@ def test_every_route_is_guarded():
 
 
 @pytest.fixture
-def ctx(clients) -> Ctx:
+def ctx(clients, tiny_dbt_template) -> Ctx:
     admin = clients.admin
     project = admin.post("/api/v1/projects", json={"name": "matrix"}).json()
     connector = admin.post(
@@ -175,6 +194,7 @@ def ctx(clients) -> Ctx:
         files={"files": ("seed.csv", b"id,name\n1,a\n", "text/csv")},
     )
     _land_seed_table(clients, project["namespace"])
+    dbt_project_id = _register_parsed_dbt_project(clients, project["id"], tiny_dbt_template)
     spare = admin.post("/api/v1/users", json={"email": "spare@example.com", "name": "Spare", "role": "viewer"}).json()
     me = admin.get("/api/v1/users", params={"limit": 100}).json()["data"]
     user_ids = dict(clients.user_ids)
@@ -183,11 +203,59 @@ def ctx(clients) -> Ctx:
     return Ctx(
         project_id=project["id"],
         connector_id=connector["id"],
+        dbt_project_id=dbt_project_id,
         spare_user_id=spare["id"],
         user_ids=user_ids,
         admin_token_ids={"bootstrap": tokens[0]["id"]},
         clients=clients,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_dbt_template(tmp_path_factory) -> Path:
+    """tests/fixtures/dbt/tiny fetched and parsed once (dbt parse takes seconds); ctx copies it."""
+    from rime_dagster.dbt import workspace
+
+    files = workspace.ProjectFiles(tmp_path_factory.mktemp("dbt-template"), 1)
+    files.revision_dir.mkdir(parents=True)
+    workspace.fetch({"type": "path", "path": str(TINY_DBT)}, files.project_dir, allowed_roots=[], timeout=60)
+    output = workspace.profile_output(
+        {"adapter": "duckdb"}, duckdb_file=files.root / "w.duckdb", namespace="matrix", threads=1
+    )
+    workspace.write_profiles(files, "tiny", output)
+    workspace.parse(files, vars={}, timeout=120)
+    return files.revision_dir
+
+
+def _register_parsed_dbt_project(clients, project_id: str, template: Path) -> str:
+    """A dbt project row plus a copy of the parsed template, as `POST .../dbt-projects` leaves them."""
+    import shutil
+
+    from api_shim.db.models import DbtProject
+    from api_shim.ids import new_id
+    from rime_dagster.dbt import workspace
+
+    state = clients.app.state
+    dbt_id = new_id("dbt_project")
+    root = workspace.project_root(state.settings.dbt_home, project_id, dbt_id)
+    shutil.copytree(template, root / "rev-1")
+    with state.sessions.begin() as session:
+        session.add(
+            DbtProject(
+                id=dbt_id,
+                project_id=project_id,
+                name="matrix",
+                slug="matrix_dbt",
+                source={"type": "path", "path": str(TINY_DBT)},
+                target={"adapter": "duckdb", "schema": "main"},
+                vars={},
+                revision=1,
+                dbt_project_name="tiny",
+                profile_name="tiny",
+                models_count=1,
+            )
+        )
+    return dbt_id
 
 
 def _land_seed_table(clients, namespace: str) -> None:
@@ -211,7 +279,7 @@ def _land_seed_table(clients, namespace: str) -> None:
 
 # Routes that launch Dagster runs: the matrix runs without Dagster, so "authorized" there means
 # the request got past auth and validation to Dagster (503); tests/dagster runs them for real.
-NEEDS_DAGSTER = {("POST", CONN + "/{connectorId}/sync")}
+NEEDS_DAGSTER = {("POST", CONN + "/{connectorId}/sync"), ("POST", DBT + "/{dbtId}/run")}
 
 
 def _minimum_role(method: str, route: APIRoute) -> Role:
