@@ -1,4 +1,5 @@
-"""The demo project `make up` loads: a `files` connector over demo/data (customers, orders)."""
+"""The demo project `make up` loads: a `files` connector over demo/data (customers, orders) and the
+dbt project dbt_projects/demo_shop (staging views and marts over the connector's tables)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from pathlib import Path
 from sqlalchemy import select
 
 from api_shim.crypto import CredentialCipher
-from api_shim.db.models import Connector, Project
+from api_shim.db.models import Connector, DbtProject, Project
 from api_shim.db.session import session_scope
 from api_shim.schemas.connectors import ConnectorCreate
 from api_shim.services import connectors, projects
 from api_shim.settings import Settings
 
-DEMO_DATA = Path(__file__).resolve().parent.parent / "demo" / "data"
+REPO = Path(__file__).resolve().parent.parent
+DEMO_DATA = REPO / "demo" / "data"
+DEMO_DBT = REPO / "dbt_projects" / "demo_shop"
 
 
 def ensure_demo(settings: Settings) -> None:
@@ -36,3 +39,40 @@ def ensure_demo(settings: Settings) -> None:
                 schedule="0 * * * *",
             )
             connectors.create_connector(session, project, body, CredentialCipher.from_settings(settings))
+        if (
+            DEMO_DBT.is_dir()
+            and session.scalar(select(DbtProject.id).where(DbtProject.project_id == project.id)) is None
+        ):
+            _register_demo_dbt(session, settings, project)
+
+
+def _register_demo_dbt(session, settings: Settings, project: Project) -> None:
+    """Parses dbt_projects/demo_shop (a few seconds of `dbt parse`) and records it."""
+    from api_shim.ids import new_id
+    from api_shim.schemas.dbt import DbtProjectCreate
+    from api_shim.services import dbt
+    from rime_dagster.dbt import workspace
+
+    body = DbtProjectCreate(name="Shop Models", source={"type": "path", "path": str(DEMO_DBT)})
+    target, password = dbt.target_settings(None)
+    dbt_id = new_id("dbt_project")
+    files = workspace.ProjectFiles(workspace.project_root(settings.dbt_home, project.id, dbt_id), 1)
+    revision = dbt.prepare_revision(
+        settings,
+        files=files,
+        source=body.source.model_dump(mode="json"),
+        target=target,
+        namespace=project.namespace,
+        vars={},
+    )
+    dbt.record_new(
+        session,
+        dbt_id=dbt_id,
+        project=project,
+        body=body,
+        slug=dbt.new_slug(session, project.id, body.name),
+        target=target,
+        password=password,
+        revision=revision,
+        cipher=CredentialCipher.from_settings(settings),
+    )

@@ -81,6 +81,10 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
         demo = next(p for p in projects if p["name"] == "demo")
         connectors = httpx.get(f"{api}/projects/{demo['id']}/connectors", headers=headers).json()["data"]
         assert [(c["name"], c["connector_type"]) for c in connectors] == [("Demo Shop", "files")]
+        dbt_projects = httpx.get(f"{api}/projects/{demo['id']}/dbt-projects", headers=headers).json()["data"]
+        assert [(d["name"], d["dbt_project_name"], d["models_count"]) for d in dbt_projects] == [
+            ("Shop Models", "demo_shop", 4)
+        ]
         family = _descendants(proc.pid)
         assert len(family) >= 3  # webserver, daemon, API (+ their code servers)
         proc.send_signal(stop_signal)
