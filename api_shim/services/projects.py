@@ -65,11 +65,13 @@ def update_project(session: Session, project: Project, *, changes: dict) -> Proj
 
 def delete_project(session: Session, project: Project, *, settings: Settings) -> None:
     """Deletes the project; rows it owns (connectors, ...) go with it through ON DELETE CASCADE,
-    and so do its upload areas. Its Dagster definitions disappear on the next code-location
+    and so do its upload areas and dbt files. Its Dagster definitions disappear on the next code-location
     reload, since they are built from these rows; Iceberg tables stay unless purged."""
     session.delete(project)
     session.flush()
     shutil.rmtree(settings.home / "uploads" / project.id, ignore_errors=True)
+    # dbt projects' copies, artifacts and the DuckDB warehouse: all rebuilt from sources if needed.
+    shutil.rmtree(settings.dbt_home / project.id, ignore_errors=True)
 
 
 def purge_project_data(catalog_provider, namespace: str) -> None:
