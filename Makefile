@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/projects_pagination.py
 	$(BIN)/python bench/connector_sync.py
+	$(BIN)/python bench/dbt_load.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check api_shim rime_dagster tests bench
