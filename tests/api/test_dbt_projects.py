@@ -87,7 +87,8 @@ def test_register_update_and_delete(clients, project, settings, tmp_path):
     assert (dbt["revision"], dbt["models_count"], dbt["dbt_project_name"]) == (1, 1, "tiny")
     assert dbt["lineage"] == {"nodes": [{"id": "model.tiny.one", "type": "model", "name": "one"}], "edges": []}
     url = _url(project, f"/{dbt['id']}")
-    duplicate = clients.admin.post(_url(project), json={"name": "Tiny", "source": {"type": "path", "path": str(folder)}})
+    same_name = {"name": "Tiny", "source": {"type": "path", "path": str(folder)}}
+    duplicate = clients.admin.post(_url(project), json=same_name)
     assert duplicate.status_code == 409
 
     # The copy is a snapshot: edits to the folder reach Rime only through an update.
