@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     )
     dbt_timeout_seconds: float = Field(300.0, description="Limit for fetching (git) and parsing a dbt project.")
     dbt_threads: int = Field(4, description="dbt threads in generated profiles.")
+    dbt_keep_run_artifacts: int = Field(
+        100, ge=1, description="Run artifact folders (run_results.json) kept per dbt project by housekeeping."
+    )
 
     @field_validator("home", mode="after")
     @classmethod

@@ -311,3 +311,17 @@ def prune_revisions(root: Path, keep: set[int]) -> None:
     for child in root.iterdir():
         if child.name.startswith("rev-") and child.name[4:].isdigit() and int(child.name[4:]) not in keep:
             shutil.rmtree(child, ignore_errors=True)
+
+
+def prune_run_dirs(dbt_home: Path, keep: int) -> int:
+    """Keeps the newest `keep` run artifact folders of every dbt project; returns how many it removed.
+
+    Older runs stay in the run history, without per-node results.
+    """
+    removed = 0
+    for runs in dbt_home.glob("*/*/runs"):
+        folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        for folder in folders[keep:]:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed

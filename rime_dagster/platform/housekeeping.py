@@ -1,4 +1,4 @@
-"""Daily housekeeping job: purges idempotency keys older than their 24 h replay window."""
+"""Daily housekeeping job: purges idempotency keys past their replay window and old dbt run artifacts."""
 
 from datetime import timedelta
 
@@ -18,6 +18,16 @@ def purge_idempotency_keys(context: dg.OpExecutionContext, metadata_store: Metad
     return purged
 
 
+@dg.op(description="Keep the newest RIME_DBT_KEEP_RUN_ARTIFACTS run folders (dbt artifacts) per dbt project.")
+def prune_dbt_run_artifacts(context: dg.OpExecutionContext) -> int:
+    from rime_dagster.dbt.workspace import prune_run_dirs
+
+    removed = prune_run_dirs(settings().dbt_home, settings().dbt_keep_run_artifacts)
+    context.log.info(f"removed {removed} old dbt run artifact folders")
+    context.add_output_metadata({"removed": removed})
+    return removed
+
+
 @dg.job(
     name="rime_housekeeping",
     description="Metadata-store housekeeping for the Rime platform.",
@@ -25,6 +35,7 @@ def purge_idempotency_keys(context: dg.OpExecutionContext, metadata_store: Metad
 )
 def housekeeping_job():
     purge_idempotency_keys()
+    prune_dbt_run_artifacts()
 
 
 housekeeping_schedule = dg.ScheduleDefinition(

@@ -194,3 +194,18 @@ def test_connector_index_matches_by_meta_or_by_schema():
     by_source_meta = {"schema": "x", "name": "orders", "source_meta": {"rime": {"connector": "conn_1"}}}
     assert index.match(by_source_meta).table == "orders"
     assert index.match({"schema": "other", "name": "orders"}) is None
+
+
+def test_prune_run_dirs_keeps_the_newest(tmp_path):
+    import os
+
+    from rime_dagster.dbt.workspace import prune_run_dirs
+
+    runs = tmp_path / "proj_1" / "dbt_1" / "runs"
+    for i in range(5):
+        folder = runs / f"run-{i}"
+        folder.mkdir(parents=True)
+        (folder / "run_results.json").write_text("{}")
+        os.utime(folder, (1_000_000 + i, 1_000_000 + i))
+    assert prune_run_dirs(tmp_path, keep=2) == 3
+    assert sorted(p.name for p in runs.iterdir()) == ["run-3", "run-4"]
