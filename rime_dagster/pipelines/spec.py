@@ -1,0 +1,161 @@
+"""Pipeline definitions: steps, their per-type config, and DAG validation (no Dagster, no database).
+
+A pipeline is a DAG of steps. Each step has a type with its own config model:
+
+    connector_sync     {connector_id, tables?}             sync a connector (all or some tables)
+    dbt                {dbt_project_id, command?, select?, exclude?}
+    table_maintenance  {table, operation, ...}              Iceberg upkeep of one project table
+    pipeline           {pipeline_id}                        run another pipeline of the project
+
+`validate_dag` checks the graph itself (ids, dependencies, cycles) and returns the steps in a
+deterministic topological order; whether the referenced resources exist is the API's business.
+Every error names the offending step.
+"""
+
+from __future__ import annotations
+
+import re
+from graphlib import CycleError, TopologicalSorter
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+STEP_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+MAX_STEPS = 200
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ConnectorSyncConfig(_Config):
+    connector_id: str = Field(min_length=1, max_length=40)
+    tables: list[str] | None = Field(None, min_length=1, description="Default: every table of the connector.")
+
+
+class DbtStepConfig(_Config):
+    dbt_project_id: str = Field(min_length=1, max_length=40)
+    command: Literal["build", "run", "test", "seed"] = "build"
+    select: str | None = Field(None, max_length=2000)
+    exclude: str | None = Field(None, max_length=2000)
+
+
+class TableMaintenanceConfig(_Config):
+    table: str = Field(min_length=1, max_length=255, description="A table of the project, as the tables API names it.")
+    operation: Literal["expire_snapshots", "compact"]
+    older_than_days: int = Field(7, ge=0, le=3650, description="expire_snapshots: keep snapshots newer than this.")
+    retain_last: int = Field(1, ge=1, le=1000, description="expire_snapshots: always keep this many snapshots.")
+
+
+class PipelineStepConfig(_Config):
+    pipeline_id: str = Field(min_length=1, max_length=40)
+
+
+CONFIG_MODELS: dict[str, type[_Config]] = {
+    "connector_sync": ConnectorSyncConfig,
+    "dbt": DbtStepConfig,
+    "table_maintenance": TableMaintenanceConfig,
+    "pipeline": PipelineStepConfig,
+}
+StepType = Literal["connector_sync", "dbt", "table_maintenance", "pipeline"]
+
+
+class StepBody(_Config):
+    id: Annotated[str, Field(min_length=1, max_length=63)]
+    name: str | None = Field(None, max_length=200, description="Display name; default: the id.")
+    type: StepType
+    config: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+
+
+class DagError(ValueError):
+    """An invalid pipeline graph; `step` is the offending step's id (or None for the whole graph)."""
+
+    def __init__(self, message: str, *, step: str | None = None, field: str = "steps"):
+        super().__init__(message)
+        self.step = step
+        self.field = field
+
+
+def parse_step_config(step: StepBody, index: int) -> _Config:
+    try:
+        return CONFIG_MODELS[step.type].model_validate(step.config)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise DagError(
+            f"Step '{step.id}': config.{where}: {message}.", step=step.id, field=f"steps.{index}.config.{where}"
+        ) from None
+
+
+def validate_dag(steps: list[StepBody]) -> list[str]:
+    """Checks ids, dependencies, configs and acyclicity; returns the step ids in execution order.
+
+    The order is a topological order that breaks ties by the steps' order in the body, so plans
+    and dry runs are stable.
+    """
+    if not steps:
+        raise DagError("A pipeline needs at least one step.")
+    if len(steps) > MAX_STEPS:
+        raise DagError(f"A pipeline has at most {MAX_STEPS} steps.")
+    position: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        if not STEP_ID.match(step.id):
+            raise DagError(
+                f"Step id '{step.id}' must start with a letter and use letters, digits, '_' or '-'.",
+                step=step.id,
+                field=f"steps.{i}.id",
+            )
+        if step.id in position:
+            raise DagError(f"Step id '{step.id}' is used twice.", step=step.id, field=f"steps.{i}.id")
+        position[step.id] = i
+    for i, step in enumerate(steps):
+        for dep in step.depends_on:
+            if dep == step.id:
+                raise DagError(f"Step '{step.id}' depends on itself.", step=step.id, field=f"steps.{i}.depends_on")
+            if dep not in position:
+                raise DagError(
+                    f"Step '{step.id}' depends on unknown step '{dep}'.", step=step.id, field=f"steps.{i}.depends_on"
+                )
+        if len(set(step.depends_on)) != len(step.depends_on):
+            raise DagError(f"Step '{step.id}' lists a dependency twice.", step=step.id, field=f"steps.{i}.depends_on")
+        parse_step_config(step, i)
+    sorter = TopologicalSorter({s.id: s.depends_on for s in steps})
+    try:
+        sorter.prepare()
+    except CycleError as exc:
+        cycle = exc.args[1]
+        raise DagError(
+            f"Steps form a cycle: {' -> '.join(cycle)}.", step=cycle[0], field=f"steps.{position[cycle[0]]}.depends_on"
+        ) from None
+    order: list[str] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=position.__getitem__)
+        order.extend(ready)
+        sorter.done(*ready)
+    return order
+
+
+def dag_of(steps: list[StepBody]) -> dict[str, list[dict[str, str]]]:
+    """{nodes: [{id, name, type}], edges: [{from, to}]} as the pipeline detail returns it."""
+    return {
+        "nodes": [{"id": s.id, "name": s.name or s.id, "type": s.type} for s in steps],
+        "edges": [{"from": dep, "to": s.id} for s in steps for dep in s.depends_on],
+    }
+
+
+def downstream_of(steps: list[StepBody], failed: set[str]) -> set[str]:
+    """Every step that (transitively) depends on one of `failed`: these are skipped."""
+    children: dict[str, list[str]] = {}
+    for s in steps:
+        for dep in s.depends_on:
+            children.setdefault(dep, []).append(s.id)
+    skipped: set[str] = set()
+    stack = list(failed)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in skipped:
+                skipped.add(child)
+                stack.append(child)
+    return skipped - failed
