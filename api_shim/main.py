@@ -16,7 +16,7 @@ from api_shim.handlers import install_exception_handlers
 from api_shim.iceberg import CatalogProvider
 from api_shim.middleware import AuditMiddleware, BodyLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from api_shim.pagination import CursorCodec
-from api_shim.routes import connectors, dbt, governance, health, projects, tables, users
+from api_shim.routes import connectors, dbt, governance, health, pipelines, projects, tables, users
 from api_shim.services.users import ensure_bootstrap_admin
 from api_shim.settings import Settings, get_settings
 
@@ -72,7 +72,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_exception_handlers(app)
     app.include_router(health.router)
-    for router in (projects.router, connectors.router, dbt.router, tables.router, users.router, governance.router):
+    for router in (
+        projects.router,
+        connectors.router,
+        dbt.router,
+        pipelines.router,
+        tables.router,
+        users.router,
+        governance.router,
+    ):
         app.include_router(router)
 
     # Added innermost first: requests pass RequestContext -> Audit -> RateLimit -> BodyLimit -> routes.

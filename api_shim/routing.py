@@ -69,7 +69,12 @@ class RimeRoute(APIRoute):
     """
 
     def get_route_handler(self) -> Callable[[Request], Any]:
-        handler = super().get_route_handler()
+        handler = self._idempotent_handler(super().get_route_handler())
+        if (self.openapi_extra or {}).get(ACCEPTS_YAML):
+            return _yaml_to_json(handler)
+        return handler
+
+    def _idempotent_handler(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
         if not _declares_idempotency(self.dependant):
             return handler
 
@@ -129,6 +134,60 @@ async def _finish(sessions, ref: idempotency.KeyRef, response: Response | None) 
 
 
 API_PREFIX = "/api/v1"
+YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
+ACCEPTS_YAML = "x-rime-accepts-yaml"
+
+
+def yaml_body(model_name: str) -> dict[str, Any]:
+    """`openapi_extra` of a route whose JSON body may also be sent as YAML (same schema)."""
+    schema = {"$ref": f"#/components/schemas/{model_name}"}
+    return {
+        ACCEPTS_YAML: True,
+        "requestBody": {"content": {"application/json": {"schema": schema}, "application/yaml": {"schema": schema}}},
+    }
+
+
+def _yaml_to_json(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    """A YAML body (Content-Type application/yaml) is parsed safely and handed on as JSON."""
+    import json
+
+    import yaml
+
+    from api_shim.handlers import error_response
+
+    async def yaml_handler(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in YAML_TYPES:
+            return await handler(request)
+        raw = await request.body()
+        try:
+            data = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or "cannot be parsed"
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            return error_response(
+                400,
+                "validation_error",
+                "The request body is not valid YAML.",
+                details=[{"field": "body", "message": f"Malformed YAML: {problem}{at}."}],
+            )
+        body = json.dumps(data, default=str).encode()
+        headers = [(k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await request.receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        request.scope["headers"] = headers
+        return await handler(Request(request.scope, receive))
+
+    return yaml_handler
 
 
 def rime_router(*, tags: list[str], prefix: str = "") -> APIRouter:

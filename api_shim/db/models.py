@@ -140,6 +140,28 @@ class DbtProject(TimestampedMixin, Base):
     parsed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
 
 
+class Pipeline(TimestampedMixin, Base):
+    """A DAG of steps (rime_dagster.pipelines.spec), built into a Dagster job of the code location."""
+
+    __tablename__ = "pipelines"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_pipelines_project_name"),
+        Index("ix_pipelines_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    # [{id, name, type, config, depends_on}], validated as a DAG before it is stored.
+    steps: Mapped[list] = mapped_column(JSON, nullable=False)
+    variables: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    schedule: Mapped[str | None] = mapped_column(String(100))
+    paused: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    retries: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+
+
 class AuditLog(Base):
     """Append-only (the API has no update/delete and database triggers refuse both).
 

@@ -56,6 +56,7 @@ class Ctx:
     project_id: str
     connector_id: str
     dbt_project_id: str
+    pipeline_id: str
     spare_user_id: str
     user_ids: dict[Role, str]
     admin_token_ids: dict[str, str]
@@ -76,11 +77,20 @@ def unique(prefix: str) -> str:
 
 CONN = "/api/v1/projects/{id}/connectors"
 DBT = "/api/v1/projects/{id}/dbt-projects"
+PIPE = "/api/v1/projects/{id}/pipelines"
 TINY_DBT = Path(__file__).resolve().parents[1] / "fixtures" / "dbt" / "tiny"
 
 
 def conn_url(c: Ctx, suffix: str = "") -> str:
     return f"/api/v1/projects/{c.project_id}/connectors/{c.connector_id}{suffix}"
+
+
+def pipe_url(c: Ctx, suffix: str = "") -> str:
+    return f"/api/v1/projects/{c.project_id}/pipelines/{c.pipeline_id}{suffix}"
+
+
+def sync_step(c: Ctx) -> list[dict]:
+    return [{"id": "sync", "type": "connector_sync", "config": {"connector_id": c.connector_id}}]
 
 
 def dbt_url(c: Ctx, suffix: str = "") -> str:
@@ -117,6 +127,14 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", DBT + "/{dbtId}/runs"): lambda c, r: {"url": dbt_url(c, "/runs")},
     ("GET", DBT + "/{dbtId}/models"): lambda c, r: {"url": dbt_url(c, "/models")},
     ("GET", DBT + "/{dbtId}/lineage"): lambda c, r: {"url": dbt_url(c, "/lineage")},
+    ("GET", PIPE): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}/pipelines"},
+    ("POST", PIPE): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}/pipelines",
+        "json": {"name": unique("pl"), "steps": sync_step(c)},
+    },
+    ("GET", PIPE + "/{pipelineId}"): lambda c, r: {"url": pipe_url(c)},
+    ("PATCH", PIPE + "/{pipelineId}"): lambda c, r: {"url": pipe_url(c), "json": {"retries": 2}},
+    ("DELETE", PIPE + "/{pipelineId}"): lambda c, r: {"url": pipe_url(c)},
     ("GET", "/api/v1/projects/{id}/tables"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}/tables"},
     ("GET", "/api/v1/projects/{id}/tables/{table}/schema"): lambda c, r: {
         "url": f"/api/v1/projects/{c.project_id}/tables/matrix__seed/schema"
@@ -195,6 +213,13 @@ def ctx(clients, tiny_dbt_template) -> Ctx:
     )
     _land_seed_table(clients, project["namespace"])
     dbt_project_id = _register_parsed_dbt_project(clients, project["id"], tiny_dbt_template)
+    pipeline = admin.post(
+        f"/api/v1/projects/{project['id']}/pipelines",
+        json={
+            "name": "matrix",
+            "steps": [{"id": "s", "type": "connector_sync", "config": {"connector_id": connector["id"]}}],
+        },
+    ).json()
     spare = admin.post("/api/v1/users", json={"email": "spare@example.com", "name": "Spare", "role": "viewer"}).json()
     me = admin.get("/api/v1/users", params={"limit": 100}).json()["data"]
     user_ids = dict(clients.user_ids)
@@ -204,6 +229,7 @@ def ctx(clients, tiny_dbt_template) -> Ctx:
         project_id=project["id"],
         connector_id=connector["id"],
         dbt_project_id=dbt_project_id,
+        pipeline_id=pipeline["id"],
         spare_user_id=spare["id"],
         user_ids=user_ids,
         admin_token_ids={"bootstrap": tokens[0]["id"]},

@@ -1,0 +1,160 @@
+"""Pipelines: a DAG validated as a graph (rime_dagster.pipelines.spec) and against the project's resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api_shim.db.models import Connector, DbtProject, Pipeline, Project
+from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
+from api_shim.ids import new_id
+from rime_dagster.pipelines.spec import (
+    ConnectorSyncConfig,
+    DagError,
+    DbtStepConfig,
+    PipelineStepConfig,
+    StepBody,
+    TableMaintenanceConfig,
+    parse_step_config,
+    validate_dag,
+)
+
+
+def get_pipeline(session: Session, project: Project, pipeline_id: str) -> Pipeline:
+    row = session.get(Pipeline, pipeline_id)
+    if row is None or row.project_id != project.id:
+        raise NotFound.of("Pipeline", pipeline_id, " in this project")
+    return row
+
+
+def steps_of(row: Pipeline) -> list[StepBody]:
+    return [StepBody.model_validate(s) for s in row.steps]
+
+
+def _refused(message: str, field: str) -> Unprocessable:
+    return Unprocessable(message, details=[{"field": field, "message": message}])
+
+
+def check_steps(session: Session, project: Project, steps: list[StepBody], *, pipeline_id: str | None) -> list[str]:
+    """Validates the DAG and every resource it names; returns the execution order. 422 names the step."""
+    try:
+        order = validate_dag(steps)
+    except DagError as exc:
+        raise _refused(str(exc), exc.field) from None
+    connectors = {c.id: c for c in session.scalars(select(Connector).where(Connector.project_id == project.id))}
+    dbt_projects = {d.id: d for d in session.scalars(select(DbtProject).where(DbtProject.project_id == project.id))}
+    prefixes = {c.table_prefix for c in connectors.values()} | {d.slug for d in dbt_projects.values()}
+    for i, step in enumerate(steps):
+        config = parse_step_config(step, i)
+        field = f"steps.{i}.config"
+        if isinstance(config, ConnectorSyncConfig):
+            connector = connectors.get(config.connector_id)
+            if connector is None:
+                raise _refused(f"Step '{step.id}': no connector {config.connector_id} in this project.", field)
+            unknown = sorted(set(config.tables or []) - set(connector.tables))
+            if unknown:
+                raise _refused(f"Step '{step.id}': connector has no table(s) {', '.join(unknown)}.", field)
+        elif isinstance(config, DbtStepConfig):
+            if config.dbt_project_id not in dbt_projects:
+                raise _refused(f"Step '{step.id}': no dbt project {config.dbt_project_id} in this project.", field)
+        elif isinstance(config, TableMaintenanceConfig):
+            prefix = config.table.split("__", 1)[0] if "__" in config.table else None
+            if prefix not in prefixes:
+                raise _refused(
+                    f"Step '{step.id}': '{config.table}' is not a table of this project's connectors or dbt projects.",
+                    field,
+                )
+        elif isinstance(config, PipelineStepConfig):
+            _check_sub_pipeline(session, project, step, config.pipeline_id, pipeline_id, field)
+    return order
+
+
+def _check_sub_pipeline(
+    session: Session, project: Project, step: StepBody, target: str, pipeline_id: str | None, field: str
+) -> None:
+    """The pipeline exists in the project, and running it can never come back to this pipeline."""
+    if target == pipeline_id:
+        raise _refused(f"Step '{step.id}': a pipeline cannot run itself.", field)
+    stored = {p.id: p for p in session.scalars(select(Pipeline).where(Pipeline.project_id == project.id))}
+    if target not in stored:
+        raise _refused(f"Step '{step.id}': no pipeline {target} in this project.", field)
+    seen: set[str] = set()
+    stack = [target]
+    while stack:
+        current = stack.pop()
+        if current in seen or current not in stored:
+            continue
+        seen.add(current)
+        for s in stored[current].steps:
+            if s.get("type") == "pipeline":
+                child = (s.get("config") or {}).get("pipeline_id")
+                if child == pipeline_id and pipeline_id is not None:
+                    raise _refused(f"Step '{step.id}': pipeline {target} runs this pipeline again (a cycle).", field)
+                stack.append(child)
+
+
+def _ensure_name_free(session: Session, project_id: str, name: str, *, except_id: str | None = None) -> None:
+    clash = session.scalar(select(Pipeline.id).where(Pipeline.project_id == project_id, Pipeline.name == name))
+    if clash is not None and clash != except_id:
+        raise Conflict(f"A pipeline named '{name}' already exists in this project.")
+
+
+def _dump(steps: list[StepBody]) -> list[dict[str, Any]]:
+    return [s.model_dump(mode="json") for s in steps]
+
+
+def create_pipeline(session: Session, project: Project, body) -> Pipeline:
+    _ensure_name_free(session, project.id, body.name)
+    check_steps(session, project, body.steps, pipeline_id=None)
+    row = Pipeline(
+        id=new_id("pipeline"),
+        project_id=project.id,
+        name=body.name,
+        description=body.description,
+        steps=_dump(body.steps),
+        variables=body.variables or {},
+        schedule=body.schedule,
+        retries=body.retries,
+        timeout_seconds=body.timeout_seconds,
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise Conflict(f"A pipeline named '{body.name}' already exists in this project.") from None
+    return row
+
+
+def update_pipeline(session: Session, project: Project, row: Pipeline, body) -> Pipeline:
+    changes = body.model_dump(exclude_unset=True)
+    for field in ("name", "steps", "retries"):
+        if field in changes and changes[field] is None:
+            raise ValidationFailed.field(field, "Cannot be null.")
+    if "name" in changes:
+        _ensure_name_free(session, project.id, body.name, except_id=row.id)
+        row.name = body.name
+    if "steps" in changes:
+        check_steps(session, project, body.steps, pipeline_id=row.id)
+        row.steps = _dump(body.steps)
+    for field in ("description", "schedule", "retries", "timeout_seconds"):
+        if field in changes:
+            setattr(row, field, changes[field])
+    if "variables" in changes:
+        row.variables = changes["variables"] or {}
+    if body.status is not None:
+        row.paused = body.status == "paused"
+    session.flush()
+    return row
+
+
+def referencing_pipelines(session: Session, project: Project, pipeline_id: str) -> list[str]:
+    """Names of the project's pipelines with a step that runs `pipeline_id`."""
+
+    def runs_it(step: dict[str, Any]) -> bool:
+        return step.get("type") == "pipeline" and (step.get("config") or {}).get("pipeline_id") == pipeline_id
+
+    pipelines = session.scalars(select(Pipeline).where(Pipeline.project_id == project.id))
+    return [p.name for p in pipelines if any(runs_it(s) for s in p.steps)]
