@@ -1,5 +1,7 @@
 """Connector -> Dagster definitions: one asset per table, a sync job, and its schedule."""
 
+from dataclasses import dataclass
+
 import dagster as dg
 
 from rime_dagster.connectors.names import (
@@ -20,6 +22,50 @@ def _column_schema(schema) -> dg.TableSchema:
             for f in schema
         ]
     )
+
+
+@dataclass(frozen=True)
+class LandedTable:
+    asset_key: dg.AssetKey
+    metadata: dict
+
+
+def sync_tables(spec: ConnectorSpec, tables: list[str], catalog, context, *, full_refresh: bool):
+    """Syncs `tables` of the connector one by one, yielding each landed table; one failing table does not
+    stop the others, and a dg.Failure naming every failed table is raised at the end.
+
+    Shared by the connector's own assets and by pipeline `connector_sync` steps.
+    """
+    source = spec.build_source()
+    failures: list[str] = []
+    for table in tables:
+        table_sync = TableSync(
+            table=table,
+            namespace=spec.namespace,
+            iceberg_table=iceberg_table_name(spec.table_prefix, table),
+            mode=spec.sync_mode,
+            cursor_field=spec.cursor_fields.get(table),
+            properties={"rime.connector_id": spec.id, "rime.source_table": table},
+        )
+        try:
+            result = sync_table(source, catalog, table_sync, run_id=context.run_id, full_refresh=full_refresh)
+        except Exception as exc:  # one table failing must not stop the others
+            context.log.error(f"table {table}: {type(exc).__name__}: {exc}")
+            failures.append(f"{table}: {exc}")
+            continue
+        context.log.info(f"table {table}: {result.rows_written} rows, snapshot {result.snapshot_id}")
+        yield LandedTable(
+            dg.AssetKey(table_asset_key(spec.namespace, spec.table_prefix, table)),
+            {
+                "rows": result.rows_written,
+                "snapshot_id": str(result.snapshot_id) if result.snapshot_id is not None else None,
+                "cursor": str(result.cursor_value) if result.cursor_value is not None else None,
+                "mode": "full_refresh" if full_refresh or spec.sync_mode != "incremental" else "incremental",
+                "dagster/column_schema": _column_schema(source.arrow_schema(table)),
+            },
+        )
+    if failures:
+        raise dg.Failure(description="; ".join(failures))
 
 
 def connector_definitions(spec: ConnectorSpec) -> dg.Definitions:
@@ -57,38 +103,9 @@ def connector_definitions(spec: ConnectorSpec) -> dg.Definitions:
         if missing:
             context.instance.add_run_tags(context.run_id, missing)
         full_refresh = context.run.tags.get("rime/full_refresh") == "true"
-        source = spec.build_source()
-        catalog = iceberg.catalog()
-        failures: list[str] = []
-        for key in sorted(context.selected_asset_keys, key=lambda k: k.path):
-            table = by_key[key]
-            table_sync = TableSync(
-                table=table,
-                namespace=spec.namespace,
-                iceberg_table=iceberg_table_name(spec.table_prefix, table),
-                mode=spec.sync_mode,
-                cursor_field=spec.cursor_fields.get(table),
-                properties={"rime.connector_id": spec.id, "rime.source_table": table},
-            )
-            try:
-                result = sync_table(source, catalog, table_sync, run_id=context.run_id, full_refresh=full_refresh)
-            except Exception as exc:  # one table failing must not stop the others
-                context.log.error(f"table {table}: {type(exc).__name__}: {exc}")
-                failures.append(f"{table}: {exc}")
-                continue
-            context.log.info(f"table {table}: {result.rows_written} rows, snapshot {result.snapshot_id}")
-            yield dg.MaterializeResult(
-                asset_key=key,
-                metadata={
-                    "rows": result.rows_written,
-                    "snapshot_id": str(result.snapshot_id) if result.snapshot_id is not None else None,
-                    "cursor": str(result.cursor_value) if result.cursor_value is not None else None,
-                    "mode": "full_refresh" if full_refresh or spec.sync_mode != "incremental" else "incremental",
-                    "dagster/column_schema": _column_schema(source.arrow_schema(table)),
-                },
-            )
-        if failures:
-            raise dg.Failure(description="; ".join(failures))
+        selected = [by_key[key] for key in sorted(context.selected_asset_keys, key=lambda k: k.path)]
+        for landed in sync_tables(spec, selected, iceberg.catalog(), context, full_refresh=full_refresh):
+            yield dg.MaterializeResult(asset_key=landed.asset_key, metadata=landed.metadata)
 
     job = dg.define_asset_job(
         name=connector_job_name(spec.id),
