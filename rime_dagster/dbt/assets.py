@@ -79,49 +79,17 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
         missing = {k: v for k, v in dbt_tags(spec.project_id, spec.id).items() if k not in context.run.tags}
         if missing:  # started from the Dagster UI: tag it so the API's run history shows it
             context.instance.add_run_tags(context.run_id, missing)
-        password = spec.target_password()
-        if password is not None:
-            # dbt reads it through env_var() in the generated profile; it is never written to disk.
-            os.environ[PASSWORD_ENV] = password
-        dbt = DbtCliResource(
-            project_dir=str(spec.files.project_dir),
-            profiles_dir=str(spec.files.profiles_dir),
-            dbt_executable=dbt_executable(),
-        )
-        args = [config.command]
-        if config.full_refresh and config.command in ("build", "run", "seed"):
-            args.append("--full-refresh")
         variables = {**spec.vars, **json.loads(config.vars_json or "{}")}
-        if variables:
-            args += ["--vars", json.dumps(variables)]
-        run_dir = spec.files.run_dir(context.run_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # Start from the revision's parse: dbt re-parses only what differs (e.g. other vars), not every file.
-        partial = spec.files.target_dir / "partial_parse.msgpack"
-        if partial.is_file():
-            shutil.copy2(partial, run_dir / partial.name)
-        held: list[Any] = []  # outputs of models to publish, yielded once published
-        failure: BaseException | None = None
-        with _warehouse_lock(spec, context):
-            invocation = dbt.cli(args, context=context, target_path=run_dir)
-            try:
-                for event in invocation.stream():
-                    if isinstance(event, dg.Output) and _publishes(nodes, event, context):
-                        held.append(event)
-                        continue
-                    yield event
-            except Exception as exc:  # the models dbt did finish still get published and reported
-                failure = exc
-            publish_errors: list[str] = []
-            for event in held:
-                published, error = _publish(spec, nodes, event, context, iceberg)
-                if error:
-                    publish_errors.append(error)
-                yield published
-        if failure is not None:
-            raise failure
-        if publish_errors:
-            raise dg.Failure(description="; ".join(publish_errors))
+        yield from dbt_events(
+            spec,
+            nodes,
+            context,
+            iceberg,
+            command=config.command,
+            full_refresh=config.full_refresh,
+            variables=variables,
+            run_dir=spec.files.run_dir(context.run_id),
+        )
 
     job = dg.define_asset_job(
         name=dbt_job_name(spec.id),
@@ -142,6 +110,78 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
             )
         )
     return dg.Definitions(assets=[run_dbt], jobs=[job], schedules=schedules)
+
+
+def dbt_events(
+    spec: DbtProjectSpec,
+    nodes: Mapping[str, Any],
+    context,
+    iceberg: IcebergCatalogResource,
+    *,
+    command: str,
+    full_refresh: bool,
+    variables: Mapping[str, Any],
+    run_dir,
+    select: str | None = None,
+    exclude: str | None = None,
+):
+    """Runs one dbt command and yields its Dagster events; models marked for publishing are published to
+    Iceberg once dbt exits (their events held back until then). Raises when dbt or a publish failed.
+
+    Shared by the project's own assets (selection from the asset context) and pipeline `dbt` steps
+    (an op context; `select`/`exclude` passed to dbt).
+    """
+    password = spec.target_password()
+    if password is not None:
+        # dbt reads it through env_var() in the generated profile; it is never written to disk.
+        os.environ[PASSWORD_ENV] = password
+    dbt = DbtCliResource(
+        project_dir=str(spec.files.project_dir),
+        profiles_dir=str(spec.files.profiles_dir),
+        dbt_executable=dbt_executable(),
+    )
+    args = [command]
+    if full_refresh and command in ("build", "run", "seed"):
+        args.append("--full-refresh")
+    if variables:
+        args += ["--vars", json.dumps(dict(variables))]
+    if select:
+        args += ["--select", select]
+    if exclude:
+        args += ["--exclude", exclude]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Start from the revision's parse: dbt re-parses only what differs (e.g. other vars), not every file.
+    partial = spec.files.target_dir / "partial_parse.msgpack"
+    if partial.is_file():
+        shutil.copy2(partial, run_dir / partial.name)
+    held: list[Any] = []  # events of models to publish, yielded once published
+    failure: BaseException | None = None
+    publish_errors: list[str] = []
+    with _warehouse_lock(spec, context):
+        invocation = dbt.cli(
+            args,
+            context=context,
+            target_path=run_dir,
+            manifest=load_manifest(spec.files.manifest_path),
+            dagster_dbt_translator=translator_for(spec),
+        )
+        try:
+            for event in invocation.stream():
+                if isinstance(event, (dg.Output, dg.AssetMaterialization)) and _publishes(nodes, event, context):
+                    held.append(event)
+                    continue
+                yield event
+        except Exception as exc:  # the models dbt did finish still get published and reported
+            failure = exc
+        for event in held:
+            published, error = _publish(spec, nodes, event, context, iceberg)
+            if error:
+                publish_errors.append(error)
+            yield published
+    if failure is not None:
+        raise failure
+    if publish_errors:
+        raise dg.Failure(description="; ".join(publish_errors))
 
 
 class _warehouse_lock:
