@@ -8,6 +8,8 @@ import dagster as dg
 
 from rime_dagster.connectors.assets import connector_definitions
 from rime_dagster.dbt.assets import dbt_definitions
+from rime_dagster.pipelines.jobs import Resources as PipelineResources
+from rime_dagster.pipelines.jobs import pipeline_definitions
 from rime_dagster.platform.housekeeping import housekeeping_job, housekeeping_schedule
 from rime_dagster.resources import IcebergCatalogResource, MetadataStoreResource
 from rime_dagster.specs import PlatformSpecs, load_specs
@@ -20,18 +22,30 @@ def build_definitions(specs: PlatformSpecs, store: MetadataStoreResource) -> dg.
     platform = dg.Definitions(jobs=[housekeeping_job], schedules=[housekeeping_schedule])
     connectors = [_isolated(connector_definitions, spec) for spec in specs.connectors]
     dbt_projects = [_isolated(dbt_definitions, spec) for spec in specs.dbt_projects]
+    pipelines = [_isolated(pipeline_definitions, spec, _pipeline_resources(specs, spec)) for spec in specs.pipelines]
     return dg.Definitions.merge(
         platform,
         *connectors,
         *dbt_projects,
+        *pipelines,
         dg.Definitions(resources={"metadata_store": store, "iceberg": IcebergCatalogResource()}),
     )
 
 
-def _isolated(factory, spec) -> dg.Definitions:
+def _pipeline_resources(specs: PlatformSpecs, pipeline) -> PipelineResources:
+    """What a pipeline's steps may refer to: its own project's connectors, dbt projects and pipelines."""
+    same = pipeline.project_id
+    return PipelineResources(
+        {c.id: c for c in specs.connectors if c.project_id == same},
+        {d.id: d for d in specs.dbt_projects if d.project_id == same},
+        {p.id: p for p in specs.pipelines if p.project_id == same},
+    )
+
+
+def _isolated(factory, spec, *args) -> dg.Definitions:
     """One broken spec (say, a dbt manifest deleted from disk) must not take the whole location down."""
     try:
-        return factory(spec)
+        return factory(spec, *args)
     except Exception:
         log.exception("skipping %s %s: its definitions failed to build", type(spec).__name__, spec.id)
         return dg.Definitions()

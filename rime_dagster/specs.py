@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from api_shim.db.models import Connector, DbtProject, Project
+from api_shim.db.models import Connector, DbtProject, Pipeline, Project
 from rime_dagster.dbt.manifest import ConnectorTable
 from rime_dagster.dbt.workspace import ProjectFiles, duckdb_path, project_root
 from rime_dagster.resources import MetadataStoreResource, settings
@@ -90,10 +90,25 @@ class DbtProjectSpec:
 
 
 @dataclass(frozen=True)
+class PipelineSpec:
+    id: str
+    project_id: str
+    namespace: str
+    name: str
+    steps: list[dict[str, Any]]
+    variables: dict[str, Any]
+    schedule: str | None
+    paused: bool
+    retries: int
+    timeout_seconds: int | None
+
+
+@dataclass(frozen=True)
 class PlatformSpecs:
     projects: list[ProjectSpec] = field(default_factory=list)
     connectors: list[ConnectorSpec] = field(default_factory=list)
     dbt_projects: list[DbtProjectSpec] = field(default_factory=list)
+    pipelines: list[PipelineSpec] = field(default_factory=list)
 
 
 def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
@@ -144,7 +159,24 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
             )
             for d in session.scalars(select(DbtProject).order_by(DbtProject.created_at, DbtProject.id))
         ]
-    return PlatformSpecs(projects=list(projects.values()), connectors=connectors, dbt_projects=dbt_projects)
+        pipelines = [
+            PipelineSpec(
+                id=p.id,
+                project_id=p.project_id,
+                namespace=projects[p.project_id].namespace,
+                name=p.name,
+                steps=list(p.steps),
+                variables=dict(p.variables),
+                schedule=p.schedule,
+                paused=p.paused,
+                retries=p.retries,
+                timeout_seconds=p.timeout_seconds,
+            )
+            for p in session.scalars(select(Pipeline).order_by(Pipeline.created_at, Pipeline.id))
+        ]
+    return PlatformSpecs(
+        projects=list(projects.values()), connectors=connectors, dbt_projects=dbt_projects, pipelines=pipelines
+    )
 
 
 def connector_tables_of(connector: ConnectorSpec | Connector, namespace: str | None = None) -> list[ConnectorTable]:

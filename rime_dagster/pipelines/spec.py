@@ -42,7 +42,7 @@ class DbtStepConfig(_Config):
 
 class TableMaintenanceConfig(_Config):
     table: str = Field(min_length=1, max_length=255, description="A table of the project, as the tables API names it.")
-    operation: Literal["expire_snapshots", "compact"]
+    operation: Literal["expire_snapshots"]
     older_than_days: int = Field(7, ge=0, le=3650, description="expire_snapshots: keep snapshots newer than this.")
     retain_last: int = Field(1, ge=1, le=1000, description="expire_snapshots: always keep this many snapshots.")
 

@@ -113,7 +113,11 @@ steps:
         ),
         (
             lambda s: [
-                {"id": "m", "type": "table_maintenance", "config": {"table": "other__x", "operation": "compact"}}
+                {
+                    "id": "m",
+                    "type": "table_maintenance",
+                    "config": {"table": "other__x", "operation": "expire_snapshots"},
+                }
             ],
             "not a table",
             "steps.0.config",

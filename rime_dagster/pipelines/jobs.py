@@ -1,0 +1,227 @@
+"""Pipeline -> Dagster job: one node per step, wired by `depends_on`.
+
+Every step node has one Nothing input `start` (fed by all the steps it depends on) and one Nothing
+output `result`, so a step runs only when every upstream step succeeded; Dagster does not start
+the rest, which the API reports as `skipped`. A `pipeline` step is the other pipeline's graph
+embedded as a node (its root steps wait on `start`, a join op produces `result`), so its steps
+run in the same Dagster run and show in the same graph. Op definitions are named
+`<pipeline id>__<step>` (unique in a job); nodes are aliased to `step_<step id>`.
+"""
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+from dagster._core.types.dagster_type import resolve_dagster_type
+
+from rime_dagster.connectors.assets import sync_tables
+from rime_dagster.dbt.assets import dbt_events
+from rime_dagster.dbt.manifest import load_manifest
+from rime_dagster.pipelines.spec import (
+    ConnectorSyncConfig,
+    DbtStepConfig,
+    PipelineStepConfig,
+    StepBody,
+    TableMaintenanceConfig,
+    parse_step_config,
+    validate_dag,
+)
+from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec
+
+MAX_NESTING = 8
+START, RESULT = "start", "result"
+NOTHING = resolve_dagster_type(dg.Nothing)  # graph input/output mappings want the DagsterType itself
+
+
+def pipeline_job_name(pipeline_id: str) -> str:
+    return f"pipeline_{pipeline_id}"
+
+
+def pipeline_tags(project_id: str, pipeline_id: str) -> dict[str, str]:
+    return {"rime/project_id": project_id, "rime/pipeline_id": pipeline_id, "rime/kind": "pipeline"}
+
+
+def step_node_name(step_id: str) -> str:
+    return "step_" + re.sub(r"[^A-Za-z0-9_]", "_", step_id)
+
+
+class Resources:
+    """What steps refer to, by id (the project's connectors and dbt projects, every pipeline)."""
+
+    def __init__(
+        self,
+        connectors: Mapping[str, ConnectorSpec],
+        dbt_projects: Mapping[str, DbtProjectSpec],
+        pipelines: Mapping[str, PipelineSpec],
+    ):
+        self.connectors = connectors
+        self.dbt_projects = dbt_projects
+        self.pipelines = pipelines
+        self.graphs: dict[str, dg.GraphDefinition] = {}
+
+
+def _run_variables(context, pipeline: PipelineSpec) -> dict[str, Any]:
+    return {**pipeline.variables, **json.loads(context.run.tags.get("rime/variables") or "{}")}
+
+
+def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resources) -> dg.OpDefinition:
+    retry = dg.RetryPolicy(max_retries=pipeline.retries, delay=5) if pipeline.retries else None
+
+    @dg.op(
+        name=f"{pipeline.id}__{re.sub(r'[^A-Za-z0-9_]', '_', step.id)}",
+        ins={START: dg.In(dg.Nothing)},
+        out={RESULT: dg.Out(dg.Nothing)},
+        description=f"{step.type} step '{step.name or step.id}' of pipeline '{pipeline.name}'",
+        tags={"rime/step_id": step.id, "rime/step_type": step.type, "rime/pipeline_id": pipeline.id},
+        retry_policy=retry,
+        required_resource_keys={"iceberg"},
+    )
+    def run_step(context: dg.OpExecutionContext):
+        full_refresh = context.run.tags.get("rime/full_refresh") == "true"
+        iceberg = context.resources.iceberg
+        rows = 0
+        if isinstance(config, ConnectorSyncConfig):
+            connector = resources.connectors.get(config.connector_id)
+            if connector is None:
+                raise dg.Failure(description=f"Connector {config.connector_id} no longer exists.")
+            tables = config.tables or connector.tables
+            for landed in sync_tables(connector, tables, iceberg.catalog(), context, full_refresh=full_refresh):
+                rows += landed.metadata["rows"]
+                yield dg.AssetMaterialization(asset_key=landed.asset_key, metadata=landed.metadata)
+        elif isinstance(config, DbtStepConfig):
+            project = resources.dbt_projects.get(config.dbt_project_id)
+            if project is None:
+                raise dg.Failure(description=f"dbt project {config.dbt_project_id} no longer exists.")
+            for event in dbt_events(
+                project,
+                load_manifest(project.files.manifest_path).get("nodes", {}),
+                context,
+                iceberg,
+                command=config.command,
+                full_refresh=full_refresh,
+                variables={**project.vars, **_run_variables(context, pipeline)},
+                run_dir=project.files.run_dir(f"{context.run_id}-{step.id}"),
+                select=config.select,
+                exclude=config.exclude,
+            ):
+                if isinstance(event, dg.Output):  # an op context gets materializations, not outputs
+                    continue
+                yield event
+        elif isinstance(config, TableMaintenanceConfig):  # expire_snapshots, the one operation so far
+            expired = expire_snapshots(iceberg.catalog(), pipeline.namespace, config)
+            context.log.info(f"{config.table}: expired {expired} snapshots")
+        yield dg.Output(None, RESULT, metadata={"rows": rows})
+
+    return run_step
+
+
+def expire_snapshots(catalog, namespace: str, config: TableMaintenanceConfig) -> int:
+    """Expires snapshots older than `older_than_days`, keeping the newest `retain_last` and the current one."""
+    table = catalog.load_table((namespace, config.table))
+    snapshots = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
+    keep = {s.snapshot_id for s in snapshots[: config.retain_last]}
+    if table.metadata.current_snapshot_id is not None:
+        keep.add(table.metadata.current_snapshot_id)
+    cutoff_ms = (datetime.now(UTC) - timedelta(days=config.older_than_days)).timestamp() * 1000
+    expired = [s.snapshot_id for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
+    if expired:
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+    return len(expired)
+
+
+def _join_op(pipeline: PipelineSpec) -> dg.OpDefinition:
+    @dg.op(name=f"{pipeline.id}__done", ins={START: dg.In(dg.Nothing)}, out={RESULT: dg.Out(dg.Nothing)})
+    def done():
+        return None
+
+    return done
+
+
+def pipeline_graph(pipeline: PipelineSpec, resources: Resources, depth: int = 0) -> dg.GraphDefinition:
+    """The pipeline's steps as a graph (cached per pipeline: an embedded pipeline is one definition)."""
+    if pipeline.id in resources.graphs:
+        return resources.graphs[pipeline.id]
+    if depth > MAX_NESTING:
+        raise ValueError(f"pipeline {pipeline.id}: pipelines nest deeper than {MAX_NESTING}")
+    steps = [StepBody.model_validate(s) for s in pipeline.steps]
+    validate_dag(steps)
+    node_defs: list[dg.NodeDefinition] = []
+    dependencies: dict[dg.NodeInvocation, dict[str, Any]] = {}
+    for i, step in enumerate(steps):
+        config = parse_step_config(step, i)
+        if isinstance(config, PipelineStepConfig):
+            inner = resources.pipelines.get(config.pipeline_id)
+            if inner is None:
+                raise ValueError(f"pipeline {pipeline.id}: step {step.id} runs unknown pipeline {config.pipeline_id}")
+            definition = pipeline_graph(inner, resources, depth + 1)
+        else:
+            definition = _step_op(pipeline, step, config, resources)
+        if definition not in node_defs:
+            node_defs.append(definition)
+        upstream = [dg.DependencyDefinition(step_node_name(dep), RESULT) for dep in step.depends_on]
+        dependencies[dg.NodeInvocation(definition.name, alias=step_node_name(step.id))] = (
+            {START: dg.MultiDependencyDefinition(upstream)} if upstream else {}
+        )
+    # One `start` fans out to the root steps; a join op waits for every sink and is the graph's `result`.
+    depended = {d for s in steps for d in s.depends_on}
+    sinks = [s for s in steps if s.id not in depended]
+    join = _join_op(pipeline)
+    node_defs.append(join)
+    dependencies[dg.NodeInvocation(join.name, alias="done")] = {
+        START: dg.MultiDependencyDefinition([dg.DependencyDefinition(step_node_name(s.id), RESULT) for s in sinks])
+    }
+    graph = dg.GraphDefinition(
+        name=f"{pipeline.id}__graph",
+        description=f"Pipeline '{pipeline.name}'",
+        node_defs=node_defs,
+        dependencies=dependencies,
+        input_mappings=[
+            dg.InputMapping(
+                graph_input_name=START,
+                mapped_node_name=step_node_name(s.id),
+                mapped_node_input_name=START,
+                dagster_type=NOTHING,
+            )
+            for s in steps
+            if not s.depends_on
+        ],
+        output_mappings=[
+            dg.OutputMapping(
+                graph_output_name=RESULT,
+                mapped_node_name="done",
+                mapped_node_output_name=RESULT,
+                dagster_type=NOTHING,
+            )
+        ],
+    )
+    resources.graphs[pipeline.id] = graph
+    return graph
+
+
+def pipeline_definitions(pipeline: PipelineSpec, resources: Resources) -> dg.Definitions:
+    tags = pipeline_tags(pipeline.project_id, pipeline.id)
+    if pipeline.timeout_seconds:
+        tags["dagster/max_runtime"] = str(pipeline.timeout_seconds)
+    job = pipeline_graph(pipeline, resources).to_job(
+        name=pipeline_job_name(pipeline.id),
+        description=f"Pipeline '{pipeline.name}'",
+        tags=tags,
+    )
+    schedules = []
+    if pipeline.schedule:
+        schedules.append(
+            dg.ScheduleDefinition(
+                name=f"{pipeline_job_name(pipeline.id)}_schedule",
+                job=job,
+                cron_schedule=pipeline.schedule,
+                execution_timezone="UTC",
+                default_status=dg.DefaultScheduleStatus.STOPPED
+                if pipeline.paused
+                else dg.DefaultScheduleStatus.RUNNING,
+                tags={"rime/trigger": "schedule"},
+            )
+        )
+    return dg.Definitions(jobs=[job], schedules=schedules)
