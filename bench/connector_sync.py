@@ -36,7 +36,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -46,7 +45,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -495,17 +493,9 @@ def memory_report(by_size: dict[int, dict[str, LegRuns]]) -> list[str]:
 
 
 def versions(database_url: str) -> str:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
+    from bench._common import installed_versions
 
-    return (
-        f"PostgreSQL {server_version(database_url)}; Python {platform.python_version()}; "
-        f"duckdb {version('duckdb')}; pyarrow {version('pyarrow')}; pyiceberg {version('pyiceberg')}; "
-        f"dlt {version('dlt')}; {os.cpu_count()} CPUs"
-    )
+    return f"PostgreSQL {server_version(database_url)}; " + installed_versions("duckdb", "pyarrow", "pyiceberg", "dlt")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -65,7 +64,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -772,17 +770,10 @@ def verdicts(results: dict[str, LegRuns], models: int) -> list[str]:
 
 
 def versions(threads: int) -> str:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
+    from bench._common import installed_versions
 
-    return (
-        f"Python {platform.python_version()}; dbt-core {version('dbt-core')}; dbt-duckdb {version('dbt-duckdb')}; "
-        f"duckdb {version('duckdb')}; dagster {version('dagster')}; dagster-dbt {version('dagster-dbt')}; "
-        f"{os.cpu_count()} CPUs; dbt threads {threads}"
-    )
+    dists = ("dbt-core", "dbt-duckdb", "duckdb", "dagster", "dagster-dbt")
+    return f"{installed_versions(*dists)}; dbt threads {threads}"
 
 
 # Main -----------------------------------------------------------------------------------------

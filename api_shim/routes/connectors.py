@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import BackgroundTasks, Body, File, Query, Request, UploadFile, status
@@ -39,7 +38,7 @@ from api_shim.schemas.connectors import (
 from api_shim.services import connectors as service
 from api_shim.services import uploads
 from api_shim.services.projects import get_project
-from api_shim.services.runs import RunView, run_view
+from api_shim.services.runs import RunView, launch_summary, run_page, run_view
 from rime_dagster.connectors.names import connector_job_name, connector_tags, table_asset_key
 
 log = logging.getLogger(__name__)
@@ -304,15 +303,7 @@ def sync_connector(
         "rime/triggered_by": principal.email,
     }
     launched = dagster.launch_run(connector_job_name(connector.id), tags=tags)
-    record = dagster.run_record(launched.dagster_run_id)
-    view = run_view(dagster, record, with_events=False) if record else None
-    return RunStarted(
-        run_id=launched.run_id,
-        dagster_run_id=launched.dagster_run_id,
-        dagster_url=dagster.run_url(launched.dagster_run_id),
-        status="queued" if view is None or view.status == "queued" else "running",
-        started_at=(view.started_at if view and view.started_at else datetime.now(UTC)),
-    )
+    return RunStarted(**launch_summary(dagster, launched))
 
 
 @router.get(
@@ -334,19 +325,16 @@ def connector_runs(
 ):
     project = _project(session, principal, id)
     connector = service.get_connector(session, project, connectorId)
-    scope = f"runs:{connector.id}"
-    after = None
-    if cursor:
-        payload = codec.decode(cursor)
-        if payload.get("s") != scope:
-            raise ValidationFailed.field("cursor", "Cursor belongs to another list.")
-        after = payload.get("r")
-    records = dagster.run_records(tags={"rime/connector_id": connector.id}, limit=limit + 1, cursor=after)
-    has_more = len(records) > limit
-    records = records[:limit]
-    runs = [_run_response(connector, project.namespace, run_view(dagster, r)) for r in records]
-    next_cursor = codec.encode({"s": scope, "r": records[-1].dagster_run.run_id}) if has_more else None
-    return ConnectorRunList(data=runs, next_cursor=next_cursor, has_more=has_more)
+    page = run_page(
+        dagster,
+        codec,
+        scope=f"runs:{connector.id}",
+        tags={"rime/connector_id": connector.id},
+        limit=limit,
+        cursor=cursor,
+    )
+    runs = [_run_response(connector, project.namespace, run_view(dagster, r)) for r in page.records]
+    return ConnectorRunList(data=runs, next_cursor=page.next_cursor, has_more=page.has_more)
 
 
 @router.post(

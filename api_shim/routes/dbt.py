@@ -41,7 +41,7 @@ from api_shim.schemas.dbt import (
 )
 from api_shim.services import dbt as service
 from api_shim.services.projects import get_project
-from api_shim.services.runs import RunView, run_view
+from api_shim.services.runs import RunView, launch_summary, run_page, run_view
 from rime_dagster.dbt import manifest as manifests
 from rime_dagster.dbt import workspace
 from rime_dagster.dbt.names import dbt_job_name, dbt_op_name, dbt_tags
@@ -381,17 +381,7 @@ def run_dbt_project(
         run_config=run_config,
         asset_selection=None if everything else service.asset_keys(project.namespace, row.slug, manifest, unique_ids),
     )
-    record = dagster.run_record(launched.dagster_run_id)
-    view = run_view(dagster, record, with_events=False) if record else None
-    return DbtRunStarted(
-        run_id=launched.run_id,
-        dagster_run_id=launched.dagster_run_id,
-        dagster_url=dagster.run_url(launched.dagster_run_id),
-        status="queued" if view is None or view.status == "queued" else "running",
-        command=body.command,
-        selected=len(unique_ids),
-        started_at=(view.started_at if view and view.started_at else datetime.now(UTC)),
-    )
+    return DbtRunStarted(**launch_summary(dagster, launched), command=body.command, selected=len(unique_ids))
 
 
 def _node_results(manifest: dict[str, Any], results: dict[str, dict[str, Any]] | None) -> list[DbtNodeResult]:
@@ -454,20 +444,12 @@ def dbt_runs(
 ):
     project = _project(session, principal, id)
     row = service.get_dbt_project(session, project, dbtId)
-    scope = f"dbt-runs:{row.id}"
-    after = None
-    if cursor:
-        payload = codec.decode(cursor)
-        if payload.get("s") != scope:
-            raise ValidationFailed.field("cursor", "Cursor belongs to another list.")
-        after = payload.get("r")
-    records = dagster.run_records(tags={"rime/dbt_project_id": row.id}, limit=limit + 1, cursor=after)
-    has_more = len(records) > limit
-    records = records[:limit]
+    page = run_page(
+        dagster, codec, scope=f"dbt-runs:{row.id}", tags={"rime/dbt_project_id": row.id}, limit=limit, cursor=cursor
+    )
     manifest = service.manifest_of(settings, row)
-    runs = [_run(settings, row, manifest, run_view(dagster, r)) for r in records]
-    next_cursor = codec.encode({"s": scope, "r": records[-1].dagster_run.run_id}) if has_more else None
-    return DbtRunList(data=runs, next_cursor=next_cursor, has_more=has_more)
+    runs = [_run(settings, row, manifest, run_view(dagster, r)) for r in page.records]
+    return DbtRunList(data=runs, next_cursor=page.next_cursor, has_more=page.has_more)
 
 
 def _latest_statuses(settings, dagster: DagsterClient, row: DbtProject) -> dict[str, str]:

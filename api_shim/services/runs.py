@@ -47,3 +47,40 @@ def run_view(client: DagsterClient, record, *, with_events: bool = True) -> RunV
         events=client.run_events(run.run_id) if with_events else RunEvents(),
         record=record,
     )
+
+
+def launch_summary(client: DagsterClient, launched) -> dict[str, Any]:
+    """The common fields of a 202 for a run just launched: ids, link, queued/running, start time."""
+    record = client.run_record(launched.dagster_run_id)
+    view = run_view(client, record, with_events=False) if record else None
+    return {
+        "run_id": launched.run_id,
+        "dagster_run_id": launched.dagster_run_id,
+        "dagster_url": client.run_url(launched.dagster_run_id),
+        "status": "queued" if view is None or view.status == "queued" else "running",
+        "started_at": view.started_at if view and view.started_at else datetime.now(UTC),
+    }
+
+
+@dataclass(frozen=True)
+class RunPage:
+    records: list[Any]
+    next_cursor: str | None
+    has_more: bool
+
+
+def run_page(client: DagsterClient, codec, *, scope: str, tags: dict[str, str], limit: int, cursor: str | None):
+    """One page of the runs carrying `tags`, newest first; cursors are signed and bound to `scope`."""
+    from api_shim.errors import ValidationFailed
+
+    after = None
+    if cursor:
+        payload = codec.decode(cursor)
+        if payload.get("s") != scope:
+            raise ValidationFailed.field("cursor", "Cursor belongs to another list.")
+        after = payload.get("r")
+    records = client.run_records(tags=tags, limit=limit + 1, cursor=after)
+    has_more = len(records) > limit
+    records = records[:limit]
+    next_cursor = codec.encode({"s": scope, "r": records[-1].dagster_run.run_id}) if has_more else None
+    return RunPage(records=records, next_cursor=next_cursor, has_more=has_more)

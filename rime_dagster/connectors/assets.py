@@ -11,6 +11,7 @@ from rime_dagster.connectors.names import (
     table_asset_key,
 )
 from rime_dagster.connectors.sync import TableSync, sync_table
+from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import ConnectorSpec
 
@@ -113,16 +114,5 @@ def connector_definitions(spec: ConnectorSpec) -> dg.Definitions:
         tags=connector_tags(spec.project_id, spec.id),
         description=f"Sync connector '{spec.name}'.",
     )
-    schedules = []
-    if spec.schedule:
-        schedules.append(
-            dg.ScheduleDefinition(
-                name=f"{connector_job_name(spec.id)}_schedule",
-                job=job,
-                cron_schedule=spec.schedule,
-                execution_timezone="UTC",
-                default_status=dg.DefaultScheduleStatus.STOPPED if spec.paused else dg.DefaultScheduleStatus.RUNNING,
-                tags={"rime/trigger": "schedule"},
-            )
-        )
+    schedules = rime_schedule(job, spec.schedule, paused=spec.paused)
     return dg.Definitions(assets=[sync], jobs=[job], schedules=schedules)

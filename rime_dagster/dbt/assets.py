@@ -27,6 +27,7 @@ from rime_dagster.dbt.manifest import (
 )
 from rime_dagster.dbt.names import dbt_job_name, dbt_op_name, dbt_tags
 from rime_dagster.dbt.workspace import PASSWORD_ENV, dbt_executable
+from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import DbtProjectSpec
 
@@ -97,18 +98,7 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
         tags=dbt_tags(spec.project_id, spec.id),
         description=f"Run dbt project '{spec.name}'.",
     )
-    schedules = []
-    if spec.schedule:
-        schedules.append(
-            dg.ScheduleDefinition(
-                name=f"{dbt_job_name(spec.id)}_schedule",
-                job=job,
-                cron_schedule=spec.schedule,
-                execution_timezone="UTC",
-                default_status=dg.DefaultScheduleStatus.STOPPED if spec.paused else dg.DefaultScheduleStatus.RUNNING,
-                tags={"rime/trigger": "schedule"},
-            )
-        )
+    schedules = rime_schedule(job, spec.schedule, paused=spec.paused)
     return dg.Definitions(assets=[run_dbt], jobs=[job], schedules=schedules)
 
 

@@ -29,6 +29,7 @@ from rime_dagster.pipelines.spec import (
     parse_step_config,
     validate_dag,
 )
+from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec
 
 MAX_NESTING = 8
@@ -210,18 +211,5 @@ def pipeline_definitions(pipeline: PipelineSpec, resources: Resources) -> dg.Def
         description=f"Pipeline '{pipeline.name}'",
         tags=tags,
     )
-    schedules = []
-    if pipeline.schedule:
-        schedules.append(
-            dg.ScheduleDefinition(
-                name=f"{pipeline_job_name(pipeline.id)}_schedule",
-                job=job,
-                cron_schedule=pipeline.schedule,
-                execution_timezone="UTC",
-                default_status=dg.DefaultScheduleStatus.STOPPED
-                if pipeline.paused
-                else dg.DefaultScheduleStatus.RUNNING,
-                tags={"rime/trigger": "schedule"},
-            )
-        )
+    schedules = rime_schedule(job, pipeline.schedule, paused=pipeline.paused)
     return dg.Definitions(jobs=[job], schedules=schedules)

@@ -126,8 +126,10 @@ def test_register_update_and_delete(clients, project, settings, tmp_path):
 
     nothing = clients.admin.post(url + "/run", json={"select": "no_such_node"})
     assert nothing.status_code == 422
-    bad_syntax = clients.admin.post(url + "/run", json={"select": "tag:"})
-    assert bad_syntax.status_code in (400, 422)
+    bad_syntax = clients.admin.post(url + "/run", json={"select": "bogus_method:x"})
+    assert bad_syntax.status_code == 400, bad_syntax.text
+    detail = bad_syntax.json()["error"]["details"][0]
+    assert detail["field"] == "select" and "not a valid method name" in detail["message"]
 
     assert clients.admin.delete(url).status_code == 204
     assert clients.admin.get(url).status_code == 404
