@@ -244,18 +244,15 @@ async def update_dbt_project(
             source = body.source.model_dump(mode="json") if body.source else dict(row.source)
             target, password = service.target_settings(body.target) if body.target else (dict(row.target), None)
             variables = body.vars if body.vars is not None else dict(row.vars)
-            reparse = bool({"source", "target", "vars"} & changes.keys()) or body.refresh
-            revision = None
-            if reparse:
-                revision = service.prepare_revision(
-                    settings,
-                    files=service.files_of(settings, row, row.revision + 1),
-                    source=source,
-                    target=target,
-                    namespace=project.namespace,
-                    vars=variables,
-                )
             previous_revision = row.revision
+            next_files = service.files_of(settings, row, row.revision + 1)
+            namespace = project.namespace
+        revision = None
+        if bool({"source", "target", "vars"} & changes.keys()) or body.refresh:
+            # Outside any transaction: fetching and parsing take seconds.
+            revision = service.prepare_revision(
+                settings, files=next_files, source=source, target=target, namespace=namespace, vars=variables
+            )
         try:
             with sessions.begin() as session:
                 project = _project(session, principal, id)
