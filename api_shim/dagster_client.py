@@ -45,20 +45,31 @@ RUN_STATUS = {
 
 DAGSTER_YAML = """\
 # Written by Rime at start: the embedded Dagster instance (SQLite storage in this folder).
-# Runs launch at once (no queue polling) in-process, which keeps trigger-to-start short.
+# Rime rewrites this file while this first line is unchanged; edit the line to keep your own.
+#
+# Runs launch at once (no queue for the daemon to poll): trigger-to-start is the run worker's
+# start-up. Pipeline chains run their steps in that worker (in-process executor).
 run_coordinator:
   module: dagster._core.run_coordinator
   class: DefaultRunCoordinator
+# The daemon enforces pipelines' timeout_seconds (dagster/max_runtime) and fails runs stuck
+# starting; it looks every 30 s.
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  start_timeout_seconds: 300
 telemetry:
   enabled: false
 """
+MANAGED_MARKER = DAGSTER_YAML.splitlines()[0]
 
 
 def ensure_dagster_home(settings: Settings) -> Path:
     home = settings.dagster_home_path
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    current = config.read_text() if config.exists() else None
+    if current is None or (current != DAGSTER_YAML and current.startswith(MANAGED_MARKER)):
         config.write_text(DAGSTER_YAML)
     return home
 
@@ -188,19 +199,33 @@ class DagsterClient:
         run_config: dict[str, Any] | None = None,
         asset_selection: list[list[str]] | None = None,
     ) -> LaunchedRun:
-        """Launches `job_name` (a subset of its assets, with their checks, when `asset_selection` is given)."""
-        run_id = self._call(
-            "launch",
-            self._graphql.submit_job_execution,
-            job_name,
-            repository_location_name=self.location,
-            # Definitions' singleton repository: without it the client searches every
-            # location for the job name and could launch another location's job.
-            repository_name="__repository__",
-            run_config=run_config or {},
-            tags=tags,
-            asset_selection=asset_selection,
-        )
+        """Launches `job_name` (a subset of its assets, with their checks, when `asset_selection` is given).
+
+        A job Dagster does not know yet (created a moment ago, its reload still on the way)
+        gets one reload of the code location and a second attempt.
+        """
+
+        def submit():
+            return self._call(
+                "launch",
+                self._graphql.submit_job_execution,
+                job_name,
+                repository_location_name=self.location,
+                # Definitions' singleton repository: without it the client searches every
+                # location for the job name and could launch another location's job.
+                repository_name="__repository__",
+                run_config=run_config or {},
+                tags=tags,
+                asset_selection=asset_selection,
+            )
+
+        try:
+            run_id = submit()
+        except Unprocessable as exc:
+            if "NotFound" not in exc.message:
+                raise
+            self.reload_location()
+            run_id = submit()
         return LaunchedRun(dagster_run_id=run_id)
 
     def run_status(self, dagster_run_id: str) -> str:
@@ -276,6 +301,40 @@ class DagsterClient:
             elif not events.errors:  # RUN_FAILURE: only when no step said why
                 events.errors.append(event.message or "run failed")
         return events
+
+    def run_event_records(
+        self, dagster_run_id: str, *, after: int = 0, limit: int = 1000, of_type: set[str] | None = None
+    ) -> tuple[list, bool]:
+        """Event-log records of a run with storage id above `after`, oldest first, and whether more follow.
+
+        `of_type`: only these Dagster event types (values such as "STEP_START").
+        """
+        from dagster import DagsterEventType
+        from dagster._core.storage.event_log.base import EventLogCursor
+
+        cursor = EventLogCursor.from_storage_id(after).to_string() if after else None
+        kinds = {DagsterEventType(k) for k in of_type} if of_type else None
+        try:
+            page = self.instance().get_records_for_run(dagster_run_id, cursor=cursor, limit=limit, of_type=kinds)
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            metrics.DAGSTER_ERRORS.labels("event_log").inc()
+            log.warning("reading Dagster event log failed: %s", exc)
+            raise ServiceUnavailable("Dagster event log is unavailable; retry shortly.") from None
+        return list(page.records), page.has_more
+
+    def execution_plan_steps(self, record) -> set[str] | None:
+        """The step keys a run planned to execute (None when Dagster has no plan snapshot)."""
+        run = record.dagster_run
+        if not run.execution_plan_snapshot_id:
+            return None
+        try:
+            plan = self.instance().get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+        except Exception as exc:
+            log.warning("reading Dagster execution plan %s failed: %s", run.execution_plan_snapshot_id, exc)
+            return None
+        return set(plan.step_keys_to_execute)
 
     def close(self) -> None:
         with self._instance_lock:

@@ -17,6 +17,7 @@ from api_shim.iceberg import CatalogProvider
 from api_shim.middleware import AuditMiddleware, BodyLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from api_shim.pagination import CursorCodec
 from api_shim.routes import connectors, dbt, governance, health, pipelines, projects, tables, users
+from api_shim.run_watch import RunWatchHub
 from api_shim.services.users import ensure_bootstrap_admin
 from api_shim.settings import Settings, get_settings
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # before starting the API, so this only happens when the store is down.
             log.error("metadata store unavailable at start; RIME_ADMIN_TOKEN not ensured")
         yield
+        await app.state.run_watch.close()
         app.state.dagster.close()
 
     app = FastAPI(
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = session_factory(settings.metadata_url)
     app.state.cursor_codec = CursorCodec(settings.signing_key())
     app.state.dagster = DagsterClient(settings)
+    app.state.run_watch = RunWatchHub(app.state.dagster, settings.run_watch_interval_seconds)
     app.state.iceberg = CatalogProvider(settings)
     app.state.cipher = CredentialCipher.from_settings(settings)
 
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         connectors.router,
         dbt.router,
         pipelines.router,
+        pipelines.ws_router,
         tables.router,
         users.router,
         governance.router,

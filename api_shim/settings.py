@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     )
     dbt_timeout_seconds: float = Field(300.0, description="Limit for fetching (git) and parsing a dbt project.")
     dbt_threads: int = Field(4, description="dbt threads in generated profiles.")
+    run_watch_interval_seconds: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="How often a watched pipeline run's event log is read for WebSocket and SSE clients.",
+    )
     dbt_keep_run_artifacts: int = Field(
         100, ge=1, description="Run artifact folders (run_results.json) kept per dbt project by housekeeping."
     )

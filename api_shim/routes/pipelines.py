@@ -2,29 +2,54 @@
 
 from __future__ import annotations
 
-from fastapi import BackgroundTasks, status
+import asyncio
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Body, Query, Request, Response, WebSocket, WebSocketDisconnect, status
+from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from api_shim.dagster_client import DagsterClientDep
+from api_shim.dagster_client import RUN_STATUS, DagsterClient, DagsterClientDep, to_dagster_run_id
 from api_shim.db.models import Pipeline, Project
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, Viewer
-from api_shim.errors import Conflict
+from api_shim.errors import Conflict, Forbidden, NotFound, RimeError
+from api_shim.handlers import error_response
 from api_shim.pagination import Listing, Page
 from api_shim.routes._paging import page_params
-from api_shim.routing import rime_router, yaml_body
+from api_shim.routing import API_PREFIX, Idempotent, rime_router, yaml_body
+from api_shim.run_watch import RunWatchHub
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.pipelines import (
     Dag,
     PipelineCreate,
     PipelineDetail,
     PipelineList,
+    PipelineLogLine,
     PipelineResponse,
+    PipelineRun,
+    PipelineRunCanceled,
+    PipelineRunList,
+    PipelineRunLogs,
+    PipelineRunPlan,
+    PipelineRunRequest,
+    PipelineRunStarted,
+    PipelineStepRun,
     PipelineUpdate,
+    PlannedStep,
 )
+from api_shim.services import audit, pipeline_runs
 from api_shim.services import pipelines as service
+from api_shim.services.auth import Role, authenticate
 from api_shim.services.projects import get_project
+from api_shim.services.runs import launch_summary, run_page, run_view
+from rime_dagster.pipelines.jobs import MAX_NESTING, pipeline_job_name, pipeline_tags
 from rime_dagster.pipelines.spec import dag_of, validate_dag
+
+log = logging.getLogger(__name__)
 
 router = rime_router(prefix="/projects/{id}/pipelines", tags=["Pipelines"])
 
@@ -158,3 +183,386 @@ def delete_pipeline(
     session.delete(row)
     session.flush()
     background.add_task(dagster.definitions_changed)
+
+
+# Runs ----------------------------------------------------------------------------------
+
+
+def _plan(session: Session, project: Project, row: Pipeline, depth: int = 0) -> list[PlannedStep]:
+    steps = service.steps_of(row)
+    by_id = {s.id: s for s in steps}
+    planned = []
+    for n, step_id in enumerate(validate_dag(steps), start=1):
+        step = by_id[step_id]
+        nested = None
+        if step.type == "pipeline" and depth < MAX_NESTING:
+            inner = service.get_pipeline(session, project, step.config["pipeline_id"])
+            nested = _plan(session, project, inner, depth + 1)
+        planned.append(
+            PlannedStep(
+                order=n,
+                step_id=step.id,
+                step_name=step.name or step.id,
+                type=step.type,
+                depends_on=step.depends_on,
+                config=step.config,
+                steps=nested,
+            )
+        )
+    return planned
+
+
+@router.post(
+    "/{pipelineId}/run",
+    name="pipeline.run",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=PipelineRunStarted | PipelineRunPlan,
+    responses={
+        200: {"model": PipelineRunPlan, "description": "`dry_run`: the validated plan; nothing ran."},
+        **error_responses(404, 409, 422),
+    },
+    dependencies=[Idempotent],
+    summary="Trigger a pipeline run",
+    description="Launches the pipeline's Dagster job (202). With `dry_run` the steps and the resources they "
+    "name are validated again and the ordered plan comes back (200); nothing is launched.",
+)
+def run_pipeline(
+    id: str,
+    pipelineId: str,
+    principal: Engineer,
+    session: SessionDep,
+    dagster: DagsterClientDep,
+    response: Response,
+    body: Annotated[PipelineRunRequest | None, Body()] = None,
+):
+    body = body or PipelineRunRequest()
+    project = _project(session, principal, id)
+    row = service.get_pipeline(session, project, pipelineId)
+    order = service.check_steps(session, project, service.steps_of(row), pipeline_id=row.id)
+    if body.dry_run:
+        response.status_code = status.HTTP_200_OK
+        return PipelineRunPlan(
+            pipeline_id=row.id,
+            full_refresh=body.full_refresh,
+            variables={**row.variables, **(body.variables or {})},
+            execution_order=order,
+            plan=_plan(session, project, row),
+        )
+    tags = {
+        **pipeline_tags(project.id, row.id),
+        "rime/full_refresh": str(body.full_refresh).lower(),
+        "rime/triggered_by": principal.email,
+    }
+    if body.variables:
+        tags["rime/variables"] = json.dumps(body.variables, separators=(",", ":"), sort_keys=True)
+    launched = dagster.launch_run(pipeline_job_name(row.id), tags=tags)
+    return PipelineRunStarted(**launch_summary(dagster, launched), pipeline_id=row.id)
+
+
+def _run_record(dagster: DagsterClient, project: Project, row: Pipeline, run_id: str):
+    dagster_run_id = to_dagster_run_id(run_id)
+    record = dagster.run_record(dagster_run_id) if dagster_run_id else None
+    tags = record.dagster_run.tags if record else {}
+    if record is None or tags.get("rime/pipeline_id") != row.id or tags.get("rime/project_id") != project.id:
+        raise NotFound.of("Run", run_id, " for this pipeline")
+    return record
+
+
+def _run(dagster: DagsterClient, row: Pipeline, record) -> PipelineRun:
+    view = run_view(dagster, record, with_events=False)
+    fold = pipeline_runs.fold_run(dagster, record, service.steps_of(row))
+    tags = record.dagster_run.tags
+    try:
+        variables = json.loads(tags.get("rime/variables") or "{}")
+    except ValueError:
+        variables = {}
+    failed = [s.error for s in fold.states() if s.status == "failed" and s.error]
+    return PipelineRun(
+        run_id=view.run_id,
+        dagster_run_id=view.dagster_run_id,
+        dagster_url=view.dagster_url,
+        pipeline_id=row.id,
+        status=view.status,
+        trigger=pipeline_runs.trigger_of(tags),
+        triggered_by=tags.get("rime/triggered_by"),
+        full_refresh=tags.get("rime/full_refresh") == "true",
+        variables=variables,
+        started_at=view.started_at,
+        finished_at=view.finished_at,
+        duration_seconds=view.duration_seconds,
+        error=(failed[0] if failed else fold.run_error) if view.status == "failed" else None,
+        steps=[PipelineStepRun(**s.as_dict()) for s in fold.states()],
+    )
+
+
+@router.get(
+    "/{pipelineId}/runs",
+    name="pipeline.runs",
+    response_model=PipelineRunList,
+    responses=error_responses(404),
+    summary="List run history",
+    description="Every run of the pipeline's Dagster job, newest first: from the API, its schedule or Dagster's UI.",
+)
+def pipeline_runs_list(
+    id: str,
+    pipelineId: str,
+    principal: Viewer,
+    session: SessionDep,
+    codec: CursorCodecDep,
+    dagster: DagsterClientDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query()] = None,
+):
+    project = _project(session, principal, id)
+    row = service.get_pipeline(session, project, pipelineId)
+    page = run_page(
+        dagster,
+        codec,
+        scope=f"pipeline-runs:{row.id}",
+        tags={"rime/pipeline_id": row.id, "rime/project_id": project.id},
+        limit=limit,
+        cursor=cursor,
+    )
+    return PipelineRunList(
+        data=[_run(dagster, row, r) for r in page.records], next_cursor=page.next_cursor, has_more=page.has_more
+    )
+
+
+@router.get(
+    "/{pipelineId}/runs/{runId}",
+    name="pipeline.run_detail",
+    response_model=PipelineRun,
+    responses=error_responses(404),
+    summary="Get run details and step status",
+)
+def pipeline_run_detail(
+    id: str, pipelineId: str, runId: str, principal: Viewer, session: SessionDep, dagster: DagsterClientDep
+):
+    project = _project(session, principal, id)
+    row = service.get_pipeline(session, project, pipelineId)
+    return _run(dagster, row, _run_record(dagster, project, row, runId))
+
+
+@router.post(
+    "/{pipelineId}/runs/{runId}/cancel",
+    name="pipeline.cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=PipelineRunCanceled,
+    responses=error_responses(404, 409),
+    summary="Cancel a run",
+    description="Asks Dagster to terminate the run. Steps not started become `skipped`; the running step ends "
+    "`failed`. A run already over is a 409.",
+)
+def cancel_pipeline_run(
+    id: str, pipelineId: str, runId: str, principal: Engineer, session: SessionDep, dagster: DagsterClientDep
+):
+    project = _project(session, principal, id)
+    row = service.get_pipeline(session, project, pipelineId)
+    record = _run_record(dagster, project, row, runId)
+    current = RUN_STATUS.get(record.dagster_run.status.value, "running")
+    if current in pipeline_runs.TERMINAL_RUN:
+        raise Conflict(f"Run {runId} is already {current}.")
+    dagster.terminate(record.dagster_run.run_id)
+    return PipelineRunCanceled(run_id=runId)
+
+
+LOGS_RESPONSE = {
+    "description": "JSON by default. With `Accept: text/event-stream`, Server-Sent Events: `event: log` (data: a "
+    "log line as JSON), `event: status` (data: the run's status when it changes), `event: error`; the stream "
+    "starts with the lines after `after` and ends with the run.",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/PipelineRunLogs"}},
+        "text/event-stream": {"schema": {"type": "string"}},
+    },
+}
+SSE_KEEPALIVE_SECONDS = 15.0
+
+
+@router.get(
+    "/{pipelineId}/runs/{runId}/logs",
+    name="pipeline.run_logs",
+    response_model=PipelineRunLogs,
+    responses={200: LOGS_RESPONSE, **error_responses(404)},
+    summary="Get a run's logs (JSON, or live as Server-Sent Events)",
+)
+def pipeline_run_logs(
+    id: str,
+    pipelineId: str,
+    runId: str,
+    request: Request,
+    principal: Viewer,
+    session: SessionDep,
+    dagster: DagsterClientDep,
+    after: Annotated[int, Query(ge=0, description="Only lines after this `id`.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+):
+    project = _project(session, principal, id)
+    row = service.get_pipeline(session, project, pipelineId)
+    record = _run_record(dagster, project, row, runId)
+    steps = service.steps_of(row)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        hub: RunWatchHub = request.app.state.run_watch
+        return EventSourceResponse(
+            _log_stream(hub, dagster, record.dagster_run.run_id, runId, steps, after),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    fold = pipeline_runs.RunFold(steps)
+    records, more = dagster.run_event_records(record.dagster_run.run_id, after=after, limit=limit)
+    lines = [PipelineLogLine(**pipeline_runs.log_line(r, fold)) for r in records]
+    return PipelineRunLogs(
+        run_id=runId,
+        status=RUN_STATUS.get(record.dagster_run.status.value, "running"),
+        logs=lines,
+        next_after=lines[-1].id if more and lines else None,
+    )
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return format_sse_event(data_str=json.dumps(data, default=str), event=event)
+
+
+async def _log_stream(hub: RunWatchHub, dagster: DagsterClient, dagster_run_id: str, run_id: str, steps, after: int):
+    """Backlog from storage up to the shared reader's cursor, then its live feed, until the run ends."""
+    async with hub.watch(dagster_run_id, run_id, steps, logs=True) as (sub, watch):
+        cursor = after
+        while cursor < sub.log_cursor:
+            records, more = await asyncio.to_thread(dagster.run_event_records, dagster_run_id, after=cursor)
+            for r in records:
+                if r.storage_id > sub.log_cursor:
+                    break
+                yield _sse("log", pipeline_runs.log_line(r, watch.fold))
+            if not records or not more:
+                break
+            cursor = records[-1].storage_id
+        while True:
+            try:
+                kind, payload = await asyncio.wait_for(sub.queue.get(), SSE_KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield KEEPALIVE_COMMENT.encode() if isinstance(KEEPALIVE_COMMENT, str) else KEEPALIVE_COMMENT
+                continue
+            if kind == "log":
+                if payload["id"] > after:
+                    yield _sse("log", payload)
+            elif kind == "run":
+                yield _sse("status", {"run_id": run_id, "status": payload["status"], "timestamp": payload["timestamp"]})
+            elif kind == "error":
+                yield _sse("error", {"message": payload})
+                return
+            elif kind == "end":
+                return
+
+
+# WebSocket -----------------------------------------------------------------------------
+
+ws_router = APIRouter(prefix=API_PREFIX + "/ws", tags=["Pipelines"])
+WS_UNAUTHORIZED, WS_FORBIDDEN, WS_NOT_FOUND = 4401, 4403, 4404
+
+
+class _Refused(Exception):
+    def __init__(self, status_code: int, error: RimeError):
+        self.status_code, self.error = status_code, error
+
+
+def _ws_target(websocket: WebSocket, token: str | None, pipeline_id: str, run_id: str):
+    """(principal, pipeline steps, Dagster run id), or _Refused."""
+    settings = websocket.app.state.settings
+    dagster: DagsterClient = websocket.app.state.dagster
+    with websocket.app.state.sessions.begin() as session:
+        try:
+            principal = authenticate(session, token, tenant_id=settings.tenant)
+        except RimeError as exc:
+            raise _Refused(401, exc) from None
+        websocket.state.principal = principal
+        row = session.get(Pipeline, pipeline_id)
+        project = session.get(Project, row.project_id) if row else None
+        if row is None or project is None or project.tenant_id != principal.tenant_id:
+            raise _Refused(404, NotFound.of("Pipeline", pipeline_id))
+        steps = service.steps_of(row)
+        try:
+            record = _run_record(dagster, project, row, run_id)
+        except RimeError as exc:
+            raise _Refused(exc.status, exc) from None
+    return principal, steps, record.dagster_run.run_id, project.id
+
+
+def _audit_refusal(websocket: WebSocket, status_code: int, pipeline_id: str, run_id: str) -> None:
+    principal = getattr(websocket.state, "principal", None)
+    client = websocket.client
+    entry = audit.AuditEntry(
+        tenant_id=websocket.app.state.settings.tenant,
+        project_id=None,
+        actor_id=principal.user_id if principal else None,
+        actor=principal.email if principal else "anonymous",
+        action="pipeline.run_watch",
+        resource_type="pipeline",
+        resource_id=run_id,
+        request_id=websocket.scope.get("state", {}).get("request_id", ""),
+        method="WEBSOCKET",
+        path=websocket.url.path[:500],
+        status_code=status_code,
+        ip=client.host if client else None,
+    )
+    with websocket.app.state.sessions.begin() as session:
+        audit.record(session, entry)
+
+
+async def _refuse(websocket: WebSocket, refused: _Refused, pipeline_id: str, run_id: str) -> None:
+    try:
+        await run_in_threadpool(_audit_refusal, websocket, refused.status_code, pipeline_id, run_id)
+    except Exception:
+        log.exception("could not audit a refused WebSocket")
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            error_response(refused.status_code, refused.error.code, refused.error.message)
+        )
+    else:
+        await websocket.close(code=4000 + refused.status_code, reason=refused.error.message[:120])
+
+
+@ws_router.websocket("/pipelines/{pipelineId}/runs/{runId}", name="pipeline.run_watch")
+async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, token: str | None = None):
+    """Live step transitions of a run: `step_update` per transition and `run_update` per run status.
+
+    On connect: one `step_update` per step (its current state), then a `run_update` (the run's
+    current status); everything after is live. The socket closes (1000) after the final
+    `run_update` of a run that ended. Refused (HTTP 401/404 before the upgrade, or close codes
+    4401/4404): a bad or missing `?token=`, an unknown pipeline or run.
+    """
+    try:
+        principal, steps, dagster_run_id, _ = await run_in_threadpool(_ws_target, websocket, token, pipelineId, runId)
+    except _Refused as refused:
+        await _refuse(websocket, refused, pipelineId, runId)
+        return
+    if not principal.has(Role.viewer):  # every role may watch; kept for when roles narrow
+        await _refuse(websocket, _Refused(403, Forbidden("Not allowed.")), pipelineId, runId)
+        return
+    await websocket.accept()
+    hub: RunWatchHub = websocket.app.state.run_watch
+
+    async def until_client_leaves() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    leaving = asyncio.create_task(until_client_leaves())
+    try:
+        async with hub.watch(dagster_run_id, runId, steps) as (sub, _watch):
+            while True:
+                getting = asyncio.create_task(sub.queue.get())
+                done, _ = await asyncio.wait({getting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+                if leaving in done:
+                    getting.cancel()
+                    return
+                kind, payload = getting.result()
+                if kind in ("step", "run"):
+                    await websocket.send_json(payload)
+                elif kind == "error":
+                    await websocket.send_json({"type": "error", "message": payload})
+                    await websocket.close(code=1011)
+                    return
+                elif kind == "end":
+                    await websocket.close(code=1000)
+                    return
+    except (WebSocketDisconnect, RuntimeError):  # the client went away mid-send
+        return
+    finally:
+        leaving.cancel()

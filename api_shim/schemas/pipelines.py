@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from api_shim.pagination import Page
 from api_shim.schemas.common import RequestModel, ResponseModel, Timestamp
@@ -82,3 +83,116 @@ class PipelineDetail(PipelineResponse):
 
 class PipelineList(Page[PipelineResponse]):
     pass
+
+
+# Runs ----------------------------------------------------------------------------------
+MAX_VARIABLES_BYTES = 64 * 1024
+StepStatus = Literal["pending", "running", "completed", "failed", "skipped"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class PipelineRunRequest(RequestModel):
+    full_refresh: bool = Field(False, description="Connector steps reload everything; dbt steps run --full-refresh.")
+    dry_run: bool = Field(False, description="Validate and return the plan of steps; execute nothing.")
+    variables: dict[str, Any] | None = Field(
+        None,
+        description="Merged over the pipeline's variables for this run; dbt steps get them as dbt vars.",
+    )
+
+    @field_validator("variables")
+    @classmethod
+    def _small_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        if len(json.dumps(value, separators=(",", ":"))) > MAX_VARIABLES_BYTES:
+            raise ValueError(f"variables take at most {MAX_VARIABLES_BYTES} bytes as JSON")
+        return value
+
+
+class PlannedStep(ResponseModel):
+    order: int = Field(description="Position in the execution order (1 = first).")
+    step_id: str
+    step_name: str
+    type: str
+    depends_on: list[str]
+    config: dict[str, Any]
+    steps: list[PlannedStep] | None = Field(None, description="A `pipeline` step: the other pipeline's plan.")
+
+
+class PipelineRunPlan(ResponseModel):
+    dry_run: Literal[True] = True
+    run_id: None = None
+    status: Literal["validated"] = "validated"
+    pipeline_id: str
+    full_refresh: bool
+    variables: dict[str, Any] = Field(description="What the steps would see: the pipeline's, then the run's.")
+    execution_order: list[str]
+    plan: list[PlannedStep]
+
+
+class PipelineRunStarted(ResponseModel):
+    run_id: str
+    dagster_run_id: str
+    dagster_url: str
+    pipeline_id: str
+    status: Literal["queued", "running"]
+    started_at: Timestamp
+    dry_run: Literal[False] = False
+
+
+class PipelineStepRun(ResponseModel):
+    step_id: str
+    step_name: str
+    type: str
+    status: StepStatus
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    duration_seconds: float | None
+    rows: int | None = Field(description="Rows the step landed or built, when it reports them.")
+    error: str | None
+    attempts: int = Field(description="Times Dagster started the step (retries included).")
+
+
+class PipelineRun(ResponseModel):
+    run_id: str
+    dagster_run_id: str
+    dagster_url: str
+    pipeline_id: str
+    status: RunStatus
+    trigger: Literal["api", "schedule", "sensor", "dagster"] = Field(
+        description="Who started it: the API, the pipeline's schedule, a sensor, or Dagster (UI, CLI, GraphQL)."
+    )
+    triggered_by: str | None = Field(description="The API user who started it.")
+    full_refresh: bool
+    variables: dict[str, Any]
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    duration_seconds: float | None
+    error: str | None
+    steps: list[PipelineStepRun]
+
+
+class PipelineRunList(Page[PipelineRun]):
+    pass
+
+
+class PipelineRunCanceled(ResponseModel):
+    run_id: str
+    status: Literal["canceling"] = "canceling"
+
+
+class PipelineLogLine(ResponseModel):
+    id: int = Field(description="Dagster's storage id: pass the last one as `after` to read on.")
+    timestamp: str
+    level: str
+    step_id: str | None
+    step_key: str | None
+    event_type: str | None = Field(description="Dagster's event type; null for a step's own log lines.")
+    message: str
+
+
+class PipelineRunLogs(ResponseModel):
+    run_id: str
+    status: RunStatus
+    logs: list[PipelineLogLine]
+    next_after: int | None = Field(description="Set when more lines follow: the `after` of the next read.")

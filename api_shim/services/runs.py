@@ -9,7 +9,7 @@ from typing import Any
 from api_shim.dagster_client import RUN_STATUS, DagsterClient, RunEvents, to_rime_run_id
 
 
-def _when(epoch: float | None) -> datetime | None:
+def when(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC) if epoch else None
 
 
@@ -32,7 +32,7 @@ class RunView:
 
 def run_view(client: DagsterClient, record, *, with_events: bool = True) -> RunView:
     run = record.dagster_run
-    started, finished = _when(record.start_time), _when(record.end_time)
+    started, finished = when(record.start_time), when(record.end_time)
     if started is None:
         started = record.create_timestamp
     duration = round((finished - started).total_seconds(), 3) if started and finished else None

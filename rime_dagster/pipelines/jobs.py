@@ -202,14 +202,43 @@ def pipeline_graph(pipeline: PipelineSpec, resources: Resources, depth: int = 0)
     return graph
 
 
+def is_chain(pipeline: PipelineSpec, resources: Resources, depth: int = 0) -> bool:
+    """Whether no two steps can ever run at once (also inside embedded pipelines).
+
+    A DAG admits exactly one execution order when each step in topological order depends on
+    the one before it.
+    """
+    steps = [StepBody.model_validate(s) for s in pipeline.steps]
+    order = validate_dag(steps)
+    by_id = {s.id: s for s in steps}
+    if any(order[i - 1] not in by_id[order[i]].depends_on for i in range(1, len(order))):
+        return False
+    for i, step in enumerate(steps):
+        config = parse_step_config(step, i)
+        if isinstance(config, PipelineStepConfig):
+            inner = resources.pipelines.get(config.pipeline_id)
+            if inner is None or depth > MAX_NESTING or not is_chain(inner, resources, depth + 1):
+                return False
+    return True
+
+
+def execution_config(parallel: bool) -> dict[str, Any]:
+    """Run config selecting the executor of Dagster's default `multi_or_in_process_executor`."""
+    return {"execution": {"config": {"multiprocess": {}} if parallel else {"in_process": {}}}}
+
+
 def pipeline_definitions(pipeline: PipelineSpec, resources: Resources) -> dg.Definitions:
     tags = pipeline_tags(pipeline.project_id, pipeline.id)
     if pipeline.timeout_seconds:
         tags["dagster/max_runtime"] = str(pipeline.timeout_seconds)
+    # A chain gains nothing from a process per step, and each one costs seconds of start-up
+    # (imports); it runs in the run worker. Pipelines with parallel branches get the
+    # multiprocess executor. Either is only the default: a launch may choose the other.
     job = pipeline_graph(pipeline, resources).to_job(
         name=pipeline_job_name(pipeline.id),
         description=f"Pipeline '{pipeline.name}'",
         tags=tags,
+        config=execution_config(parallel=not is_chain(pipeline, resources)),
     )
     schedules = rime_schedule(job, pipeline.schedule, paused=pipeline.paused)
     return dg.Definitions(jobs=[job], schedules=schedules)

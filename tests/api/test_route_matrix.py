@@ -78,6 +78,7 @@ def unique(prefix: str) -> str:
 CONN = "/api/v1/projects/{id}/connectors"
 DBT = "/api/v1/projects/{id}/dbt-projects"
 PIPE = "/api/v1/projects/{id}/pipelines"
+NO_RUN = "run_" + "0" * 32  # well-formed, but no such run: past auth, these routes answer 404
 TINY_DBT = Path(__file__).resolve().parents[1] / "fixtures" / "dbt" / "tiny"
 
 
@@ -135,6 +136,11 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", PIPE + "/{pipelineId}"): lambda c, r: {"url": pipe_url(c)},
     ("PATCH", PIPE + "/{pipelineId}"): lambda c, r: {"url": pipe_url(c), "json": {"retries": 2}},
     ("DELETE", PIPE + "/{pipelineId}"): lambda c, r: {"url": pipe_url(c)},
+    ("POST", PIPE + "/{pipelineId}/run"): lambda c, r: {"url": pipe_url(c, "/run"), "json": {"dry_run": True}},
+    ("GET", PIPE + "/{pipelineId}/runs"): lambda c, r: {"url": pipe_url(c, "/runs")},
+    ("GET", PIPE + "/{pipelineId}/runs/{runId}"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}")},
+    ("POST", PIPE + "/{pipelineId}/runs/{runId}/cancel"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}/cancel")},
+    ("GET", PIPE + "/{pipelineId}/runs/{runId}/logs"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}/logs")},
     ("GET", "/api/v1/projects/{id}/tables"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}/tables"},
     ("GET", "/api/v1/projects/{id}/tables/{table}/schema"): lambda c, r: {
         "url": f"/api/v1/projects/{c.project_id}/tables/matrix__seed/schema"
@@ -306,6 +312,11 @@ def _land_seed_table(clients, namespace: str) -> None:
 # Routes that launch Dagster runs: the matrix runs without Dagster, so "authorized" there means
 # the request got past auth and validation to Dagster (503); tests/dagster runs them for real.
 NEEDS_DAGSTER = {("POST", CONN + "/{connectorId}/sync"), ("POST", DBT + "/{dbtId}/run")}
+NEEDS_RUN = {
+    ("GET", PIPE + "/{pipelineId}/runs/{runId}"),
+    ("POST", PIPE + "/{pipelineId}/runs/{runId}/cancel"),
+    ("GET", PIPE + "/{pipelineId}/runs/{runId}/logs"),
+}
 
 
 def _minimum_role(method: str, route: APIRoute) -> Role:
@@ -324,6 +335,9 @@ def test_authorized(method, route, clients, ctx):
     response = clients.as_role(role).request(method, **CASES[(method, route.path)](ctx, role))
     if (method, route.path) in NEEDS_DAGSTER:
         assert response.status_code == 503 and response.json()["error"]["code"] == "service_unavailable"
+        return
+    if (method, route.path) in NEEDS_RUN:
+        assert response.status_code == 404 and response.json()["error"]["code"] == "resource_not_found"
         return
     assert 200 <= response.status_code < 300, response.text
 

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import dagster as dg
-import pytest
 
-from api_shim.settings import get_settings
 from rime_dagster.pipelines.jobs import Resources, pipeline_definitions, pipeline_job_name
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import ConnectorSpec, PipelineSpec
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("RIME_HOME", str(tmp_path / "home"))
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
 
 
 def connector(tmp_path, id: str, folder: str) -> ConnectorSpec:
