@@ -35,7 +35,7 @@ RECORD_CHECK_SECONDS = 1.0
 PAGE = 1000
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: kept in a set
 class Subscription:
     """What one client receives: ("step", msg), ("run", msg), ("log", line), ("end", None), ("error", text)."""
 

@@ -1,0 +1,288 @@
+"""Pipeline runs against a real Dagster webserver: API, WebSocket, SSE, Dagster-launched runs, cancel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from starlette.testclient import WebSocketDenialResponse
+from starlette.websockets import WebSocketDisconnect
+
+from api_shim.cli import REPO_ROOT
+from tests.dagster.conftest import Webserver
+from tests.dagster.test_pipeline_jobs import _wait_for_job
+
+pytestmark = pytest.mark.dagster
+
+DEMO_DBT = REPO_ROOT / "dbt_projects" / "demo_shop"
+DEMO_DATA = REPO_ROOT / "demo" / "data"
+SLOW_DBT = Path(__file__).resolve().parents[1] / "fixtures" / "dbt" / "slow"
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def wait_for_pipeline_run(api, base: str, run_id: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.get(f"{base}/runs/{run_id}").json()
+        if run.get("status") in TERMINAL:
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"pipeline run {run_id} did not finish in {timeout:.0f}s")
+
+
+def watch(api, pipeline_id: str, run_id: str, token: str) -> list[dict]:
+    """Every WebSocket message of the run until the server closes the socket."""
+    messages = []
+    with api.websocket_connect(f"/api/v1/ws/pipelines/{pipeline_id}/runs/{run_id}?token={token}") as ws:
+        try:
+            while True:
+                messages.append(ws.receive_json())
+        except WebSocketDisconnect as closed:
+            assert closed.code == 1000, closed
+    return messages
+
+
+def split_replay(messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the state sent on connect, up to its run_update; the live messages after it)."""
+    first_run = next(i for i, m in enumerate(messages) if m["type"] == "run_update")
+    return messages[: first_run + 1], messages[first_run + 1 :]
+
+
+def transitions(messages: list[dict]) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for m in messages:
+        if m["type"] == "step_update":
+            seen.setdefault(m["step_id"], []).append(m["status"])
+    return seen
+
+
+def sse_events(api, url: str) -> list[tuple[str, dict]]:
+    events = []
+    with api.stream("GET", url, headers={"Accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+@pytest.fixture
+def shop(api, dagster_webserver: Webserver):
+    """A project with the Demo Shop connector and the demo dbt project reading its tables."""
+    project = api.post("/api/v1/projects", json={"name": "pipeline runs"}).json()
+    pid = project["id"]
+    connector = api.post(
+        f"/api/v1/projects/{pid}/connectors",
+        json={
+            "name": "Demo Shop",
+            "connector_type": "files",
+            "config": {"path": str(DEMO_DATA)},
+            "selected_tables": ["customers", "orders"],
+        },
+    ).json()
+    dbt = api.post(
+        f"/api/v1/projects/{pid}/dbt-projects",
+        json={"name": "Shop Models", "source": {"type": "path", "path": str(DEMO_DBT)}},
+    )
+    assert dbt.status_code == 201, dbt.text
+    return project, connector, dbt.json()
+
+
+def test_sync_then_dbt_build_from_the_api_with_live_progress(api, dagster_webserver: Webserver, shop):
+    project, connector, dbt = shop
+    pid = project["id"]
+    token = dagster_webserver.settings.admin_token
+    created = api.post(
+        f"/api/v1/projects/{pid}/pipelines",
+        headers={"Content-Type": "application/yaml"},
+        content=f"""
+name: Nightly shop
+variables: {{demo_shop_min_order_amount: 0}}
+steps:
+  - id: sync
+    name: Sync the shop
+    type: connector_sync
+    config: {{connector_id: {connector["id"]}}}
+  - id: models
+    name: Build the marts
+    type: dbt
+    config: {{dbt_project_id: {dbt["id"]}, command: build, select: "+customer_orders"}}
+    depends_on: [sync]
+""",
+    )
+    assert created.status_code == 201, created.text
+    pipeline = created.json()
+    base = f"/api/v1/projects/{pid}/pipelines/{pipeline['id']}"
+
+    plan = api.post(f"{base}/run", json={"dry_run": True, "variables": {"demo_shop_min_order_amount": 10**9}})
+    assert plan.status_code == 200, plan.text
+    assert plan.json()["execution_order"] == ["sync", "models"]
+    assert [s["step_name"] for s in plan.json()["plan"]] == ["Sync the shop", "Build the marts"]
+    assert plan.json()["variables"] == {"demo_shop_min_order_amount": 10**9}
+    assert api.get(f"{base}/runs").json()["data"] == []  # the dry run launched nothing
+
+    # Variables reach dbt: no order reaches this minimum, so every customer counts 0 orders.
+    key = {"Idempotency-Key": "nightly-1"}
+    started = api.post(f"{base}/run", json={"variables": {"demo_shop_min_order_amount": 10**9}}, headers=key)
+    assert started.status_code == 202, started.text
+    run_id = started.json()["run_id"]
+    again = api.post(f"{base}/run", json={"variables": {"demo_shop_min_order_amount": 10**9}}, headers=key)
+    assert again.json()["run_id"] == run_id
+
+    messages = watch(api, pipeline["id"], run_id, token)
+    replay, live = split_replay(messages)
+    assert [m["step_id"] for m in replay if m["type"] == "step_update"] == ["sync", "models"]
+    # Every transition shows, in order, as it happens (whatever part of it the replay covered).
+    seen = transitions(messages)
+    for step in ("sync", "models"):
+        statuses = [s for s in seen[step] if s != "pending"]
+        assert statuses[-2:] == ["running", "completed"] or statuses == ["completed"], seen
+    assert "running" in transitions(live)["models"]
+    final = messages[-1]
+    assert final["type"] == "run_update" and final["status"] == "succeeded" and final["duration_seconds"] > 0
+    update = next(m for m in live if m["type"] == "step_update" and m["status"] == "completed")
+    assert set(update) >= {"type", "step_id", "step_name", "status", "duration_seconds", "timestamp"}
+    assert update["timestamp"].endswith("Z")
+
+    run = wait_for_pipeline_run(api, base, run_id)
+    assert run["status"] == "succeeded" and run["trigger"] == "api"
+    assert run["variables"] == {"demo_shop_min_order_amount": 10**9}
+    steps = {s["step_id"]: s for s in run["steps"]}
+    assert [s["status"] for s in run["steps"]] == ["completed", "completed"]
+    assert steps["sync"]["rows"] > 0 and steps["sync"]["step_name"] == "Sync the shop"
+    assert steps["models"]["started_at"] >= steps["sync"]["finished_at"]
+    preview = api.get(f"/api/v1/projects/{pid}/tables/shop_models__customer_orders/preview").json()
+    counts = [row[preview["columns"].index("order_count")] for row in preview["rows"]]
+    assert counts and set(counts) == {0}
+
+    # A client joining after the end gets the final state of every step, then the socket closes.
+    late = watch(api, pipeline["id"], run_id, token)
+    assert [(m["step_id"], m["status"]) for m in late if m["type"] == "step_update"] == [
+        ("sync", "completed"),
+        ("models", "completed"),
+    ]
+    assert late[-1]["type"] == "run_update" and late[-1]["status"] == "succeeded"
+
+    # Logs: JSON pages, and SSE that replays the run and ends with it.
+    logs = api.get(f"{base}/runs/{run_id}/logs", params={"limit": 5}).json()
+    assert logs["status"] == "succeeded" and len(logs["logs"]) == 5 and logs["next_after"] == logs["logs"][-1]["id"]
+    events = sse_events(api, f"{base}/runs/{run_id}/logs")
+    lines = [data for kind, data in events if kind == "log"]
+    assert lines[:5] == logs["logs"]
+    assert any(line["step_id"] == "models" and line["event_type"] == "STEP_SUCCESS" for line in lines)
+    assert [data["status"] for kind, data in events if kind == "status"][-1] == "succeeded"
+
+    # Bad tokens never get a socket.
+    for bad in ("", "rime_not_a_token"):
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with api.websocket_connect(f"/api/v1/ws/pipelines/{pipeline['id']}/runs/{run_id}?token={bad}"):
+                pass
+        assert denied.value.status_code == 401
+    with pytest.raises(WebSocketDenialResponse) as denied:
+        with api.websocket_connect(f"/api/v1/ws/pipelines/{pipeline['id']}/runs/run_{'0' * 32}?token={token}"):
+            pass
+    assert denied.value.status_code == 404
+    audit = api.get("/api/v1/audit-logs", params={"action": "pipeline.run_watch"}).json()["data"]
+    assert {a["status_code"] for a in audit} >= {401, 404}
+
+
+def test_failure_skips_downstream_and_dagster_launched_runs_show(api, dagster_webserver: Webserver, tmp_path):
+    project = api.post("/api/v1/projects", json={"name": "pipeline failures"}).json()
+    pid = project["id"]
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    (folder / "orders.csv").write_text("id,amount\n1,2.5\n")
+    connector = api.post(
+        f"/api/v1/projects/{pid}/connectors",
+        json={
+            "name": "Inbox",
+            "connector_type": "files",
+            "config": {"path": str(folder)},
+            "selected_tables": ["orders"],
+        },
+    ).json()
+    pipeline = api.post(
+        f"/api/v1/projects/{pid}/pipelines",
+        json={
+            "name": "fragile",
+            "steps": [
+                {"id": "sync", "type": "connector_sync", "config": {"connector_id": connector["id"]}},
+                {
+                    "id": "tidy",
+                    "type": "table_maintenance",
+                    "config": {"table": "inbox__orders", "operation": "expire_snapshots"},
+                    "depends_on": ["sync"],
+                },
+            ],
+        },
+    ).json()
+    base = f"/api/v1/projects/{pid}/pipelines/{pipeline['id']}"
+    _wait_for_job(dagster_webserver.settings, f"pipeline_{pipeline['id']}")
+
+    # Launched from Dagster (as the UI does: no Rime tags beyond the job's own): it is in the history.
+    launched = dagster_webserver.client.launch_run(f"pipeline_{pipeline['id']}", tags={})
+    ui_run = wait_for_pipeline_run(api, base, "run_" + launched.dagster_run_id.replace("-", ""))
+    assert ui_run["status"] == "succeeded" and ui_run["trigger"] == "dagster" and ui_run["triggered_by"] is None
+    assert [s["status"] for s in ui_run["steps"]] == ["completed", "completed"]
+
+    # The source file disappears: the sync fails, the maintenance step after it never starts.
+    (folder / "orders.csv").unlink()
+    run_id = api.post(f"{base}/run").json()["run_id"]
+    messages = watch(api, pipeline["id"], run_id, dagster_webserver.settings.admin_token)
+    assert transitions(messages)["tidy"][-1] == "skipped"
+    assert transitions(messages)["sync"][-1] == "failed"
+    assert messages[-1]["type"] == "run_update" and messages[-1]["status"] == "failed"
+    run = wait_for_pipeline_run(api, base, run_id)
+    steps = {s["step_id"]: s for s in run["steps"]}
+    assert run["status"] == "failed" and "orders" in run["error"]
+    assert steps["sync"]["status"] == "failed" and "orders" in steps["sync"]["error"]
+    assert steps["tidy"]["status"] == "skipped" and steps["tidy"]["started_at"] is None
+    history = api.get(f"{base}/runs").json()["data"]
+    assert [r["run_id"] for r in history] == [run_id, ui_run["run_id"]]
+    assert api.post(f"{base}/runs/{run_id}/cancel").status_code == 409  # already over
+
+
+def test_cancel_stops_the_running_step_and_skips_the_rest(api, dagster_webserver: Webserver, tmp_path):
+    project = api.post("/api/v1/projects", json={"name": "pipeline cancel"}).json()
+    pid = project["id"]
+    source = shutil.copytree(SLOW_DBT, tmp_path / "slow")
+    dbt = api.post(
+        f"/api/v1/projects/{pid}/dbt-projects", json={"name": "Slow", "source": {"type": "path", "path": str(source)}}
+    )
+    assert dbt.status_code == 201, dbt.text
+    pipeline = api.post(
+        f"/api/v1/projects/{pid}/pipelines",
+        json={
+            "name": "slow",
+            "steps": [
+                {"id": "nap", "type": "dbt", "config": {"dbt_project_id": dbt.json()["id"], "command": "run"}},
+                {
+                    "id": "after",
+                    "type": "dbt",
+                    "config": {"dbt_project_id": dbt.json()["id"], "command": "run"},
+                    "depends_on": ["nap"],
+                },
+            ],
+        },
+    ).json()
+    base = f"/api/v1/projects/{pid}/pipelines/{pipeline['id']}"
+    run_id = api.post(f"{base}/run").json()["run_id"]
+    deadline = time.monotonic() + 120
+    while api.get(f"{base}/runs/{run_id}").json()["steps"][0]["status"] != "running":
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.5)
+    time.sleep(2)  # dbt is inside the model now
+    canceled = api.post(f"{base}/runs/{run_id}/cancel")
+    assert canceled.status_code == 202 and canceled.json() == {"run_id": run_id, "status": "canceling"}
+    run = wait_for_pipeline_run(api, base, run_id, timeout=90)
+    assert run["status"] == "canceled", run
+    steps = {s["step_id"]: s for s in run["steps"]}
+    assert steps["nap"]["status"] == "failed" and steps["nap"]["duration_seconds"] < 100
+    assert steps["after"]["status"] == "skipped"
