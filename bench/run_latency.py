@@ -13,17 +13,19 @@ What it does, all in one run, everything under a temporary directory:
    each on a free loopback port and leading its own process group;
 2. through the API, creates a project, a `files` connector "Inbox" with one uploaded
    `orders.csv`, and the trivial two-step pipeline of tests/dagster/test_pipeline_jobs.py
-   (connector_sync, then table_maintenance expire_snapshots of `inbox__orders`), and waits for its
-   job `pipeline_<id>` to show in GraphQL;
+   (connector_sync, then table_maintenance expire_snapshots of `inbox__orders`), reloads the code
+   location once itself (the API's own reloads after each change may fail, see create_pipeline)
+   and waits for the job `pipeline_<id>` to show in GraphQL;
 3. times, alternating run by run after one untimed warm-up of each (the pipeline's default run
    config: the in-process executor, steps run in the run worker):
    (a) raw Dagster: `DagsterGraphQLClient.submit_job_execution` of `pipeline_<id>` with the same
        tags the API sets;
    (b) ours: `POST /api/v1/projects/{id}/pipelines/{pid}/run`, then, right after it returns, the
        run's WebSocket, read until the server closes it;
-   for each run, from t0 = wall clock just before the request: the launch call's return,
-   trigger -> first STEP_START and trigger -> RUN_SUCCESS, both from the event timestamps of
-   Dagster's event log (read in this process from the instance under DAGSTER_HOME);
+   for each run, from t0 = wall clock just before the request: the launch call's return, and,
+   from the event timestamps of Dagster's event log (read in this process from the instance
+   under DAGSTER_HOME), trigger -> RUN_START (the run worker is up), trigger -> first STEP_START
+   and trigger -> RUN_SUCCESS; every run must succeed (for (b) also per the API's run detail);
    (c) the WebSocket delay of every live message of the (b) runs (those after the replay, which
    ends with the first `run_update`): receive time - the message's `timestamp` (the time of the
    Dagster event behind it);
@@ -55,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -405,7 +408,7 @@ class Target:
         }
 
 
-def launch_graphql(client, instance, target: Target, leg: str, run_config: dict) -> RunResult:
+def launch_graphql(client, instance, target: Target, run_config: dict, leg: str = "raw") -> RunResult:
     t0 = time.time()
     dagster_run_id = client.submit_job_execution(
         target.job,
@@ -477,11 +480,18 @@ class Results:
     runs: dict[str, list[RunResult]] = field(default_factory=lambda: {"raw": [], "ours": [], "reference": []})
     failures: list[str] = field(default_factory=list)
 
-    def add(self, result: RunResult, label: str) -> None:
+    def measure(self, label: str, launch: Callable[[], RunResult]) -> None:
+        """One run; kept for the tables unless it is a warm-up; a failed one is a failure either way."""
+        try:
+            result = launch()
+        except Exception as exc:
+            log(f"  {label}: FAILED: {type(exc).__name__}: {exc}")
+            self.failures.append(f"{label}: {type(exc).__name__}: {exc}")
+            return
         log(f"  {label}: {describe(result)}")
         if result.error:
             self.failures.append(f"{label} (Dagster run {result.dagster_run_id}): {result.error}")
-        else:
+        elif not label.startswith("warm-up"):
             self.runs[result.leg].append(result)
 
 
@@ -527,7 +537,18 @@ def create_pipeline(api: httpx.Client, dagster_port: int) -> Target:
         201,
     )
     target = Target(project_id=pid, pipeline_id=pipeline["id"])
+    # Each change above made the API reload the code location in a background task, all at once
+    # through its one DagsterGraphQLClient, which is not thread-safe: all but the first fail at once
+    # (gql's TransportAlreadyConnected), and a launch made while one is in flight fails the same
+    # way (422). So: one reload of our own, which the webserver runs after any still going on;
+    # then the job must be there, and no reload of the API's may overlap the first run.
+    from dagster_graphql import ReloadRepositoryLocationStatus
+
+    info = graphql_client(dagster_port).reload_repository_location(LOCATION)
+    if info.status != ReloadRepositoryLocationStatus.SUCCESS:
+        raise RuntimeError(f"reloading the code location failed: {info.message}")
     wait_job(dagster_port, target.job)
+    time.sleep(2)
     return target
 
 
@@ -599,15 +620,9 @@ def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Tar
                 for leg in ("raw", "ours"):
                     procs.check_alive()
                     if leg == "raw":
-                        result = launch_graphql(client, instance, target, "raw", {})
+                        results.measure(f"{label} {LABELS[leg]}", lambda: launch_graphql(client, instance, target, {}))
                     else:
-                        result = launch_api(api, api_port, instance, target)
-                    if round_ == 0:
-                        log(f"  {label} {LABELS[leg]}: {describe(result)}")
-                        if result.error:
-                            results.failures.append(f"warm-up {LABELS[leg]}: {result.error}")
-                    else:
-                        results.add(result, f"{label} {LABELS[leg]}")
+                        results.measure(f"{label} {LABELS[leg]}", lambda: launch_api(api, api_port, instance, target))
                     time.sleep(args.pause)
         return target
     finally:
@@ -643,13 +658,11 @@ def reference_phase(args: argparse.Namespace, scratch: Path, target: Target, res
         instance = DagsterInstance.from_config(str(dagster_home))
         for round_ in range(args.reference_runs + 1):
             procs.check_alive()
-            result = launch_graphql(client, instance, target, "reference", MULTIPROCESS)
-            if round_ == 0:
-                log(f"  warm-up {LABELS['reference']}: {describe(result)}")
-                if result.error:
-                    results.failures.append(f"warm-up {LABELS['reference']}: {result.error}")
-            else:
-                results.add(result, f"round {round_}/{args.reference_runs} {LABELS['reference']}")
+            label = "warm-up" if round_ == 0 else f"round {round_}/{args.reference_runs}"
+            results.measure(
+                f"{label} {LABELS['reference']}",
+                lambda: launch_graphql(client, instance, target, MULTIPROCESS, leg="reference"),
+            )
             time.sleep(args.pause)
     finally:
         if instance is not None:
@@ -673,9 +686,9 @@ def p90_of(runs: list[RunResult], attr: str) -> float | None:
 
 def latency_table(results: Results) -> list[str]:
     lines = [
-        "| launch | runs | launch call returned s | trigger -> first step s (p50 / p90) "
+        "| launch | runs | launch call returned s | trigger -> run start s | trigger -> first step s (p50 / p90) "
         "| trigger -> done s (p50 / p90) | notes |",
-        "|---|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
 
     def cell(runs: list[RunResult], attr: str, p90: bool = True) -> str:
@@ -687,8 +700,8 @@ def latency_table(results: Results) -> list[str]:
     for leg in ("raw", "ours"):
         runs = results.runs[leg]
         lines.append(
-            f"| {LABELS[leg]} | {len(runs)} | {cell(runs, 'launch_returned', False)} | {cell(runs, 'first_step')} "
-            f"| {cell(runs, 'done')} | {NOTES[leg]} |"
+            f"| {LABELS[leg]} | {len(runs)} | {cell(runs, 'launch_returned', False)} "
+            f"| {cell(runs, 'run_start', False)} | {cell(runs, 'first_step')} | {cell(runs, 'done')} | {NOTES[leg]} |"
         )
     raw, ours = results.runs["raw"], results.runs["ours"]
 
@@ -697,14 +710,16 @@ def latency_table(results: Results) -> list[str]:
         return f"{b / a:.2f}x" if a and b else "n/a"
 
     lines.append(
-        f"| ratio (b) / (a), medians | | {ratio('launch_returned')} | {ratio('first_step')} | {ratio('done')} "
+        f"| ratio (b) / (a), medians | | {ratio('launch_returned')} | {ratio('run_start')} | {ratio('first_step')} "
+        f"| {ratio('done')} "
         f"| target <= {TARGET_RATIO}x on trigger -> done |"
     )
     ref = results.runs["reference"]
     if ref:
         lines.append(
             f"| {LABELS['reference']} | {len(ref)} | {cell(ref, 'launch_returned', False)} "
-            f"| {cell(ref, 'first_step')} | {cell(ref, 'done')} | {NOTES['reference']} |"
+            f"| {cell(ref, 'run_start', False)} | {cell(ref, 'first_step')} | {cell(ref, 'done')} "
+            f"| {NOTES['reference']} |"
         )
     return lines
 

@@ -113,6 +113,8 @@ def connector_definitions(spec: ConnectorSpec) -> dg.Definitions:
         selection=dg.AssetSelection.assets(*by_key),
         tags=connector_tags(spec.project_id, spec.id),
         description=f"Sync connector '{spec.name}'.",
+        # One step (one multi-asset op): a step process of its own would only add start-up time.
+        executor_def=dg.in_process_executor,
     )
     schedules = rime_schedule(job, spec.schedule, paused=spec.paused)
     return dg.Definitions(assets=[sync], jobs=[job], schedules=schedules)

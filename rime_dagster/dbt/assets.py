@@ -97,6 +97,8 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
         selection=dg.AssetSelection.assets(run_dbt),
         tags=dbt_tags(spec.project_id, spec.id),
         description=f"Run dbt project '{spec.name}'.",
+        # One step (one multi-asset op): a step process of its own would only add start-up time.
+        executor_def=dg.in_process_executor,
     )
     schedules = rime_schedule(job, spec.schedule, paused=spec.paused)
     return dg.Definitions(assets=[run_dbt], jobs=[job], schedules=schedules)

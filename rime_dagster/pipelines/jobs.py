@@ -19,7 +19,7 @@ from dagster._core.types.dagster_type import resolve_dagster_type
 
 from rime_dagster.connectors.assets import sync_tables
 from rime_dagster.dbt.assets import dbt_events
-from rime_dagster.dbt.manifest import load_manifest
+from rime_dagster.dbt.manifest import load_manifest, read_run_results
 from rime_dagster.pipelines.spec import (
     ConnectorSyncConfig,
     DbtStepConfig,
@@ -96,6 +96,7 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
             project = resources.dbt_projects.get(config.dbt_project_id)
             if project is None:
                 raise dg.Failure(description=f"dbt project {config.dbt_project_id} no longer exists.")
+            run_dir = project.files.run_dir(f"{context.run_id}-{step.id}")
             for event in dbt_events(
                 project,
                 load_manifest(project.files.manifest_path).get("nodes", {}),
@@ -104,19 +105,34 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
                 command=config.command,
                 full_refresh=full_refresh,
                 variables={**project.vars, **_run_variables(context, pipeline)},
-                run_dir=project.files.run_dir(f"{context.run_id}-{step.id}"),
+                run_dir=run_dir,
                 select=config.select,
                 exclude=config.exclude,
             ):
                 if isinstance(event, dg.Output):  # an op context gets materializations, not outputs
                     continue
+                if isinstance(event, dg.AssetMaterialization):
+                    published = event.metadata.get("rime/published_rows")
+                    rows += int(getattr(published, "value", published) or 0)
                 yield event
+            # Rows published to Iceberg, plus what the adapter says the models wrote (DuckDB says nothing).
+            rows += dbt_rows(run_dir)
         elif isinstance(config, TableMaintenanceConfig):  # expire_snapshots, the one operation so far
             expired = expire_snapshots(iceberg.catalog(), pipeline.namespace, config)
             context.log.info(f"{config.table}: expired {expired} snapshots")
         yield dg.Output(None, RESULT, metadata={"rows": rows})
 
     return run_step
+
+
+def dbt_rows(run_dir) -> int:
+    """Rows the models, seeds and snapshots of a dbt run wrote, as the adapter reported them."""
+    results = read_run_results(run_dir) or {}
+    return sum(
+        r["rows_affected"]
+        for unique_id, r in results.items()
+        if unique_id.split(".", 1)[0] in ("model", "seed", "snapshot") and (r["rows_affected"] or 0) > 0
+    )
 
 
 def expire_snapshots(catalog, namespace: str, config: TableMaintenanceConfig) -> int:

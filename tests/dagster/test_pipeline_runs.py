@@ -157,6 +157,7 @@ steps:
     steps = {s["step_id"]: s for s in run["steps"]}
     assert [s["status"] for s in run["steps"]] == ["completed", "completed"]
     assert steps["sync"]["rows"] > 0 and steps["sync"]["step_name"] == "Sync the shop"
+    assert steps["models"]["rows"] == 50  # customer_orders, published to Iceberg
     assert steps["models"]["started_at"] >= steps["sync"]["finished_at"]
     preview = api.get(f"/api/v1/projects/{pid}/tables/shop_models__customer_orders/preview").json()
     counts = [row[preview["columns"].index("order_count")] for row in preview["rows"]]
