@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter("rime_http_requests_total", "HTTP requests served by the API", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
@@ -14,3 +14,6 @@ HTTP_LATENCY = Histogram(
 RATE_LIMITED = Counter("rime_rate_limited_total", "Requests refused with 429", ["group"])
 AUDIT_WRITE_FAILURES = Counter("rime_audit_write_failures_total", "Audit entries that could not be written")
 DAGSTER_ERRORS = Counter("rime_dagster_errors_total", "Failed calls to Dagster", ["operation"])
+RUN_WATCH_READERS = Gauge("rime_run_watch_readers", "Pipeline runs whose event log a shared reader is following")
+RUN_WATCH_CLIENTS = Gauge("rime_run_watch_clients", "WebSocket and SSE clients following pipeline runs")
+RUN_WATCH_READS = Counter("rime_run_watch_reads_total", "Event-log reads made by the shared run readers")

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from api_shim import metrics
 from api_shim.dagster_client import RUN_STATUS, DagsterClient
 from api_shim.errors import ServiceUnavailable
 from api_shim.services.pipeline_runs import TERMINAL_RUN, RunFold, log_line
@@ -67,6 +68,7 @@ class RunWatch:
         self.failure: str | None = None
         self.task: asyncio.Task | None = None
         self.waiting = 0  # clients waiting for the first read
+        self.reads = 0
         self._last_record_check: float | None = None
         self._run_status_sent: str | None = None
 
@@ -88,6 +90,8 @@ class RunWatch:
             sub.offer(item)
 
     def _read(self) -> tuple[list, bool, Any]:
+        metrics.RUN_WATCH_READS.inc()
+        self.reads += 1
         records, more = self.client.run_event_records(self.dagster_run_id, after=self.fold.cursor, limit=PAGE)
         record = None
         now = time.monotonic()
@@ -117,6 +121,7 @@ class RunWatch:
             self._broadcast(("run", self.fold.run_message(self.run_id)))
 
     async def run(self, interval: float) -> None:
+        metrics.RUN_WATCH_READERS.inc()
         try:
             while True:
                 records, more, record = await asyncio.to_thread(self._read)
@@ -133,6 +138,8 @@ class RunWatch:
         except Exception:  # never let a reader die silently: its clients would wait forever
             log.exception("watching run %s failed", self.dagster_run_id)
             self.failure = "Reading the run's events failed; reconnect to retry."
+        finally:
+            metrics.RUN_WATCH_READERS.dec()
         self.ready.set()
         self._broadcast(("error", self.failure))
 
@@ -167,8 +174,11 @@ class RunWatchHub:
             for item in watch.snapshot():
                 sub.offer(item)
             watch.subscribers.add(sub)
+            metrics.RUN_WATCH_CLIENTS.inc()
             yield sub, watch
         finally:
+            if sub in watch.subscribers:
+                metrics.RUN_WATCH_CLIENTS.dec()
             watch.subscribers.discard(sub)
             if not watch.subscribers and not watch.waiting:
                 if watch.task is not None and not watch.task.done():

@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ LABELS = {
 NOTES = {
     "raw": "DefaultRunCoordinator, in-process executor",
     "ours": "same instance and job; WebSocket open",
+    "ours-no-ws": "same instance and job; no WebSocket (--no-websocket)",
     "reference": "QueuedRunCoordinator + daemon, multiprocess executor",
 }
 
@@ -104,6 +106,12 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (its own, not its children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -344,6 +352,7 @@ class RunResult:
     done: float | None
     error: str | None = None
     ws: WsWatch | None = None
+    api_cpu: float | None = None  # CPU seconds the API process used from the trigger to the run's end
 
 
 def wait_terminal(instance, dagster_run_id: str, timeout: float = RUN_TIMEOUT) -> str:
@@ -421,7 +430,7 @@ def launch_graphql(client, instance, target: Target, run_config: dict, leg: str 
     return run_result(instance, leg, dagster_run_id, t0, returned)
 
 
-def launch_api(api: httpx.Client, api_port: int, instance, target: Target) -> RunResult:
+def launch_api(api: httpx.Client, api_port: int, instance, target: Target, *, websocket: bool = True) -> RunResult:
     t0 = time.time()
     response = api.post(f"/api/v1/projects/{target.project_id}/pipelines/{target.pipeline_id}/run", json={})
     returned = time.time()
@@ -431,10 +440,12 @@ def launch_api(api: httpx.Client, api_port: int, instance, target: Target) -> Ru
     ws = WsWatch(
         f"ws://127.0.0.1:{api_port}/api/v1/ws/pipelines/{target.pipeline_id}/runs/{body['run_id']}?token={ADMIN_TOKEN}"
     )
-    ws.start()
+    if websocket:
+        ws.start()
     result = run_result(instance, "ours", body["dagster_run_id"], t0, returned)
-    ws.join(WS_CLOSE_TIMEOUT)
-    result.ws = ws
+    if websocket:
+        ws.join(WS_CLOSE_TIMEOUT)
+        result.ws = ws
     detail = api.get(f"/api/v1/projects/{target.project_id}/pipelines/{target.pipeline_id}/runs/{body['run_id']}")
     api_status = detail.json().get("status") if detail.status_code == 200 else f"HTTP {detail.status_code}"
     problems = []
@@ -442,12 +453,14 @@ def launch_api(api: httpx.Client, api_port: int, instance, target: Target) -> Ru
         problems.append(result.error)
     if result.status == "SUCCESS" and api_status != "succeeded":
         problems.append(f"the run detail says {api_status!r} for a run Dagster says succeeded")
-    if ws.error:
+    final = ws.messages[-1][1] if ws.messages else {}
+    if not websocket:
+        pass
+    elif ws.error:
         problems.append(f"WebSocket: {ws.error}")
     elif ws.close_code != 1000:
         problems.append(f"WebSocket closed with code {ws.close_code}, expected 1000")
-    final = ws.messages[-1][1] if ws.messages else {}
-    if not ws.error and (final.get("type") != "run_update" or final.get("status") != "succeeded"):
+    elif final.get("type") != "run_update" or final.get("status") != "succeeded":
         problems.append(f"the WebSocket's last message was {final}, expected the final run_update 'succeeded'")
     result.error = "; ".join(problems) or None
     return result
@@ -480,10 +493,13 @@ class Results:
     runs: dict[str, list[RunResult]] = field(default_factory=lambda: {"raw": [], "ours": [], "reference": []})
     failures: list[str] = field(default_factory=list)
 
-    def measure(self, label: str, launch: Callable[[], RunResult]) -> None:
+    def measure(self, label: str, launch: Callable[[], RunResult], api_pid: int | None = None) -> None:
         """One run; kept for the tables unless it is a warm-up; a failed one is a failure either way."""
         try:
+            cpu_before = cpu_seconds(api_pid) if api_pid else None
             result = launch()
+            if cpu_before is not None:
+                result.api_cpu = cpu_seconds(api_pid) - cpu_before
         except Exception as exc:
             log(f"  {label}: FAILED: {type(exc).__name__}: {exc}")
             self.failures.append(f"{label}: {type(exc).__name__}: {exc}")
@@ -595,7 +611,7 @@ def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Tar
     instance = None
     try:
         start_dagster(procs, env, dagster_port, scratch, "")
-        procs.start(
+        api_proc = procs.start(
             "api",
             [
                 str(BIN / "uvicorn"),
@@ -620,9 +636,10 @@ def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Tar
                 for leg in ("raw", "ours"):
                     procs.check_alive()
                     if leg == "raw":
-                        results.measure(f"{label} {LABELS[leg]}", lambda: launch_graphql(client, instance, target, {}))
+                        launch = partial(launch_graphql, client, instance, target, {})
                     else:
-                        results.measure(f"{label} {LABELS[leg]}", lambda: launch_api(api, api_port, instance, target))
+                        launch = partial(launch_api, api, api_port, instance, target, websocket=args.websocket)
+                    results.measure(f"{label} {LABELS[leg]}", launch, api_pid=api_proc.pid)
                     time.sleep(args.pause)
         return target
     finally:
@@ -661,7 +678,7 @@ def reference_phase(args: argparse.Namespace, scratch: Path, target: Target, res
             label = "warm-up" if round_ == 0 else f"round {round_}/{args.reference_runs}"
             results.measure(
                 f"{label} {LABELS['reference']}",
-                lambda: launch_graphql(client, instance, target, MULTIPROCESS, leg="reference"),
+                partial(launch_graphql, client, instance, target, MULTIPROCESS, leg="reference"),
             )
             time.sleep(args.pause)
     finally:
@@ -684,7 +701,7 @@ def p90_of(runs: list[RunResult], attr: str) -> float | None:
     return percentile(values, 90) if values else None
 
 
-def latency_table(results: Results) -> list[str]:
+def latency_table(results: Results, websocket: bool) -> list[str]:
     lines = [
         "| launch | runs | launch call returned s | trigger -> run start s | trigger -> first step s (p50 / p90) "
         "| trigger -> done s (p50 / p90) | notes |",
@@ -701,7 +718,8 @@ def latency_table(results: Results) -> list[str]:
         runs = results.runs[leg]
         lines.append(
             f"| {LABELS[leg]} | {len(runs)} | {cell(runs, 'launch_returned', False)} "
-            f"| {cell(runs, 'run_start', False)} | {cell(runs, 'first_step')} | {cell(runs, 'done')} | {NOTES[leg]} |"
+            f"| {cell(runs, 'run_start', False)} | {cell(runs, 'first_step')} | {cell(runs, 'done')} "
+            f"| {NOTES[leg] if websocket or leg == 'raw' else NOTES['ours-no-ws']} |"
         )
     raw, ours = results.runs["raw"], results.runs["ours"]
 
@@ -721,6 +739,13 @@ def latency_table(results: Results) -> list[str]:
             f"| {cell(ref, 'run_start', False)} | {cell(ref, 'first_step')} | {cell(ref, 'done')} "
             f"| {NOTES['reference']} |"
         )
+    cpu = {leg: median_of(results.runs[leg], "api_cpu") for leg in ("raw", "ours")}
+    if cpu["raw"] is not None and cpu["ours"] is not None:
+        lines += [
+            "",
+            f"CPU seconds the API process used per run, trigger to run end (median): (a) {cpu['raw']:.2f}, "
+            f"(b) {cpu['ours']:.2f} (the request, and the run's WebSocket reader when one watches)",
+        ]
     return lines
 
 
@@ -787,6 +812,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pause", type=float, default=1.0, help="seconds between runs, for the last run worker to exit (default 1)"
     )
+    parser.add_argument(
+        "--no-websocket",
+        dest="websocket",
+        action="store_false",
+        help="(b) without its WebSocket (no (c)): to see what watching a run costs the run",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with the servers' logs")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.reference_runs < 1 or args.pause < 0:
@@ -830,9 +861,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{versions}\n{today}; N = {args.runs} timed run(s) of (a) and of (b), alternating after 1 warm-up "
         f"each; {reference}; pipeline: connector_sync (files, 1 row) -> table_maintenance expire_snapshots\n"
     )
-    print("\n".join(latency_table(results)))
-    print()
-    print("\n".join(ws_table(results)))
+    print("\n".join(latency_table(results, args.websocket)))
+    if args.websocket:
+        print()
+        print("\n".join(ws_table(results)))
     print()
     print("\n".join(verdicts(results)))
     if results.failures:

@@ -33,16 +33,20 @@ def wait_for_pipeline_run(api, base: str, run_id: str, timeout: float = 240) -> 
     raise AssertionError(f"pipeline run {run_id} did not finish in {timeout:.0f}s")
 
 
-def watch(api, pipeline_id: str, run_id: str, token: str) -> list[dict]:
-    """Every WebSocket message of the run until the server closes the socket."""
+def drain(ws) -> list[dict]:
+    """Every message until the server closes the socket (normally)."""
     messages = []
-    with api.websocket_connect(f"/api/v1/ws/pipelines/{pipeline_id}/runs/{run_id}?token={token}") as ws:
-        try:
-            while True:
-                messages.append(ws.receive_json())
-        except WebSocketDisconnect as closed:
-            assert closed.code == 1000, closed
+    try:
+        while True:
+            messages.append(ws.receive_json())
+    except WebSocketDisconnect as closed:
+        assert closed.code == 1000, closed
     return messages
+
+
+def watch(api, pipeline_id: str, run_id: str, token: str) -> list[dict]:
+    with api.websocket_connect(f"/api/v1/ws/pipelines/{pipeline_id}/runs/{run_id}?token={token}") as ws:
+        return drain(ws)
 
 
 def split_replay(messages: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -136,7 +140,15 @@ steps:
     again = api.post(f"{base}/run", json={"variables": {"demo_shop_min_order_amount": 10**9}}, headers=key)
     assert again.json()["run_id"] == run_id
 
-    messages = watch(api, pipeline["id"], run_id, token)
+    # Two clients on the run share one reader of its event log.
+    url = f"/api/v1/ws/pipelines/{pipeline['id']}/runs/{run_id}?token={token}"
+    with api.websocket_connect(url) as first, api.websocket_connect(url) as second:
+        messages, others = [first.receive_json()], [second.receive_json()]
+        watches = list(api.app.state.run_watch.watches.values())
+        assert len(watches) == 1 and len(watches[0].subscribers) == 2
+        messages += drain(first)
+        others += drain(second)
+    assert others[-1] == messages[-1]
     replay, live = split_replay(messages)
     assert [m["step_id"] for m in replay if m["type"] == "step_update"] == ["sync", "models"]
     # Every transition shows, in order, as it happens (whatever part of it the replay covered).
