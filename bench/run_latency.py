@@ -26,6 +26,9 @@ What it does, all in one run, everything under a temporary directory:
    from the event timestamps of Dagster's event log (read in this process from the instance
    under DAGSTER_HOME), trigger -> RUN_START (the run worker is up), trigger -> first STEP_START
    and trigger -> RUN_SUCCESS; every run must succeed (for (b) also per the API's run detail);
+   the API process's CPU seconds over each run are reported too (for (b): the request and the
+   run's WebSocket reader, which polls the event log while a client watches; `--no-websocket`
+   runs (b) unwatched, to see what watching costs the run on a small machine);
    (c) the WebSocket delay of every live message of the (b) runs (those after the replay, which
    ends with the first `run_update`): receive time - the message's `timestamp` (the time of the
    Dagster event behind it);
@@ -40,7 +43,8 @@ What it does, all in one run, everything under a temporary directory:
 Every process the script starts leads its own process group; each group is killed at the end,
 also on Ctrl-C, SIGTERM or an error, and so is any straggler carrying the bench's DAGSTER_HOME.
 
-Run with `python bench/run_latency.py [--runs N] [--reference-runs N] [--no-reference] [--keep]`.
+Run with `python bench/run_latency.py [--runs N] [--reference-runs N] [--no-reference] [--no-websocket]
+[--keep]`.
 """
 
 from __future__ import annotations

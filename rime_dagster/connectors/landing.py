@@ -1,6 +1,7 @@
 """Lands a connector's record batches in an Apache Iceberg table: streamed Parquet files, one atomic commit per sync.
 
-`land_table` is the only writer of connector tables. One call is one sync of one table:
+`land_table` writes connector tables (one call is one sync of one table); `compact_table` rewrites their
+files without changing their rows. A sync:
 
 * the namespace and table are created on first use (all columns nullable, so source NULLs always land);
 * new source columns are added and widened types promoted before anything is written; an incompatible
@@ -224,16 +225,7 @@ def land_table(
         data_files = list(parquet_files_to_data_files(io, tx.table_metadata, iter(paths)))
         snapshot_properties = {RUN_ID_PROPERTY: run_id}
         if mode == "full_refresh":
-            # One OVERWRITE snapshot: every live data file out, the new files in. A `tx.delete(AlwaysTrue())`
-            # followed by an append would put two snapshots (DELETE then APPEND) in the commit.
-            live = _live_data_files(tx, io)
-            with tx.update_snapshot(snapshot_properties=snapshot_properties).overwrite() as producer:
-                # The predicate makes the producer open every manifest; the explicit files are what it removes.
-                producer.delete_by_predicate(AlwaysTrue())
-                for data_file in live:
-                    producer.delete_data_file(data_file)
-                for data_file in data_files:
-                    producer.append_data_file(data_file)
+            producer = _replace_all(tx, _live_data_files(tx, io), data_files, snapshot_properties)
             # The old rows are gone, so are the cursors that described them.
             stale = [k for k in tx.table_metadata.properties if k.startswith(CURSOR_PROPERTY_PREFIX)]
             if stale:
@@ -386,6 +378,84 @@ class _RollingParquetWriter:
             self._closed_paths.append(self.paths[-1])
             self._writer = self._stream = None
         self._file_rows = 0
+
+
+def _replace_all(tx: Transaction, live: list[DataFile], data_files: list[DataFile], snapshot_properties: dict):
+    """Stages ONE overwrite snapshot: every live data file out, `data_files` in. (A `tx.delete(AlwaysTrue())`
+    followed by an append would put two snapshots, DELETE then APPEND, in the commit.)"""
+    with tx.update_snapshot(snapshot_properties=snapshot_properties).overwrite() as producer:
+        # The predicate makes the producer open every manifest; the explicit files are what it removes.
+        producer.delete_by_predicate(AlwaysTrue())
+        for data_file in live:
+            producer.delete_data_file(data_file)
+        for data_file in data_files:
+            producer.append_data_file(data_file)
+    return producer
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    files_before: int
+    files_after: int
+    rows: int
+    snapshot_id: int | None  # None: nothing to do, nothing committed
+
+
+def compact_table(
+    catalog: Catalog,
+    identifier: tuple[str, str],
+    *,
+    run_id: str,
+    target_file_rows: int = 1_000_000,
+    min_files: int = 2,
+) -> CompactResult:
+    """Rewrites the current snapshot's data files into files of `target_file_rows` rows, in one commit.
+
+    The rows, schema and properties (the incremental cursor too) stay as they are; the new snapshot carries
+    `rime.operation=compact`. Rows stream through one batch at a time. The commit requires the snapshot that
+    was read to still be current, so a sync landing meanwhile makes the compaction fail (and delete its files),
+    never lose the sync's rows. Fewer than `min_files` data files: nothing to do.
+    """
+    table = catalog.load_table(identifier)
+    tx = table.transaction()
+    io: FileIO = tx._table.io
+    live = _live_data_files(tx, io)
+    snapshot = table.current_snapshot()
+    if snapshot is None or len(live) < min_files:
+        return CompactResult(len(live), len(live), sum(f.record_count for f in live), None)
+    if any(m.content != ManifestContent.DATA for m in snapshot.manifests(io)):
+        raise ValueError(f"{_name(identifier)} has delete files; compacting them is not supported")
+    table_schema = tx.table_metadata.schema()
+    location = load_location_provider(tx.table_metadata.location, tx.table_metadata.properties)
+    writer = _RollingParquetWriter(io, location, target_file_rows, _file_prefix(run_id))
+    commit_started = False
+    producer = None
+    try:
+        rows = 0
+        for batch in table.scan(snapshot_id=snapshot.snapshot_id).to_arrow_batch_reader():
+            if batch.num_rows:
+                writer.write(
+                    _to_requested_schema(
+                        requested_schema=table_schema,
+                        file_schema=table_schema,
+                        batch=batch,
+                        include_field_ids=True,
+                        format_model=ParquetFormatModel(),
+                    )
+                )
+                rows += batch.num_rows
+        paths = writer.close()
+        data_files = list(parquet_files_to_data_files(io, tx.table_metadata, iter(paths)))
+        producer = _replace_all(tx, live, data_files, {RUN_ID_PROPERTY: run_id, "rime.operation": "compact"})
+        commit_started = True
+        tx.commit_transaction()
+    except BaseException:
+        writer.abort()
+        snapshot_id = producer.snapshot_id if producer is not None else None
+        if not commit_started or not _commit_landed(catalog, identifier, snapshot_id):
+            _delete_files(io, writer.paths)
+        raise
+    return CompactResult(len(live), len(paths), rows, producer.snapshot_id)
 
 
 def _file_prefix(run_id: str) -> str:

@@ -18,6 +18,7 @@ import dagster as dg
 from dagster._core.types.dagster_type import resolve_dagster_type
 
 from rime_dagster.connectors.assets import sync_tables
+from rime_dagster.connectors.landing import compact_table
 from rime_dagster.dbt.assets import dbt_events
 from rime_dagster.dbt.manifest import load_manifest, read_run_results
 from rime_dagster.pipelines.spec import (
@@ -117,7 +118,22 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
                 yield event
             # Rows published to Iceberg, plus what the adapter says the models wrote (DuckDB says nothing).
             rows += dbt_rows(run_dir)
-        elif isinstance(config, TableMaintenanceConfig):  # expire_snapshots, the one operation so far
+        elif isinstance(config, TableMaintenanceConfig) and config.operation == "compact":
+            result = compact_table(
+                iceberg.catalog(),
+                (pipeline.namespace, config.table),
+                run_id=context.run_id,
+                target_file_rows=config.target_file_rows,
+                min_files=config.min_files,
+            )
+            if result.snapshot_id is None:
+                context.log.info(f"{config.table}: {result.files_before} data file(s), nothing to compact")
+            else:
+                context.log.info(
+                    f"{config.table}: {result.files_before} data files rewritten into {result.files_after} "
+                    f"({result.rows} rows, snapshot {result.snapshot_id})"
+                )
+        elif isinstance(config, TableMaintenanceConfig):
             expired = expire_snapshots(iceberg.catalog(), pipeline.namespace, config)
             context.log.info(f"{config.table}: expired {expired} snapshots")
         yield dg.Output(None, RESULT, metadata={"rows": rows})

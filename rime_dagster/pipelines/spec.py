@@ -42,9 +42,13 @@ class DbtStepConfig(_Config):
 
 class TableMaintenanceConfig(_Config):
     table: str = Field(min_length=1, max_length=255, description="A table of the project, as the tables API names it.")
-    operation: Literal["expire_snapshots"]
+    operation: Literal["expire_snapshots", "compact"]
     older_than_days: int = Field(7, ge=0, le=3650, description="expire_snapshots: keep snapshots newer than this.")
     retain_last: int = Field(1, ge=1, le=1000, description="expire_snapshots: always keep this many snapshots.")
+    target_file_rows: int = Field(
+        1_000_000, ge=1000, le=100_000_000, description="compact: rows per rewritten data file."
+    )
+    min_files: int = Field(2, ge=2, le=100_000, description="compact: do nothing below this many data files.")
 
 
 class PipelineStepConfig(_Config):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
 
 from rime_dagster.connectors.landing import (
@@ -36,11 +35,6 @@ SCHEMA = pa.schema(
     ]
 )
 T0 = datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture
-def catalog(tmp_path):
-    return SqlCatalog("test", uri=f"sqlite:///{tmp_path}/cat.db", warehouse=f"file://{tmp_path}/wh")
 
 
 def orders(start: int, count: int, *, batch_rows: int = 10, schema: pa.Schema = SCHEMA):

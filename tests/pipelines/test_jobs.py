@@ -106,3 +106,27 @@ def test_a_pipeline_step_embeds_the_other_pipeline(home):
     assert result.success
     order = [e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"]
     assert order.index("step_first") < order.index("step_nested.step_sync") < order.index("step_last")
+
+
+def test_compact_step_rewrites_the_table(home):
+    (home / "good").mkdir()
+    (home / "good" / "orders.csv").write_text("id\n1\n2\n")
+    conns = {"good": connector(home, "good", "good")}
+    spec = pipeline(
+        "pipe_c",
+        [
+            {"id": "sync", "type": "connector_sync", "config": {"connector_id": "good"}},
+            {
+                "id": "compact",
+                "type": "table_maintenance",
+                "config": {"table": "good__orders", "operation": "compact", "min_files": 2},
+                "depends_on": ["sync"],
+            },
+        ],
+    )
+    defs = with_resources(pipeline_definitions(spec, Resources(conns, {}, {spec.id: spec})))
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def(pipeline_job_name(spec.id)).execute_in_process(instance=instance)
+    assert result.success
+    messages = [e.user_message for e in instance.all_logs(result.run_id) if e.step_key == "step_compact"]
+    assert any("good__orders: 1 data file(s), nothing to compact" in m for m in messages), messages
