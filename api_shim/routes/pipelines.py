@@ -477,12 +477,11 @@ def _ws_target(websocket: WebSocket, token: str | None, pipeline_id: str, run_id
         project = session.get(Project, row.project_id) if row else None
         if row is None or project is None or project.tenant_id != principal.tenant_id:
             raise _Refused(404, NotFound.of("Pipeline", pipeline_id))
-        steps = service.steps_of(row)
-        try:
-            record = _run_record(dagster, project, row, run_id)
-        except RimeError as exc:
-            raise _Refused(exc.status, exc) from None
-    return principal, steps, record.dagster_run.run_id, project.id
+    try:
+        record = _run_record(dagster, project, row, run_id)
+    except RimeError as exc:
+        raise _Refused(exc.status, exc) from None
+    return principal, service.steps_of(row), record.dagster_run.run_id
 
 
 def _audit_refusal(websocket: WebSocket, status_code: int, pipeline_id: str, run_id: str) -> None:
@@ -529,7 +528,7 @@ async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, 
     4401/4404): a bad or missing `?token=`, an unknown pipeline or run.
     """
     try:
-        principal, steps, dagster_run_id, _ = await run_in_threadpool(_ws_target, websocket, token, pipelineId, runId)
+        principal, steps, dagster_run_id = await run_in_threadpool(_ws_target, websocket, token, pipelineId, runId)
     except _Refused as refused:
         await _refuse(websocket, refused, pipelineId, runId)
         return
