@@ -7,7 +7,6 @@ down is a 503 `service_unavailable`, never a hang or a 500.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -130,8 +129,11 @@ class DagsterClient:
         self._instance_lock = threading.Lock()
 
     # GraphQL ------------------------------------------------------------
-    @functools.cached_property
+    @property
     def _graphql(self):
+        """A new GraphQL client per call: gql's transport holds one connection and refuses a second
+        concurrent call ("Transport is already connected"), and route handlers and background
+        reloads call from several threads at once. Building one is cheap (no schema fetch)."""
         from dagster_graphql import DagsterGraphQLClient
 
         url = urlsplit(self.settings.graphql_url)

@@ -305,3 +305,20 @@ def test_load_definitions_reads_the_deployment_store(store_settings):
     assert defs.get_job_def("rime_housekeeping").name == "rime_housekeeping"
     store = defs.resources["metadata_store"]
     assert store.url() == store_settings.metadata_url
+
+
+@pytest.mark.dagster
+def test_concurrent_calls_from_many_threads_all_get_dagsters_answer(dagster_webserver: Webserver):
+    """The API calls Dagster from request threads and background reloads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def status_error(_: int) -> str:
+        try:
+            dagster_webserver.client.run_status(str(uuid.uuid4()))
+        except Unprocessable as exc:
+            return exc.message
+        return "no error"
+
+    with ThreadPoolExecutor(8) as pool:
+        messages = list(pool.map(status_error, range(16)))
+    assert all("RunNotFound" in m for m in messages), messages
