@@ -14,7 +14,7 @@ What it does, all in one run, everything under a temporary directory:
 2. through the API, creates a project, a `files` connector "Inbox" with one uploaded
    `orders.csv`, and the trivial two-step pipeline of tests/dagster/test_pipeline_jobs.py
    (connector_sync, then table_maintenance expire_snapshots of `inbox__orders`), reloads the code
-   location once itself (the API's own reloads after each change may fail, see create_pipeline)
+   location once itself (so that no reload the API started after a change overlaps the timed runs)
    and waits for the job `pipeline_<id>` to show in GraphQL;
 3. times, alternating run by run after one untimed warm-up of each (the pipeline's default run
    config: the in-process executor, steps run in the run worker):
@@ -557,11 +557,9 @@ def create_pipeline(api: httpx.Client, dagster_port: int) -> Target:
         201,
     )
     target = Target(project_id=pid, pipeline_id=pipeline["id"])
-    # Each change above made the API reload the code location in a background task, all at once
-    # through its one DagsterGraphQLClient, which is not thread-safe: all but the first fail at once
-    # (gql's TransportAlreadyConnected), and a launch made while one is in flight fails the same
-    # way (422). So: one reload of our own, which the webserver runs after any still going on;
-    # then the job must be there, and no reload of the API's may overlap the first run.
+    # Each change above made the API reload the code location in a background task (the webserver
+    # runs reloads one after another, ~7 s each here). One reload of our own queues behind them:
+    # once it is done the job is there and no reload of the API's overlaps the timed runs.
     from dagster_graphql import ReloadRepositoryLocationStatus
 
     info = graphql_client(dagster_port).reload_repository_location(LOCATION)
