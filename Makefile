@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/projects_pagination.py
 	$(BIN)/python bench/connector_sync.py
 	$(BIN)/python bench/dbt_load.py
+	$(BIN)/python bench/run_latency.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check api_shim rime_dagster tests bench
