@@ -1,5 +1,6 @@
-"""The demo project `make up` loads: a `files` connector over demo/data (customers, orders) and the
-dbt project dbt_projects/demo_shop (staging views and marts over the connector's tables)."""
+"""The demo project `make up` loads: a `files` connector over demo/data (customers, orders), the
+dbt project dbt_projects/demo_shop (staging views and marts over the connector's tables), and the
+pipeline "Shop nightly" that syncs the connector, then builds the dbt project."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from api_shim.crypto import CredentialCipher
-from api_shim.db.models import Connector, DbtProject, Project
+from api_shim.db.models import Connector, DbtProject, Pipeline, Project
 from api_shim.db.session import session_scope
 from api_shim.schemas.connectors import ConnectorCreate
-from api_shim.services import connectors, projects
+from api_shim.services import connectors, pipelines, projects
 from api_shim.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +45,40 @@ def ensure_demo(settings: Settings) -> None:
             and session.scalar(select(DbtProject.id).where(DbtProject.project_id == project.id)) is None
         ):
             _register_demo_dbt(session, settings, project)
+        connector_id = session.scalar(select(Connector.id).where(Connector.project_id == project.id))
+        dbt_id = session.scalar(select(DbtProject.id).where(DbtProject.project_id == project.id))
+        if (
+            connector_id
+            and dbt_id
+            and session.scalar(select(Pipeline.id).where(Pipeline.project_id == project.id)) is None
+        ):
+            _register_demo_pipeline(session, project, connector_id, dbt_id)
+
+
+def _register_demo_pipeline(session, project: Project, connector_id: str, dbt_id: str) -> None:
+    from api_shim.schemas.pipelines import PipelineCreate
+
+    body = PipelineCreate(
+        name="Shop nightly",
+        description="Sync the Demo Shop files, then build the Shop Models marts.",
+        schedule="0 3 * * *",
+        steps=[
+            {
+                "id": "sync",
+                "name": "Sync Demo Shop",
+                "type": "connector_sync",
+                "config": {"connector_id": connector_id},
+            },
+            {
+                "id": "models",
+                "name": "Build Shop Models",
+                "type": "dbt",
+                "config": {"dbt_project_id": dbt_id, "command": "build"},
+                "depends_on": ["sync"],
+            },
+        ],
+    )
+    pipelines.create_pipeline(session, project, body)
 
 
 def _register_demo_dbt(session, settings: Settings, project: Project) -> None:

@@ -85,6 +85,10 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
         assert [(d["name"], d["dbt_project_name"], d["models_count"]) for d in dbt_projects] == [
             ("Shop Models", "demo_shop", 4)
         ]
+        pipelines = httpx.get(f"{api}/projects/{demo['id']}/pipelines", headers=headers).json()["data"]
+        assert [(p["name"], [s["type"] for s in p["steps"]]) for p in pipelines] == [
+            ("Shop nightly", ["connector_sync", "dbt"])
+        ]
         family = _descendants(proc.pid)
         assert len(family) >= 3  # webserver, daemon, API (+ their code servers)
         proc.send_signal(stop_signal)
