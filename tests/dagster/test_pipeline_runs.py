@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -248,7 +249,20 @@ def test_failure_skips_downstream_and_dagster_launched_runs_show(api, dagster_we
     # The source file disappears: the sync fails, the maintenance step after it never starts.
     (folder / "orders.csv").unlink()
     run_id = api.post(f"{base}/run").json()["run_id"]
-    messages = watch(api, pipeline["id"], run_id, dagster_webserver.settings.admin_token)
+    # An SSE client follows the run live while a WebSocket client watches it.
+    with ThreadPoolExecutor(1) as pool:
+        streamed = pool.submit(sse_events, api, f"{base}/runs/{run_id}/logs")
+        messages = watch(api, pipeline["id"], run_id, dagster_webserver.settings.admin_token)
+        events = streamed.result(timeout=120)
+    ids = [data["id"] for kind, data in events if kind == "log"]
+    assert ids == sorted(set(ids))  # backlog then live: every line once, in order
+    assert ids == [
+        line["id"] for line in api.get(f"{base}/runs/{run_id}/logs", params={"limit": 10_000}).json()["logs"]
+    ]
+    assert any(
+        data["event_type"] == "STEP_FAILURE" and data["step_id"] == "sync" for kind, data in events if kind == "log"
+    )
+    assert [data["status"] for kind, data in events if kind == "status"][-1] == "failed"
     assert transitions(messages)["tidy"][-1] == "skipped"
     assert transitions(messages)["sync"][-1] == "failed"
     assert messages[-1]["type"] == "run_update" and messages[-1]["status"] == "failed"
