@@ -34,6 +34,9 @@ QUEUE_LIMIT = 10_000
 # started, or a worker that died, logs no run event).
 RECORD_CHECK_SECONDS = 1.0
 PAGE = 1000
+# After the run's end: stop once the event log was quiet this long (at most TAIL_MAX_SECONDS).
+TAIL_QUIET_SECONDS = 1.0
+TAIL_MAX_SECONDS = 5.0
 
 
 @dataclass(eq=False)  # hashed by identity: kept in a set
@@ -66,6 +69,7 @@ class RunWatch:
         self.subscribers: set[Subscription] = set()
         self.ready = asyncio.Event()
         self.failure: str | None = None
+        self.finished = False
         self.task: asyncio.Task | None = None
         self.waiting = 0  # clients waiting for the first read
         self.reads = 0
@@ -74,7 +78,8 @@ class RunWatch:
 
     @property
     def over(self) -> bool:
-        return self.fold.status in TERMINAL_RUN or self.failure is not None
+        """The reader is done: the run ended and its last log lines were read, or reading failed."""
+        return self.finished or self.failure is not None
 
     def snapshot(self) -> list[tuple[str, Any]]:
         items: list[tuple[str, Any]] = [("step", s.message()) for s in self.fold.states()]
@@ -122,6 +127,7 @@ class RunWatch:
 
     async def run(self, interval: float) -> None:
         metrics.RUN_WATCH_READERS.inc()
+        ended_at = last_record_at = 0.0
         try:
             while True:
                 records, more, record = await asyncio.to_thread(self._read)
@@ -129,8 +135,16 @@ class RunWatch:
                 if not more and not self.ready.is_set():
                     self.ready.set()  # caught up: clients may take the snapshot
                 if self.fold.status in TERMINAL_RUN and not more:
-                    self._broadcast(("end", None))
-                    return
+                    # Dagster logs a few lines after the run's end (the worker exiting): follow the
+                    # log until it has been quiet for a moment, so log streams get them too.
+                    now = time.monotonic()
+                    ended_at = ended_at or now
+                    if records:
+                        last_record_at = now
+                    if now - max(ended_at, last_record_at) >= TAIL_QUIET_SECONDS or now - ended_at >= TAIL_MAX_SECONDS:
+                        self.finished = True
+                        self._broadcast(("end", None))
+                        return
                 if not more:
                     await asyncio.sleep(interval)
         except ServiceUnavailable as exc:

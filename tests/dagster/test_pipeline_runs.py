@@ -256,9 +256,10 @@ def test_failure_skips_downstream_and_dagster_launched_runs_show(api, dagster_we
         events = streamed.result(timeout=120)
     ids = [data["id"] for kind, data in events if kind == "log"]
     assert ids == sorted(set(ids))  # backlog then live: every line once, in order
-    assert ids == [
-        line["id"] for line in api.get(f"{base}/runs/{run_id}/logs", params={"limit": 10_000}).json()["logs"]
-    ]
+    stored = [line["id"] for line in api.get(f"{base}/runs/{run_id}/logs", params={"limit": 10_000}).json()["logs"]]
+    # Everything up to the run's end and the lines right after it (Dagster may log more later).
+    assert ids == stored[: len(ids)]
+    assert "PIPELINE_FAILURE" in [data["event_type"] for kind, data in events if kind == "log"]
     assert any(
         data["event_type"] == "STEP_FAILURE" and data["step_id"] == "sync" for kind, data in events if kind == "log"
     )
