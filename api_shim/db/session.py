@@ -77,3 +77,14 @@ def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def release(session: Session) -> None:
+    """Ends the request's transaction before slow work that needs no metadata store (Dagster calls).
+
+    On SQLite every transaction holds the write lock from its first statement (BEGIN IMMEDIATE),
+    so a run launch (seconds) inside it would make every other writer queue. Nothing is lost:
+    it commits, loaded rows stay readable (expire_on_commit=False), and a later query simply
+    opens a new transaction, which the unit of work commits as usual.
+    """
+    session.commit()

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api_shim.crypto import CredentialCipher
 from api_shim.dagster_client import DagsterClient, DagsterClientDep
 from api_shim.db.models import Connector, Project
+from api_shim.db.session import release
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, SettingsDep, Viewer
 from api_shim.errors import Unprocessable, ValidationFailed
 from api_shim.pagination import Listing, Page
@@ -297,6 +298,7 @@ def sync_connector(
     if not connector.tables:
         raise Unprocessable("The connector has no tables to sync: select tables or make some discoverable first.")
     full_refresh = bool(body and body.full_refresh)
+    release(session)
     tags = {
         **connector_tags(project.id, connector.id),
         "rime/full_refresh": str(full_refresh).lower(),
@@ -325,6 +327,7 @@ def connector_runs(
 ):
     project = _project(session, principal, id)
     connector = service.get_connector(session, project, connectorId)
+    release(session)
     page = run_page(
         dagster,
         codec,

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from api_shim.crypto import CredentialCipher
 from api_shim.dagster_client import DagsterClient, DagsterClientDep
 from api_shim.db.models import DbtProject, Project
+from api_shim.db.session import release
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, SettingsDep, Viewer
 from api_shim.errors import Conflict, ValidationFailed
 from api_shim.ids import new_id
@@ -351,6 +352,7 @@ def run_dbt_project(
     unique_ids, everything = service.resolve_selection(
         manifest, command=body.command, select_expr=body.select, exclude=body.exclude
     )
+    release(session)
     tags = {
         **dbt_tags(project.id, row.id),
         "rime/dbt_command": body.command,
@@ -441,6 +443,7 @@ def dbt_runs(
 ):
     project = _project(session, principal, id)
     row = service.get_dbt_project(session, project, dbtId)
+    release(session)
     page = run_page(
         dagster, codec, scope=f"dbt-runs:{row.id}", tags={"rime/dbt_project_id": row.id}, limit=limit, cursor=cursor
     )

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.dagster_client import RUN_STATUS, DagsterClient, DagsterClientDep, to_dagster_run_id
 from api_shim.db.models import Pipeline, Project
+from api_shim.db.session import release
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, Viewer
 from api_shim.errors import Conflict, Forbidden, NotFound, RimeError
 from api_shim.handlers import error_response
@@ -248,6 +249,7 @@ def run_pipeline(
             execution_order=order,
             plan=_plan(session, project, row),
         )
+    release(session)
     tags = {
         **pipeline_tags(project.id, row.id),
         "rime/full_refresh": str(body.full_refresh).lower(),
@@ -315,6 +317,7 @@ def pipeline_runs_list(
 ):
     project = _project(session, principal, id)
     row = service.get_pipeline(session, project, pipelineId)
+    release(session)
     page = run_page(
         dagster,
         codec,
@@ -340,6 +343,7 @@ def pipeline_run_detail(
 ):
     project = _project(session, principal, id)
     row = service.get_pipeline(session, project, pipelineId)
+    release(session)
     return _run(dagster, row, _run_record(dagster, project, row, runId))
 
 
@@ -358,6 +362,7 @@ def cancel_pipeline_run(
 ):
     project = _project(session, principal, id)
     row = service.get_pipeline(session, project, pipelineId)
+    release(session)
     record = _run_record(dagster, project, row, runId)
     current = RUN_STATUS.get(record.dagster_run.status.value, "running")
     if current in pipeline_runs.TERMINAL_RUN:
@@ -398,6 +403,7 @@ def pipeline_run_logs(
 ):
     project = _project(session, principal, id)
     row = service.get_pipeline(session, project, pipelineId)
+    release(session)
     record = _run_record(dagster, project, row, runId)
     steps = service.steps_of(row)
     if "text/event-stream" in request.headers.get("accept", ""):

@@ -186,3 +186,66 @@ def test_update_keeps_what_is_not_given(clients, setup):
     )
     assert clients.admin.patch(url, json={"steps": None}).status_code == 400
     assert clients.admin.patch(url, json={"schedule": "not cron"}).status_code == 400
+
+
+# Runs (what needs no Dagster; tests/dagster/test_pipeline_runs.py runs them for real) -------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"variables": [1, 2]}, "variables"),
+        ({"dry_run": "maybe"}, "dry_run"),
+        ({"full_refresh": True, "surprise": 1}, "surprise"),
+        ({"variables": {"blob": "x" * (64 * 1024)}}, "variables"),
+    ],
+)
+def test_run_request_is_validated(clients, setup, body, field):
+    pipeline = clients.admin.post(setup["url"], json={"name": "v", "steps": [sync(setup["connector"]["id"])]}).json()
+    response = clients.admin.post(f"{setup['url']}/{pipeline['id']}/run", json=body)
+    assert response.status_code == 400, response.text
+    assert [d["field"] for d in response.json()["error"]["details"]] == [field]
+
+
+def test_dry_run_returns_the_nested_plan_and_merged_variables(clients, setup):
+    inner = clients.admin.post(setup["url"], json={"name": "inner", "steps": [sync(setup["connector"]["id"])]}).json()
+    outer = clients.admin.post(
+        setup["url"],
+        json={
+            "name": "outer",
+            "variables": {"a": 1, "b": 2},
+            "steps": [
+                {"id": "nested", "type": "pipeline", "config": {"pipeline_id": inner["id"]}},
+                sync(setup["connector"]["id"], step_id="after") | {"depends_on": ["nested"]},
+            ],
+        },
+    ).json()
+    plan = clients.admin.post(f"{setup['url']}/{outer['id']}/run", json={"dry_run": True, "variables": {"b": 3}})
+    assert plan.status_code == 200, plan.text
+    body = plan.json()
+    assert body["dry_run"] is True and body["run_id"] is None and body["status"] == "validated"
+    assert body["variables"] == {"a": 1, "b": 3}
+    assert [(s["order"], s["step_id"]) for s in body["plan"]] == [(1, "nested"), (2, "after")]
+    assert [s["step_id"] for s in body["plan"][0]["steps"]] == ["sync"]
+
+
+def test_run_of_a_pipeline_whose_connector_is_gone_is_422_naming_the_step(clients, setup):
+    pipeline = clients.admin.post(setup["url"], json={"name": "g", "steps": [sync(setup["connector"]["id"])]}).json()
+    project_id = setup["project"]["id"]
+    assert (
+        clients.admin.delete(f"/api/v1/projects/{project_id}/connectors/{setup['connector']['id']}").status_code == 204
+    )
+    for body in ({"dry_run": True}, {}):
+        response = clients.admin.post(f"{setup['url']}/{pipeline['id']}/run", json=body)
+        assert response.status_code == 422, response.text
+        assert "Step 'sync'" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("run_id", ["nope", "run_" + "z" * 32, "run_" + "0" * 32])
+def test_unknown_or_malformed_run_ids_are_404(clients, setup, run_id):
+    pipeline = clients.admin.post(setup["url"], json={"name": "r", "steps": [sync(setup["connector"]["id"])]}).json()
+    base = f"{setup['url']}/{pipeline['id']}/runs/{run_id}"
+    for method, url in (("GET", base), ("POST", f"{base}/cancel"), ("GET", f"{base}/logs")):
+        response = clients.admin.request(method, url)
+        assert response.status_code == 404, (method, url, response.text)
+        assert response.json()["error"]["code"] == "resource_not_found"
