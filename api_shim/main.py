@@ -28,6 +28,11 @@ DESCRIPTION = """The Rime data platform API, served on Dagster.
 Authenticate with `Authorization: Bearer <token>`. Errors are `{"error": {"code", "message", "details?"}}`.
 Lists are cursor-paginated (`limit` 1-100, `cursor`). Every response carries `X-Request-Id`
 and `RateLimit-*` headers; work-starting POSTs honour `Idempotency-Key`.
+
+WebSocket (not listed below, as OpenAPI has no WebSockets):
+`/api/v1/ws/pipelines/{pipelineId}/runs/{runId}?token=<token>` sends the current state of every
+step (`step_update`) and the run (`run_update`), then each transition live, and closes (1000) after
+the run ends. A bad token is refused before the upgrade (401), an unknown pipeline or run with 404.
 """
 
 

@@ -207,3 +207,22 @@ def wait_for_run(api, connector_url: str, run_id: str, timeout: float = 120) -> 
             return run
         time.sleep(1)
     raise AssertionError(f"run {run_id} did not finish in {timeout:.0f}s")
+
+
+DEMO_DATA = REPO_ROOT / "demo" / "data"
+DEMO_DBT = REPO_ROOT / "dbt_projects" / "demo_shop"
+
+
+def create_demo_shop_connector(api, project_id: str) -> dict:
+    """The `Demo Shop` files connector over demo/data (customers, orders), as `make up` loads it."""
+    response = api.post(
+        f"/api/v1/projects/{project_id}/connectors",
+        json={
+            "name": "Demo Shop",
+            "connector_type": "files",
+            "config": {"path": str(DEMO_DATA)},
+            "selected_tables": ["customers", "orders"],
+        },
+    )
+    assert response.status_code == 201, response.text
+    return response.json()

@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 
 from api_shim.cli import REPO_ROOT
-from tests.dagster.conftest import Webserver, graphql
+from tests.dagster.conftest import DEMO_DBT, Webserver, create_demo_shop_connector, graphql
 
 pytestmark = pytest.mark.dagster
 
 JAFFLE = REPO_ROOT / "tests" / "fixtures" / "dbt" / "jaffle_shop"
-DEMO_DBT = REPO_ROOT / "dbt_projects" / "demo_shop"
-DEMO_DATA = REPO_ROOT / "demo" / "data"
 
 ASSET_NODES = "{ assetNodes { assetKey { path } dependencyKeys { path } groupName hasAssetChecks } }"
 
@@ -176,15 +174,7 @@ def test_demo_project_reads_connector_tables_from_iceberg(api, dagster_webserver
     settings = dagster_webserver.settings
     project = api.post("/api/v1/projects", json={"name": "dbt demo"}).json()
     pid, ns = project["id"], project["namespace"]
-    connector = api.post(
-        f"/api/v1/projects/{pid}/connectors",
-        json={
-            "name": "Demo Shop",
-            "connector_type": "files",
-            "config": {"path": str(DEMO_DATA)},
-            "selected_tables": ["customers", "orders"],
-        },
-    ).json()
+    connector = create_demo_shop_connector(api, pid)
     conn_base = f"/api/v1/projects/{pid}/connectors/{connector['id']}"
     _wait_for_assets(settings, [[ns, "demo_shop", "orders"]])
     sync = api.post(f"{conn_base}/sync").json()["run_id"]

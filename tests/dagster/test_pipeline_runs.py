@@ -12,14 +12,11 @@ import pytest
 from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
-from api_shim.cli import REPO_ROOT
-from tests.dagster.conftest import Webserver
+from tests.dagster.conftest import DEMO_DBT, Webserver, create_demo_shop_connector
 from tests.dagster.test_pipeline_jobs import _wait_for_job
 
 pytestmark = pytest.mark.dagster
 
-DEMO_DBT = REPO_ROOT / "dbt_projects" / "demo_shop"
-DEMO_DATA = REPO_ROOT / "demo" / "data"
 SLOW_DBT = Path(__file__).resolve().parents[1] / "fixtures" / "dbt" / "slow"
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -83,15 +80,7 @@ def shop(api, dagster_webserver: Webserver):
     """A project with the Demo Shop connector and the demo dbt project reading its tables."""
     project = api.post("/api/v1/projects", json={"name": "pipeline runs"}).json()
     pid = project["id"]
-    connector = api.post(
-        f"/api/v1/projects/{pid}/connectors",
-        json={
-            "name": "Demo Shop",
-            "connector_type": "files",
-            "config": {"path": str(DEMO_DATA)},
-            "selected_tables": ["customers", "orders"],
-        },
-    ).json()
+    connector = create_demo_shop_connector(api, pid)
     dbt = api.post(
         f"/api/v1/projects/{pid}/dbt-projects",
         json={"name": "Shop Models", "source": {"type": "path", "path": str(DEMO_DBT)}},
