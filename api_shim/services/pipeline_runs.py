@@ -211,6 +211,12 @@ class RunFold:
     def _node_of(self, key: str) -> str:
         return key.split(".", 1)[0].split("[", 1)[0]
 
+    def step_id_of(self, step_key: str) -> str | None:
+        """The Rime step a Dagster step key belongs to (None for the job's own join op)."""
+        node = self._node_of(step_key)
+        body = self._nodes.get(node)
+        return body.id if body else (None if node == JOIN_NODE else node.removeprefix("step_"))
+
     def states(self) -> list[StepState]:
         grouped: dict[str, list[tuple[str, _DagsterStep]]] = {}
         for key, step in self._dagster_steps.items():
@@ -294,11 +300,7 @@ def log_line(record, fold: RunFold | None = None) -> dict[str, Any]:
     message = entry.user_message or (event.message if event else "") or ""
     if event is not None and event.event_type_value == "STEP_FAILURE":
         message = f"{message}: {failure_text(event)}" if message else failure_text(event)
-    step_id = None
-    if step_key and fold is not None:
-        node = fold._node_of(step_key)
-        body = fold._nodes.get(node)
-        step_id = body.id if body else (None if node == JOIN_NODE else node.removeprefix("step_"))
+    step_id = fold.step_id_of(step_key) if step_key and fold is not None else None
     return {
         "id": record.storage_id,
         "timestamp": _iso(when(entry.timestamp)),
