@@ -10,7 +10,7 @@ from rime_dagster.connectors.assets import connector_definitions
 from rime_dagster.dbt.assets import dbt_definitions
 from rime_dagster.pipelines.jobs import Resources as PipelineResources
 from rime_dagster.pipelines.jobs import pipeline_definitions
-from rime_dagster.platform.housekeeping import housekeeping_job, housekeeping_schedule
+from rime_dagster.platform.housekeeping import housekeeping_definitions
 from rime_dagster.resources import IcebergCatalogResource, MetadataStoreResource
 from rime_dagster.specs import PlatformSpecs, load_specs
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def build_definitions(specs: PlatformSpecs, store: MetadataStoreResource) -> dg.Definitions:
     # Domain factories (connectors, dbt, pipelines, sensors) each turn specs into Definitions.
-    platform = dg.Definitions(jobs=[housekeeping_job], schedules=[housekeeping_schedule])
+    platform = housekeeping_definitions(specs.generation)
     connectors = [_isolated(connector_definitions, spec) for spec in specs.connectors]
     dbt_projects = [_isolated(dbt_definitions, spec) for spec in specs.dbt_projects]
     pipelines = [_isolated(pipeline_definitions, spec, _pipeline_resources(specs, spec)) for spec in specs.pipelines]

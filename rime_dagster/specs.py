@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from api_shim.db.generation import current_generation
 from api_shim.db.models import Connector, DbtProject, Pipeline, Project
 from rime_dagster.dbt.manifest import ConnectorTable
 from rime_dagster.dbt.workspace import ProjectFiles, duckdb_path, project_root
@@ -105,6 +106,9 @@ class PipelineSpec:
 
 @dataclass(frozen=True)
 class PlatformSpecs:
+    # The definitions generation these specs include (api_shim.db.generation): read before the
+    # rows, so the specs hold that generation's changes and perhaps later ones, never fewer.
+    generation: int = 0
     projects: list[ProjectSpec] = field(default_factory=list)
     connectors: list[ConnectorSpec] = field(default_factory=list)
     dbt_projects: list[DbtProjectSpec] = field(default_factory=list)
@@ -115,6 +119,7 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
     home = settings().home
     dbt_home = settings().dbt_home
     with store.session() as session:
+        generation = current_generation(session)
         projects = {
             p.id: ProjectSpec(id=p.id, name=p.name, namespace=p.namespace)
             for p in session.scalars(select(Project).order_by(Project.name))
@@ -175,6 +180,7 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
             for p in session.scalars(select(Pipeline).order_by(Pipeline.created_at, Pipeline.id))
         ]
     return PlatformSpecs(
+        generation=generation,
         projects=list(projects.values()), connectors=connectors, dbt_projects=dbt_projects, pipelines=pipelines
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from api_shim.db.types import UTCDateTime, utcnow
@@ -74,6 +74,9 @@ class Project(TimestampedMixin, Base):
     description: Mapped[str | None] = mapped_column(Text)
     # Iceberg namespace and Dagster asset-key prefix, fixed at creation (renames never move data).
     namespace: Mapped[str] = mapped_column(String(100), nullable=False)
+    # The definitions generation of the last committed change to this project or anything in it
+    # (api_shim.db.generation): a launch of one of its jobs waits until Dagster has loaded it.
+    definitions_generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
 class Connector(TimestampedMixin, Base):
@@ -206,3 +209,21 @@ class IdempotencyKey(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False, index=True)
+
+
+class DefinitionsState(Base):
+    """One row: the generation of the Dagster definitions the metadata store describes.
+
+    Every committed change to a project, connector, dbt project or pipeline adds one
+    (api_shim.db.generation); the code location reports the generation it was built from, so
+    the API knows when Dagster has caught up. The reload lease lets one API process at a time
+    ask Dagster to reload, however many processes share the store.
+    """
+
+    __tablename__ = "definitions_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    reload_owner: Mapped[str | None] = mapped_column(String(64))
+    reload_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

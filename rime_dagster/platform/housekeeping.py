@@ -7,6 +7,9 @@ import dagster as dg
 from api_shim.services.idempotency import purge_expired
 from rime_dagster.resources import MetadataStoreResource, settings
 
+HOUSEKEEPING_JOB = "rime_housekeeping"
+GENERATION_METADATA_KEY = "rime/definitions_generation"
+
 
 @dg.op(description="Delete Idempotency-Key records past their replay window.")
 def purge_idempotency_keys(context: dg.OpExecutionContext, metadata_store: MetadataStoreResource) -> int:
@@ -28,16 +31,25 @@ def prune_dbt_run_artifacts(context: dg.OpExecutionContext) -> int:
     return removed
 
 
-@dg.job(
-    name="rime_housekeeping",
-    description="Metadata-store housekeeping for the Rime platform.",
-    tags={"rime/kind": "housekeeping"},
-)
-def housekeeping_job():
-    purge_idempotency_keys()
-    prune_dbt_run_artifacts()
+def housekeeping_definitions(generation: int) -> dg.Definitions:
+    """The housekeeping job and its daily schedule.
 
+    The job also carries the definitions generation the code location was built from, as the
+    metadata entry GENERATION_METADATA_KEY: the API reads it over GraphQL to know whether Dagster
+    has loaded a change yet. Job metadata is shown in the UI but never copied onto runs.
+    """
 
-housekeeping_schedule = dg.ScheduleDefinition(
-    job=housekeeping_job, cron_schedule="17 3 * * *", default_status=dg.DefaultScheduleStatus.RUNNING
-)
+    @dg.job(
+        name=HOUSEKEEPING_JOB,
+        description="Metadata-store housekeeping for the Rime platform.",
+        tags={"rime/kind": "housekeeping"},
+        metadata={GENERATION_METADATA_KEY: dg.MetadataValue.int(generation)},
+    )
+    def housekeeping_job():
+        purge_idempotency_keys()
+        prune_dbt_run_artifacts()
+
+    schedule = dg.ScheduleDefinition(
+        job=housekeeping_job, cron_schedule="17 3 * * *", default_status=dg.DefaultScheduleStatus.RUNNING
+    )
+    return dg.Definitions(jobs=[housekeeping_job], schedules=[schedule])
