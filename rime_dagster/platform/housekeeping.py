@@ -5,10 +5,8 @@ from datetime import timedelta
 import dagster as dg
 
 from api_shim.services.idempotency import purge_expired
+from rime_dagster.platform.names import GENERATION_METADATA_KEY, HOUSEKEEPING_JOB
 from rime_dagster.resources import MetadataStoreResource, settings
-
-HOUSEKEEPING_JOB = "rime_housekeeping"
-GENERATION_METADATA_KEY = "rime/definitions_generation"
 
 
 @dg.op(description="Delete Idempotency-Key records past their replay window.")
