@@ -16,9 +16,15 @@ files without changing their rows. A sync:
   current) and the Parquet files written so far are deleted (best effort).
 
 The incremental cursor lives in the table property `rime.cursor.<field>` as typed JSON, written in the same
-commit as the rows it covers, so the cursor can never run ahead of the data. Concurrent syncs of the same table
-are not supported (the orchestrator runs one at a time): a concurrent full refresh fails its commit rather than
-losing rows, but two concurrent incremental syncs would both append and the last one sets the cursor.
+commit as the rows it covers, so the cursor can never run ahead of the data.
+
+One sync of a table at a time: the orchestrator runs them one after another (a Dagster pool per connector), and
+this module refuses what would slip through. Our tables carry `commit.retry.num-retries=0`, so a commit that finds
+the table moved on fails instead of being rebased onto the new snapshot (pyiceberg's default, which for an
+incremental sync would append the rows past a stale cursor a second time). An incremental sync passes the
+`StoredCursor` it read its rows with, and fails before writing if the table moved since that read. Either way it
+raises `ConcurrentCommitError` with nothing committed and its files deleted: the next sync starts from the cursor
+the other one stored.
 
 This module imports no Dagster: the API shim uses it too (`table_stats`, `preview`, `read_cursor`).
 """
@@ -40,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NoSuchTableError, ValidationError
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationError
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io import FileIO
 
@@ -54,18 +60,21 @@ from pyiceberg.io.pyarrow import (
     pyarrow_to_schema,
 )
 from pyiceberg.manifest import DataFile, ManifestContent
-from pyiceberg.table import Table, Transaction
+from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.locations import load_location_provider
 
 __all__ = [
     "CURSOR_PROPERTY_PREFIX",
     "RUN_ID_PROPERTY",
+    "ConcurrentCommitError",
     "LandResult",
     "NoSuchTableError",
     "SchemaMismatchError",
+    "StoredCursor",
     "land_table",
     "preview",
     "read_cursor",
+    "read_cursor_state",
     "table_stats",
 ]
 
@@ -81,6 +90,8 @@ _DEFAULT_TABLE_PROPERTIES = {
     "commit.manifest-merge.enabled": "true",
     "write.parquet.compression-codec": "zstd",
 }
+# Set on every table this module writes, whatever the caller passes: a conflicting commit fails, never rebases.
+_NO_COMMIT_RETRY = {TableProperties.COMMIT_NUM_RETRIES: "0"}
 
 # A row group is flushed at this many rows or bytes, whichever comes first: sources may yield tiny batches,
 # and one row group per batch would make the files slow to read. This buffer is what bounds memory.
@@ -103,6 +114,18 @@ _ORDERABLE = (
 
 class SchemaMismatchError(ValueError):
     """The source's schema cannot be reconciled with the table's (e.g. a column changed from string to int)."""
+
+
+class ConcurrentCommitError(RuntimeError):
+    """Another commit landed on the table during this sync (or since its cursor was read); nothing was committed."""
+
+
+@dataclass(frozen=True)
+class StoredCursor:
+    """An incremental cursor as read from its table, with the snapshot it was read at."""
+
+    value: Any  # typed as stored; None: no table or no cursor yet
+    snapshot_id: int | None  # None: no table, or a table without snapshots
 
 
 @dataclass(frozen=True)
@@ -130,12 +153,15 @@ def land_table(
     run_id: str,
     properties: dict[str, str] | None = None,
     target_file_rows: int = 1_000_000,
+    read_at: StoredCursor | None = None,
 ) -> LandResult:
     """Lands `batches` (all of `schema`) in the Iceberg table `identifier` in one commit; see the module docstring.
 
     `full_refresh` replaces the table's rows (zero batches empty it, still committing a snapshot) and restarts
     the cursor from the new rows. `incremental` appends and advances the cursor to the max of `cursor_field`
-    over the stored cursor and the new rows; zero rows commit nothing.
+    over the stored cursor and the new rows; zero rows commit nothing. `read_at` is the cursor the caller
+    selected the batches with (`read_cursor_state`): an incremental sync raises `ConcurrentCommitError`, before
+    reading a batch, if the table's snapshot is no longer the one that cursor was read at.
     """
     if mode not in ("full_refresh", "incremental"):
         raise ValueError(f"mode must be 'full_refresh' or 'incremental', not {mode!r}")
@@ -143,10 +169,20 @@ def land_table(
         raise ValueError("target_file_rows must be positive")
     if cursor_field is not None:
         _check_cursor_field(schema, cursor_field)
-    wanted_properties = dict(properties or {})
+    wanted_properties = {**(properties or {}), **_NO_COMMIT_RETRY}
     incoming = _nullable_schema(schema)
 
     table = _load_table(catalog, identifier)
+    if table is not None and any(table.properties.get(k) != v for k, v in _NO_COMMIT_RETRY.items()):
+        # A table landed before retries were turned off: pyiceberg reads the retry count from the table as loaded,
+        # so it is turned off in a commit of its own, before this sync's.
+        table = table.transaction().set_properties(_NO_COMMIT_RETRY).commit_transaction()
+    if mode == "incremental" and read_at is not None and _current_snapshot_id(table) != read_at.snapshot_id:
+        raise ConcurrentCommitError(
+            f"{_name(identifier)} moved from snapshot {read_at.snapshot_id} to {_current_snapshot_id(table)} since "
+            "its cursor was read: another sync landed meanwhile. Nothing was written; the next sync goes on from "
+            "the cursor that sync stored."
+        )
     table_created = table is None
     if table is None:
         catalog.create_namespace_if_not_exists(identifier[0])
@@ -241,7 +277,12 @@ def land_table(
             tx.set_properties({cursor_key: _encode_cursor(new_cursor)})
 
         commit_started = True
-        tx.commit_transaction()
+        try:
+            tx.commit_transaction()
+        except CommitFailedException as e:
+            raise ConcurrentCommitError(
+                f"{_name(identifier)}: another commit landed while this sync was writing; nothing was committed. ({e})"
+            ) from e
     except BaseException:
         writer.abort()
         if not commit_started or not _commit_landed(catalog, identifier, snapshot_id):
@@ -261,12 +302,16 @@ def land_table(
 def read_cursor(catalog: Catalog, identifier: tuple[str, str], cursor_field: str | None) -> Any | None:
     """The cursor stored for `cursor_field`, typed as it was stored (int, float, str, Decimal, date, time,
     datetime aware or naive, bytes); None if there is no table or no cursor."""
-    if cursor_field is None:
-        return None
+    return read_cursor_state(catalog, identifier, cursor_field).value
+
+
+def read_cursor_state(catalog: Catalog, identifier: tuple[str, str], cursor_field: str | None) -> StoredCursor:
+    """The stored cursor (as `read_cursor`) and the snapshot it belongs to, for `land_table(..., read_at=)`."""
     table = _load_table(catalog, identifier)
     if table is None:
-        return None
-    return _decode_cursor(table.properties.get(CURSOR_PROPERTY_PREFIX + cursor_field))
+        return StoredCursor(None, None)
+    encoded = table.properties.get(CURSOR_PROPERTY_PREFIX + cursor_field) if cursor_field else None
+    return StoredCursor(_decode_cursor(encoded), _current_snapshot_id(table))
 
 
 def table_stats(catalog: Catalog, identifier: tuple[str, str]) -> dict[str, Any]:
@@ -634,8 +679,8 @@ def _load_table(catalog: Catalog, identifier: tuple[str, str]) -> Table | None:
         return None
 
 
-def _current_snapshot_id(table: Table) -> int | None:
-    snapshot = table.current_snapshot()
+def _current_snapshot_id(table: Table | None) -> int | None:
+    snapshot = table.current_snapshot() if table is not None else None
     return snapshot.snapshot_id if snapshot is not None else None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rime_dagster.connectors.landing import LandResult, land_table, read_cursor
+from rime_dagster.connectors.landing import LandResult, land_table, read_cursor_state
 from rime_dagster.connectors.prefetch import prefetched
 from rime_dagster.connectors.sources import Source
 
@@ -24,12 +24,12 @@ def sync_table(source: Source, catalog: Any, spec: TableSync, *, run_id: str, fu
     """Lands `spec.table`; incremental reads only rows past the cursor stored with the Iceberg table."""
     identifier = (spec.namespace, spec.iceberg_table)
     incremental = spec.mode == "incremental" and spec.cursor_field is not None and not full_refresh
-    cursor_value = read_cursor(catalog, identifier, spec.cursor_field) if incremental else None
+    cursor = read_cursor_state(catalog, identifier, spec.cursor_field) if incremental else None
     schema = source.arrow_schema(spec.table)
     batches = source.read(
         spec.table,
         cursor_field=spec.cursor_field if incremental else None,
-        cursor_value=cursor_value,
+        cursor_value=cursor.value if cursor else None,
     )
     reader = prefetched(batches, name=f"read-{spec.table}")
     try:
@@ -44,6 +44,8 @@ def sync_table(source: Source, catalog: Any, spec: TableSync, *, run_id: str, fu
             cursor_field=spec.cursor_field,
             run_id=run_id,
             properties=spec.properties,
+            # Rows were selected past this cursor: appending them onto a table that moved since would land some twice.
+            read_at=cursor,
         )
     finally:
         reader.close()  # stops the read-ahead thread now, not when the traceback is collected

@@ -48,7 +48,7 @@ def test_a_sync_landing_during_compaction_wins(catalog, monkeypatch):
         return real_replace(*args, **kwargs)
 
     monkeypatch.setattr(landing, "_replace_all", sync_meanwhile)
-    # pyiceberg retries the commit on the new snapshot, and its validation finds the sync's added files.
+    # Our tables have no commit retries: the compaction's commit fails on the sync's new snapshot.
     with pytest.raises((CommitFailedException, ValidationException)):
         compact_table(catalog, IDENT, run_id="compact-racing", target_file_rows=1000)
     assert [r["id"] for r in rows(catalog)] == list(range(40))  # the late sync's rows are there

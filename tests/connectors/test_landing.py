@@ -14,14 +14,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 
 from rime_dagster.connectors.landing import (
     RUN_ID_PROPERTY,
+    ConcurrentCommitError,
     SchemaMismatchError,
     land_table,
     preview,
     read_cursor,
+    read_cursor_state,
     table_stats,
 )
 
@@ -377,7 +379,7 @@ def test_commit_failure_commits_nothing_and_removes_files(catalog, monkeypatch, 
         raise error
 
     monkeypatch.setattr(catalog, "commit_table", refuse)
-    with pytest.raises(type(error)):
+    with pytest.raises(ConcurrentCommitError if isinstance(error, CommitFailedException) else type(error)):
         land(catalog, orders(100, 50), mode=mode, cursor_field="id", target_file_rows=20, run_id="run-2")
     monkeypatch.undo()
 
@@ -614,8 +616,8 @@ def test_concurrent_append_makes_a_full_refresh_fail_instead_of_losing_rows(cata
         yield from orders(5, 5)
 
     files_after_concurrent = None
-    # pyiceberg retries the conflicting commit, and its serializable check refuses it.
-    with pytest.raises(ValidationException, match="Added data files"):
+    # No commit retries on our tables: the conflicting commit fails as it is.
+    with pytest.raises(ConcurrentCommitError, match="another commit landed"):
         try:
             land(catalog, refresh_batches(), run_id="run-refresh")
         finally:
@@ -626,3 +628,79 @@ def test_concurrent_append_makes_a_full_refresh_fail_instead_of_losing_rows(cata
     assert [r["id"] for r in rows(catalog)] == [*range(10), 500, 501, 502]
     assert files_after_concurrent == data_dir_files(catalog)
     assert len(files_after_concurrent) == 2  # the refresh's own file is gone
+
+
+# --- 11. one sync at a time: an incremental append never lands twice -------------------------------------------
+
+
+def test_incremental_onto_a_table_moved_since_its_cursor_was_read_fails_before_writing(catalog):
+    land(catalog, orders(0, 10), mode="incremental", cursor_field="id")
+    stale = read_cursor_state(catalog, IDENT, "id")
+    assert stale.value == 9 and stale.snapshot_id == catalog.load_table(IDENT).current_snapshot().snapshot_id
+    # Another sync read the same cursor and landed the rows past it first.
+    land(catalog, orders(10, 5), mode="incremental", cursor_field="id", run_id="other", read_at=stale)
+    before, files = catalog.load_table(IDENT), data_dir_files(catalog)
+
+    with pytest.raises(ConcurrentCommitError, match="since its cursor was read"):
+        land(catalog, orders(10, 5), mode="incremental", cursor_field="id", run_id="late", read_at=stale)
+
+    after = catalog.load_table(IDENT)
+    assert after.metadata_location == before.metadata_location
+    assert [r["id"] for r in rows(catalog)] == list(range(15))
+    assert read_cursor(catalog, IDENT, "id") == 14
+    assert data_dir_files(catalog) == files
+
+
+def test_read_cursor_state_without_table_or_cursor(catalog):
+    assert read_cursor_state(catalog, IDENT, "id") == read_cursor_state(catalog, IDENT, None)
+    assert read_cursor_state(catalog, IDENT, "id").snapshot_id is None
+    # Two first syncs read "no table": the first creates it, the second finds it moved.
+    nothing = read_cursor_state(catalog, IDENT, "id")
+    land(catalog, orders(0, 3), mode="incremental", cursor_field="id", read_at=nothing)
+    with pytest.raises(ConcurrentCommitError):
+        land(catalog, orders(0, 3), mode="incremental", cursor_field="id", run_id="late", read_at=nothing)
+    assert [r["id"] for r in rows(catalog)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("table_from", ["this_module", "before_retries_were_off"])
+def test_concurrent_incremental_commit_fails_instead_of_rebasing(catalog, table_from):
+    land(catalog, orders(0, 10), mode="incremental", cursor_field="id")
+    if table_from == "before_retries_were_off":  # pyiceberg's default: 4 retries, each rebasing the append
+        catalog.load_table(IDENT).transaction().remove_properties("commit.retry.num-retries").commit_transaction()
+    cursor = read_cursor_state(catalog, IDENT, "id")
+
+    def batches_past_the_cursor():
+        yield from orders(10, 5)
+        # Another sync of the same table, from the same cursor, commits while this one is writing.
+        land(catalog, orders(10, 5), mode="incremental", cursor_field="id", run_id="other", read_at=cursor)
+        yield from orders(15, 5)
+
+    with pytest.raises(ConcurrentCommitError, match="another commit landed"):
+        land(
+            catalog,
+            batches_past_the_cursor(),
+            mode="incremental",
+            cursor_field="id",
+            run_id="racing",
+            read_at=cursor,
+            target_file_rows=3,
+        )
+    files_after_race = data_dir_files(catalog)
+
+    table = catalog.load_table(IDENT)
+    assert table.properties["commit.retry.num-retries"] == "0"
+    assert table.current_snapshot().summary[RUN_ID_PROPERTY] == "other"  # the racing sync committed nothing
+    assert [r["id"] for r in rows(catalog)] == list(range(15))  # every row once
+    assert read_cursor(catalog, IDENT, "id") == 14
+    assert len(files_after_race) == 2  # the first sync's file and the other sync's; the racing sync's are gone
+
+    # The next sync goes on from the stored cursor.
+    land(
+        catalog,
+        orders(15, 5),
+        mode="incremental",
+        cursor_field="id",
+        run_id="next",
+        read_at=read_cursor_state(catalog, IDENT, "id"),
+    )
+    assert [r["id"] for r in rows(catalog)] == list(range(20))
