@@ -10,7 +10,6 @@ from rime_dagster.connectors.names import (
     iceberg_table_name,
     table_asset_key,
 )
-from rime_dagster.connectors.sync import TableSync, sync_table
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import ConnectorSpec
@@ -37,6 +36,9 @@ def sync_tables(spec: ConnectorSpec, tables: list[str], catalog, context, *, ful
 
     Shared by the connector's own assets and by pipeline `connector_sync` steps.
     """
+    # pyarrow, pyiceberg and the source drivers: only a run pays for them, never the code location's load.
+    from rime_dagster.connectors.sync import TableSync, sync_table
+
     source = spec.build_source()
     failures: list[str] = []
     for table in tables:

@@ -1,53 +1,38 @@
-"""dbt project -> Dagster definitions through dagster-dbt: assets, asset checks, a job and a schedule.
+"""dbt project -> Dagster definitions: assets, asset checks, a job and a schedule.
 
 Every model, seed and snapshot is an asset keyed `[namespace, slug, name]` in the project's group;
 dbt tests are asset checks; sources that read connector tables depend on those connector assets,
-so the lineage graph runs connector table -> staging -> mart. Each run writes its dbt artifacts to
-`runs/<run id>/` (the API reads run_results.json from there) and then publishes the models marked
-`meta: {rime: {publish: true}}` to Iceberg.
+so the lineage graph runs connector table -> staging -> mart. The specs come from the parsed
+manifest (`asset_specs.py`), without dagster-dbt: it imports dbt-core, which would cost every code
+server and run worker about 1.5 s. A run imports it and runs dbt through its `DbtCliResource`.
+Each run writes its dbt artifacts to `runs/<run id>/` (the API reads run_results.json from there)
+and then publishes the models marked `meta: {rime: {publish: true}}` to Iceberg.
 """
 
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
+import yaml
 from filelock import FileLock, Timeout
 from pydantic import Field
 
-from rime_dagster.dbt.manifest import (
-    ConnectorIndex,
-    load_manifest,
-    node_asset_key,
-    publish_requested,
-    source_asset_key,
-)
+from rime_dagster.dbt.asset_specs import DbtAssetSpecs, DbtSelection, build_asset_specs, subset_selection
+from rime_dagster.dbt.manifest import ConnectorIndex, load_manifest, publish_requested
 from rime_dagster.dbt.names import dbt_job_name, dbt_op_name, dbt_tags
 from rime_dagster.dbt.workspace import PASSWORD_ENV, dbt_executable
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import DbtProjectSpec
 
-
-class RimeDbtTranslator(DagsterDbtTranslator):
-    """Keys and groups under the Rime project; sources on connector tables map to the connector assets."""
-
-    def __init__(self, namespace: str, slug: str, index: ConnectorIndex):
-        super().__init__(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
-        self.namespace = namespace
-        self.slug = slug
-        self.index = index
-
-    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
-        if dbt_resource_props["resource_type"] == "source":
-            return dg.AssetKey(source_asset_key(self.namespace, self.slug, dbt_resource_props, self.index))
-        return dg.AssetKey(node_asset_key(self.namespace, self.slug, dbt_resource_props))
-
-    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
-        return self.namespace
+INDIRECT_SELECTION_ENV = "DBT_INDIRECT_SELECTION"
+SUBSET_SELECTOR = "rime_subset"
 
 
 class DbtRunConfig(dg.Config):
@@ -58,8 +43,10 @@ class DbtRunConfig(dg.Config):
     vars_json: str = Field("{}", description="dbt --vars as a JSON object, over the project's own vars.")
 
 
-def translator_for(spec: DbtProjectSpec) -> RimeDbtTranslator:
-    return RimeDbtTranslator(spec.namespace, spec.slug, ConnectorIndex(spec.connector_tables))
+def asset_specs_of(spec: DbtProjectSpec, manifest: Mapping[str, Any]) -> DbtAssetSpecs:
+    return build_asset_specs(
+        manifest, namespace=spec.namespace, slug=spec.slug, index=ConnectorIndex(spec.connector_tables)
+    )
 
 
 def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
@@ -67,13 +54,14 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
     if not manifest_path.is_file():
         return dg.Definitions()  # not parsed yet (or its files are gone): nothing to run
     manifest = load_manifest(manifest_path)
-    translator = translator_for(spec)
+    assets = asset_specs_of(spec, manifest)
     nodes = manifest.get("nodes", {})
 
-    @dbt_assets(
-        manifest=manifest,
-        dagster_dbt_translator=translator,
+    @dg.multi_asset(
         name=dbt_op_name(spec.id),
+        specs=assets.specs,
+        check_specs=assets.check_specs,
+        can_subset=True,
         op_tags={"rime/dbt_project_id": spec.id},
     )
     def run_dbt(context: dg.AssetExecutionContext, config: DbtRunConfig, iceberg: IcebergCatalogResource):
@@ -90,6 +78,7 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
             full_refresh=config.full_refresh,
             variables=variables,
             run_dir=spec.files.run_dir(context.run_id),
+            assets=assets,
         )
 
     job = dg.define_asset_job(
@@ -116,21 +105,29 @@ def dbt_events(
     run_dir,
     select: str | None = None,
     exclude: str | None = None,
+    assets: DbtAssetSpecs | None = None,
 ):
     """Runs one dbt command and yields its Dagster events; models marked for publishing are published to
     Iceberg once dbt exits (their events held back until then). Raises when dbt or a publish failed.
 
-    Shared by the project's own assets (selection from the asset context) and pipeline `dbt` steps
-    (an op context; `select`/`exclude` passed to dbt).
+    Shared by the project's own assets (`assets` given: the selection comes from the asset context, and
+    the events are its outputs and check results) and pipeline `dbt` steps (an op context;
+    `select`/`exclude` passed to dbt; asset materializations and check evaluations).
     """
+    # dagster-dbt imports dbt-core: only a run pays for it, never the code location's load.
+    from dagster_dbt import DbtCliResource
+
+    from rime_dagster.dbt.translator import translator_for
+
     password = spec.target_password()
     if password is not None:
         # dbt reads it through env_var() in the generated profile; it is never written to disk.
         os.environ[PASSWORD_ENV] = password
-    dbt = DbtCliResource(
-        project_dir=str(spec.files.project_dir),
-        profiles_dir=str(spec.files.profiles_dir),
-        dbt_executable=dbt_executable(),
+    manifest = load_manifest(spec.files.manifest_path)
+    selection = (
+        subset_selection(manifest, assets, context.selected_asset_keys, context.selected_asset_check_keys)
+        if assets is not None
+        else None
     )
     args = [command]
     if full_refresh and command in ("build", "run", "seed"):
@@ -149,16 +146,24 @@ def dbt_events(
     held: list[Any] = []  # events of models to publish, yielded once published
     failure: BaseException | None = None
     publish_errors: list[str] = []
-    with _warehouse_lock(spec, context):
-        invocation = dbt.cli(
-            args,
-            context=context,
-            target_path=run_dir,
-            manifest=load_manifest(spec.files.manifest_path),
-            dagster_dbt_translator=translator_for(spec),
+    with _warehouse_lock(spec, context), _selected(spec, selection) as (project_dir, selection_args):
+        dbt = DbtCliResource(
+            project_dir=str(project_dir),
+            profiles_dir=str(spec.files.profiles_dir),
+            dbt_executable=dbt_executable(),
         )
+        with _environment(INDIRECT_SELECTION_ENV, selection.indirect_selection if selection else None):
+            invocation = dbt.cli(
+                [*args, *selection_args],
+                target_path=run_dir,
+                manifest=manifest,
+                dagster_dbt_translator=translator_for(spec),
+            )
+        events = invocation.stream()
+        if assets is not None:
+            events = _asset_events(events, context, assets, nodes)
         try:
-            for event in invocation.stream():
+            for event in events:
                 if isinstance(event, (dg.Output, dg.AssetMaterialization)) and _publishes(nodes, event, context):
                     held.append(event)
                     continue
@@ -174,6 +179,85 @@ def dbt_events(
         raise failure
     if publish_errors:
         raise dg.Failure(description="; ".join(publish_errors))
+
+
+def _asset_events(
+    events: Iterable[Any], context: dg.AssetExecutionContext, assets: DbtAssetSpecs, nodes: Mapping[str, Any]
+) -> Iterator[Any]:
+    """dagster-dbt's events for an op (asset materializations, check evaluations, observations) as the
+    events of the project's multi-asset: an output per selected asset, a check result per selected check.
+
+    A test dbt ran without its check being selected (dbt's eager indirect selection picks relationships
+    tests of unselected models) is reported as observations of the nodes it read, as dagster-dbt does.
+    """
+    selected = context.selected_asset_keys
+    selected_checks = context.selected_asset_check_keys
+    for event in events:
+        if isinstance(event, dg.AssetMaterialization) and event.asset_key in selected:
+            yield dg.Output(None, output_name=event.asset_key.to_python_identifier(), metadata=event.metadata)
+        elif isinstance(event, dg.AssetCheckEvaluation):
+            if dg.AssetCheckKey(event.asset_key, event.check_name) in selected_checks:
+                yield dg.AssetCheckResult(
+                    asset_key=event.asset_key,
+                    check_name=event.check_name,
+                    passed=event.passed,
+                    severity=event.severity,
+                    metadata=event.metadata,
+                )
+                continue
+            test = nodes.get(_metadata_text(event.metadata, "unique_id") or "", {})
+            for parent_id in (test.get("depends_on") or {}).get("nodes", []):
+                yield dg.AssetObservation(
+                    asset_key=assets.key_of(parent_id),
+                    metadata=event.metadata,
+                    description=f"dbt test `{event.check_name}` ran without its asset check being selected.",
+                )
+        else:
+            yield event
+
+
+@contextmanager
+def _selected(spec: DbtProjectSpec, selection: DbtSelection | None) -> Iterator[tuple[Path, list[str]]]:
+    """The project folder to run dbt in, and the selection arguments for it.
+
+    A selection too long for one command-line argument becomes a selector in a temporary copy of the
+    project (dbt reads selectors only from the project's selectors.yml; a revision is never edited).
+    """
+    if selection is None:
+        yield spec.files.project_dir, []
+        return
+    if not selection.too_long:
+        yield spec.files.project_dir, ["--select", selection.select]
+        return
+    with tempfile.TemporaryDirectory(prefix="rime-dbt-subset-") as folder:
+        project_dir = Path(folder) / "project"
+        shutil.copytree(spec.files.project_dir, project_dir)
+        selectors = [{"name": SUBSET_SELECTOR, "definition": {"union": selection.select.split(" ")}}]
+        (project_dir / "selectors.yml").write_text(yaml.safe_dump({"selectors": selectors}))
+        yield project_dir, ["--selector", SUBSET_SELECTOR]
+
+
+@contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """`name=value` in os.environ while dagster-dbt starts dbt (it hands dbt a copy of os.environ)."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _metadata_text(metadata: Mapping[str, Any], key: str) -> str | None:
+    value = metadata.get(key)
+    value = getattr(value, "value", value)
+    return value if isinstance(value, str) else None
 
 
 class _warehouse_lock:
@@ -200,9 +284,8 @@ class _warehouse_lock:
 
 
 def _node_for(nodes: Mapping[str, Any], event: dg.Output, context: dg.AssetExecutionContext) -> Mapping[str, Any]:
-    unique_id = event.metadata.get("unique_id")
-    value = getattr(unique_id, "value", unique_id)
-    return nodes.get(value, {}) if isinstance(value, str) else {}
+    unique_id = _metadata_text(event.metadata, "unique_id")
+    return nodes.get(unique_id, {}) if unique_id else {}
 
 
 def _publishes(nodes: Mapping[str, Any], event: dg.Output, context: dg.AssetExecutionContext) -> bool:

@@ -18,7 +18,6 @@ import dagster as dg
 from dagster._core.types.dagster_type import resolve_dagster_type
 
 from rime_dagster.connectors.assets import sync_tables
-from rime_dagster.connectors.landing import compact_table
 from rime_dagster.dbt.assets import dbt_events
 from rime_dagster.dbt.manifest import load_manifest, read_run_results
 from rime_dagster.pipelines.spec import (
@@ -119,6 +118,9 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
             # Rows published to Iceberg, plus what the adapter says the models wrote (DuckDB says nothing).
             rows += dbt_rows(run_dir)
         elif isinstance(config, TableMaintenanceConfig) and config.operation == "compact":
+            # pyarrow and pyiceberg: only a run pays for them, never the code location's load.
+            from rime_dagster.connectors.landing import compact_table
+
             result = compact_table(
                 iceberg.catalog(),
                 (pipeline.namespace, config.table),

@@ -1,0 +1,37 @@
+"""The dagster-dbt translator of a Rime dbt project: imported only inside runs (and by tests).
+
+dagster-dbt imports dbt-core, which costs every process that imports it about 1.5 s; the code
+location builds its specs without it (`rime_dagster/dbt/asset_specs.py`, same keys and groups). A
+run needs the translator to turn dbt's events into asset keys.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings
+
+from rime_dagster.dbt.manifest import ConnectorIndex, node_asset_key, source_asset_key
+from rime_dagster.specs import DbtProjectSpec
+
+
+class RimeDbtTranslator(DagsterDbtTranslator):
+    """Keys and groups under the Rime project; sources on connector tables map to the connector assets."""
+
+    def __init__(self, namespace: str, slug: str, index: ConnectorIndex):
+        super().__init__(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+        self.namespace = namespace
+        self.slug = slug
+        self.index = index
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return dg.AssetKey(source_asset_key(self.namespace, self.slug, dbt_resource_props, self.index))
+        return dg.AssetKey(node_asset_key(self.namespace, self.slug, dbt_resource_props))
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return self.namespace
+
+
+def translator_for(spec: DbtProjectSpec) -> RimeDbtTranslator:
+    return RimeDbtTranslator(spec.namespace, spec.slug, ConnectorIndex(spec.connector_tables))
