@@ -57,6 +57,16 @@ run_monitoring:
   enabled: true
   poll_interval_seconds: 30
   start_timeout_seconds: 300
+  # Frees the pool slots a run still holds once it has ended (say, its worker was killed).
+  free_slots_after_run_end_seconds: 60
+# One sync of a connector's tables at a time: the steps that write them share a pool of one slot
+# (rime_dagster/platform/pools.py). A second run waits in its step, logging "Step blocked by limit
+# for pool ...", until the first run's step ends. `op`: the run's executor enforces it, with this
+# run coordinator too.
+concurrency:
+  pools:
+    default_limit: 1
+    granularity: op
 telemetry:
   enabled: false
 """
