@@ -1,8 +1,14 @@
 """`rime` command: `rime migrate`, `rime bootstrap` and `rime up` (the whole platform, supervised).
 
-`rime up` runs the Dagster webserver, the Dagster daemon and the API as child
-process groups; Ctrl-C or SIGTERM stops every one of them (SIGTERM, then SIGKILL
-after a grace period), and if any child dies the others are stopped too.
+`rime up` runs the `rime` code server, the Dagster webserver, the Dagster daemon and the API as
+child process groups; Ctrl-C or SIGTERM stops every one of them (SIGTERM, then SIGKILL after a
+grace period), and if any child dies the others are stopped too.
+
+The code location is served by ONE standalone code server (`dagster code-server start`) that the
+webserver and the daemon both reach through a `grpc_server` entry of the generated workspace
+file. A reload asks that server to replace its one child process, and it stops the replaced one
+at once; left to start their own code servers, the webserver and the daemon each start a new
+process per reload and leave the old one to die of a missed heartbeat a minute later.
 """
 
 from __future__ import annotations
@@ -57,6 +63,69 @@ def bootstrap(settings: Settings, *, demo: bool) -> None:
     ensure_admin(settings)
     if demo:
         ensure_demo(settings)
+
+
+WORKSPACE_HEADER = """\
+# Written by `rime up` at every start (edit RIME_CODE_SERVER_HOST/PORT instead): the webserver and the
+# daemon reach the one `rime` code server that `rime up` starts.
+"""
+
+
+def write_workspace(settings: Settings) -> Path:
+    """The Dagster workspace file for a platform whose code location is served by `code_server_command`."""
+    path = settings.dagster_home_path / "workspace.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        WORKSPACE_HEADER + "load_from:\n"
+        "  - grpc_server:\n"
+        f"      host: {settings.code_server_host}\n"
+        f"      port: {settings.code_server_port}\n"
+        f"      location_name: {settings.dagster_location}\n"
+    )
+    return path
+
+
+def code_server_command(settings: Settings, bin_dir: Path) -> list[str]:
+    return [
+        str(bin_dir / "dagster"),
+        "code-server",
+        "start",
+        "-m",
+        "rime_dagster.definitions",
+        "-h",
+        settings.code_server_host,
+        "-p",
+        str(settings.code_server_port),
+        "--location-name",
+        settings.dagster_location,
+    ]
+
+
+def webserver_command(settings: Settings, bin_dir: Path, workspace: Path) -> list[str]:
+    return [
+        str(bin_dir / "dagster-webserver"),
+        "-h",
+        settings.dagster_host,
+        "-p",
+        str(settings.dagster_port),
+        "-w",
+        str(workspace),
+    ]
+
+
+def wait_for_code_server(settings: Settings, timeout: float, alive=lambda: True) -> bool:
+    """Whether the code server answers within `timeout` s. It listens only once its location has loaded."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    client = DagsterGrpcClient(port=settings.code_server_port, host=settings.code_server_host)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            client.ping("")
+            return True
+        except Exception:
+            time.sleep(0.5)
+    return False
 
 
 def initialize_dagster_storage(dagster_home: Path) -> None:
@@ -138,7 +207,7 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     migrate(settings)
     bootstrap(settings, demo=demo)
 
-    workspace = str(REPO_ROOT / "workspace.yaml")
+    workspace = write_workspace(settings)
     supervisor = Supervisor()
 
     def on_signal(signum, _frame):
@@ -148,20 +217,13 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)
     try:
-        supervisor.start(
-            "dagster-webserver",
-            [
-                str(bin_dir / "dagster-webserver"),
-                "-h",
-                settings.dagster_host,
-                "-p",
-                str(settings.dagster_port),
-                "-w",
-                workspace,
-            ],
-            env,
-        )
-        supervisor.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env)
+        supervisor.start("code-server", code_server_command(settings, bin_dir), env)
+        # The webserver and the daemon would show a load error until the code server listens.
+        if not wait_for_code_server(settings, ready_timeout, alive=lambda: supervisor.first_exited() is None):
+            log.error("the rime code server did not start; see the logs above")
+            return 1
+        supervisor.start("dagster-webserver", webserver_command(settings, bin_dir, workspace), env)
+        supervisor.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)], env)
         supervisor.start(
             "api",
             [

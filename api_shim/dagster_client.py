@@ -20,10 +20,13 @@ from fastapi import Depends, Request
 from api_shim import metrics
 from api_shim.errors import ServiceUnavailable, Unprocessable
 from api_shim.settings import Settings
+from rime_dagster.platform.names import GENERATION_METADATA_KEY, HOUSEKEEPING_JOB
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
     from dagster._core.storage.dagster_run import RunRecord
+
+    from api_shim.definitions_sync import DefinitionsSync
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,44 @@ def _is_transport_failure(exc: BaseException) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class LoadedDefinitions:
+    """The definitions generation Dagster serves (None when it serves none), and why not."""
+
+    generation: int | None
+    problem: str | None
+
+
+LOADED_DEFINITIONS_QUERY = """
+query RimeLoadedDefinitions($location: String!, $job: String!) {
+  workspaceLocationEntryOrError(name: $location) {
+    __typename
+    ... on WorkspaceLocationEntry {
+      loadStatus
+      locationOrLoadError { __typename ... on PythonError { message } }
+    }
+  }
+  pipelineOrError(params: {repositoryLocationName: $location, repositoryName: "__repository__", pipelineName: $job}) {
+    __typename
+    ... on Pipeline { metadataEntries { label ... on IntMetadataEntry { intRepr } } }
+  }
+}
+"""
+
+RELOAD_MUTATION = """
+mutation RimeReload($location: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $location) {
+    __typename
+    ... on WorkspaceLocationEntry { loadStatus locationOrLoadError { __typename ... on PythonError { message } } }
+    ... on ReloadNotSupported { message }
+    ... on RepositoryLocationNotFound { message }
+    ... on UnauthorizedError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
 @dataclass
 class RunEvents:
     materialized: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)
@@ -137,10 +178,11 @@ class DagsterClient:
         self.location = settings.dagster_location
         self._instance: DagsterInstance | None = None
         self._instance_lock = threading.Lock()
+        # Set by the app: launches wait on it for the generation they need.
+        self.definitions: DefinitionsSync | None = None
 
     # GraphQL ------------------------------------------------------------
-    @property
-    def _graphql(self):
+    def _graphql(self, timeout: float | None = None):
         """A new GraphQL client per call: gql's transport holds one connection and refuses a second
         concurrent call ("Transport is already connected"), and route handlers and background
         reloads call from several threads at once. Building one is cheap (no schema fetch)."""
@@ -152,7 +194,7 @@ class DagsterClient:
             url.hostname or "localhost",
             port_number=url.port,
             use_https=url.scheme == "https",
-            timeout=max(1, int(self.settings.dagster_timeout_seconds)),
+            timeout=max(1, int(timeout or self.settings.dagster_timeout_seconds)),
             path_prefix=prefix,
         )
 
@@ -187,21 +229,63 @@ class DagsterClient:
         except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
             raise ServiceUnavailable(f"Dagster GraphQL is unreachable ({type(exc).__name__}).") from None
 
-    def reload_location(self) -> None:
-        """Reload the Rime code location so the UI shows what the metadata store now says."""
-        from dagster_graphql import ReloadRepositoryLocationStatus
-
-        info = self._call("reload", self._graphql.reload_repository_location, self.location)
-        if info.status != ReloadRepositoryLocationStatus.SUCCESS:
-            raise Unprocessable(f"Reloading the Dagster code location failed: {info.message}")
-
-    def definitions_changed(self) -> None:
-        """Best effort after a committed change: a failed reload is logged, and Dagster
-        picks the change up on its next load since definitions come from the store."""
+    def _query(self, operation: str, query: str, variables: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """A raw GraphQL request, for what dagster-graphql's client does not offer; data or ServiceUnavailable."""
         try:
-            self.reload_location()
-        except Exception as exc:
-            log.warning("could not reload Dagster code location %r: %s", self.location, exc)
+            response = httpx.post(
+                self.settings.graphql_url, json={"query": query, "variables": variables}, timeout=timeout
+            )
+            response.raise_for_status()
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            metrics.DAGSTER_ERRORS.labels(operation).inc()
+            raise ServiceUnavailable(f"Dagster did not answer the {operation} ({type(exc).__name__}).") from None
+        if body.get("errors"):
+            metrics.DAGSTER_ERRORS.labels(operation).inc()
+            raise Unprocessable(f"Dagster refused the {operation}: {body['errors'][0].get('message', '')}")
+        return body["data"]
+
+    def loaded_definitions(self) -> LoadedDefinitions:
+        """What the webserver serves now: the definitions generation of the `rime` location, or why none."""
+        data = self._query(
+            "definitions check",
+            LOADED_DEFINITIONS_QUERY,
+            {"location": self.location, "job": HOUSEKEEPING_JOB},
+            timeout=self.settings.dagster_timeout_seconds,
+        )
+        entry = data.get("workspaceLocationEntryOrError") or {}
+        if entry.get("__typename") != "WorkspaceLocationEntry":
+            return LoadedDefinitions(None, f"Dagster has no code location named {self.location!r}.")
+        failure = entry.get("locationOrLoadError") or {}
+        if failure.get("__typename") == "PythonError":
+            return LoadedDefinitions(None, f"The code location failed to load: {failure.get('message', '')}".strip())
+        if entry.get("loadStatus") == "LOADING" and not failure:
+            return LoadedDefinitions(None, "The code location is loading.")
+        job = data.get("pipelineOrError") or {}
+        for item in job.get("metadataEntries") or []:
+            if item.get("label") == GENERATION_METADATA_KEY and item.get("intRepr") is not None:
+                return LoadedDefinitions(int(item["intRepr"]), None)
+        # A location built before generations existed, or one without the housekeeping job.
+        return LoadedDefinitions(0, None)
+
+    def reload_location(self) -> None:
+        """Reload the Rime code location so Dagster serves what the metadata store now says.
+
+        Only the definitions sync loop calls this (api_shim.definitions_sync): a reload restarts the
+        code server's process and takes seconds, so it has its own, longer timeout.
+        """
+        data = self._query(
+            "reload",
+            RELOAD_MUTATION,
+            {"location": self.location},
+            timeout=self.settings.dagster_reload_timeout_seconds,
+        )
+        result = data.get("reloadRepositoryLocation") or {}
+        failure = result.get("locationOrLoadError") or {}
+        if result.get("__typename") != "WorkspaceLocationEntry":
+            raise Unprocessable(f"Reloading the Dagster code location failed: {result.get('message', result)}")
+        if failure.get("__typename") == "PythonError":
+            raise Unprocessable(f"The Dagster code location failed to load: {failure.get('message', '')}")
 
     def launch_run(
         self,
@@ -210,17 +294,21 @@ class DagsterClient:
         tags: dict[str, str],
         run_config: dict[str, Any] | None = None,
         asset_selection: list[list[str]] | None = None,
+        generation: int | None = None,
     ) -> LaunchedRun:
         """Launches `job_name` (a subset of its assets, with their checks, when `asset_selection` is given).
 
-        A job Dagster does not know yet (created a moment ago, its reload still on the way)
-        gets one reload of the code location and a second attempt.
+        `generation`: the definitions generation the job needs (its project's last change). The launch
+        first waits, up to RIME_DEFINITIONS_WAIT_SECONDS, for Dagster to serve it (the definitions sync
+        reloads Dagster in the background); it never triggers a reload itself.
         """
-
-        def submit():
-            return self._call(
+        if generation is not None and self.definitions is not None:
+            self.definitions.wait_for(generation)
+        try:
+            run_id = self._call(
                 "launch",
-                self._graphql.submit_job_execution,
+                # A launch plans the run in the code server and starts its worker: slower than a query.
+                self._graphql(self.settings.dagster_launch_timeout_seconds).submit_job_execution,
                 job_name,
                 repository_location_name=self.location,
                 # Definitions' singleton repository: without it the client searches every
@@ -230,22 +318,22 @@ class DagsterClient:
                 tags=tags,
                 asset_selection=asset_selection,
             )
-
-        try:
-            run_id = submit()
         except Unprocessable as exc:
             if "NotFound" not in exc.message:
                 raise
-            self.reload_location()
-            run_id = submit()
+            # Dagster serves the needed generation, yet the job is not there: its definitions failed to build.
+            raise Unprocessable(
+                f"Dagster's code location has no job {job_name!r}: its definitions failed to build. "
+                "The code server's log says why."
+            ) from None
         return LaunchedRun(dagster_run_id=run_id)
 
     def run_status(self, dagster_run_id: str) -> str:
-        status = self._call("status", self._graphql.get_run_status, dagster_run_id)
+        status = self._call("status", self._graphql().get_run_status, dagster_run_id)
         return RUN_STATUS.get(status.value, "running")
 
     def terminate(self, dagster_run_id: str) -> None:
-        self._call("terminate", self._graphql.terminate_run, dagster_run_id)
+        self._call("terminate", self._graphql().terminate_run, dagster_run_id)
 
     def run_url(self, dagster_run_id: str) -> str:
         return f"{self.settings.dagster_ui_base}/runs/{dagster_run_id}"

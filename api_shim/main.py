@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 from api_shim.crypto import CredentialCipher
 from api_shim.dagster_client import DagsterClient, ensure_dagster_home
 from api_shim.db.session import session_factory, session_scope
+from api_shim.definitions_sync import DefinitionsSync
 from api_shim.handlers import install_exception_handlers
 from api_shim.iceberg import CatalogProvider
 from api_shim.middleware import AuditMiddleware, BodyLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
@@ -56,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Start anyway so /health/ready can say what is wrong; `rime up` bootstraps
             # before starting the API, so this only happens when the store is down.
             log.error("metadata store unavailable at start; RIME_ADMIN_TOKEN not ensured")
+        app.state.definitions.start()
         yield
+        app.state.definitions.stop()
         await app.state.run_watch.close()
         app.state.dagster.close()
 
@@ -74,6 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = session_factory(settings.metadata_url)
     app.state.cursor_codec = CursorCodec(settings.signing_key())
     app.state.dagster = DagsterClient(settings)
+    # Reloads Dagster when the definitions change; launches wait on it (api_shim/definitions_sync.py).
+    app.state.definitions = app.state.dagster.definitions = DefinitionsSync(
+        settings, app.state.dagster, app.state.sessions
+    )
     app.state.run_watch = RunWatchHub(app.state.dagster, settings.run_watch_interval_seconds)
     app.state.iceberg = CatalogProvider(settings)
     app.state.cipher = CredentialCipher.from_settings(settings)

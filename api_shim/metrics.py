@@ -17,3 +17,14 @@ DAGSTER_ERRORS = Counter("rime_dagster_errors_total", "Failed calls to Dagster",
 RUN_WATCH_READERS = Gauge("rime_run_watch_readers", "Pipeline runs whose event log a shared reader is following")
 RUN_WATCH_CLIENTS = Gauge("rime_run_watch_clients", "WebSocket and SSE clients following pipeline runs")
 RUN_WATCH_READS = Counter("rime_run_watch_reads_total", "Event-log reads made by the shared run readers")
+DEFINITIONS_RELOADS = Counter(
+    "rime_definitions_reloads_total", "Reloads of the Dagster code location made by this process"
+)
+DEFINITIONS_RELOAD_SECONDS = Histogram(
+    "rime_definitions_reload_seconds",
+    "Time Dagster took to reload the code location",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+)
+DEFINITIONS_LAG = Gauge(
+    "rime_definitions_lag_generations", "Committed definitions changes Dagster does not serve yet (last seen)"
+)

@@ -48,6 +48,23 @@ class Settings(BaseSettings):
     )
     dagster_location: str = Field("rime", description="Name of the Rime code location in workspace.yaml.")
     dagster_timeout_seconds: float = 10.0
+    dagster_launch_timeout_seconds: float = Field(
+        60.0, gt=0, description="How long Dagster may take to accept a run launch (it plans the run first)."
+    )
+    dagster_reload_timeout_seconds: float = Field(
+        180.0, gt=0, description="How long one reload of the code location may take (it starts a code server)."
+    )
+    definitions_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long a run launch waits for Dagster to load the change it needs (a job created a "
+        "moment ago) before answering 503.",
+    )
+    definitions_poll_seconds: float = Field(
+        2.0, gt=0, le=60, description="How often the API looks for definitions changes made by other processes."
+    )
+    code_server_host: str = Field("127.0.0.1", description="Host of the `rime` code server that `rime up` starts.")
+    code_server_port: int = Field(4266, description="Port of the `rime` code server that `rime up` starts.")
 
     iceberg_catalog_name: str = "rime"
     iceberg_catalog_uri: str | None = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from api_shim.main import create_app
 from api_shim.services import users as user_service
 from api_shim.services.auth import Role
 from api_shim.settings import Settings
-from tests.support.postgres import throwaway_postgres
+from tests.support.postgres import fresh_database, throwaway_postgres
 
 ADMIN_TOKEN = "rime_test_admin_token_0123456789abcdef"
 
@@ -33,6 +34,24 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh, migrated metadata store on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'rime.db'}"
+        upgrade_to_head(url)
+        yield url
+        engine_for(url).dispose()
+        return
+    with fresh_database(request.getfixturevalue("postgres_url"), f"store_{next(_databases)}") as url:
+        upgrade_to_head(url)
+        yield url
+        engine_for(url).dispose()
+
+
 def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Settings:
     values = dict(
         home=tmp_path / "rime",
@@ -41,6 +60,8 @@ def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Set
         rate_limit_default="100000/minute",
         dagster_graphql_url=f"http://127.0.0.1:{closed_port()}/graphql",
         dagster_timeout_seconds=2,
+        dagster_launch_timeout_seconds=2,
+        dagster_reload_timeout_seconds=2,
         health_timeout_seconds=2,
         secret_key="test-secret-key",
     )

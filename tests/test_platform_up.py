@@ -46,12 +46,13 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_up_ready_then_stops_everything(tmp_path, stop_signal):
-    api_port, dagster_port = closed_port(), closed_port()
+    api_port, dagster_port, code_server_port = closed_port(), closed_port(), closed_port()
     env = {
         **os.environ,
         "RIME_HOME": str(tmp_path / "home"),
         "RIME_API_PORT": str(api_port),
         "RIME_DAGSTER_PORT": str(dagster_port),
+        "RIME_CODE_SERVER_PORT": str(code_server_port),
         "RIME_ADMIN_TOKEN": "rime_up_test_token_0123456789",
     }
     env.pop("DAGSTER_HOME", None)
@@ -90,7 +91,7 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
             ("Shop nightly", ["connector_sync", "dbt"])
         ]
         family = _descendants(proc.pid)
-        assert len(family) >= 3  # webserver, daemon, API (+ their code servers)
+        assert len(family) >= 4  # code server (+ its child), webserver, daemon, API
         proc.send_signal(stop_signal)
         proc.wait(timeout=30)
         time.sleep(0.5)

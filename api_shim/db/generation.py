@@ -67,9 +67,9 @@ def _collect(session: Session, _flush_context) -> None:
         if isinstance(obj, TRACKED) and (project_id := _project_of(obj)):
             touched.add(project_id)
     for obj in session.dirty:
-        if isinstance(obj, TRACKED) and session.is_modified(obj, include_collections=False):
-            if project_id := _project_of(obj):
-                touched.add(project_id)
+        modified = isinstance(obj, TRACKED) and session.is_modified(obj, include_collections=False)
+        if modified and (project_id := _project_of(obj)):
+            touched.add(project_id)
 
 
 @event.listens_for(Session, "before_commit")

@@ -152,14 +152,11 @@ def create_connector(
     principal: Engineer,
     session: SessionDep,
     settings: SettingsDep,
-    dagster: DagsterClientDep,
-    background: BackgroundTasks,
 ):
     project = _project(session, principal, id)
     connector = service.create_connector(session, project, body, _cipher(request))
     if connector.selected_tables is None:
         service.refresh_known_tables(connector, _cipher(request), settings, timeout=CONNECTION_TIMEOUT_SECONDS)
-    background.add_task(dagster.definitions_changed)
     return _response(connector, None)
 
 
@@ -190,11 +187,9 @@ def update_connector(
     principal: Engineer,
     session: SessionDep,
     dagster: DagsterClientDep,
-    background: BackgroundTasks,
 ):
     connector = service.get_connector(session, _project(session, principal, id), connectorId)
     service.update_connector(session, connector, body.model_dump(exclude_unset=True), _cipher(request))
-    background.add_task(dagster.definitions_changed)
     return _response(connector, _last_run(dagster, connector))
 
 
@@ -212,14 +207,12 @@ def delete_connector(
     principal: Engineer,
     session: SessionDep,
     settings: SettingsDep,
-    dagster: DagsterClientDep,
     background: BackgroundTasks,
     purge_data: Annotated[bool, Query(description="Also drop the connector's Iceberg tables.")] = False,
 ):
     project = _project(session, principal, id)
     connector = service.get_connector(session, project, connectorId)
     service.delete_connector(session, connector, settings)
-    background.add_task(dagster.definitions_changed)
     if purge_data:
         background.add_task(
             service.purge_connector_data, request.app.state.iceberg, project.namespace, connector.table_prefix
@@ -254,9 +247,7 @@ async def test_connector(
     responses=error_responses(404, 422),
     summary="Get discovered schema",
 )
-async def connector_schema(
-    id: str, connectorId: str, request: Request, principal: Viewer, settings: SettingsDep, dagster: DagsterClientDep
-):
+async def connector_schema(id: str, connectorId: str, request: Request, principal: Viewer, settings: SettingsDep):
     def discover() -> DiscoveredSchema:
         with request.app.state.sessions() as session:
             connector = service.get_connector(session, _project(session, principal, id), connectorId)
@@ -264,11 +255,8 @@ async def connector_schema(
         tables = service.discover(source, timeout=CONNECTION_TIMEOUT_SECONDS)
         with request.app.state.sessions.begin() as session:
             connector = session.get(Connector, connectorId)
-            changed = connector is not None and connector.known_tables != [t.name for t in tables]
-            if changed:
+            if connector is not None and connector.known_tables != [t.name for t in tables]:
                 connector.known_tables = [t.name for t in tables]
-        if changed and connector.selected_tables is None:
-            dagster.definitions_changed()
         return DiscoveredSchema.model_validate(
             {"tables": [{**t.__dict__, "columns": [c.__dict__ for c in t.columns]} for t in tables]}
         )
@@ -304,7 +292,9 @@ def sync_connector(
         "rime/full_refresh": str(full_refresh).lower(),
         "rime/triggered_by": principal.email,
     }
-    launched = dagster.launch_run(connector_job_name(connector.id), tags=tags)
+    launched = dagster.launch_run(
+        connector_job_name(connector.id), generation=project.definitions_generation, tags=tags
+    )
     return RunStarted(**launch_summary(dagster, launched))
 
 
@@ -354,8 +344,6 @@ async def upload_files(
     request: Request,
     principal: Engineer,
     settings: SettingsDep,
-    dagster: DagsterClientDep,
-    background: BackgroundTasks,
     files: Annotated[list[UploadFile], File(description="CSV, Parquet or JSON-lines files.")],
 ):
     def save() -> UploadedFiles:
@@ -376,7 +364,6 @@ async def upload_files(
             with request.app.state.sessions.begin() as session:
                 fresh = session.get(Connector, connector.id)
                 service.refresh_known_tables(fresh, _cipher(request), settings, timeout=CONNECTION_TIMEOUT_SECONDS)
-            background.add_task(dagster.definitions_changed)
         return UploadedFiles(files=[UploadedFile(**s.__dict__) for s in stored])
 
     return await run_in_threadpool(save)

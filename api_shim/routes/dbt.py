@@ -145,8 +145,6 @@ async def create_dbt_project(
     request: Request,
     principal: Engineer,
     settings: SettingsDep,
-    dagster: DagsterClientDep,
-    background: BackgroundTasks,
 ):
     sessions = request.app.state.sessions
     target, password = service.target_settings(body.target)
@@ -192,7 +190,6 @@ async def create_dbt_project(
             return _response(row, None, cls=DbtProjectDetail, lineage=graph)
 
     detail = await run_in_threadpool(register)
-    background.add_task(dagster.definitions_changed)
     return detail
 
 
@@ -228,7 +225,6 @@ async def update_dbt_project(
     principal: Engineer,
     settings: SettingsDep,
     dagster: DagsterClientDep,
-    background: BackgroundTasks,
 ):
     sessions = request.app.state.sessions
     changes = body.model_dump(exclude_unset=True)
@@ -293,7 +289,6 @@ async def update_dbt_project(
             return _detail(session, settings, dagster, project, row)
 
     detail = await run_in_threadpool(update)
-    background.add_task(dagster.definitions_changed)
     return detail
 
 
@@ -311,7 +306,6 @@ def delete_dbt_project(
     principal: Engineer,
     session: SessionDep,
     settings: SettingsDep,
-    dagster: DagsterClientDep,
     background: BackgroundTasks,
     purge_data: Annotated[bool, Query(description="Also drop the Iceberg tables its models published.")] = False,
 ):
@@ -320,7 +314,6 @@ def delete_dbt_project(
     session.delete(row)
     session.flush()
     background.add_task(service.delete_files, settings, row)
-    background.add_task(dagster.definitions_changed)
     if purge_data:
         background.add_task(service.purge_published, request.app.state.iceberg, project.namespace, row.slug)
 
@@ -376,6 +369,7 @@ def run_dbt_project(
     }
     launched = dagster.launch_run(
         dbt_job_name(row.id),
+        generation=project.definitions_generation,
         tags=tags,
         run_config=run_config,
         asset_selection=None if everything else service.asset_keys(project.namespace, row.slug, manifest, unique_ids),

@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from api_shim.errors import ServiceUnavailable
+
 router = APIRouter(tags=["Health"])
 
 
@@ -45,7 +47,23 @@ def _check_iceberg(request: Request) -> str:
     return f"{len(request.app.state.iceberg.catalog().list_namespaces())} namespaces"
 
 
-CHECKS = {"metadata_db": _check_database, "dagster": _check_dagster, "iceberg_catalog": _check_iceberg}
+def _check_definitions(request: Request) -> str:
+    """Whether Dagster serves what the metadata store describes. Catching up after a change is normal
+    (launches wait for it); a code location that fails to load is not."""
+    sync = request.app.state.definitions.status()
+    if sync.loaded is None and sync.problem:
+        raise ServiceUnavailable(sync.problem)
+    if sync.loaded is not None and sync.stored is not None and sync.loaded < sync.stored:
+        return f"catching up: Dagster serves generation {sync.loaded} of {sync.stored}"
+    return f"generation {sync.loaded} served" if sync.loaded is not None else "not checked yet"
+
+
+CHECKS = {
+    "metadata_db": _check_database,
+    "dagster": _check_dagster,
+    "dagster_definitions": _check_definitions,
+    "iceberg_catalog": _check_iceberg,
+}
 
 
 async def _run_check(request: Request, check) -> DependencyStatus:

@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, Query, Request, Response, WebSocket, WebSocketDisconnect, status
+from fastapi import APIRouter, Body, Query, Request, Response, WebSocket, WebSocketDisconnect, status
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -117,12 +117,9 @@ def create_pipeline(
     body: PipelineCreate,
     principal: Engineer,
     session: SessionDep,
-    dagster: DagsterClientDep,
-    background: BackgroundTasks,
 ):
     project = _project(session, principal, id)
     row = service.create_pipeline(session, project, body)
-    background.add_task(dagster.definitions_changed)
     return _detail(row)
 
 
@@ -151,12 +148,9 @@ def update_pipeline(
     body: PipelineUpdate,
     principal: Engineer,
     session: SessionDep,
-    dagster: DagsterClientDep,
-    background: BackgroundTasks,
 ):
     project = _project(session, principal, id)
     row = service.update_pipeline(session, project, service.get_pipeline(session, project, pipelineId), body)
-    background.add_task(dagster.definitions_changed)
     return _detail(row)
 
 
@@ -173,8 +167,6 @@ def delete_pipeline(
     pipelineId: str,
     principal: Engineer,
     session: SessionDep,
-    dagster: DagsterClientDep,
-    background: BackgroundTasks,
 ):
     project = _project(session, principal, id)
     row = service.get_pipeline(session, project, pipelineId)
@@ -183,7 +175,6 @@ def delete_pipeline(
         raise Conflict(f"Pipeline(s) {', '.join(sorted(users))} run this pipeline; change them first.")
     session.delete(row)
     session.flush()
-    background.add_task(dagster.definitions_changed)
 
 
 # Runs ----------------------------------------------------------------------------------
@@ -257,7 +248,7 @@ def run_pipeline(
     }
     if body.variables:
         tags["rime/variables"] = json.dumps(body.variables, separators=(",", ":"), sort_keys=True)
-    launched = dagster.launch_run(pipeline_job_name(row.id), tags=tags)
+    launched = dagster.launch_run(pipeline_job_name(row.id), generation=project.definitions_generation, tags=tags)
     return PipelineRunStarted(**launch_summary(dagster, launched), pipeline_id=row.id)
 
 

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import BackgroundTasks, Query, Request, status
 from sqlalchemy import select
 
-from api_shim.dagster_client import DagsterClientDep
 from api_shim.db.models import Project
 from api_shim.deps import Admin, CursorCodecDep, Lead, SessionDep, SettingsDep, Viewer
 from api_shim.errors import ValidationFailed
@@ -48,15 +47,9 @@ def list_projects(
     dependencies=[Idempotent],
     summary="Create a new project",
 )
-def create_project(
-    body: ProjectCreate, principal: Admin, session: SessionDep, dagster: DagsterClientDep, background: BackgroundTasks
-):
-    project = service.create_project(
-        session, tenant_id=principal.tenant_id, name=body.name, description=body.description
-    )
-    # Runs after the commit, so the reloaded code location sees the new project.
-    background.add_task(dagster.definitions_changed)
-    return project
+def create_project(body: ProjectCreate, principal: Admin, session: SessionDep):
+    # The commit bumps the definitions generation; Dagster reloads in the background (definitions_sync).
+    return service.create_project(session, tenant_id=principal.tenant_id, name=body.name, description=body.description)
 
 
 @router.get(
@@ -98,7 +91,6 @@ def delete_project(
     principal: Admin,
     session: SessionDep,
     settings: SettingsDep,
-    dagster: DagsterClientDep,
     background: BackgroundTasks,
     purge_data: Annotated[bool, Query(description="Also drop the project's Iceberg tables.")] = False,
 ):
@@ -107,4 +99,3 @@ def delete_project(
     if purge_data:
         # After the commit: a failed purge must not resurrect the project. Logged if it fails.
         background.add_task(service.purge_project_data, request.app.state.iceberg, project.namespace)
-    background.add_task(dagster.definitions_changed)

@@ -223,7 +223,7 @@ class TestHealth:
         response = clients.anonymous.get("/health/ready")
         assert response.status_code == 503  # the test settings point Dagster at a closed port
         deps = response.json()["dependencies"]
-        assert set(deps) == {"metadata_db", "dagster", "iceberg_catalog"}
+        assert set(deps) == {"metadata_db", "dagster", "dagster_definitions", "iceberg_catalog"}
         assert deps["metadata_db"]["status"] == "ok"
         assert deps["iceberg_catalog"]["status"] == "ok"
         assert deps["dagster"]["status"] == "error"

@@ -1,9 +1,10 @@
-"""A real `dagster-webserver` for the module, serving the `rime` code location from workspace.yaml.
+"""A real Dagster for the session, as `rime up` runs it: the `rime` code server and a `dagster-webserver`
+that reaches it through the generated grpc_server workspace.
 
-The webserver gets its own DAGSTER_HOME (dagster.yaml written by `ensure_dagster_home`)
-and RIME_HOME (a migrated SQLite metadata store), leads its own process group, and
-teardown stops that whole group (code server and run workers included), then checks
-that no process carrying this DAGSTER_HOME survived.
+They get their own DAGSTER_HOME (dagster.yaml written by `ensure_dagster_home`) and RIME_HOME (a
+migrated SQLite metadata store), each leads its own process group, and teardown stops both groups
+(the code server's child and run workers included), then checks that no process carrying this
+DAGSTER_HOME survived.
 """
 
 from __future__ import annotations
@@ -14,13 +15,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from api_shim.cli import REPO_ROOT, ensure_dagster_home
+from api_shim.cli import (
+    REPO_ROOT,
+    code_server_command,
+    ensure_dagster_home,
+    wait_for_code_server,
+    webserver_command,
+    write_workspace,
+)
 from api_shim.dagster_client import DagsterClient
 from api_shim.errors import ServiceUnavailable
 from api_shim.settings import Settings
@@ -37,6 +46,7 @@ class Webserver:
     client: DagsterClient
     process: subprocess.Popen
     log_path: Path
+    code_server: subprocess.Popen | None = None
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -120,15 +130,26 @@ def _location_loaded(settings: Settings) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
-    tmp = tmp_path_factory.mktemp("dagster-webserver")
+def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+@contextmanager
+def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webserver]:
+    """The `rime` code server and a webserver over a fresh metadata store (SQLite under `tmp`, or `database_url`)."""
     port = closed_port()
     settings = make_settings(
         tmp,
+        database_url,
         dagster_port=port,
         dagster_graphql_url=f"http://127.0.0.1:{port}/graphql",
+        code_server_port=closed_port(),
         dagster_timeout_seconds=10,
+        dagster_launch_timeout_seconds=60,
+        dagster_reload_timeout_seconds=120,
         health_timeout_seconds=5,
     )  # migrates the metadata store under settings.home
     dagster_home = ensure_dagster_home(settings)
@@ -139,29 +160,20 @@ def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
         # The API in the tests encrypts credentials with this key; the run workers must decrypt them.
         RIME_SECRET_KEY=settings.secret_key,
         DAGSTER_DISABLE_TELEMETRY="1",
+        **({"RIME_DATABASE_URL": database_url} if database_url else {}),
     )
     env_marker = f"DAGSTER_HOME={dagster_home}"
     log_path = tmp / "webserver.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(BIN / "dagster-webserver"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-w",
-                str(REPO_ROOT / "workspace.yaml"),
-            ],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    code_server = _start(code_server_command(settings, BIN), env, log_path)
+    process: subprocess.Popen | None = None
     client = DagsterClient(settings)
-    server = Webserver(settings=settings, client=client, process=process, log_path=log_path)
     try:
+        if not wait_for_code_server(settings, START_TIMEOUT, alive=lambda: code_server.poll() is None):
+            pytest.fail(f"the rime code server did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
+        process = _start(webserver_command(settings, BIN, write_workspace(settings)), env, log_path)
+        server = Webserver(
+            settings=settings, client=client, process=process, log_path=log_path, code_server=code_server
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if process.poll() is not None:
@@ -179,9 +191,17 @@ def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
         yield server
     finally:
         client.close()
-        _stop(process, env_marker)
+        if process is not None:
+            _stop(process, env_marker)
+        _stop(code_server, env_marker)
     leftovers = _pids_with_env(env_marker)
     assert not leftovers, f"Dagster processes survived teardown: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
+    with running_dagster(tmp_path_factory.mktemp("dagster-webserver")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ launched through the webserver).
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import socket
 import time
@@ -20,9 +19,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api_shim.dagster_client import DagsterClient, LaunchedRun, to_dagster_run_id, to_rime_run_id
+from api_shim.dagster_client import (
+    DagsterClient,
+    LaunchedRun,
+    LoadedDefinitions,
+    to_dagster_run_id,
+    to_rime_run_id,
+)
+from api_shim.db.generation import current_generation
 from api_shim.db.models import IdempotencyKey
-from api_shim.db.session import engine_for, session_scope
+from api_shim.db.session import engine_for, session_factory, session_scope
+from api_shim.definitions_sync import DefinitionsSync
 from api_shim.errors import ServiceUnavailable, Unprocessable
 from api_shim.main import create_app
 from api_shim.services.projects import create_project
@@ -84,7 +91,10 @@ def test_ping_returns_the_webserver_version(dagster_webserver: Webserver):
 def test_reload_location_succeeds_and_the_location_serves_the_housekeeping_job(dagster_webserver: Webserver):
     settings = dagster_webserver.settings
     assert dagster_webserver.client.reload_location() is None
-    dagster_webserver.client.definitions_changed()  # the best-effort variant succeeds quietly too
+    with session_scope(settings.metadata_url) as session:
+        stored = current_generation(session)
+    # The location says which definitions generation it was built from: the store's, after a reload.
+    assert dagster_webserver.client.loaded_definitions() == LoadedDefinitions(stored, None)
 
     entry = location_entry(settings)
     assert entry is not None and entry["loadStatus"] == "LOADED"
@@ -105,7 +115,9 @@ def test_reload_of_an_unknown_location_is_unprocessable(dagster_webserver: Webse
     client = DagsterClient(settings)
     with pytest.raises(Unprocessable):
         client.reload_location()
-    client.definitions_changed()  # logged, never raised
+    assert client.loaded_definitions() == LoadedDefinitions(
+        None, "Dagster has no code location named 'no_such_location'."
+    )
 
 
 @pytest.mark.dagster
@@ -157,7 +169,7 @@ def test_launched_housekeeping_run_succeeds_purges_expired_keys_and_is_in_run_st
 def test_launching_an_unknown_job_is_unprocessable(dagster_webserver: Webserver):
     with pytest.raises(Unprocessable) as info:
         dagster_webserver.client.launch_run("no_such_job", tags={"rime/test": "1"})
-    assert "NotFound" in info.value.message
+    assert "has no job 'no_such_job'" in info.value.message
 
 
 @pytest.mark.dagster
@@ -170,12 +182,14 @@ def test_status_of_an_unknown_run_is_unprocessable(dagster_webserver: Webserver)
 def test_health_ready_reports_every_dependency_ok(dagster_webserver: Webserver):
     app = create_app(dagster_webserver.settings)
     with TestClient(app) as client:
+        app.state.definitions.wait_for(1)  # the definitions sync has looked at Dagster once
         response = client.get("/health/ready")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ok"
     deps = body["dependencies"]
-    assert set(deps) == {"metadata_db", "dagster", "iceberg_catalog"}
+    assert set(deps) == {"metadata_db", "dagster", "dagster_definitions", "iceberg_catalog"}
+    assert deps["dagster_definitions"]["detail"].startswith(("generation", "catching up"))
     assert {name: dep["status"] for name, dep in deps.items()} == dict.fromkeys(deps, "ok"), deps
     import dagster
 
@@ -234,13 +248,18 @@ def test_dagster_down_is_service_unavailable_quickly(tmp_path, request, mode, ca
 
 
 @pytest.mark.parametrize("mode", ["closed", "hung"])
-def test_definitions_changed_never_raises_when_dagster_is_down(tmp_path, request, caplog, mode):
+def test_a_launch_waiting_for_definitions_fails_fast_when_dagster_is_down(tmp_path, request, mode):
     client = _down_client(tmp_path, request, "hung_port" if mode == "hung" else None)
+    sync = DefinitionsSync(client.settings, client, session_factory(client.settings.metadata_url))
+    client.definitions = sync
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="api_shim.dagster_client"):
-        assert client.definitions_changed() is None
+    try:
+        with pytest.raises(ServiceUnavailable):
+            client.launch_run("rime_housekeeping", tags={"rime/test": "1"}, generation=1)
+    finally:
+        sync.stop()
+    # Not the 60 s that a Dagster catching up would get: one look that got no answer.
     assert time.monotonic() - started < FAST
-    assert any("could not reload Dagster code location 'rime'" in r.getMessage() for r in caplog.records)
 
 
 def test_run_records_without_a_dagster_instance_is_service_unavailable(tmp_path):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from api_shim.db.migrate import downgrade_to_base, upgrade_to_head
@@ -21,31 +19,7 @@ from api_shim.pagination import CursorCodec, PageRequest, paginate
 from api_shim.services import projects, users
 from api_shim.services.auth import Role
 from tests.conftest import make_settings
-
-_databases = itertools.count()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path):
-    """A fresh, migrated database on each backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'rime.db'}"
-        upgrade_to_head(url)
-        yield url
-        engine_for(url).dispose()
-        return
-    server = request.getfixturevalue("postgres_url")
-    name = f"store_{next(_databases)}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    upgrade_to_head(url)
-    yield url
-    engine_for(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
+from tests.support.postgres import fresh_database
 
 
 def test_migrations_match_models(db_url):
@@ -149,13 +123,8 @@ def test_keyset_pages_cover_everything_once(db_url):
 @pytest.mark.postgres
 def test_readme_flow_on_postgresql(postgres_url, tmp_path):
     """The README's newcomer flow, end to end, with PostgreSQL as the metadata store."""
-    name = f"api_{next(_databases)}"
-    admin_engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin_engine.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    settings = make_settings(tmp_path, database_url=url)
-    try:
+    with fresh_database(postgres_url, "readme_flow") as url:
+        settings = make_settings(tmp_path, database_url=url)
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
             admin = {"Authorization": f"Bearer {settings.admin_token}"}
             project = client.post("/api/v1/projects", json={"name": "crm"}, headers=admin).json()
@@ -172,8 +141,4 @@ def test_readme_flow_on_postgresql(postgres_url, tmp_path):
             entries = client.get(f"/api/v1/projects/{project['id']}/audit-logs", headers=admin).json()["data"]
             assert (entries[0]["actor"], entries[0]["status_code"]) == ("v@example.com", 403)
             assert client.get("/health/ready").json()["dependencies"]["metadata_db"]["status"] == "ok"
-    finally:
         engine_for(url).dispose()
-        with admin_engine.connect() as conn:
-            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-        admin_engine.dispose()
