@@ -70,6 +70,63 @@ def _pids_with_env(entry: str) -> list[int]:
     return found
 
 
+def code_server_pids(server: Webserver) -> list[int]:
+    """This Dagster's code server processes: the standalone server and its child (two while one replaces the other).
+
+    The webserver and the daemon start none of their own: they reach the standalone one.
+    """
+    found = []
+    for pid in _pids_with_env(f"DAGSTER_HOME={server.settings.dagster_home_path}"):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"code-server" in argv or (b"api" in argv and b"grpc" in argv):
+            found.append(pid)
+    return found
+
+
+@contextmanager
+def api_process(server: Webserver, log_path: Path) -> Iterator[str]:
+    """The API as `rime up` runs it (uvicorn, its own process) against this Dagster; yields its base URL."""
+    settings = server.settings
+    port = closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RIME_", "DAGSTER_"))}
+    env.update(
+        RIME_HOME=str(settings.home),
+        RIME_ADMIN_TOKEN=settings.admin_token or "",
+        RIME_SECRET_KEY=settings.secret_key or "",
+        RIME_DAGSTER_GRAPHQL_URL=settings.graphql_url,
+        RIME_DAGSTER_PORT=str(settings.dagster_port),
+        RIME_RATE_LIMIT_DEFAULT="1000000/minute",
+        RIME_LOG_LEVEL="WARNING",
+        DAGSTER_HOME=str(settings.dagster_home_path),
+        **({"RIME_DATABASE_URL": settings.database_url} if settings.database_url else {}),
+    )
+    argv = [str(BIN / "uvicorn"), "--factory", "api_shim.main:app_from_env", "--port", str(port), "--no-access-log"]
+    process = _start(argv, env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the API did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
