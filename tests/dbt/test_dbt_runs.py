@@ -1,0 +1,118 @@
+"""The dbt project's multi-asset run in process (real dbt, DuckDB): a run of everything, and subset runs whose
+dbt selection we compute from the asset context (a check left out, a test dbt picks that Dagster did not)."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from rime_dagster.dbt import workspace
+from rime_dagster.dbt.assets import dbt_definitions
+from rime_dagster.resources import IcebergCatalogResource
+from rime_dagster.specs import DbtProjectSpec
+
+NS, SLUG = "shop", "models"
+A, B = dg.AssetKey([NS, SLUG, "a"]), dg.AssetKey([NS, SLUG, "b"])
+SCHEMA = """
+version: 2
+models:
+  - name: a
+    columns:
+      - name: id
+        data_tests: [not_null, unique]
+  - name: b
+    columns:
+      - name: id
+        data_tests:
+          - not_null
+          - relationships: {arguments: {to: ref('a'), field: id}}
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> DbtProjectSpec:
+    root = tmp_path_factory.mktemp("dbt_runs")
+    source = root / "source"
+    (source / "models").mkdir(parents=True)
+    (source / "dbt_project.yml").write_text('name: two\nversion: "1.0.0"\nprofile: two\nmodel-paths: ["models"]\n')
+    (source / "models" / "a.sql").write_text("select 1 as id")
+    (source / "models" / "b.sql").write_text("select id from {{ ref('a') }}")
+    (source / "models" / "schema.yml").write_text(SCHEMA)
+    files = workspace.ProjectFiles(root / "project", 1)
+    workspace.fetch({"type": "path", "path": str(source)}, files.project_dir, allowed_roots=[], timeout=60)
+    duckdb_file = root / "warehouse.duckdb"
+    output = workspace.profile_output({"adapter": "duckdb"}, duckdb_file=duckdb_file, namespace=NS, threads=1)
+    workspace.write_profiles(files, "two", output)
+    workspace.parse(files, vars={}, timeout=180)
+    return DbtProjectSpec(
+        id="dbt_two",
+        project_id="prj_1",
+        namespace=NS,
+        name="Two",
+        slug=SLUG,
+        root=files.root,
+        revision=1,
+        target={"adapter": "duckdb"},
+        credentials_encrypted=None,
+        vars={},
+        schedule=None,
+        paused=False,
+        duckdb_file=duckdb_file,
+        connector_tables=(),
+    )
+
+
+def _run(spec: DbtProjectSpec, selection) -> dg.ExecuteInProcessResult:
+    [assets] = dbt_definitions(spec).assets
+    return dg.materialize(
+        [assets],
+        selection=selection,
+        resources={"iceberg": IcebergCatalogResource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def _checks(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def _observed(result) -> set[dg.AssetKey]:
+    return {e.asset_key for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"}
+
+
+def test_runs_of_everything_and_of_subsets(project):
+    everything = _run(project, None)
+    assert everything.success
+    assert {e.asset_key for e in everything.get_asset_materialization_events()} == {A, B}
+    assert _checks(everything) == {
+        "not_null_a_id": True,
+        "unique_a_id": True,
+        "not_null_b_id": True,
+        "relationships_b_id__id__ref_a_": True,
+    }
+    assert everything.dagster_run.tags["rime/dbt_project_id"] == "dbt_two"  # tagged as a UI-started run
+
+    # b with one of its checks: the other is left out, so dbt's indirect selection is off.
+    one_check = _run(
+        project,
+        dg.AssetSelection.assets(B).without_checks() | dg.AssetSelection.checks(dg.AssetCheckKey(B, "not_null_b_id")),
+    )
+    assert one_check.success
+    assert {e.asset_key for e in one_check.get_asset_materialization_events()} == {B}
+    assert _checks(one_check) == {"not_null_b_id": True}
+    assert not _observed(one_check)  # the relationships test did not run
+
+    # a with its checks: dbt's eager indirect selection also runs b's relationships test, which reads a;
+    # its check is not selected, so it is reported as observations, as dagster-dbt does.
+    only_a = _run(project, dg.AssetSelection.assets(A))
+    assert only_a.success
+    assert {e.asset_key for e in only_a.get_asset_materialization_events()} == {A}
+    assert _checks(only_a) == {"not_null_a_id": True, "unique_a_id": True}
+    assert _observed(only_a) == {A, B}
+
+    # A check alone: only its test runs.
+    check_only = _run(project, dg.AssetSelection.checks(dg.AssetCheckKey(A, "unique_a_id")))
+    assert check_only.success
+    assert not check_only.get_asset_materialization_events()
+    assert _checks(check_only) == {"unique_a_id": True}
