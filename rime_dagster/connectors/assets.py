@@ -6,10 +6,12 @@ import dagster as dg
 
 from rime_dagster.connectors.names import (
     connector_job_name,
+    connector_pool,
     connector_tags,
     iceberg_table_name,
     table_asset_key,
 )
+from rime_dagster.platform.pools import log_pool_wait
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import ConnectorSpec
@@ -98,8 +100,11 @@ def connector_definitions(spec: ConnectorSpec) -> dg.Definitions:
         specs=asset_specs,
         can_subset=True,
         description=f"Sync connector '{spec.name}' into Iceberg.",
+        # One run at a time writes the connector's tables: a second sync waits here for the first one's step.
+        pool=connector_pool(spec.id),
     )
     def sync(context: dg.AssetExecutionContext, iceberg: IcebergCatalogResource):
+        log_pool_wait(context, f"another sync of connector '{spec.name}'")
         # Runs started from the Dagster UI's asset graph carry no Rime tags: add them so the
         # API's run history shows every sync, whoever started it.
         missing = {k: v for k, v in connector_tags(spec.project_id, spec.id).items() if k not in context.run.tags}

@@ -18,5 +18,11 @@ def connector_job_name(connector_id: str) -> str:
     return f"sync_{connector_id}"
 
 
+def connector_pool(connector_id: str) -> str:
+    """The Dagster pool (one slot) of every step that writes the connector's tables: its sync job's, and pipeline
+    steps that sync it or maintain one of its tables. See rime_dagster/platform/pools.py."""
+    return f"connector-sync:{connector_id}"
+
+
 def connector_tags(project_id: str, connector_id: str) -> dict[str, str]:
     return {"rime/project_id": project_id, "rime/connector_id": connector_id, "rime/kind": "connector_sync"}

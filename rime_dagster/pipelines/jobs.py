@@ -18,6 +18,7 @@ import dagster as dg
 from dagster._core.types.dagster_type import resolve_dagster_type
 
 from rime_dagster.connectors.assets import sync_tables
+from rime_dagster.connectors.names import connector_pool
 from rime_dagster.dbt.assets import dbt_events
 from rime_dagster.dbt.manifest import load_manifest, read_run_results
 from rime_dagster.pipelines.spec import (
@@ -29,6 +30,7 @@ from rime_dagster.pipelines.spec import (
     parse_step_config,
     validate_dag,
 )
+from rime_dagster.platform.pools import log_pool_wait, table_pool
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec
 
@@ -68,8 +70,28 @@ def _run_variables(context, pipeline: PipelineSpec) -> dict[str, Any]:
     return {**pipeline.variables, **json.loads(context.run.tags.get("rime/variables") or "{}")}
 
 
+def _step_pool(pipeline: PipelineSpec, config, resources: Resources) -> tuple[str | None, str]:
+    """The pool of a step that writes Iceberg tables (rime_dagster/platform/pools.py), and who it may wait for.
+
+    Maintenance of a connector's table shares the connector's pool with its syncs: a connector's sync step
+    writes all its tables, so one pool per table would not keep them apart.
+    """
+    if isinstance(config, ConnectorSyncConfig):
+        connector = resources.connectors.get(config.connector_id)
+        name = connector.name if connector else config.connector_id
+        return connector_pool(config.connector_id), f"another sync of connector '{name}'"
+    if isinstance(config, TableMaintenanceConfig):
+        prefix = config.table.split("__", 1)[0]
+        owner = next((c for c in resources.connectors.values() if c.table_prefix == prefix), None)
+        if owner is not None:
+            return connector_pool(owner.id), f"another sync of connector '{owner.name}'"
+        return table_pool(pipeline.namespace, config.table), f"other maintenance of {config.table}"
+    return None, ""
+
+
 def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resources) -> dg.OpDefinition:
     retry = dg.RetryPolicy(max_retries=pipeline.retries, delay=5) if pipeline.retries else None
+    pool, waited_for = _step_pool(pipeline, config, resources)
 
     @dg.op(
         name=f"{pipeline.id}__{re.sub(r'[^A-Za-z0-9_]', '_', step.id)}",
@@ -79,8 +101,11 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
         tags={"rime/step_id": step.id, "rime/step_type": step.type, "rime/pipeline_id": pipeline.id},
         retry_policy=retry,
         required_resource_keys={"iceberg"},
+        pool=pool,
     )
     def run_step(context: dg.OpExecutionContext):
+        if pool:
+            log_pool_wait(context, waited_for)
         full_refresh = context.run.tags.get("rime/full_refresh") == "true"
         iceberg = context.resources.iceberg
         rows = 0

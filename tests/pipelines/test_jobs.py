@@ -130,3 +130,29 @@ def test_compact_step_rewrites_the_table(home):
     assert result.success
     messages = [e.user_message for e in instance.all_logs(result.run_id) if e.step_key == "step_compact"]
     assert any("good__orders: 1 data file(s), nothing to compact" in m for m in messages), messages
+
+
+def test_steps_writing_tables_share_their_pools(home):
+    """A connector's syncs and the maintenance of its tables share its pool; a dbt table's maintenance has its own."""
+    conns = {"good": connector(home, "good", "good")}
+    spec = pipeline(
+        "pipe_p",
+        [
+            {"id": "sync", "type": "connector_sync", "config": {"connector_id": "good"}},
+            {"id": "tidy", "type": "table_maintenance", "config": {"table": "good__orders", "operation": "compact"}},
+            {
+                "id": "tidy_dbt",
+                "type": "table_maintenance",
+                "config": {"table": "shop__revenue", "operation": "compact"},
+            },
+        ],
+    )
+    defs = with_resources(pipeline_definitions(spec, Resources(conns, {}, {spec.id: spec})))
+    job = defs.resolve_job_def(pipeline_job_name(spec.id))
+    pools = {node: job.graph.node_named(node).definition.pool for node in ("step_sync", "step_tidy", "step_tidy_dbt")}
+    assert pools == {
+        "step_sync": "connector-sync:good",
+        "step_tidy": "connector-sync:good",
+        "step_tidy_dbt": "table-maintenance:ns.shop__revenue",
+    }
+    assert job.graph.node_named("done").definition.pool is None

@@ -1,0 +1,40 @@
+"""Dagster pools that keep two runs from writing one Iceberg table at the same time.
+
+The instance gives every pool one slot (`concurrency: pools: default_limit: 1, granularity: op` in the
+dagster.yaml that api_shim/dagster_client.py writes). The run's executor, in-process or multiprocess, claims
+the slot before it starts a step with a pool, so a second run that reaches such a step waits in its run,
+logging "Step blocked by limit for pool ...", and starts the step once the first run's step has ended.
+The pools are `connector_pool` (rime_dagster/connectors/names.py) for a connector's tables and `table_pool`
+for maintenance of a table no connector lands (a published dbt model).
+"""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+
+
+def table_pool(namespace: str, table: str) -> str:
+    return f"table-maintenance:{namespace}.{table}"
+
+
+def log_pool_wait(context: dg.OpExecutionContext | dg.AssetExecutionContext, waited_for: str) -> None:
+    """Says in the run's log how long this step waited for its pool's slot, if it waited at all.
+
+    Dagster logs each wait as an engine event of the step carrying the pool as metadata; the first one is
+    when the wait began.
+    """
+    step = context.get_step_execution_context().step
+    if not step.pool:
+        return
+    blocked = [
+        entry.timestamp
+        for entry in context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+        if entry.step_key == step.key
+        and entry.dagster_event is not None
+        and "pool" in (getattr(entry.dagster_event.event_specific_data, "metadata", None) or {})
+    ]
+    if blocked:
+        waited = time.time() - min(blocked)
+        context.log.info(f"Waited {waited:.1f} s for {waited_for} to finish (Dagster pool {step.pool}).")
