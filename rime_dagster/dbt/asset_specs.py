@@ -329,10 +329,9 @@ def subset_selection(
         return ".".join(node(manifest, unique_id)["fqn"])
 
     names = [fqn(specs.node_ids[key]) for key in sorted(keys, key=lambda k: k.path)]
-    by_name = lambda found: sorted(found, key=lambda c: (c.asset_key.path, c.name))  # noqa: E731
-    left_out = [c for c in set(specs.test_ids) - checks if c.asset_key in keys]
-    if left_out:
-        names += [fqn(specs.test_ids[c]) for c in by_name(checks)]
+    ordered_checks = sorted(checks, key=lambda c: (c.asset_key.path, c.name))
+    if any(c.asset_key in keys for c in set(specs.test_ids) - checks):
+        names += [fqn(specs.test_ids[c]) for c in ordered_checks]
         return DbtSelection(" ".join(names), indirect_selection="empty")
-    names += [fqn(specs.test_ids[c]) for c in by_name(c for c in checks if c.asset_key not in keys)]
+    names += [fqn(specs.test_ids[c]) for c in ordered_checks if c.asset_key not in keys]
     return DbtSelection(" ".join(names))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from rime_dagster.dbt import workspace
+from rime_dagster.dbt import asset_specs, workspace
 from rime_dagster.dbt.assets import dbt_definitions
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import DbtProjectSpec
@@ -81,7 +81,7 @@ def _observed(result) -> set[dg.AssetKey]:
     return {e.asset_key for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"}
 
 
-def test_runs_of_everything_and_of_subsets(project):
+def test_runs_of_everything_and_of_subsets(project, monkeypatch):
     everything = _run(project, None)
     assert everything.success
     assert {e.asset_key for e in everything.get_asset_materialization_events()} == {A, B}
@@ -116,3 +116,11 @@ def test_runs_of_everything_and_of_subsets(project):
     assert check_only.success
     assert not check_only.get_asset_materialization_events()
     assert _checks(check_only) == {"unique_a_id": True}
+
+    # A selection too long for the command line goes through a selector in a copy of the project.
+    monkeypatch.setattr(asset_specs, "MAX_SELECT_ARG", 1)
+    by_selector = _run(project, dg.AssetSelection.assets(B))
+    assert by_selector.success
+    assert {e.asset_key for e in by_selector.get_asset_materialization_events()} == {B}
+    assert _checks(by_selector) == {"not_null_b_id": True, "relationships_b_id__id__ref_a_": True}
+    assert not (project.files.project_dir / "selectors.yml").exists()  # the revision itself is never edited
