@@ -8,6 +8,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, St
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from api_shim.db.types import UTCDateTime, utcnow
+from rime_dagster.connectors.names import landable_tables
 
 
 class Base(DeclarativeBase):
@@ -107,7 +108,8 @@ class Connector(TimestampedMixin, Base):
 
     @property
     def tables(self) -> list[str]:
-        return list(self.selected_tables) if self.selected_tables is not None else list(self.known_tables)
+        """What syncs: the selected tables, else the discovered ones; never two that land in one Iceberg table."""
+        return landable_tables(self.selected_tables if self.selected_tables is not None else self.known_tables)
 
 
 class DbtProject(TimestampedMixin, Base):

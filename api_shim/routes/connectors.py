@@ -233,8 +233,10 @@ async def test_connector(
         with request.app.state.sessions() as session:
             connector = service.get_connector(session, _project(session, principal, id), connectorId)
             source = service.build_source(connector, _cipher(request), settings)
+            left_out = service.left_out_tables_note(connector)
         result = source.test(CONNECTION_TIMEOUT_SECONDS)
-        return ConnectionTestResult(success=result.success, message=result.message)
+        message = f"{result.message} {left_out}" if result.success and left_out else result.message
+        return ConnectionTestResult(success=result.success, message=message)
 
     # A slow source must not hold a DB transaction (SQLite: the write lock) open.
     return await run_in_threadpool(run_test)

@@ -19,6 +19,7 @@ from api_shim.iceberg import drop_tables
 from api_shim.ids import new_id
 from api_shim.naming import unique_identifier
 from api_shim.settings import Settings
+from rime_dagster.connectors.names import describe_collisions, landing_collisions
 from rime_dagster.connectors.sources import Source, SourceError, source_class
 from rime_dagster.connectors.sources.base import TableInfo
 
@@ -82,6 +83,29 @@ def _check_sync_mode(sync_mode: str, selected: list[str] | None, cursor_fields: 
         raise ValidationFailed.field("cursor_fields", f"Not selected tables: {', '.join(extra)}.")
 
 
+def _check_distinct_landing(table_prefix: str, selected: list[str] | None) -> None:
+    """Two selected tables landing in one Iceberg table would overwrite each other: 422 naming them."""
+    sentences = describe_collisions(table_prefix, landing_collisions(selected or []))
+    if sentences:
+        raise Unprocessable(
+            f"{' '.join(sentences)} Select only one of them.",
+            details=[{"field": "selected_tables", "message": sentence} for sentence in sentences],
+        )
+
+
+def left_out_tables_note(connector: Connector) -> str | None:
+    """Why discovered tables that would land in one Iceberg table are not synced (None: none are left out).
+
+    There is no safe choice among them: one appearing later would take over the other's Iceberg table.
+    """
+    if connector.selected_tables is not None:
+        return None
+    sentences = describe_collisions(connector.table_prefix, landing_collisions(connector.known_tables))
+    if not sentences:
+        return None
+    return f"Not synced: {' '.join(sentences)} Select one of them in selected_tables to sync it."
+
+
 def _ensure_name_free(session: Session, project: Project, name: str, *, except_id: str | None = None) -> None:
     clash = session.scalar(select(Connector.id).where(Connector.project_id == project.id, Connector.name == name))
     if clash is not None and clash != except_id:
@@ -96,7 +120,8 @@ def create_connector(session: Session, project: Project, body, cipher: Credentia
     _ensure_name_free(session, project, body.name)
     from api_shim.services.dbt import taken_prefixes  # connector prefixes and dbt slugs share a name space
 
-    taken = taken_prefixes(session, project.id)
+    table_prefix = unique_identifier(body.name, taken_prefixes(session, project.id), fallback="c")
+    _check_distinct_landing(table_prefix, body.selected_tables)
     connector = Connector(
         id=new_id("connector"),
         project_id=project.id,
@@ -108,7 +133,7 @@ def create_connector(session: Session, project: Project, body, cipher: Credentia
         schedule=body.schedule,
         sync_mode=body.sync_mode,
         cursor_fields=cursor_fields,
-        table_prefix=unique_identifier(body.name, taken, fallback="c"),
+        table_prefix=table_prefix,
     )
     session.add(connector)
     try:
@@ -147,6 +172,8 @@ def update_connector(
     sync_mode = changes.get("sync_mode", connector.sync_mode)
     cursor_fields = merge_patch(connector.cursor_fields, changes.get("cursor_fields") or {})
     _check_sync_mode(sync_mode, selected, cursor_fields)
+    if "selected_tables" in changes:
+        _check_distinct_landing(connector.table_prefix, selected)
     if "name" in changes:
         project = session.get(Project, connector.project_id)
         _ensure_name_free(session, project, changes["name"], except_id=connector.id)

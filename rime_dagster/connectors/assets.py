@@ -8,7 +8,10 @@ from rime_dagster.connectors.names import (
     connector_job_name,
     connector_pool,
     connector_tags,
+    describe_collisions,
     iceberg_table_name,
+    landable_tables,
+    landing_collisions,
     table_asset_key,
 )
 from rime_dagster.platform.pools import log_pool_wait
@@ -43,7 +46,11 @@ def sync_tables(spec: ConnectorSpec, tables: list[str], catalog, context, *, ful
 
     source = spec.build_source()
     failures: list[str] = []
-    for table in tables:
+    # The API refuses such selections and leaves such discovered tables out; this holds whatever the caller passes.
+    for collision in describe_collisions(spec.table_prefix, landing_collisions(tables)):
+        context.log.error(f"{collision} Not synced: one would overwrite the other.")
+        failures.append(collision)
+    for table in landable_tables(tables):
         table_sync = TableSync(
             table=table,
             namespace=spec.namespace,

@@ -156,3 +156,25 @@ def test_steps_writing_tables_share_their_pools(home):
         "step_tidy_dbt": "table-maintenance:ns.shop__revenue",
     }
     assert job.graph.node_named("done").definition.pool is None
+
+
+def test_a_sync_never_lands_two_source_tables_in_one_iceberg_table(home):
+    """Whatever the caller passes (the API refuses such selections), colliding tables fail, the others sync."""
+    from dataclasses import replace
+
+    (home / "good").mkdir()
+    (home / "good" / "people.csv").write_text("id\n1\n")
+    conns = {"good": replace(connector(home, "good", "good"), tables=["Orders", "people", "orders"])}
+    spec = pipeline("pipe_n", [{"id": "sync", "type": "connector_sync", "config": {"connector_id": "good"}}])
+    defs = with_resources(pipeline_definitions(spec, Resources(conns, {}, {spec.id: spec})))
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def(pipeline_job_name(spec.id)).execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    materialized = [m.asset_key.path for m in result.asset_materializations_for_node("step_sync")]
+    assert materialized == [["ns", "good", "people"]]
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "'Orders' and 'orders' would both land in Iceberg table 'good__orders'" in failure
+    catalog = IcebergCatalogResource().catalog()
+    assert [t[-1] for t in catalog.list_tables("ns")] == ["good__people"]
