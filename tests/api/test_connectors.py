@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 
 import pytest
 from sqlalchemy import text
 
 from api_shim.db.session import session_scope
+from api_shim.naming import identifier
 from tests.conftest import make_settings
 
 WORKED_EXAMPLE = {
@@ -108,6 +110,118 @@ class TestUpdate:
     def test_pause(self, admin, project):
         created = admin.post(_url(project), json=WORKED_EXAMPLE).json()
         assert admin.patch(_url(project, f"/{created['id']}"), json={"status": "paused"}).json()["status"] == "paused"
+
+
+# Source tables whose Iceberg tables would be one and the same: case, punctuation, the 48-character cut.
+COLLIDING = [
+    pytest.param(["Orders", "orders"], "production_crm__orders", id="case"),
+    pytest.param(["order-items", "order_items"], "production_crm__order_items", id="punctuation"),
+    pytest.param(["Order Items", "order.items", "ORDER__ITEMS"], "production_crm__order_items", id="three"),
+    pytest.param(
+        ["events_" + "x" * 41 + "_2024", "events_" + "x" * 41 + "_2025"],
+        "production_crm__events_" + "x" * 41,
+        id="long-name-cut",
+    ),
+]
+
+
+def _assert_collision_refused(response, tables: list[str], landing: str) -> None:
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unprocessable_entity"
+    assert [d["field"] for d in error["details"]] == ["selected_tables"]
+    for said in (error["message"], error["details"][0]["message"]):
+        assert all(f"'{t}'" in said for t in tables) and f"'{landing}'" in said, said
+
+
+class TestDistinctLandingTables:
+    @pytest.mark.parametrize(("tables", "landing"), COLLIDING)
+    def test_create_refuses_tables_landing_in_one_iceberg_table(self, admin, project, tables, landing):
+        response = admin.post(_url(project), json={**WORKED_EXAMPLE, "selected_tables": ["customers", *tables]})
+        _assert_collision_refused(response, tables, landing)
+        assert admin.get(_url(project)).json()["data"] == []
+
+    @pytest.mark.parametrize(("tables", "landing"), COLLIDING)
+    def test_update_refuses_them_and_changes_nothing(self, admin, project, tables, landing):
+        created = admin.post(_url(project), json=WORKED_EXAMPLE).json()
+        response = admin.patch(
+            _url(project, f"/{created['id']}"), json={"selected_tables": [*tables, "products"], "schedule": None}
+        )
+        _assert_collision_refused(response, tables, landing)
+        assert admin.get(_url(project, f"/{created['id']}")).json() == created
+
+    def test_alike_names_that_land_apart_are_fine(self, admin, project):
+        tables = ["orders", "orders_2", "Orders2", "order_items_", "x" * 48, "x" * 47 + "y"]
+        response = admin.post(_url(project), json={**WORKED_EXAMPLE, "selected_tables": tables})
+        assert response.status_code == 201, response.text
+        patched = admin.patch(_url(project, f"/{response.json()['id']}"), json={"selected_tables": ["Orders"]})
+        assert patched.status_code == 200 and patched.json()["selected_tables"] == ["Orders"]
+
+    def test_colliding_discovered_tables_are_left_out_and_the_test_says_so(self, admin, project, app, tmp_path):
+        db = tmp_path / "shop.db"
+        with sqlite3.connect(db) as con:
+            for table in ("order-items", "order_items", "people"):
+                con.execute(f'CREATE TABLE "{table}" (id INTEGER)')
+        created = admin.post(
+            _url(project), json={"name": "Shop", "connector_type": "sqlite", "config": {"path": str(db)}}
+        ).json()
+        base = _url(project, f"/{created['id']}")
+        discovered = admin.get(f"{base}/schema").json()["tables"]
+        assert sorted(t["name"] for t in discovered) == ["order-items", "order_items", "people"]
+        from api_shim.db.models import Connector
+
+        with app.state.sessions() as session:
+            assert session.get(Connector, created["id"]).tables == ["people"]
+        result = admin.post(f"{base}/test").json()
+        assert result["success"] is True
+        assert (
+            "Not synced: 'order-items' and 'order_items' would both land in Iceberg table 'shop__order_items'."
+            in result["message"]
+        )
+        # Selecting one of them syncs it.
+        assert admin.patch(base, json={"selected_tables": ["order_items", "people"]}).status_code == 200
+        assert "Not synced" not in admin.post(f"{base}/test").json()["message"]
+
+
+class TestPrefixesSharedWithDbtProjects:
+    """`<namespace>.<connector prefix>__<table>` and `<namespace>.<dbt slug>__<model>` share one namespace."""
+
+    @pytest.mark.parametrize("first", ["connector", "dbt"])
+    @pytest.mark.parametrize(("connector_name", "dbt_name"), [("Shop", "Shop"), ("Order Items", "order-items!")])
+    def test_a_dbt_slug_never_equals_a_connector_prefix(
+        self, admin, project, app, tmp_path, first, connector_name, dbt_name
+    ):
+        import shutil
+
+        from api_shim.db.models import Connector
+        from tests.api.test_dbt_projects import TINY
+
+        dbt_source = tmp_path / "tiny"
+        shutil.copytree(TINY, dbt_source)
+
+        def create_connector():
+            body = {**WORKED_EXAMPLE, "name": connector_name, "selected_tables": ["one"]}
+            response = admin.post(_url(project), json=body)
+            assert response.status_code == 201, response.text
+            return response.json()
+
+        def create_dbt():
+            body = {"name": dbt_name, "source": {"type": "path", "path": str(dbt_source)}}
+            response = admin.post(f"/api/v1/projects/{project['id']}/dbt-projects", json=body)
+            assert response.status_code == 201, response.text
+            return response.json()
+
+        if first == "connector":
+            connector, dbt = create_connector(), create_dbt()
+        else:
+            dbt, connector = create_dbt(), create_connector()
+        models = admin.get(f"/api/v1/projects/{project['id']}/dbt-projects/{dbt['id']}/models").json()["data"]
+        slug = models[0]["asset_key"][1]
+        with app.state.sessions() as session:
+            prefix = session.get(Connector, connector["id"]).table_prefix
+        # So the model `one` and the connector's table `one` land in two Iceberg tables. The first keeps the plain name.
+        assert slug != prefix
+        assert (prefix, slug)[first == "dbt"] == identifier(connector_name)
 
 
 class TestUploads:
