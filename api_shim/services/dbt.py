@@ -57,7 +57,13 @@ def ensure_name_free(session: Session, project_id: str, name: str, *, except_id:
 
 
 def taken_prefixes(session: Session, project_id: str) -> set[str]:
-    """Connector table prefixes and dbt slugs share one name space: both prefix asset keys and Iceberg tables."""
+    """Connector table prefixes and dbt slugs share one name space: both prefix asset keys and Iceberg tables.
+
+    Locks the project's row until the transaction ends, so a connector and a dbt project created at the same
+    time cannot both take a prefix they both found free (PostgreSQL; on SQLite every transaction already holds
+    the write lock).
+    """
+    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
     connectors = session.scalars(select(Connector.table_prefix).where(Connector.project_id == project_id))
     dbt = session.scalars(select(DbtProject.slug).where(DbtProject.project_id == project_id))
     return set(connectors) | set(dbt)
