@@ -33,6 +33,7 @@ from api_shim import metrics
 from api_shim.dagster_client import DagsterClient
 from api_shim.db.generation import STATE_ID, current_generation, on_commit
 from api_shim.db.models import DefinitionsState
+from api_shim.db.session import session_factory
 from api_shim.db.types import utcnow
 from api_shim.errors import RimeError, ServiceUnavailable
 from api_shim.settings import Settings
@@ -60,7 +61,10 @@ class DefinitionsSync:
         self.settings = settings
         self.dagster = dagster
         self.sessions = sessions
-        self.url = sessions.kw["bind"].url.render_as_string(hide_password=True)
+        bind_url = sessions.kw["bind"].url
+        self.url = bind_url.render_as_string(hide_password=True)
+        # Polling reads take no lock a writer would wait for.
+        self.readers = session_factory(bind_url.render_as_string(hide_password=False), read_only=True)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.Condition()
         self._wake = threading.Event()
@@ -149,7 +153,7 @@ class DefinitionsSync:
 
     def step(self) -> None:
         """One pass: read the stored generation, look at Dagster's, reload if Dagster is behind."""
-        with self.sessions() as session:
+        with self.readers() as session:
             stored = current_generation(session)
         with self._lock:
             self.stored = max(self.stored or 0, stored)

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import dagster as dg
 from pydantic import Field
 
-from api_shim.db.session import session_scope
+from api_shim.db.session import read_scope, session_scope
 from api_shim.settings import Settings, get_settings
 
 
@@ -24,6 +24,12 @@ class MetadataStoreResource(dg.ConfigurableResource):
     @contextmanager
     def session(self):
         with session_scope(self.url()) as session:
+            yield session
+
+    @contextmanager
+    def read_session(self):
+        """A snapshot that never holds up a writer (building the definitions reads every row)."""
+        with read_scope(self.url()) as session:
             yield session
 
 

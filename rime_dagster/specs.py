@@ -118,7 +118,7 @@ class PlatformSpecs:
 def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
     home = settings().home
     dbt_home = settings().dbt_home
-    with store.session() as session:
+    with store.read_session() as session:
         generation = current_generation(session)
         projects = {
             p.id: ProjectSpec(id=p.id, name=p.name, namespace=p.namespace)

@@ -27,7 +27,10 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """The engine of the metadata store. `read_only`: for readers that never write (the code location
+    building its definitions, the definitions sync): on SQLite their transactions are plain
+    snapshots that never take the write lock, so they never make a writer wait."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -36,10 +39,14 @@ def make_engine(url: str) -> Engine:
         # with BEGIN IMMEDIATE. With pysqlite's deferred BEGIN, a transaction that read
         # before another connection committed a write fails its own write at once
         # ("database is locked", no busy wait); taking the write lock up front makes
-        # concurrent writers queue on busy_timeout instead.
+        # concurrent writers queue on busy_timeout instead. A read-only transaction is a
+        # deferred BEGIN: in WAL mode it reads one consistent snapshot and locks nothing.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        if read_only:
+            event.listen(engine, "connect", lambda conn, _record: conn.execute("PRAGMA query_only=ON"))
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         # psycopg (v3) is the driver we install; a bare postgresql:// URL means it.
@@ -53,13 +60,24 @@ def make_engine(url: str) -> Engine:
     )
 
 
-@functools.lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    return make_engine(url)
+@functools.lru_cache(maxsize=16)
+def engine_for(url: str, *, read_only: bool = False) -> Engine:
+    return make_engine(url, read_only=read_only)
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine_for(url), expire_on_commit=False)
+def session_factory(url: str, *, read_only: bool = False) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine_for(url, read_only=read_only), expire_on_commit=False)
+
+
+@contextmanager
+def read_scope(url: str) -> Iterator[Session]:
+    """A read-only unit of work: one consistent snapshot, no lock that a writer would wait for."""
+    session = session_factory(url, read_only=True)()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
 
 
 @contextmanager
