@@ -180,6 +180,8 @@ class DagsterClient:
         self._instance_lock = threading.Lock()
         # Set by the app: launches wait on it for the generation they need.
         self.definitions: DefinitionsSync | None = None
+        # One pooled HTTP client for our own GraphQL requests (thread-safe; a client per call costs a TLS setup).
+        self._http = httpx.Client()
 
     # GraphQL ------------------------------------------------------------
     def _graphql(self, timeout: float | None = None):
@@ -219,7 +221,7 @@ class DagsterClient:
     def ping(self, timeout: float | None = None) -> str:
         """Dagster's version from its GraphQL endpoint; ServiceUnavailable when unreachable."""
         try:
-            response = httpx.post(
+            response = self._http.post(
                 self.settings.graphql_url,
                 json={"query": "{ version }"},
                 timeout=timeout or self.settings.dagster_timeout_seconds,
@@ -232,7 +234,7 @@ class DagsterClient:
     def _query(self, operation: str, query: str, variables: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         """A raw GraphQL request, for what dagster-graphql's client does not offer; data or ServiceUnavailable."""
         try:
-            response = httpx.post(
+            response = self._http.post(
                 self.settings.graphql_url, json={"query": query, "variables": variables}, timeout=timeout
             )
             response.raise_for_status()
@@ -437,6 +439,7 @@ class DagsterClient:
         return set(plan.step_keys_to_execute)
 
     def close(self) -> None:
+        self._http.close()
         with self._instance_lock:
             if self._instance is not None:
                 self._instance.dispose()

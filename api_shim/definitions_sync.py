@@ -140,12 +140,17 @@ class DefinitionsSync:
 
     # The loop --------------------------------------------------------------
     def _run(self) -> None:
+        last_pass = 0.0
         while not self._stop.is_set():
             behind = self.loaded is None or self.stored is None or self.loaded < self.stored
             self._wake.wait(BEHIND_POLL_SECONDS if behind else self.settings.definitions_poll_seconds)
+            # A burst of commits wakes the loop once per commit: one pass per BEHIND_POLL_SECONDS is enough,
+            # since a pass handles every change committed before it.
+            self._stop.wait(max(0.0, last_pass + BEHIND_POLL_SECONDS - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 return
+            last_pass = time.monotonic()
             try:
                 self.step()
             except Exception:  # the loop must survive anything; the next pass retries

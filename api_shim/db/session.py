@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 # Registers the session hooks that bump the definitions generation on every commit that changes
@@ -27,6 +30,72 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+BUSY_TIMEOUT_SECONDS = 10.0
+_gates: dict[str, threading.Lock] = {}
+_gates_lock = threading.Lock()
+
+
+def sqlite_write_gate(url: str) -> threading.Lock:
+    """The lock this process's write transactions on the SQLite database of `url` queue on."""
+    database = str(Path(make_url(url).database or ":memory:").resolve())
+    with _gates_lock:
+        return _gates.setdefault(database, threading.Lock())
+
+
+class _GatedConnection(sqlite3.Connection):
+    """A SQLite connection whose write transactions queue on one lock per database file in this process.
+
+    SQLite makes a writer that finds the database locked poll with growing sleeps (up to 100 ms each,
+    no fairness), so under a burst of concurrent requests some wait for seconds while others pass.
+    Waiting on a lock instead hands the database over the moment the previous writer commits.
+    Other processes (the code location, run workers) still meet SQLite's own lock and busy timeout.
+    """
+
+    gate: threading.Lock | None = None
+    holding = False
+
+    def enter_write(self) -> None:
+        if self.gate is not None and not self.gate.acquire(timeout=BUSY_TIMEOUT_SECONDS):
+            raise sqlite3.OperationalError("database is locked (another write transaction of this process)")
+        self.holding = self.gate is not None
+
+    def leave_write(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.gate.release()  # type: ignore[union-attr]
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.leave_write()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.leave_write()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.leave_write()
+
+
+def _begin_immediate(conn) -> None:
+    dbapi = conn.connection.dbapi_connection
+    try:
+        dbapi.enter_write()
+    except sqlite3.OperationalError as exc:  # as SQLite's own "database is locked" would reach callers
+        raise OperationalError("BEGIN IMMEDIATE", None, exc) from None
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        dbapi.leave_write()
+        raise
+
+
 def make_engine(url: str, *, read_only: bool = False) -> Engine:
     """The engine of the metadata store. `read_only`: for readers that never write (the code location
     building its definitions, the definitions sync): on SQLite their transactions are plain
@@ -41,12 +110,25 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         # ("database is locked", no busy wait); taking the write lock up front makes
         # concurrent writers queue on busy_timeout instead. A read-only transaction is a
         # deferred BEGIN: in WAL mode it reads one consistent snapshot and locks nothing.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10, "isolation_level": None})
+        connect_args = {
+            "check_same_thread": False,
+            "timeout": BUSY_TIMEOUT_SECONDS,
+            "isolation_level": None,
+            "factory": _GatedConnection,
+        }
+        engine = create_engine(url, connect_args=connect_args)
         event.listen(engine, "connect", _sqlite_pragmas)
         if read_only:
             event.listen(engine, "connect", lambda conn, _record: conn.execute("PRAGMA query_only=ON"))
-        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        else:
+            gate = sqlite_write_gate(url)
+
+            def attach_gate(dbapi_connection, _record) -> None:
+                dbapi_connection.gate = gate
+
+            event.listen(engine, "connect", attach_gate)
+            event.listen(engine, "begin", _begin_immediate)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         # psycopg (v3) is the driver we install; a bare postgresql:// URL means it.

@@ -1,0 +1,97 @@
+"""SQLite write transactions of one process queue on a lock: released on every way a transaction ends."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from api_shim.db import session as db_session
+from api_shim.db.migrate import upgrade_to_head
+from api_shim.db.models import User
+from api_shim.db.session import engine_for, session_factory, session_scope
+
+
+@pytest.fixture
+def url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'rime.db'}"
+    upgrade_to_head(url)
+    yield url
+    engine_for(url).dispose()
+
+
+def _user(n: int) -> User:
+    return User(id=f"usr_{n}", tenant_id="default", email=f"u{n}@example.com", name=str(n), role="viewer")
+
+
+def _write(url: str, n: int) -> None:
+    with session_scope(url) as session:
+        session.add(_user(n))
+
+
+def _gate(url: str) -> threading.Lock:
+    return db_session.sqlite_write_gate(url)
+
+
+def test_the_gate_is_free_after_commit_rollback_and_close(url):
+    _write(url, 1)
+    assert not _gate(url).locked()
+    with pytest.raises(RuntimeError), session_scope(url) as session:
+        session.add(_user(2))
+        session.flush()
+        assert _gate(url).locked()  # held for the whole write transaction
+        raise RuntimeError("rolled back")
+    assert not _gate(url).locked()
+    session = session_factory(url)()
+    session.add(_user(3))
+    session.flush()
+    session.close()  # neither committed nor rolled back explicitly
+    assert not _gate(url).locked()
+    _write(url, 4)
+    with session_scope(url) as session:
+        assert {u.id for u in session.query(User)} >= {"usr_1", "usr_4"}
+
+
+def test_a_writer_waits_for_the_one_before_and_gets_the_database_at_once(url):
+    holder = session_factory(url)()
+    holder.add(_user(1))
+    holder.flush()
+    waited: list[float] = []
+
+    def second() -> None:
+        started = time.monotonic()
+        _write(url, 2)
+        waited.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.3)
+    assert not waited  # queued behind the open transaction
+    released = time.monotonic()
+    holder.commit()
+    holder.close()
+    thread.join(5)
+    assert waited and waited[0] >= 0.3
+    # Handed over on commit, not on SQLite's next busy poll.
+    assert time.monotonic() - released < 0.2
+
+
+def test_a_writer_that_cannot_get_the_gate_fails_like_a_locked_database(url, monkeypatch):
+    monkeypatch.setattr(db_session, "BUSY_TIMEOUT_SECONDS", 0.2)
+    holder = session_factory(url)()
+    holder.add(_user(1))
+    holder.flush()
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as info:
+            _write(url, 2)  # same thread, second connection: would wait forever on a plain lock
+        assert isinstance(info.value.orig, sqlite3.OperationalError)
+        assert "database is locked" in str(info.value.orig)
+        assert time.monotonic() - started < 2
+    finally:
+        holder.rollback()
+        holder.close()
+    _write(url, 3)  # and nothing is left held
