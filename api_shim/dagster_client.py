@@ -180,8 +180,16 @@ class DagsterClient:
         self._instance_lock = threading.Lock()
         # Set by the app: launches wait on it for the generation they need.
         self.definitions: DefinitionsSync | None = None
-        # One pooled HTTP client for our own GraphQL requests (thread-safe; a client per call costs a TLS setup).
-        self._http = httpx.Client()
+        self._http_client: httpx.Client | None = None
+
+    @property
+    def _http(self) -> httpx.Client:
+        """One pooled HTTP client for our own GraphQL requests (thread-safe; a client per call costs a TLS
+        set-up), made again after close()."""
+        client = self._http_client
+        if client is None or client.is_closed:
+            client = self._http_client = httpx.Client()
+        return client
 
     # GraphQL ------------------------------------------------------------
     def _graphql(self, timeout: float | None = None):
@@ -439,7 +447,8 @@ class DagsterClient:
         return set(plan.step_keys_to_execute)
 
     def close(self) -> None:
-        self._http.close()
+        if self._http_client is not None:
+            self._http_client.close()
         with self._instance_lock:
             if self._instance is not None:
                 self._instance.dispose()
