@@ -8,14 +8,15 @@ What it does, all in one run, everything under a temporary directory:
 
 1. prepares a deployment the way `rime up --no-demo` does (`ensure_dagster_home`, so
    DefaultRunCoordinator and run monitoring, Dagster storage initialized once, metadata store
-   migrated, the admin of RIME_ADMIN_TOKEN ensured) and starts its three processes as `rime up`
-   does: `dagster-webserver -w workspace.yaml`, `dagster-daemon run` and the API under uvicorn,
+   migrated, the admin of RIME_ADMIN_TOKEN ensured) and starts its processes as `rime up`
+   does: the `rime` code server (`dagster code-server start`), then `dagster-webserver` and
+   `dagster-daemon run` on the generated grpc_server workspace, and the API under uvicorn,
    each on a free loopback port and leading its own process group;
 2. through the API, creates a project, a `files` connector "Inbox" with one uploaded
    `orders.csv`, and the trivial two-step pipeline of tests/dagster/test_pipeline_jobs.py
-   (connector_sync, then table_maintenance expire_snapshots of `inbox__orders`), reloads the code
-   location once itself (so that no reload the API started after a change overlaps the timed runs)
-   and waits for the job `pipeline_<id>` to show in GraphQL;
+   (connector_sync, then table_maintenance expire_snapshots of `inbox__orders`), and waits for the
+   job `pipeline_<id>` to show in GraphQL and for the API to see Dagster caught up (so that no
+   reload of the definitions sync overlaps the timed runs);
 3. times, alternating run by run after one untimed warm-up of each (the pipeline's default run
    config: the in-process executor, steps run in the run worker):
    (a) raw Dagster: `DagsterGraphQLClient.submit_job_execution` of `pipeline_<id>` with the same
@@ -216,16 +217,27 @@ def child_env(home: Path, dagster_home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_dagster(procs: Processes, env: dict[str, str], port: int, logs: Path, prefix: str) -> None:
+def start_dagster(procs: Processes, env: dict[str, str], port: int, logs: Path, prefix: str, settings=None) -> None:
+    """With `settings`, as `rime up` does: the `rime` code server first, then the webserver and the daemon on
+    the generated grpc_server workspace. Without, as `dagster dev` does: both load workspace.yaml themselves."""
+    workspace = WORKSPACE
+    if settings is not None:
+        from api_shim.cli import code_server_command, wait_for_code_server, write_workspace
+
+        procs.start(f"{prefix}code-server", code_server_command(settings, BIN), env, logs / f"{prefix}code-server.log")
+        if not wait_for_code_server(settings, START_TIMEOUT):
+            procs.check_alive()
+            raise RuntimeError("the rime code server did not start")
+        workspace = write_workspace(settings)
     procs.start(
         f"{prefix}dagster-webserver",
-        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(WORKSPACE)],
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)],
         env,
         logs / f"{prefix}webserver.log",
     )
     procs.start(
         f"{prefix}dagster-daemon",
-        [str(BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
+        [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
         env,
         logs / f"{prefix}daemon.log",
     )
@@ -557,16 +569,14 @@ def create_pipeline(api: httpx.Client, dagster_port: int) -> Target:
         201,
     )
     target = Target(project_id=pid, pipeline_id=pipeline["id"])
-    # Each change above made the API reload the code location in a background task (the webserver
-    # runs reloads one after another, ~7 s each here). One reload of our own queues behind them:
-    # once it is done the job is there and no reload of the API's overlaps the timed runs.
-    from dagster_graphql import ReloadRepositoryLocationStatus
-
-    info = graphql_client(dagster_port).reload_repository_location(LOCATION)
-    if info.status != ReloadRepositoryLocationStatus.SUCCESS:
-        raise RuntimeError(f"reloading the code location failed: {info.message}")
+    # The API's definitions sync reloads the code location after the changes above: wait until the job
+    # is there and the API sees Dagster caught up, so that no reload overlaps the timed runs.
     wait_job(dagster_port, target.job)
-    time.sleep(2)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not api.get("/health/ready").json()["dependencies"]["dagster_definitions"]["detail"].startswith("generation"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("Dagster did not catch up with the definitions")
+        time.sleep(0.5)
     return target
 
 
@@ -601,6 +611,7 @@ def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Tar
         secret_key=SECRET_KEY,
         api_port=api_port,
         dagster_port=dagster_port,
+        code_server_port=free_port(),
     )
     log(f"preparing the deployment under {scratch} (what `rime up --no-demo` does before it starts anything)")
     dagster_home = ensure_dagster_home(settings)
@@ -612,7 +623,7 @@ def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Tar
     procs = Processes(f"DAGSTER_HOME={dagster_home}")
     instance = None
     try:
-        start_dagster(procs, env, dagster_port, scratch, "")
+        start_dagster(procs, env, dagster_port, scratch, "", settings=settings)
         api_proc = procs.start(
             "api",
             [
