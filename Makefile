@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/connector_sync.py
 	$(BIN)/python bench/dbt_load.py
 	$(BIN)/python bench/run_latency.py
+	$(BIN)/python bench/code_location_load.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check api_shim rime_dagster tests bench
