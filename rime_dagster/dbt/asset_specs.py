@@ -53,7 +53,7 @@ _NODE_COLLECTIONS = (
 
 
 class AssetKeys:
-    """unique id -> asset key, as RimeDbtTranslator.get_asset_key (memoized: each source is matched once)."""
+    """unique id -> asset key (memoized: each source is matched to a connector table once)."""
 
     def __init__(self, manifest: Mapping[str, Any], namespace: str, slug: str, index: ConnectorIndex):
         self.manifest = manifest
@@ -65,13 +65,17 @@ class AssetKeys:
     def __call__(self, unique_id: str) -> dg.AssetKey:
         key = self._cache.get(unique_id)
         if key is None:
-            props = node(self.manifest, unique_id)
-            if props["resource_type"] == "source":
-                key = dg.AssetKey(source_asset_key(self.namespace, self.slug, props, self.index))
-            else:
-                key = dg.AssetKey(node_asset_key(self.namespace, self.slug, props))
-            self._cache[unique_id] = key
+            key = self._cache[unique_id] = asset_key(
+                self.namespace, self.slug, self.index, node(self.manifest, unique_id)
+            )
         return key
+
+
+def asset_key(namespace: str, slug: str, index: ConnectorIndex, props: Mapping[str, Any]) -> dg.AssetKey:
+    """A model's, seed's or snapshot's `[namespace, slug, name]`; a source's, its connector table's if it reads one."""
+    if props["resource_type"] == "source":
+        return dg.AssetKey(source_asset_key(namespace, slug, props, index))
+    return dg.AssetKey(node_asset_key(namespace, slug, props))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings
 
-from rime_dagster.dbt.manifest import ConnectorIndex, node_asset_key, source_asset_key
+from rime_dagster.dbt.asset_specs import asset_key
+from rime_dagster.dbt.manifest import ConnectorIndex
 from rime_dagster.specs import DbtProjectSpec
 
 
@@ -25,9 +26,7 @@ class RimeDbtTranslator(DagsterDbtTranslator):
         self.index = index
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
-        if dbt_resource_props["resource_type"] == "source":
-            return dg.AssetKey(source_asset_key(self.namespace, self.slug, dbt_resource_props, self.index))
-        return dg.AssetKey(node_asset_key(self.namespace, self.slug, dbt_resource_props))
+        return asset_key(self.namespace, self.slug, self.index, dbt_resource_props)
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return self.namespace
