@@ -31,6 +31,7 @@ from api_shim.settings import Settings, get_settings
 log = logging.getLogger("rime")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GRACE_SECONDS = 10.0
+CODE_SERVER_NICENESS = 10
 
 
 def _write_private(path: Path, content: str) -> None:
@@ -141,10 +142,16 @@ class Supervisor:
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = False
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str], *, nice: int = 0) -> None:
         # Each child leads its own process group so stopping it stops its own children
-        # (the webserver's code server, the daemon's run workers) too.
-        proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, start_new_session=True)
+        # (the code server's child and run workers) too.
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+        )
         self.children.append((name, proc))
         log.info("started %s (pid %d)", name, proc.pid)
 
@@ -217,7 +224,9 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)
     try:
-        supervisor.start("code-server", code_server_command(settings, bin_dir), env)
+        # Reloads (a new process loading the definitions) and the runs it starts are background work:
+        # on a busy machine the API's requests come first.
+        supervisor.start("code-server", code_server_command(settings, bin_dir), env, nice=CODE_SERVER_NICENESS)
         # The webserver and the daemon would show a load error until the code server listens.
         if not wait_for_code_server(settings, ready_timeout, alive=lambda: supervisor.first_exited() is None):
             log.error("the rime code server did not start; see the logs above")

@@ -361,6 +361,13 @@ class DagsterClient:
                 self._instance = DagsterInstance.from_config(str(home))
             return self._instance
 
+    def warm_up(self) -> None:
+        """Opens the instance now rather than on the first request that reads a run; best effort."""
+        try:
+            self.instance()
+        except Exception as exc:
+            log.warning("Dagster run storage not opened at start: %s", exc)
+
     def _run_records(self, filters, limit: int, cursor: str | None = None) -> list[RunRecord]:
         try:
             return list(self.instance().get_run_records(filters=filters, limit=limit, cursor=cursor))

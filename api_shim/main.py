@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 
 from api_shim.crypto import CredentialCipher
 from api_shim.dagster_client import DagsterClient, ensure_dagster_home
@@ -45,7 +46,9 @@ def bootstrap(settings: Settings) -> None:
             )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> FastAPI:
+    """`warm_up`: open Dagster's run storage before serving (it imports Dagster, about a second of the
+    GIL), so that the first request that reads a run does not stall every other request of the process."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -57,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Start anyway so /health/ready can say what is wrong; `rime up` bootstraps
             # before starting the API, so this only happens when the store is down.
             log.error("metadata store unavailable at start; RIME_ADMIN_TOKEN not ensured")
+        if warm_up:
+            await run_in_threadpool(app.state.dagster.warm_up)
         app.state.definitions.start()
         yield
         app.state.definitions.stop()
@@ -138,4 +143,4 @@ def app_from_env() -> FastAPI:
     """uvicorn entry point: `uvicorn --factory api_shim.main:app_from_env`."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    return create_app(settings, warm_up=True)

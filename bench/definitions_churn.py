@@ -339,14 +339,26 @@ def launch_and_wait(platform: Platform, chosen: list[tuple[str, str, str]], clie
     with ThreadPoolExecutor(clients) as pool:
         launched = list(pool.map(launch, chosen))
     outcomes = []
-    for response, seconds in launched:
-        run = None
+    for (kind, _, rid), (response, seconds) in zip(chosen, launched, strict=True):
         if response.status_code == 202:
             run = response.json()["dagster_run_id"]
-            outcomes.append((response.status_code, seconds, wait_terminal(instance, run)))
+            status = wait_terminal(instance, run)
+            if status != "SUCCESS":
+                log(f"  {kind} {rid}: run {run} ended {status}: {run_errors(instance, run)}")
+            outcomes.append((response.status_code, seconds, status))
         else:
             outcomes.append((response.status_code, seconds, response.text[:200]))
     return outcomes
+
+
+def run_errors(instance, dagster_run_id: str) -> str:
+    messages = []
+    for record in instance.get_records_for_run(dagster_run_id).records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and event.event_type_value in ("STEP_FAILURE", "PIPELINE_FAILURE", "ENGINE_EVENT"):
+            error = getattr(event.event_specific_data, "error", None)
+            messages.append((error.message if error else event.message or "").strip()[:300])
+    return " | ".join(m for m in messages if m)[:1500]
 
 
 def wait_terminal(instance, dagster_run_id: str, timeout: float = RUN_TIMEOUT) -> str:

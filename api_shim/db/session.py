@@ -116,7 +116,9 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
             "isolation_level": None,
             "factory": _GatedConnection,
         }
-        engine = create_engine(url, connect_args=connect_args)
+        # Enough pooled connections for the API's worker threads: a connection made past the pool
+        # runs the PRAGMAs above and is closed again, once per request under a burst.
+        engine = create_engine(url, connect_args=connect_args, pool_size=20, max_overflow=20)
         event.listen(engine, "connect", _sqlite_pragmas)
         if read_only:
             event.listen(engine, "connect", lambda conn, _record: conn.execute("PRAGMA query_only=ON"))

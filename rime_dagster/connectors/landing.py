@@ -185,7 +185,7 @@ def land_table(
         )
     table_created = table is None
     if table is None:
-        catalog.create_namespace_if_not_exists(identifier[0])
+        ensure_namespace(catalog, identifier[0])
         # The table is created by the same commit that lands its first data: a failed first sync leaves no table.
         tx: Transaction = catalog.create_table_transaction(
             identifier, incoming, properties={**_DEFAULT_TABLE_PROPERTIES, **wanted_properties}
@@ -501,6 +501,17 @@ def compact_table(
             _delete_files(io, writer.paths)
         raise
     return CompactResult(len(live), len(paths), rows, producer.snapshot_id)
+
+
+def ensure_namespace(catalog: Catalog, namespace: str) -> None:
+    """Creates the namespace unless it exists, also when another writer creates it at the same moment
+    (the first syncs of two connectors of one project): the catalog's unique key refuses the second
+    insert with an integrity error that pyiceberg does not translate into NamespaceAlreadyExistsError."""
+    try:
+        catalog.create_namespace_if_not_exists(namespace)
+    except Exception:
+        if not catalog.namespace_exists(namespace):
+            raise
 
 
 def _file_prefix(run_id: str) -> str:

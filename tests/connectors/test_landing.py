@@ -704,3 +704,33 @@ def test_concurrent_incremental_commit_fails_instead_of_rebasing(catalog, table_
         read_at=read_cursor_state(catalog, IDENT, "id"),
     )
     assert [r["id"] for r in rows(catalog)] == list(range(20))
+
+
+def test_first_syncs_of_two_tables_of_one_new_namespace_at_once_both_land(tmp_path):
+    """Two connectors of a new project sync for the first time together: both create the namespace."""
+    import threading
+
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from rime_dagster.connectors.landing import ensure_namespace
+
+    def create(catalog, namespace: str, barrier: threading.Barrier, errors: list[BaseException]) -> None:
+        barrier.wait()
+        try:
+            ensure_namespace(catalog, namespace)
+        except BaseException as exc:
+            errors.append(exc)
+
+    for round_ in range(10):
+        catalogs = [
+            SqlCatalog("test", uri=f"sqlite:///{tmp_path}/race.db", warehouse=f"file://{tmp_path}/wh") for _ in range(4)
+        ]
+        barrier = threading.Barrier(len(catalogs))
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=create, args=(c, f"project_{round_}", barrier, errors)) for c in catalogs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert catalogs[0].namespace_exists(f"project_{round_}")
