@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -62,6 +63,10 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
             log.error("metadata store unavailable at start; RIME_ADMIN_TOKEN not ensured")
         if warm_up:
             await run_in_threadpool(app.state.dagster.warm_up)
+            # What start-up made (modules, schemas, Dagster) lives as long as the process: moved out of
+            # the collector's reach, a full collection under load no longer walks it and stalls every request.
+            gc.collect()
+            gc.freeze()
         app.state.definitions.start()
         yield
         app.state.definitions.stop()

@@ -9,8 +9,9 @@ What it does, everything under a temporary directory:
 
 1. starts the platform with `rime up --no-demo` (the `rime` code server, webserver, daemon, API),
    on free loopback ports, as a newcomer would;
-2. the burst: 8 concurrent clients make 300 mutating calls between them (create, patch and delete
-   of projects, `files` connectors over a one-row CSV, and pipelines that sync them), timing each;
+2. the burst: 8 concurrent clients (processes of their own) make 300 mutating calls between them
+   (create, patch and delete of projects, `files` connectors over a one-row CSV, and pipelines
+   that sync them), timing each;
 3. right after the burst, triggers 20 runs of connectors and pipelines created during it, 8 at a
    time, and waits for every run to end;
 4. every second from the start of the burst to 30 s after its end, samples `/health/ready` and
@@ -30,7 +31,7 @@ Run with `python bench/definitions_churn.py [--writes 300] [--clients 8] [--laun
 from __future__ import annotations
 
 import argparse
-import itertools
+import multiprocessing
 import os
 import random
 import re
@@ -222,105 +223,126 @@ class Burst:
     errors: list[str] = field(default_factory=list)
     # (kind, project id, resource id) of what exists at the end and can be launched
     launchable: list[tuple[str, str, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    slowest: list[tuple[float, float, str]] = field(default_factory=list)  # (seconds, started after burst s, kind)
 
-    def record(self, kind: str, response: httpx.Response, seconds: float) -> None:
-        with self.lock:
-            self.latencies.append(seconds)
-            self.by_kind_latency.setdefault(kind, []).append(seconds)
-            self.statuses[response.status_code] += 1
-            self.by_kind[kind] += 1
-            if response.status_code >= 500 or response.status_code in (400, 422):
-                self.errors.append(f"{kind}: {response.status_code} {response.text[:200]}")
+
+def churn_client(n: int, api: str, headers: dict, data_dir: str, writes: int, budget, barrier, results) -> None:
+    """One client of the burst, in a process of its own (so that clients never wait on each other's GIL):
+    random creates, patches and deletes until the shared budget of `writes` calls is spent."""
+    rnd = random.Random(n)
+    calls: list[tuple[str, float, int, str, float]] = []  # (kind, seconds, status, body when refused, start)
+    # project id -> {"connectors": [connector id], "pipelines": {pipeline id: the connector it syncs}}
+    projects: dict[str, dict] = {}
+
+    def call(client: httpx.Client, kind: str, method: str, url: str, **kwargs) -> httpx.Response | None:
+        with budget.get_lock():
+            if budget.value >= writes:
+                return None
+            budget.value += 1
+        at, started = time.time(), time.perf_counter()
+        response = client.request(method, url, **kwargs)
+        refused = response.text[:200] if response.status_code >= 500 or response.status_code in (400, 422) else ""
+        calls.append((kind, time.perf_counter() - started, response.status_code, refused, at))
+        return response
+
+    with httpx.Client(base_url=f"{api}/api/v1", headers=headers, timeout=120) as client:
+        client.get("/projects")  # connection made before the burst starts
+        barrier.wait()
+        while True:
+            if not projects or rnd.random() < 0.08:
+                r = call(client, "project.create", "POST", "/projects", json={"name": f"churn {n} {rnd.random()}"})
+                if r is None:
+                    break
+                if r.status_code == 201:
+                    projects[r.json()["id"]] = {"connectors": [], "pipelines": {}}
+                continue
+            pid = rnd.choice(list(projects))
+            owned = projects[pid]
+            roll = rnd.random()
+            if roll < 0.35 or not owned["connectors"]:
+                body = {
+                    "name": f"src {rnd.random()}",
+                    "connector_type": "files",
+                    "config": {"path": data_dir},
+                    "selected_tables": ["orders"],
+                }
+                r = call(client, "connector.create", "POST", f"/projects/{pid}/connectors", json=body)
+                if r is not None and r.status_code == 201:
+                    owned["connectors"].append(r.json()["id"])
+            elif roll < 0.55:
+                cid = rnd.choice(owned["connectors"])
+                body = {
+                    "name": f"flow {rnd.random()}",
+                    "steps": [{"id": "sync", "type": "connector_sync", "config": {"connector_id": cid}}],
+                }
+                r = call(client, "pipeline.create", "POST", f"/projects/{pid}/pipelines", json=body)
+                if r is not None and r.status_code == 201:
+                    owned["pipelines"][r.json()["id"]] = cid
+            elif roll < 0.72:
+                cid = rnd.choice(owned["connectors"])
+                cron = f"{rnd.randrange(60)} {rnd.randrange(24)} * * *"
+                r = call(
+                    client, "connector.patch", "PATCH", f"/projects/{pid}/connectors/{cid}", json={"schedule": cron}
+                )
+            elif roll < 0.82 and owned["pipelines"]:
+                plid = rnd.choice(list(owned["pipelines"]))
+                body = {"description": f"v{rnd.random()}", "retries": rnd.randrange(3)}
+                r = call(client, "pipeline.patch", "PATCH", f"/projects/{pid}/pipelines/{plid}", json=body)
+            elif roll < 0.88:
+                r = call(client, "project.patch", "PATCH", f"/projects/{pid}", json={"description": f"d{rnd.random()}"})
+            elif roll < 0.94 and owned["pipelines"]:
+                plid = rnd.choice(list(owned["pipelines"]))
+                owned["pipelines"].pop(plid)
+                r = call(client, "pipeline.delete", "DELETE", f"/projects/{pid}/pipelines/{plid}")
+            elif len(projects) > 1 and roll < 0.97:
+                projects.pop(pid)
+                r = call(client, "project.delete", "DELETE", f"/projects/{pid}")
+            else:
+                # A connector that none of the project's pipelines syncs, keeping one at least.
+                spare = [c for c in owned["connectors"] if c not in owned["pipelines"].values()]
+                if len(spare) < 2:
+                    continue
+                owned["connectors"].remove(spare[-1])
+                r = call(client, "connector.delete", "DELETE", f"/projects/{pid}/connectors/{spare[-1]}")
+            if r is None:
+                break
+    launchable = [("connector", pid, c) for pid, owned in projects.items() for c in owned["connectors"]]
+    launchable += [("pipeline", pid, p) for pid, owned in projects.items() for p in owned["pipelines"]]
+    results.put((calls, launchable))
 
 
 def burst(platform: Platform, writes: int, clients: int) -> tuple[Burst, float, float]:
-    result = Burst()
-    budget = itertools.count()
-
-    def call(client: httpx.Client, kind: str, method: str, url: str, **kwargs) -> httpx.Response | None:
-        if next(budget) >= writes:
-            return None
-        started = time.perf_counter()
-        response = client.request(method, url, **kwargs)
-        result.record(kind, response, time.perf_counter() - started)
-        return response
-
-    def client_loop(n: int) -> None:
-        rnd = random.Random(n)
-        # project id -> {"connectors": [connector id], "pipelines": {pipeline id: the connector it syncs}}
-        projects: dict[str, dict] = {}
-        with httpx.Client(base_url=f"{platform.api}/api/v1", headers=platform.headers, timeout=120) as client:
-            while True:
-                if not projects or rnd.random() < 0.08:
-                    r = call(client, "project.create", "POST", "/projects", json={"name": f"churn {n} {rnd.random()}"})
-                    if r is None:
-                        break
-                    if r.status_code == 201:
-                        projects[r.json()["id"]] = {"connectors": [], "pipelines": {}}
-                    continue
-                pid = rnd.choice(list(projects))
-                owned = projects[pid]
-                roll = rnd.random()
-                if roll < 0.35 or not owned["connectors"]:
-                    body = {
-                        "name": f"src {rnd.random()}",
-                        "connector_type": "files",
-                        "config": {"path": str(platform.data_dir)},
-                        "selected_tables": ["orders"],
-                    }
-                    r = call(client, "connector.create", "POST", f"/projects/{pid}/connectors", json=body)
-                    if r is not None and r.status_code == 201:
-                        owned["connectors"].append(r.json()["id"])
-                elif roll < 0.55:
-                    cid = rnd.choice(owned["connectors"])
-                    body = {
-                        "name": f"flow {rnd.random()}",
-                        "steps": [{"id": "sync", "type": "connector_sync", "config": {"connector_id": cid}}],
-                    }
-                    r = call(client, "pipeline.create", "POST", f"/projects/{pid}/pipelines", json=body)
-                    if r is not None and r.status_code == 201:
-                        owned["pipelines"][r.json()["id"]] = cid
-                elif roll < 0.72:
-                    cid = rnd.choice(owned["connectors"])
-                    cron = f"{rnd.randrange(60)} {rnd.randrange(24)} * * *"
-                    r = call(
-                        client, "connector.patch", "PATCH", f"/projects/{pid}/connectors/{cid}", json={"schedule": cron}
-                    )
-                elif roll < 0.82 and owned["pipelines"]:
-                    plid = rnd.choice(list(owned["pipelines"]))
-                    body = {"description": f"v{rnd.random()}", "retries": rnd.randrange(3)}
-                    r = call(client, "pipeline.patch", "PATCH", f"/projects/{pid}/pipelines/{plid}", json=body)
-                elif roll < 0.88:
-                    r = call(
-                        client, "project.patch", "PATCH", f"/projects/{pid}", json={"description": f"d{rnd.random()}"}
-                    )
-                elif roll < 0.94 and owned["pipelines"]:
-                    plid = rnd.choice(list(owned["pipelines"]))
-                    owned["pipelines"].pop(plid)
-                    r = call(client, "pipeline.delete", "DELETE", f"/projects/{pid}/pipelines/{plid}")
-                elif len(projects) > 1 and roll < 0.97:
-                    projects.pop(pid)
-                    r = call(client, "project.delete", "DELETE", f"/projects/{pid}")
-                else:
-                    # A connector that none of the project's pipelines syncs, keeping one at least.
-                    spare = [c for c in owned["connectors"] if c not in owned["pipelines"].values()]
-                    if len(spare) < 2:
-                        continue
-                    owned["connectors"].remove(spare[-1])
-                    r = call(client, "connector.delete", "DELETE", f"/projects/{pid}/connectors/{spare[-1]}")
-                if r is None:
-                    break
-        with result.lock:
-            for pid, owned in projects.items():
-                result.launchable += [("connector", pid, c) for c in owned["connectors"]]
-                result.launchable += [("pipeline", pid, p) for p in owned["pipelines"]]
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client_loop, range(clients)))
+    ctx = multiprocessing.get_context("spawn")
+    budget = ctx.Value("i", 0)
+    barrier = ctx.Barrier(clients + 1)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(
+            target=churn_client,
+            args=(n, platform.api, platform.headers, str(platform.data_dir), writes, budget, barrier, results),
+        )
+        for n in range(clients)
+    ]
+    for worker in workers:
+        worker.start()
+    barrier.wait(timeout=120)  # every client is up and connected
+    started, wall = time.monotonic(), time.time()
+    outcome = Burst()
+    for _ in workers:
+        calls, launchable = results.get(timeout=600)
+        for kind, seconds, status, refused, at in calls:
+            outcome.slowest.append((seconds, at - wall, kind))
+            outcome.latencies.append(seconds)
+            outcome.by_kind_latency.setdefault(kind, []).append(seconds)
+            outcome.statuses[status] += 1
+            outcome.by_kind[kind] += 1
+            if refused:
+                outcome.errors.append(f"{kind}: {status} {refused}")
+        outcome.launchable += launchable
     ended = time.monotonic()
-    return result, started, ended
+    for worker in workers:
+        worker.join(timeout=30)
+    return outcome, started, ended
 
 
 # Launches -------------------------------------------------------------------------------------
@@ -647,6 +669,10 @@ def main() -> int:
     for kind, values in sorted(result.by_kind_latency.items()):
         cells = (percentile(values, 50) * 1000, percentile(values, 99) * 1000, max(values) * 1000)
         print(f"| {kind} | {len(values)} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+    slow = ", ".join(
+        f"{kind} {seconds * 1000:.0f} ms at +{at:.1f} s" for seconds, at, kind in sorted(result.slowest)[-5:]
+    )
+    print(f"\nSlowest writes: {slow}")
     if not times:
         return 1 if failed else 0
     print()
