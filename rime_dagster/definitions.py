@@ -6,7 +6,7 @@ import logging
 
 import dagster as dg
 
-from rime_dagster.connectors.assets import connector_definitions
+from rime_dagster.connectors.assets import project_connector_definitions
 from rime_dagster.dbt.assets import dbt_definitions
 from rime_dagster.pipelines.jobs import Resources as PipelineResources
 from rime_dagster.pipelines.jobs import pipeline_definitions
@@ -20,7 +20,14 @@ log = logging.getLogger(__name__)
 def build_definitions(specs: PlatformSpecs, store: MetadataStoreResource) -> dg.Definitions:
     # Domain factories (connectors, dbt, pipelines, sensors) each turn specs into Definitions.
     platform = housekeeping_definitions(specs.generation)
-    connectors = [_isolated(connector_definitions, spec) for spec in specs.connectors]
+    by_project: dict[str, list] = {}
+    for connector in specs.connectors:
+        by_project.setdefault(connector.project_id, []).append(connector)
+    connectors = [
+        project_connector_definitions(project, by_project[project.id])
+        for project in specs.projects
+        if project.id in by_project
+    ]
     dbt_projects = [_isolated(dbt_definitions, spec) for spec in specs.dbt_projects]
     pipelines = [_isolated(pipeline_definitions, spec, _pipeline_resources(specs, spec)) for spec in specs.pipelines]
     return dg.Definitions.merge(

@@ -181,7 +181,10 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
         ]
     return PlatformSpecs(
         generation=generation,
-        projects=list(projects.values()), connectors=connectors, dbt_projects=dbt_projects, pipelines=pipelines
+        projects=list(projects.values()),
+        connectors=connectors,
+        dbt_projects=dbt_projects,
+        pipelines=pipelines,
     )
 
 

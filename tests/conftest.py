@@ -15,7 +15,7 @@ from api_shim.db.session import engine_for, session_scope
 from api_shim.main import create_app
 from api_shim.services import users as user_service
 from api_shim.services.auth import Role
-from api_shim.settings import Settings
+from api_shim.settings import Settings, get_settings
 from tests.support.postgres import fresh_database, throwaway_postgres
 
 ADMIN_TOKEN = "rime_test_admin_token_0123456789abcdef"
@@ -69,6 +69,15 @@ def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Set
     settings = Settings(**values)
     upgrade_to_head(settings.metadata_url)
     return settings
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """RIME_HOME under tmp_path for code that reads the settings (returns tmp_path)."""
+    monkeypatch.setenv("RIME_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -295,7 +295,11 @@ def sync_connector(
         "rime/triggered_by": principal.email,
     }
     launched = dagster.launch_run(
-        connector_job_name(connector.id), generation=project.definitions_generation, tags=tags
+        connector_job_name(project.namespace),
+        generation=project.definitions_generation,
+        tags=tags,
+        # The project's sync job, this connector's tables.
+        asset_selection=[table_asset_key(project.namespace, connector.table_prefix, t) for t in connector.tables],
     )
     return RunStarted(**launch_summary(dagster, launched))
 

@@ -1,5 +1,6 @@
-"""Connector -> Dagster definitions: one asset per table, a sync job, and its schedule."""
+"""Connectors -> Dagster definitions: one asset per table, a sync job per project, a schedule per connector."""
 
+import logging
 from dataclasses import dataclass
 
 import dagster as dg
@@ -7,6 +8,7 @@ import dagster as dg
 from rime_dagster.connectors.names import (
     connector_job_name,
     connector_pool,
+    connector_schedule_name,
     connector_tags,
     describe_collisions,
     iceberg_table_name,
@@ -17,7 +19,9 @@ from rime_dagster.connectors.names import (
 from rime_dagster.platform.pools import log_pool_wait
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource
-from rime_dagster.specs import ConnectorSpec
+from rime_dagster.specs import ConnectorSpec, ProjectSpec
+
+log = logging.getLogger(__name__)
 
 
 def _column_schema(schema) -> dg.TableSchema:
@@ -80,9 +84,10 @@ def sync_tables(spec: ConnectorSpec, tables: list[str], catalog, context, *, ful
         raise dg.Failure(description="; ".join(failures))
 
 
-def connector_definitions(spec: ConnectorSpec) -> dg.Definitions:
+def connector_assets(spec: ConnectorSpec) -> dg.AssetsDefinition | None:
+    """The connector's tables as one multi-asset whose step lands them (None without tables)."""
     if not spec.tables:
-        return dg.Definitions()
+        return None
     by_key = {dg.AssetKey(table_asset_key(spec.namespace, spec.table_prefix, t)): t for t in spec.tables}
     asset_specs = [
         dg.AssetSpec(
@@ -122,13 +127,47 @@ def connector_definitions(spec: ConnectorSpec) -> dg.Definitions:
         for landed in sync_tables(spec, selected, iceberg.catalog(), context, full_refresh=full_refresh):
             yield dg.MaterializeResult(asset_key=landed.asset_key, metadata=landed.metadata)
 
+    return sync
+
+
+def project_connector_definitions(
+    project: ProjectSpec, connectors: list[ConnectorSpec], build=connector_assets
+) -> dg.Definitions:
+    """The project's connectors: their assets, the project's sync job and each connector's schedule.
+
+    One job per project (see `connector_job_name`); a sync of one connector is a run of it that selects
+    that connector's tables, which is what each connector's schedule asks for. A connector whose assets fail
+    to build is left out and logged; the others are not affected.
+    """
+    built: list[tuple[ConnectorSpec, dg.AssetsDefinition]] = []
+    for spec in connectors:
+        try:
+            assets = build(spec)
+        except Exception:
+            log.exception("skipping connector %s: its definitions failed to build", spec.id)
+            continue
+        if assets is not None:
+            built.append((spec, assets))
+    if not built:
+        return dg.Definitions()
     job = dg.define_asset_job(
-        name=connector_job_name(spec.id),
-        selection=dg.AssetSelection.assets(*by_key),
-        tags=connector_tags(spec.project_id, spec.id),
-        description=f"Sync connector '{spec.name}'.",
-        # One step (one multi-asset op): a step process of its own would only add start-up time.
+        name=connector_job_name(project.namespace),
+        selection=dg.AssetSelection.assets(*(a for _, a in built)),
+        tags={"rime/project_id": project.id, "rime/kind": "connector_sync"},
+        description=f"Sync connectors of project '{project.name}' (a run selects one connector's tables).",
+        # In the run worker: a step process per connector would only add start-up time.
         executor_def=dg.in_process_executor,
     )
-    schedules = rime_schedule(job, spec.schedule, paused=spec.paused)
-    return dg.Definitions(assets=[sync], jobs=[job], schedules=schedules)
+    schedules = [
+        schedule
+        for spec, assets in built
+        for schedule in rime_schedule(
+            job,
+            spec.schedule,
+            paused=spec.paused,
+            name=connector_schedule_name(spec.id),
+            asset_selection=list(assets.keys),
+            run_tags=connector_tags(spec.project_id, spec.id),
+        )
+    ]
+    return dg.Definitions(assets=[a for _, a in built], jobs=[job], schedules=schedules)

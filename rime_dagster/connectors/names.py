@@ -50,8 +50,18 @@ def describe_collisions(table_prefix: str, collisions: dict[str, list[str]]) -> 
     return sentences
 
 
-def connector_job_name(connector_id: str) -> str:
-    return f"sync_{connector_id}"
+def connector_job_name(namespace: str) -> str:
+    """The job that syncs the connectors of the project with this namespace (a run selects one connector's tables).
+
+    One job per project, not per connector: Dagster resolves every asset job against the whole asset graph
+    and snapshots each job's config schema, so a job per connector made a reload grow with the square of
+    the number of connectors (8 s of the code server's 12 s at 1,000 connectors).
+    """
+    return f"sync_{namespace}"
+
+
+def connector_schedule_name(connector_id: str) -> str:
+    return f"sync_{connector_id}_schedule"
 
 
 def connector_pool(connector_id: str) -> str:

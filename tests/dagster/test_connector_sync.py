@@ -42,7 +42,7 @@ def test_files_connector_syncs_into_iceberg_and_back_out_of_the_api(api, dagster
     asset_key = [project["namespace"], "drop_zone", "customers"]
     _wait_for_asset(settings, asset_key)
 
-    # The schedule is a Dagster schedule of the connector's job.
+    # The schedule is a Dagster schedule of the project's sync job (each tick selects the connector's tables).
     schedules = graphql(
         settings,
         '{ schedulesOrError(repositorySelector: {repositoryLocationName: "rime", repositoryName: "__repository__"})'
@@ -79,8 +79,8 @@ def test_files_connector_syncs_into_iceberg_and_back_out_of_the_api(api, dagster
     preview = api.get(f"/api/v1/projects/{project['id']}/tables/drop_zone__customers/preview").json()
     assert sorted(dict(zip(preview["columns"], r, strict=True))["name"] for r in preview["rows"]) == ["Ada", "Barbara"]
 
-    # A run launched in Dagster directly (as from the UI) shows up in the API's history.
-    launched = dagster_webserver.client.launch_run(f"sync_{connector['id']}", tags={})
+    # A run launched in Dagster directly (as from the UI: the project's sync job) shows up in the API's history.
+    launched = dagster_webserver.client.launch_run(f"sync_{project['namespace']}", tags={})
     ui_run = wait_for_run(api, base, launched.run_id)
     assert ui_run["status"] == "succeeded"
     history = [r["run_id"] for r in api.get(f"{base}/runs").json()["data"]]

@@ -99,7 +99,7 @@ def test_two_concurrent_incremental_syncs_leave_every_row_exactly_once(api, dags
     assert created.status_code == 201, created.text
     connector = created.json()
     base = f"/api/v1/projects/{project['id']}/connectors/{connector['id']}"
-    _wait_for_job(settings, f"sync_{connector['id']}")
+    _wait_for_job(settings, f"sync_{project['namespace']}")
     instance = dg.DagsterInstance.from_config(str(settings.dagster_home_path))
     pool = connector_pool(connector["id"])
 
