@@ -17,7 +17,7 @@ What it does, all in one run, everything under a temporary directory:
    (c) `5,000 assets`: one project and 1,000 `files` connectors of 5 selected tables each, inserted
        straight into the `connectors` table with one executemany (each with an hourly schedule, as
        the demo's connector has);
-2. writes the floor module, `floor_location.py`: `import dagster`, one trivial asset, `dg.Definitions`;
+2. the floor is `bench/floor_location.py`: `import dagster`, one trivial asset and one trivial job;
 3. times, in rounds that interleave the legs so machine noise spreads over all of them, three
    fresh-process measurements per leg, each the wall time of a whole `python -c` process:
    load = `import <module>` (what the targets are about: the import builds the definitions);
@@ -60,19 +60,6 @@ TARGET_MANY_SECONDS = 10.0
 HEAVY = ("dagster_dbt", "dbt", "duckdb", "pyiceberg", "pyarrow", "psycopg", "fastapi")
 SECRET_KEY = "rime-bench-secret-key-0123456789abcdef0123456789"
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
-
-FLOOR_MODULE = '''"""The floor: a code location that imports only dagster and builds a trivial Definitions."""
-
-import dagster as dg
-
-
-@dg.asset
-def trivial() -> None:
-    return None
-
-
-defs = dg.Definitions(assets=[trivial])
-'''
 
 # The child: import the module, then (run worker) resolve the one job a run needs, or (code server) build the
 # repository snapshot the webserver asks for; print which heavy modules came in.
@@ -181,7 +168,8 @@ def time_child(module: str, *, phase: str, env: dict[str, str]) -> tuple[float, 
 
 def child_env(home: Path | None, floor_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RIME_", "DAGSTER_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(floor_dir), str(REPO_ROOT)])
+    # bench/ for the floor, bench/floor_location.py (shared with bench/definitions_churn.py).
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "bench"), str(REPO_ROOT)])
     env["RIME_SECRET_KEY"] = SECRET_KEY
     if home is not None:
         env["RIME_HOME"] = str(home)
@@ -201,7 +189,6 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="rime-bench-load-"))
     floor_dir = workdir / "floor"
     floor_dir.mkdir()
-    (floor_dir / f"{FLOOR}.py").write_text(FLOOR_MODULE)
     (floor_dir / "dagster_home").mkdir()
     many_label = f"{args.connectors * args.tables:,} assets"
     log(f"building the homes under {workdir} ...")
