@@ -128,6 +128,6 @@ def test_loading_the_code_location_imports_no_heavy_module(tmp_path):
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
 
     assert loaded["modules"] == []
-    # The probe built what it should have: the connector's, the dbt project's and the pipeline's jobs.
-    assert {"sync_conn_1", "dbt_run_dbt_1", "pipeline_pipe_1"} <= set(loaded["jobs"])
+    # The probe built what it should have: the project's sync job, the dbt project's and the pipeline's jobs.
+    assert {"sync_shop", "dbt_run_dbt_1", "pipeline_pipe_1"} <= set(loaded["jobs"])
     assert {"shop/inbox/orders", "shop/inbox/customers", "shop/shop_models/stg_orders"} <= set(loaded["assets"])
