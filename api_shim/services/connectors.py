@@ -37,9 +37,9 @@ def _plugin(connector_type: str) -> type[Source]:
     try:
         return source_class(connector_type)
     except KeyError:
-        from rime_dagster.connectors.sources import REGISTRY
+        from rime_dagster.connectors.sources import known_types
 
-        known = ", ".join(sorted(REGISTRY))
+        known = ", ".join(known_types())
         raise ValidationFailed.field("connector_type", f"Unknown connector type; use one of: {known}.") from None
 
 

@@ -68,3 +68,19 @@ def test_a_connector_that_fails_to_build_leaves_the_others_in_the_job(two_connec
     )
     assert {k.path[1] for k in job.asset_layer.asset_graph.get_all_asset_keys()} == {"crm"}
     assert [s.name for s in defs.schedules] == ["sync_crm_schedule"]
+
+
+def test_a_plug_in_is_imported_only_when_its_type_is_asked_for():
+    """A run of a `files` connector pays for pyarrow, not for the PostgreSQL driver and DuckDB."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from rime_dagster.connectors.sources import known_types, source_class\n"
+        "source_class('files')\n"
+        "print(sorted(m for m in ('psycopg', 'duckdb') if m in sys.modules))\n"
+        "print(known_types())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "['files', 'postgresql', 'sqlite']"]

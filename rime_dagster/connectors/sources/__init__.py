@@ -1,6 +1,5 @@
-"""Source plug-ins. Importing this package registers every connector type in REGISTRY."""
+"""Source plug-ins: one module per connector type, `<connector_type>.py`, imported when first asked for."""
 
-from rime_dagster.connectors.sources import files, postgresql, sqlite  # noqa: F401  (registers)
-from rime_dagster.connectors.sources.base import REGISTRY, Source, SourceError, register, source_class
+from rime_dagster.connectors.sources.base import REGISTRY, Source, SourceError, known_types, register, source_class
 
-__all__ = ["REGISTRY", "Source", "SourceError", "register", "source_class"]
+__all__ = ["REGISTRY", "Source", "SourceError", "known_types", "register", "source_class"]

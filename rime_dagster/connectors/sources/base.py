@@ -2,11 +2,13 @@
 
 A plug-in owns its pydantic `config` and `credentials` models (unknown keys rejected),
 its connection test, live schema discovery and a streaming batch reader. Adding a type
-means adding a module here and decorating its class with `@register`; no route changes.
+means adding a module here, named like the type (`<connector_type>.py`), and decorating its
+class with `@register`; no route changes.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -116,10 +118,28 @@ def register(cls: type[Source]) -> type[Source]:
     return cls
 
 
-def source_class(connector_type: str) -> type[Source]:
-    from rime_dagster.connectors import sources  # noqa: F401  (imports every plug-in module)
+def _plugin_modules() -> list[str]:
+    """The plug-in modules of this package: every module but `base` and the private helpers."""
+    import pkgutil
 
+    from rime_dagster.connectors import sources
+
+    return [m.name for m in pkgutil.iter_modules(sources.__path__) if m.name != "base" and not m.name.startswith("_")]
+
+
+def source_class(connector_type: str) -> type[Source]:
+    """The plug-in of `connector_type`, from the module of the same name, imported on first use: a run
+    of a `files` connector never imports the PostgreSQL driver."""
+    if connector_type not in REGISTRY and connector_type in _plugin_modules():
+        importlib.import_module(f"rime_dagster.connectors.sources.{connector_type}")
     try:
         return REGISTRY[connector_type]
     except KeyError:
-        raise KeyError(f"unknown connector_type {connector_type!r}; known: {sorted(REGISTRY)}") from None
+        raise KeyError(f"unknown connector_type {connector_type!r}; known: {known_types()}") from None
+
+
+def known_types() -> list[str]:
+    """Every connector type there is a plug-in for (imports them all)."""
+    for name in _plugin_modules():
+        importlib.import_module(f"rime_dagster.connectors.sources.{name}")
+    return sorted(REGISTRY)
