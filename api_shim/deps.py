@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from api_shim.db.session import unit_of_work
 from api_shim.errors import Forbidden
 from api_shim.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorCodec, PageRequest
-from api_shim.services.auth import Principal, Role, authenticate
+from api_shim.services.auth import Principal, Role, authenticate_request
 from api_shim.settings import Settings
 
 
@@ -45,8 +45,12 @@ def get_principal(
 ) -> Principal:
     # Its own short unit of work, not the request's: a route that then waits on a slow
     # source (connection tests) must not keep a transaction, or SQLite's write lock, open.
-    with unit_of_work(request.app.state.sessions) as session:
-        principal = authenticate(session, credentials.credentials if credentials else None, tenant_id=settings.tenant)
+    principal = authenticate_request(
+        request.app.state.readers,
+        request.app.state.sessions,
+        credentials.credentials if credentials else None,
+        tenant_id=settings.tenant,
+    )
     request.state.principal = principal  # read by the audit middleware
     return principal
 

@@ -23,6 +23,7 @@ from api_shim.routes import connectors, dbt, governance, health, pipelines, proj
 from api_shim.run_watch import RunWatchHub
 from api_shim.services.users import ensure_bootstrap_admin
 from api_shim.settings import Settings, get_settings
+from rime_dagster.connectors.sources import known_types
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ def bootstrap(settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> FastAPI:
-    """`warm_up`: open Dagster's run storage before serving (it imports Dagster, about a second of the
-    GIL), so that the first request that reads a run does not stall every other request of the process."""
+    """`warm_up`: open Dagster's run storage and import the source plug-ins before serving (a second of the
+    GIL), so that the first request that needs them does not stall every other request of the process."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
             log.error("metadata store unavailable at start; RIME_ADMIN_TOKEN not ensured")
         if warm_up:
             await run_in_threadpool(app.state.dagster.warm_up)
+            await run_in_threadpool(known_types)  # the source plug-ins (pyarrow, psycopg, DuckDB)
             # What start-up made (modules, schemas, Dagster) lives as long as the process: moved out of
             # the collector's reach, a full collection under load no longer walks it and stalls every request.
             gc.collect()
@@ -85,6 +87,8 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
     )
     app.state.settings = settings
     app.state.sessions = session_factory(settings.metadata_url)
+    # Snapshots that never take the write lock (SQLite): for reads that need no transaction of their own.
+    app.state.readers = session_factory(settings.metadata_url, read_only=True)
     app.state.cursor_codec = CursorCodec(settings.signing_key())
     app.state.dagster = DagsterClient(settings)
     # Reloads Dagster when the definitions change; launches wait on it (api_shim/definitions_sync.py).

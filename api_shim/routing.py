@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from api_shim.errors import RimeError
 from api_shim.schemas.common import COMMON_ERRORS
 from api_shim.services import idempotency
-from api_shim.services.auth import Principal, authenticate
+from api_shim.services.auth import Principal, authenticate_request
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,11 @@ def _bearer(request: Request) -> str | None:
 
 
 def _authenticate(request: Request) -> Principal | None:
-    with request.app.state.sessions.begin() as session:
-        try:
-            return authenticate(session, _bearer(request), tenant_id=request.app.state.settings.tenant)
-        except RimeError:
-            return None  # the route's own guard answers 401
+    state = request.app.state
+    try:
+        return authenticate_request(state.readers, state.sessions, _bearer(request), tenant_id=state.settings.tenant)
+    except RimeError:
+        return None  # the route's own guard answers 401
 
 
 class RimeRoute(APIRoute):

@@ -9,7 +9,8 @@ What it does, everything under a temporary directory:
 
 1. starts the platform with `rime up --no-demo` (the `rime` code server, webserver, daemon, API),
    on free loopback ports, as a newcomer would;
-2. the burst: 8 concurrent clients (processes of their own) make 300 mutating calls between them
+2. after an untimed warm-up (each kind of write three times, then until Dagster serves them), the
+   burst: 8 concurrent clients (processes of their own) make 300 mutating calls between them
    (create, patch and delete of projects, `files` connectors over a one-row CSV, and pipelines
    that sync them), timing each;
 3. right after the burst, triggers 20 runs of connectors and pipelines created during it, 8 at a
@@ -311,6 +312,31 @@ def churn_client(n: int, api: str, headers: dict, data_dir: str, writes: int, bu
     results.put((calls, launchable))
 
 
+def warm_up(platform: Platform) -> None:
+    """A few untimed writes of every kind, as any server has served before a burst (statement caches, first
+    imports), then until Dagster serves them: the timed burst starts from a caught-up platform."""
+    with httpx.Client(base_url=f"{platform.api}/api/v1", headers=platform.headers, timeout=120) as api:
+        for n in range(3):
+            pid = api.post("/projects", json={"name": f"warm-up {n}"}).json()["id"]
+            body = {"name": "src", "connector_type": "files", "config": {"path": str(platform.data_dir)}}
+            cid = api.post(f"/projects/{pid}/connectors", json={**body, "selected_tables": ["orders"]}).json()["id"]
+            step = {"id": "sync", "type": "connector_sync", "config": {"connector_id": cid}}
+            plid = api.post(f"/projects/{pid}/pipelines", json={"name": "p", "steps": [step]}).json()["id"]
+            api.patch(f"/projects/{pid}/connectors/{cid}", json={"schedule": "0 1 * * *"})
+            api.patch(f"/projects/{pid}/pipelines/{plid}", json={"retries": 1})
+            api.patch(f"/projects/{pid}", json={"description": "warm"})
+            api.delete(f"/projects/{pid}/pipelines/{plid}")
+            api.delete(f"/projects/{pid}/connectors/{cid}")
+            api.delete(f"/projects/{pid}")
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{platform.api}/health/ready", timeout=10).json()
+        if ready["dependencies"]["dagster_definitions"]["detail"].startswith("generation"):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("Dagster did not catch up with the warm-up writes")
+
+
 def burst(platform: Platform, writes: int, clients: int) -> tuple[Burst, float, float]:
     ctx = multiprocessing.get_context("spawn")
     budget = ctx.Value("i", 0)
@@ -578,6 +604,8 @@ def main() -> int:
         from dagster import DagsterInstance
 
         instance = DagsterInstance.from_config(str(platform.dagster_home))
+        log("warm-up: a few writes of every kind, untimed")
+        warm_up(platform)
         sampling = threading.Thread(target=sampler, args=(platform, samples, stop_sampling), daemon=True)
         sampling.start()
         time.sleep(2)

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.db.models import ApiToken, User
+from api_shim.db.session import unit_of_work
 from api_shim.errors import Unauthorized
 
 TOKEN_PREFIX = "rime_"
@@ -56,9 +57,7 @@ def generate_token_secret() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def authenticate(session: Session, secret: str | None, *, tenant_id: str) -> Principal:
-    """The principal holding `secret`, or Unauthorized. Disabled users and revoked or
-    expired tokens fail here on the very next request: nothing is cached."""
+def _verified(session: Session, secret: str | None, tenant_id: str) -> tuple[ApiToken, User]:
     if not secret:
         raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <token>'.")
     row = session.execute(
@@ -69,18 +68,51 @@ def authenticate(session: Session, secret: str | None, *, tenant_id: str) -> Pri
     if row is None:
         raise Unauthorized("The token is invalid.")
     token, user = row
-    now = datetime.now(UTC)
     if token.revoked_at is not None:
         raise Unauthorized("The token has been revoked.")
-    if token.expires_at is not None and token.expires_at <= now:
+    if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
         raise Unauthorized("The token has expired.")
     if user.status == "disabled":
         raise Unauthorized("The user is disabled.")
+    return token, user
+
+
+def _principal(token: ApiToken, user: User) -> Principal:
+    return Principal(
+        user_id=user.id, email=user.email, role=Role(user.role), tenant_id=user.tenant_id, token_id=token.id
+    )
+
+
+def _bookkeeping_due(token: ApiToken, user: User, now: datetime) -> bool:
+    stale = token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION
+    return stale or user.status == "invited"
+
+
+def authenticate(session: Session, secret: str | None, *, tenant_id: str) -> Principal:
+    """The principal holding `secret`, or Unauthorized. Disabled users and revoked or
+    expired tokens fail here on the very next request: nothing is cached. Records the token's
+    use (at most once a minute) and activates an invited user, in `session`."""
+    token, user = _verified(session, secret, tenant_id)
+    now = datetime.now(UTC)
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
         token.last_used_at = now
         user.last_seen_at = now
     if user.status == "invited":
         user.status = "active"
-    return Principal(
-        user_id=user.id, email=user.email, role=Role(user.role), tenant_id=user.tenant_id, token_id=token.id
-    )
+    return _principal(token, user)
+
+
+def authenticate_request(
+    readers: sessionmaker[Session], writers: sessionmaker[Session], secret: str | None, *, tenant_id: str
+) -> Principal:
+    """`authenticate` for a request: verified on a read-only snapshot, so most requests take no write lock
+    for it; only when the use must be recorded (once a minute per token) or the user activated does a short
+    write transaction verify again and record it."""
+    with readers() as session:
+        token, user = _verified(session, secret, tenant_id)
+        due = _bookkeeping_due(token, user, datetime.now(UTC))
+        principal = _principal(token, user)
+    if not due:
+        return principal
+    with unit_of_work(writers) as session:
+        return authenticate(session, secret, tenant_id=tenant_id)
