@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dbt_load.py
 	$(BIN)/python bench/run_latency.py
 	$(BIN)/python bench/code_location_load.py
+	$(BIN)/python bench/definitions_churn.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check api_shim rime_dagster tests bench
