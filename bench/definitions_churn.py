@@ -38,9 +38,7 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -57,7 +55,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench._common import installed_versions  # noqa: E402
+from bench._common import Processes, free_port, installed_versions, log, pids_with_env, wait_http  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ADMIN_TOKEN = "rime_bench_admin_token_0123456789abcdef"
@@ -71,16 +69,6 @@ TARGET_START_RATIO = 1.5
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * pct // 100))
@@ -88,20 +76,6 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 # Processes -----------------------------------------------------------------------------------
-
-
-def pids_with_env(entry: str) -> list[int]:
-    needle = entry.encode() + b"\0"
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if needle in (proc / "environ").read_bytes() + b"\0":
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
 
 
 def code_servers(dagster_home: Path) -> int:
@@ -114,67 +88,6 @@ def code_servers(dagster_home: Path) -> int:
         if b"code-server" in argv or (b"api" in argv and b"grpc" in argv):
             count += 1
     return count
-
-
-class Processes:
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen, Path]] = []
-        self.markers: list[str] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen(
-                argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.children.append((name, proc, log_path))
-        self.markers.append(f"DAGSTER_HOME={env['DAGSTER_HOME']}")
-        log(f"  started {name} (pid {proc.pid})")
-        return proc
-
-    def check_alive(self) -> None:
-        for name, proc, log_path in self.children:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}"
-                )
-
-    def stop(self) -> None:
-        for _, proc, _ in self.children:
-            _signal_group(proc.pid, signal.SIGTERM)
-        for _, proc, _ in self.children:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        for _, proc, _ in self.children:
-            _signal_group(proc.pid, signal.SIGKILL)
-        for marker in self.markers:
-            for pid in pids_with_env(marker):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        self.children.clear()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def wait_http(url: str, procs: Processes, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        procs.check_alive()
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
 # The platform --------------------------------------------------------------------------------

@@ -55,9 +55,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -74,6 +72,8 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `bench._common` when run as `python bench/run_latency.py`
     sys.path.insert(0, str(REPO_ROOT))
+
+from bench._common import Processes, free_port, log, wait_http  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WORKSPACE = REPO_ROOT / "workspace.yaml"
@@ -103,16 +103,6 @@ NOTES = {
 }
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process (its own, not its children's)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -127,77 +117,6 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 # Processes ------------------------------------------------------------------------------------
-
-
-class Processes:
-    """Started children, each leading its own process group (its code server and run workers too)."""
-
-    def __init__(self, env_marker: str):
-        self.children: list[tuple[str, subprocess.Popen, Path]] = []
-        self.env_marker = env_marker  # `DAGSTER_HOME=<ours>`: stragglers that left their group
-
-    def start(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen(
-                argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.children.append((name, proc, log_path))
-        log(f"  started {name} (pid {proc.pid})")
-        return proc
-
-    def check_alive(self) -> None:
-        for name, proc, log_path in self.children:
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
-
-    def stop(self) -> None:
-        for _, proc, _ in self.children:
-            _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for _, proc, _ in self.children:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        # Every group, even those whose leader exited: a code server or run worker may linger.
-        for _, proc, _ in self.children:
-            _signal_group(proc.pid, signal.SIGKILL)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        deadline = time.monotonic() + 5
-        while (pids := _pids_with_env(self.env_marker)) and time.monotonic() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            time.sleep(0.2)
-        self.children.clear()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _pids_with_env(entry: str) -> list[int]:
-    """Processes whose environment holds `entry` (only ours can carry the bench's temp DAGSTER_HOME)."""
-    needle = entry.encode() + b"\0"
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if needle in (proc / "environ").read_bytes() + b"\0":
-                found.append(int(proc.name))
-        except OSError:  # gone, or not ours
-            continue
-    return found
 
 
 def child_env(home: Path, dagster_home: Path, **extra: str) -> dict[str, str]:
@@ -580,19 +499,6 @@ def create_pipeline(api: httpx.Client, dagster_port: int) -> Target:
     return target
 
 
-def wait_api_ready(procs: Processes, api_port: int, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        procs.check_alive()
-        try:
-            if httpx.get(f"http://127.0.0.1:{api_port}/health/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the API was not ready within {timeout:.0f}s")
-
-
 def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Target:
     """Rime's deployment: (a) and (b) alternating, the WebSocket on every (b)."""
     from dagster import DagsterInstance
@@ -620,7 +526,7 @@ def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Tar
     bootstrap(settings, demo=False)
 
     env = child_env(home, dagster_home, RIME_API_PORT=str(api_port), RIME_DAGSTER_PORT=str(dagster_port))
-    procs = Processes(f"DAGSTER_HOME={dagster_home}")
+    procs = Processes()
     instance = None
     try:
         start_dagster(procs, env, dagster_port, scratch, "", settings=settings)
@@ -636,7 +542,7 @@ def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Tar
         )
         started = time.monotonic()
         wait_location(procs, dagster_port)
-        wait_api_ready(procs, api_port)
+        wait_http(f"http://127.0.0.1:{api_port}/health/ready", procs, START_TIMEOUT)
         log(f"  up in {time.monotonic() - started:.1f}s (webserver :{dagster_port}, API :{api_port})")
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=60) as api:
@@ -675,7 +581,7 @@ def reference_phase(args: argparse.Namespace, scratch: Path, target: Target, res
     initialize_dagster_storage(dagster_home)
     port = free_port()
     env = child_env(home, dagster_home, RIME_DAGSTER_PORT=str(port))
-    procs = Processes(f"DAGSTER_HOME={dagster_home}")
+    procs = Processes()
     instance = None
     log("starting the reference deployment (empty dagster.yaml: QueuedRunCoordinator)")
     try:
