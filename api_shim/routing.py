@@ -1,18 +1,22 @@
-"""Route plumbing shared by every router: the Idempotency-Key mechanism and router factory."""
+"""Route plumbing shared by every router: the Idempotency-Key mechanism, YAML bodies and the router factory."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
+import yaml
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from api_shim.errors import RimeError
+from api_shim.deps import RequireRole
+from api_shim.errors import PayloadTooLarge, RimeError, ValidationFailed
+from api_shim.handlers import error_response
 from api_shim.schemas.common import COMMON_ERRORS
 from api_shim.services import idempotency
 from api_shim.services.auth import Principal, authenticate_request
@@ -37,14 +41,15 @@ def idempotency_key(
 Idempotent = Depends(idempotency_key)
 
 
-def _declares_idempotency(dependant) -> bool:
+def _dependency(dependant, match: Callable[[Any], bool]) -> Any:
+    """The first callable in a route's dependency tree that `match`es, or None."""
     stack = [dependant]
     while stack:
         current = stack.pop()
-        if current.call is idempotency_key:
-            return True
+        if match(current.call):
+            return current.call
         stack.extend(current.dependencies)
-    return False
+    return None
 
 
 def _bearer(request: Request) -> str | None:
@@ -71,11 +76,11 @@ class RimeRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = self._idempotent_handler(super().get_route_handler())
         if (self.openapi_extra or {}).get(ACCEPTS_YAML):
-            return _yaml_to_json(handler)
+            return _yaml_to_json(handler, _dependency(self.dependant, lambda call: isinstance(call, RequireRole)))
         return handler
 
     def _idempotent_handler(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
-        if not _declares_idempotency(self.dependant):
+        if _dependency(self.dependant, lambda call: call is idempotency_key) is None:
             return handler
 
         async def idempotent_handler(request: Request) -> Response:
@@ -147,32 +152,65 @@ def yaml_body(model_name: str) -> dict[str, Any]:
     }
 
 
-def _yaml_to_json(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
-    """A YAML body (Content-Type application/yaml) is parsed safely and handed on as JSON."""
-    import json
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, mark):
+        self.problem_mark = mark
 
-    import yaml
 
-    from api_shim.handlers import error_response
+class _PlainYamlLoader(yaml.SafeLoader):
+    """SafeLoader without anchors and aliases: an alias repeats a whole subtree, so a few hundred bytes of
+    nested aliases expand to gigabytes of JSON (the "billion laughs"). A pipeline never needs them."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AliasRefused(event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml_as_json(raw: bytes, max_bytes: int) -> bytes:
+    """The YAML document `raw` as a JSON body; ValidationFailed or PayloadTooLarge. CPU-bound: run it in a thread."""
+    try:
+        data = yaml.load(raw, Loader=_PlainYamlLoader) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        if isinstance(exc, _AliasRefused):
+            message = f"YAML anchors and aliases (& and *) are not allowed{at}; write the value out."
+        else:
+            message = f"Malformed YAML: {getattr(exc, 'problem', None) or 'cannot be parsed'}{at}."
+        raise ValidationFailed(
+            "The request body is not valid YAML.", details=[{"field": "body", "message": message}]
+        ) from None
+    except RecursionError:
+        raise ValidationFailed.field("body", "The YAML document is nested too deeply.") from None
+    body = json.dumps(data, default=str).encode()
+    if len(body) > max_bytes:  # the limit is on what the route reads, not on what the client sent
+        raise PayloadTooLarge(f"The request body, as JSON, is larger than {max_bytes} bytes.")
+    return body
+
+
+def _yaml_to_json(handler: Callable[[Request], Any], guard: RequireRole | None) -> Callable[[Request], Any]:
+    """A YAML body (Content-Type application/yaml) is handed on as JSON: read only once the caller passed the
+    route's `guard` (authenticated, role), parsed without anchors or aliases in a worker thread, and held to
+    the body limit as JSON."""
 
     async def yaml_handler(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in YAML_TYPES:
             return await handler(request)
-        raw = await request.body()
+        state = request.app.state
         try:
-            data = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            problem = getattr(exc, "problem", None) or "cannot be parsed"
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-            return error_response(
-                400,
-                "validation_error",
-                "The request body is not valid YAML.",
-                details=[{"field": "body", "message": f"Malformed YAML: {problem}{at}."}],
+            principal = await run_in_threadpool(
+                authenticate_request, state.readers, state.sessions, _bearer(request), tenant_id=state.settings.tenant
             )
-        body = json.dumps(data, default=str).encode()
+            request.state.principal = principal  # read by the audit middleware
+            if guard is not None:
+                guard(principal)
+            raw = await request.body()
+            body = await run_in_threadpool(_yaml_as_json, raw, state.settings.max_body_bytes)
+        except RimeError as exc:
+            return error_response(exc.status, exc.code, exc.message, details=exc.details)
         headers = [(k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         sent = False

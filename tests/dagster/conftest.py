@@ -10,6 +10,7 @@ DAGSTER_HOME survived.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -89,10 +90,25 @@ def code_server_pids(server: Webserver) -> list[int]:
 @contextmanager
 def api_process(server: Webserver, log_path: Path) -> Iterator[str]:
     """The API as `rime up` runs it (uvicorn, its own process) against this Dagster; yields its base URL."""
-    settings = server.settings
+    with uvicorn_api(server.settings, log_path) as url:
+        yield url
+
+
+@contextmanager
+def uvicorn_api(
+    settings: Settings,
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    access_log: bool = False,
+    memory_limit_bytes: int | None = None,
+) -> Iterator[str]:
+    """uvicorn serving `api_shim.main:app_from_env` with `settings` (and `env` over them), its own process
+    group, stdout and stderr in `log_path`; yields its base URL. `memory_limit_bytes` caps its address space,
+    so that a test of a memory attack cannot take the machine down with it."""
     port = closed_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RIME_", "DAGSTER_"))}
-    env.update(
+    process_env = {k: v for k, v in os.environ.items() if not k.startswith(("RIME_", "DAGSTER_"))}
+    process_env.update(
         RIME_HOME=str(settings.home),
         RIME_ADMIN_TOKEN=settings.admin_token or "",
         RIME_SECRET_KEY=settings.secret_key or "",
@@ -103,8 +119,15 @@ def api_process(server: Webserver, log_path: Path) -> Iterator[str]:
         DAGSTER_HOME=str(settings.dagster_home_path),
         **({"RIME_DATABASE_URL": settings.database_url} if settings.database_url else {}),
     )
-    argv = [str(BIN / "uvicorn"), "--factory", "api_shim.main:app_from_env", "--port", str(port), "--no-access-log"]
-    process = _start(argv, env, log_path)
+    process_env.update(env or {})
+    argv = [str(BIN / "uvicorn"), "--factory", "api_shim.main:app_from_env", "--port", str(port)]
+    if not access_log:
+        argv.append("--no-access-log")
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+
+    process = _start(argv, process_env, log_path, preexec_fn=cap_memory if memory_limit_bytes else None)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -187,10 +210,16 @@ def _location_loaded(settings: Settings) -> bool:
     return True
 
 
-def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def _start(argv: list[str], env: dict[str, str], log_path: Path, preexec_fn=None) -> subprocess.Popen:
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
         )
 
 
