@@ -17,7 +17,13 @@ from api_shim.db.session import session_factory, session_scope
 from api_shim.definitions_sync import DefinitionsSync
 from api_shim.handlers import install_exception_handlers
 from api_shim.iceberg import CatalogProvider
-from api_shim.middleware import AuditMiddleware, BodyLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
+from api_shim.middleware import (
+    AuditMiddleware,
+    BodyLimitMiddleware,
+    RateLimitMiddleware,
+    RedactSecrets,
+    RequestContextMiddleware,
+)
 from api_shim.pagination import CursorCodec
 from api_shim.routes import connectors, dbt, governance, health, pipelines, projects, tables, users
 from api_shim.run_watch import RunWatchHub
@@ -34,9 +40,12 @@ Lists are cursor-paginated (`limit` 1-100, `cursor`). Every response carries `X-
 and `RateLimit-*` headers; work-starting POSTs honour `Idempotency-Key`.
 
 WebSocket (not listed below, as OpenAPI has no WebSockets):
-`/api/v1/ws/pipelines/{pipelineId}/runs/{runId}?token=<token>` sends the current state of every
+`/api/v1/ws/pipelines/{pipelineId}/runs/{runId}` sends the current state of every
 step (`step_update`) and the run (`run_update`), then each transition live, and closes (1000) after
-the run ends. A bad token is refused before the upgrade (401), an unknown pipeline or run with 404.
+the run ends. Authenticate with the subprotocols `bearer, <token>` (`Sec-WebSocket-Protocol`; in a
+browser `new WebSocket(url, ["bearer", token])`; the server accepts `bearer`), which keeps the token out
+of URLs, or with `?token=<token>` (masked in the server's logs). A bad token is refused before the
+upgrade (401), an unknown pipeline or run with 404, too many connects with 429.
 """
 
 
@@ -140,12 +149,21 @@ def _openapi(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
+_REDACT_SECRETS = RedactSecrets()
+
+
 def configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request line at INFO, including our own Dagster health probes.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Request lines carry query strings, and `?token=` with them. uvicorn has set up its loggers by the time
+    # it calls the app factory: a logger's filter sees what that logger logs, a handler's what reaches it.
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "api_shim.access"):
+        logger = logging.getLogger(name)
+        for filtered in (logger, *logger.handlers):
+            filtered.addFilter(_REDACT_SECRETS)
 
 
 def app_from_env() -> FastAPI:

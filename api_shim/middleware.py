@@ -30,9 +30,29 @@ access_log = logging.getLogger("api_shim.access")
 log = logging.getLogger(__name__)
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_SECRET_QUERY = re.compile(r"(?i)\b(token|access_token|api_key)=[^&]*")
+# A secret passed in a query string, up to the end of its parameter (or of the URL, in a log line).
+_SECRET_QUERY = re.compile(r"(?i)\b(token|access_token|api_key)=[^&\s\"']*")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 _UPLOAD_PATH = re.compile(r"^/api/v1/projects/[^/]+/connectors/[^/]+/files$")
+
+
+def redact(text: str) -> str:
+    return _SECRET_QUERY.sub(r"\1=***", text)
+
+
+class RedactSecrets(logging.Filter):
+    """Masks query-string secrets (`?token=` of the pipeline-run WebSocket) in a log record's message and
+    arguments: uvicorn's access and WebSocket lines carry the path with its query string. Arguments are
+    masked one by one, as uvicorn's access formatter unpacks them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
@@ -91,7 +111,7 @@ class RequestContextMiddleware:
             template = route_template(scope)
             metrics.HTTP_REQUESTS.labels(scope["method"], template, str(status["code"])).inc()
             metrics.HTTP_LATENCY.labels(scope["method"], template).observe(elapsed)
-            query = _SECRET_QUERY.sub(r"\1=***", scope.get("query_string", b"").decode("latin-1"))
+            query = redact(scope.get("query_string", b"").decode("latin-1"))
             access_log.info(
                 "%s %s%s %s %.1fms request_id=%s",
                 scope["method"],

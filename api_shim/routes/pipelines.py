@@ -453,6 +453,18 @@ async def _log_stream(hub: RunWatchHub, dagster: DagsterClient, dagster_run_id: 
 
 ws_router = APIRouter(prefix=API_PREFIX + "/ws", tags=["Pipelines"])
 WS_UNAUTHORIZED, WS_FORBIDDEN, WS_NOT_FOUND = 4401, 4403, 4404
+# `Sec-WebSocket-Protocol: bearer, <token>` (browsers: `new WebSocket(url, ["bearer", token])`) keeps the token
+# out of URLs, which proxies and servers log; the answer names `bearer` alone, never the token.
+BEARER_SUBPROTOCOL = "bearer"
+
+
+def _ws_credentials(websocket: WebSocket, query_token: str | None) -> tuple[str | None, str | None]:
+    """(the token, the subprotocol to accept): the entry after `bearer` in the offered subprotocols, else `?token=`."""
+    offered = list(websocket.scope.get("subprotocols") or [])
+    if BEARER_SUBPROTOCOL not in offered:
+        return query_token, None
+    after = offered.index(BEARER_SUBPROTOCOL) + 1
+    return (offered[after] if after < len(offered) else None), BEARER_SUBPROTOCOL
 
 
 class _Refused(Exception):
@@ -521,9 +533,11 @@ async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, 
 
     On connect: one `step_update` per step (its current state), then a `run_update` (the run's
     current status); everything after is live. The socket closes (1000) after the final
-    `run_update` of a run that ended. Refused (HTTP 401/404 before the upgrade, or close codes
-    4401/4404): a bad or missing `?token=`, an unknown pipeline or run.
+    `run_update` of a run that ended. The token comes as the subprotocols `bearer, <token>` or as `?token=`.
+    Refused (HTTP 401/404 before the upgrade, or close codes 4401/4404): a bad or missing token, an unknown
+    pipeline or run.
     """
+    token, subprotocol = _ws_credentials(websocket, token)
     try:
         principal, steps, dagster_run_id = await run_in_threadpool(_ws_target, websocket, token, pipelineId, runId)
     except _Refused as refused:
@@ -532,7 +546,7 @@ async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, 
     if not principal.has(Role.viewer):  # every role may watch; kept for when roles narrow
         await _refuse(websocket, _Refused(403, Forbidden("Not allowed.")), pipelineId, runId)
         return
-    await websocket.accept()
+    await websocket.accept(subprotocol=subprotocol)
     hub: RunWatchHub = websocket.app.state.run_watch
 
     async def until_client_leaves() -> None:

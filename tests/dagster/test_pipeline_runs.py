@@ -43,7 +43,10 @@ def drain(ws) -> list[dict]:
 
 
 def watch(api, pipeline_id: str, run_id: str, token: str) -> list[dict]:
-    with api.websocket_connect(f"/api/v1/ws/pipelines/{pipeline_id}/runs/{run_id}?token={token}") as ws:
+    """Authenticated by the subprotocols `bearer, <token>` (the shared watch below uses `?token=`)."""
+    url = f"/api/v1/ws/pipelines/{pipeline_id}/runs/{run_id}"
+    with api.websocket_connect(url, subprotocols=["bearer", token]) as ws:
+        assert ws.accepted_subprotocol == "bearer"
         return drain(ws)
 
 
