@@ -21,6 +21,7 @@ from api_shim.middleware import (
     AuditMiddleware,
     BodyLimitMiddleware,
     RateLimitMiddleware,
+    RateLimits,
     RedactSecrets,
     RequestContextMiddleware,
 )
@@ -107,6 +108,8 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
     app.state.run_watch = RunWatchHub(app.state.dagster, settings.run_watch_interval_seconds)
     app.state.iceberg = CatalogProvider(settings)
     app.state.cipher = CredentialCipher.from_settings(settings)
+    # Rate limits and the failed-login audit budget: the middleware's and the WebSocket route's.
+    app.state.rate_limits = RateLimits(settings)
 
     install_exception_handlers(app)
     app.include_router(health.router)
@@ -126,8 +129,8 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, upload_max_bytes=settings.upload_max_request_bytes
     )
-    app.add_middleware(RateLimitMiddleware, settings=settings)
-    app.add_middleware(AuditMiddleware, settings=settings, sessions=app.state.sessions)
+    app.add_middleware(RateLimitMiddleware, settings=settings, limits=app.state.rate_limits, readers=app.state.readers)
+    app.add_middleware(AuditMiddleware, settings=settings, sessions=app.state.sessions, limits=app.state.rate_limits)
     app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: _openapi(app)
     return app

@@ -13,6 +13,10 @@ HTTP_LATENCY = Histogram(
 )
 RATE_LIMITED = Counter("rime_rate_limited_total", "Requests refused with 429", ["group"])
 AUDIT_WRITE_FAILURES = Counter("rime_audit_write_failures_total", "Audit entries that could not be written")
+AUDIT_DROPPED = Counter(
+    "rime_audit_dropped_total",
+    "Audit entries of failed logins (401) not written: over their per-address or total limit",
+)
 DAGSTER_ERRORS = Counter("rime_dagster_errors_total", "Failed calls to Dagster", ["operation"])
 RUN_WATCH_READERS = Gauge("rime_run_watch_readers", "Pipeline runs whose event log a shared reader is following")
 RUN_WATCH_CLIENTS = Gauge("rime_run_watch_clients", "WebSocket and SSE clients following pipeline runs")

@@ -5,6 +5,7 @@ Pure ASGI (no BaseHTTPMiddleware) so streaming responses pass through untouched.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -12,18 +13,24 @@ import re
 import time
 from typing import Any
 
+from limits import RateLimitItem
 from limits import parse as parse_limit
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from api_shim import metrics
+from api_shim.errors import RimeError
 from api_shim.handlers import error_payload
 from api_shim.ids import new_request_id
-from api_shim.services import audit
+from api_shim.services import audit, auth
+from api_shim.services.auth import hash_token
 from api_shim.settings import Settings
 
 access_log = logging.getLogger("api_shim.access")
@@ -133,27 +140,114 @@ def endpoint_group(path: str) -> str | None:
     return parts[2]
 
 
+def client_address(scope: Scope) -> str:
+    """The caller's address, as rate limits and budgets key it: the client's IP (behind a proxy, uvicorn takes it
+    from X-Forwarded-For when `--forwarded-allow-ips` trusts the proxy); an IPv6 address by its /64, as one host
+    usually holds a whole /64."""
+    client = scope.get("client")
+    host = client[0] if client else "unknown"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
+_DROP_NOTICES = parse_limit("1/minute")
+
+
+class RateLimits:
+    """The moving-window limiter (the `limits` library) and the limits of the settings: one per app, shared by the
+    rate-limit and audit middleware and the WebSocket route."""
+
+    def __init__(self, settings: Settings):
+        self.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
+        self.default = parse_limit(settings.rate_limit_default)
+        self.overrides = {group: parse_limit(value) for group, value in settings.rate_limits.items()}
+        self.anonymous = parse_limit(settings.rate_limit_anonymous)
+        self.websocket = parse_limit(settings.rate_limit_websocket)
+        self.failed_login_audit = parse_limit(settings.audit_failed_auth_limit)
+        self.failed_login_audit_total = parse_limit(settings.audit_failed_auth_total_limit)
+
+    def of_group(self, group: str) -> RateLimitItem:
+        return self.overrides.get(group, self.default)
+
+    def websocket_connect(self, *who: str) -> bool:
+        """Counts a WebSocket connect of `who` (("address", ip) or ("user", id)); False over the limit."""
+        if self.limiter.hit(self.websocket, "websocket", *who):
+            return True
+        metrics.RATE_LIMITED.labels("websocket").inc()
+        return False
+
+    def audits(self, status: int, scope: Scope) -> bool:
+        """Whether an answer of `status` goes to the audit trail. Failed logins (401) do within a budget per client
+        address and one in all, so that nobody can fill the trail with them; the rest are counted and logged."""
+        if status != 401:
+            return True
+        address = client_address(scope)
+        if self.limiter.hit(self.failed_login_audit, "audit-401", address) and self.limiter.hit(
+            self.failed_login_audit_total, "audit-401"
+        ):
+            return True
+        metrics.AUDIT_DROPPED.inc()
+        if self.limiter.hit(_DROP_NOTICES, "audit-401-dropped", address):  # one line a minute per address
+            log.warning(
+                "failed logins from %s: audit entries over %s per address or %s in all are not written "
+                "(counted in rime_audit_dropped_total)",
+                address,
+                self.failed_login_audit,
+                self.failed_login_audit_total,
+            )
+        return False
+
+
+async def refuse_websocket(websocket: WebSocket, status: int, code: str, message: str) -> None:
+    """Refuses a WebSocket before the upgrade: an HTTP answer where the server can send one, else close 4000+status."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(error_payload(code, message), status_code=status))
+    else:
+        await websocket.close(code=4000 + status, reason=message[:120])
+
+
 class RateLimitMiddleware:
-    """Moving-window limits (the `limits` library) per tenant and endpoint group.
+    """Moving-window limits: per tenant and endpoint group for callers with a valid token, per client address
+    (all groups together) for the rest, so anonymous traffic never spends the tenant's quota; WebSocket
+    connects per client address (the WebSocket route counts them per user too).
 
     Every /api/v1 response carries RateLimit-Limit / RateLimit-Remaining / RateLimit-Reset;
     over the limit is a 429 `rate_limited` with Retry-After.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings):
+    # Tokens that verified lately: sha256 -> when to check again. Only which quota a request spends depends on
+    # it; the route still verifies the token on every request, so a revoked token stops working at once.
+    KNOWN_TOKEN_SECONDS = 30.0
+    MAX_KNOWN_TOKENS = 4096
+
+    def __init__(self, app: ASGIApp, settings: Settings, limits: RateLimits, readers):
         self.app = app
         self.tenant = settings.tenant
-        self.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
-        self.default = parse_limit(settings.rate_limit_default)
-        self.overrides = {group: parse_limit(value) for group, value in settings.rate_limits.items()}
+        self.limits = limits
+        self.readers = readers
+        self.known_tokens: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            if self.limits.websocket_connect("address", client_address(scope)):
+                return await self.app(scope, receive, send)
+            message = f"Too many WebSocket connects (limit {self.limits.websocket}); retry shortly."
+            return await refuse_websocket(WebSocket(scope, receive, send), 429, "rate_limited", message)
         group = endpoint_group(scope.get("path", "")) if scope["type"] == "http" else None
         if group is None:
             return await self.app(scope, receive, send)
-        item = self.overrides.get(group, self.default)
-        allowed = self.limiter.hit(item, self.tenant, group)
-        stats = self.limiter.get_window_stats(item, self.tenant, group)
+        if await self._authenticated(scope):
+            item, key, scope_name = self.limits.of_group(group), (self.tenant, group), f"'{group}'"
+        else:
+            item, key, scope_name = self.limits.anonymous, ("anonymous", client_address(scope)), "unauthenticated calls"
+        limiter = self.limits.limiter
+        allowed = limiter.hit(item, *key)
+        stats = limiter.get_window_stats(item, *key)
         reset_in = max(1, math.ceil(stats.reset_time - time.time()))
         headers = {
             "RateLimit-Limit": str(item.amount),
@@ -164,7 +258,8 @@ class RateLimitMiddleware:
             metrics.RATE_LIMITED.labels(group).inc()
             headers["Retry-After"] = str(reset_in)
             message = (
-                f"Rate limit of {item.amount} per {item.get_expiry()} s for '{group}' exceeded; retry in {reset_in} s."
+                f"Rate limit of {item.amount} per {item.get_expiry()} s for {scope_name} exceeded; "
+                f"retry in {reset_in} s."
             )
             return await _send_json(send, 429, error_payload("rate_limited", message), headers)
 
@@ -176,6 +271,24 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    async def _authenticated(self, scope: Scope) -> bool:
+        """Whether the request carries a token that verifies (one that verified in the last 30 s counts)."""
+        scheme, _, secret = Headers(scope=scope).get("authorization", "").partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            return False
+        digest, now = hash_token(secret), time.monotonic()
+        if self.known_tokens.get(digest, 0.0) > now:
+            return True
+        try:
+            await run_in_threadpool(auth.verify, self.readers, secret, tenant_id=self.tenant)
+        except (RimeError, SQLAlchemyError):  # a store that is down is the route's to report
+            return False
+        if len(self.known_tokens) >= self.MAX_KNOWN_TOKENS:
+            self.known_tokens.clear()
+        self.known_tokens[digest] = now + self.KNOWN_TOKEN_SECONDS
+        return True
 
 
 class BodyLimitMiddleware:
@@ -220,16 +333,18 @@ class BodyLimitMiddleware:
 
 
 class AuditMiddleware:
-    """Appends an audit entry for every mutating call and every denied (403) call.
+    """Appends an audit entry for every mutating call and every denied (403) call (failed logins within
+    their budget, `RateLimits.audits`).
 
     The entry is written before the response leaves, so a client that got an answer
     can always find it in the trail.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings, sessions):
+    def __init__(self, app: ASGIApp, settings: Settings, sessions, limits: RateLimits):
         self.app = app
         self.tenant = settings.tenant
         self.sessions = sessions
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
@@ -259,6 +374,8 @@ class AuditMiddleware:
         if route is None:  # no endpoint matched: nothing was attempted
             return
         status = messages[0]["status"]
+        if not self.limits.audits(status, scope):
+            return
         body = b"".join(m.get("body", b"") for m in messages[1:])
         try:
             entry = self._entry(scope, route, status, body)

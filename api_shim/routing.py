@@ -1,11 +1,12 @@
-"""Route plumbing shared by every router: the Idempotency-Key mechanism, YAML bodies and the router factory."""
+"""Route plumbing shared by every router: the Idempotency-Key mechanism, YAML and file bodies, the router factory."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ import yaml
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from api_shim.deps import RequireRole
 from api_shim.errors import PayloadTooLarge, RimeError, ValidationFailed
@@ -226,6 +228,24 @@ def _yaml_to_json(handler: Callable[[Request], Any], guard: RequireRole | None) 
         return await handler(Request(request.scope, receive))
 
     return yaml_handler
+
+
+def files_body(field: str, description: str) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads the files of its multipart `field` itself, with `uploaded_files`."""
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}, "description": description}
+    schema = {"type": "object", "properties": {field: files}, "required": [field]}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+@asynccontextmanager
+async def uploaded_files(request: Request, field: str) -> AsyncIterator[list[UploadFile]]:
+    """The files of the multipart body's `field`, read now, so after the route's guard: with a File() parameter
+    FastAPI reads (and spools to disk) the whole body before any dependency runs, authentication included."""
+    async with request.form() as form:
+        files = [value for value in form.getlist(field) if isinstance(value, UploadFile)]
+        if not files:
+            raise ValidationFailed.field(field, "At least one file is required.")
+        yield files
 
 
 def rime_router(*, tags: list[str], prefix: str = "") -> APIRouter:

@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     rate_limit_storage: str = Field(
         "memory://", description="Storage URI of the `limits` library (memory://, redis://...)."
     )
+    rate_limit_anonymous: str = Field(
+        "120/minute", description="Limit per client address for requests without a valid token (all groups)."
+    )
+    rate_limit_websocket: str = Field("60/minute", description="WebSocket connects per client address and per user.")
+    audit_failed_auth_limit: str = Field(
+        "20/minute", description="Audit entries that failed logins (401) from one client address may write."
+    )
+    audit_failed_auth_total_limit: str = Field(
+        "600/minute", description="Audit entries that failed logins (401) from all addresses together may write."
+    )
     idempotency_ttl_hours: int = 24
     health_timeout_seconds: float = 3.0
     max_body_bytes: int = Field(1024 * 1024, description="Largest request body accepted (413 above).")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import BackgroundTasks, Body, File, Query, Request, UploadFile, status
+from fastapi import BackgroundTasks, Body, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from api_shim.crypto import CredentialCipher
 from api_shim.dagster_client import DagsterClient, DagsterClientDep
@@ -18,7 +19,7 @@ from api_shim.deps import CursorCodecDep, Engineer, SessionDep, SettingsDep, Vie
 from api_shim.errors import Unprocessable, ValidationFailed
 from api_shim.pagination import Listing, Page
 from api_shim.routes._paging import page_params
-from api_shim.routing import Idempotent, rime_router
+from api_shim.routing import Idempotent, files_body, rime_router, uploaded_files
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.connectors import (
     ConnectionTestResult,
@@ -343,16 +344,10 @@ def connector_runs(
     response_model=UploadedFiles,
     responses=error_responses(404, 413, 422),
     summary="Upload files to a `files` connector's upload area (32 MB per file)",
+    openapi_extra=files_body("files", "CSV, Parquet or JSON-lines files."),
 )
-async def upload_files(
-    id: str,
-    connectorId: str,
-    request: Request,
-    principal: Engineer,
-    settings: SettingsDep,
-    files: Annotated[list[UploadFile], File(description="CSV, Parquet or JSON-lines files.")],
-):
-    def save() -> UploadedFiles:
+async def upload_files(id: str, connectorId: str, request: Request, principal: Engineer, settings: SettingsDep):
+    def save(files: list[UploadFile]) -> UploadedFiles:
         with request.app.state.sessions() as session:
             connector = service.get_connector(session, _project(session, principal, id), connectorId)
         if connector.connector_type != "files":
@@ -372,7 +367,8 @@ async def upload_files(
                 service.refresh_known_tables(fresh, _cipher(request), settings, timeout=CONNECTION_TIMEOUT_SECONDS)
         return UploadedFiles(files=[UploadedFile(**s.__dict__) for s in stored])
 
-    return await run_in_threadpool(save)
+    async with uploaded_files(request, "files") as files:  # read only now that the caller passed the guard
+        return await run_in_threadpool(save, files)
 
 
 @router.get(

@@ -17,8 +17,8 @@ from api_shim.dagster_client import RUN_STATUS, DagsterClient, DagsterClientDep,
 from api_shim.db.models import Pipeline, Project
 from api_shim.db.session import release
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, Viewer
-from api_shim.errors import Conflict, Forbidden, NotFound, RimeError
-from api_shim.handlers import error_response
+from api_shim.errors import Conflict, Forbidden, NotFound, RateLimited, RimeError
+from api_shim.middleware import refuse_websocket
 from api_shim.pagination import Listing, Page
 from api_shim.routes._paging import page_params
 from api_shim.routing import API_PREFIX, Idempotent, rime_router, yaml_body
@@ -482,6 +482,8 @@ def _ws_target(websocket: WebSocket, token: str | None, pipeline_id: str, run_id
         except RimeError as exc:
             raise _Refused(401, exc) from None
         websocket.state.principal = principal
+        if not websocket.app.state.rate_limits.websocket_connect("user", principal.user_id):
+            raise _Refused(429, RateLimited("Too many WebSocket connects by this user; retry shortly."))
         row = session.get(Pipeline, pipeline_id)
         project = session.get(Project, row.project_id) if row else None
         if row is None or project is None or project.tenant_id != principal.tenant_id:
@@ -515,16 +517,14 @@ def _audit_refusal(websocket: WebSocket, status_code: int, pipeline_id: str, run
 
 
 async def _refuse(websocket: WebSocket, refused: _Refused, pipeline_id: str, run_id: str) -> None:
-    try:
-        await run_in_threadpool(_audit_refusal, websocket, refused.status_code, pipeline_id, run_id)
-    except Exception:
-        log.exception("could not audit a refused WebSocket")
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(
-            error_response(refused.status_code, refused.error.code, refused.error.message)
-        )
-    else:
-        await websocket.close(code=4000 + refused.status_code, reason=refused.error.message[:120])
+    # Like HTTP 429s, refused connects over the rate limit are not audited; failed logins within their budget.
+    status_code = refused.status_code
+    if status_code != 429 and websocket.app.state.rate_limits.audits(status_code, websocket.scope):
+        try:
+            await run_in_threadpool(_audit_refusal, websocket, status_code, pipeline_id, run_id)
+        except Exception:
+            log.exception("could not audit a refused WebSocket")
+    await refuse_websocket(websocket, status_code, refused.error.code, refused.error.message)
 
 
 @ws_router.websocket("/pipelines/{pipelineId}/runs/{runId}", name="pipeline.run_watch")

@@ -102,6 +102,12 @@ def authenticate(session: Session, secret: str | None, *, tenant_id: str) -> Pri
     return _principal(token, user)
 
 
+def verify(readers: sessionmaker[Session], secret: str | None, *, tenant_id: str) -> Principal:
+    """The principal holding `secret`, or Unauthorized: checked on a read-only snapshot, recording nothing."""
+    with readers() as session:
+        return _principal(*_verified(session, secret, tenant_id))
+
+
 def authenticate_request(
     readers: sessionmaker[Session], writers: sessionmaker[Session], secret: str | None, *, tenant_id: str
 ) -> Principal:

@@ -123,11 +123,15 @@ class TestRateLimits:
         assert limited.get("/api/v1/projects").status_code == 200  # another group's quota
 
     def test_tenant_wide_not_per_user(self, limited):
-        # Unauthenticated calls spend the tenant's quota too.
+        # Authenticated callers share the tenant's quota; unauthenticated ones have their own, per address
+        # (tests/security/test_api_surface.py).
+        viewer = limited.post("/api/v1/users", json={"email": "q@example.com", "name": "Q", "role": "viewer"})
+        token = limited.post(f"/api/v1/users/{viewer.json()['id']}/tokens", json={"name": "t"}).json()["token"]
+        other = TestClient(limited.app, raise_server_exceptions=False, headers={"Authorization": f"Bearer {token}"})
         anonymous = TestClient(limited.app, raise_server_exceptions=False)
-        for _ in range(2):
-            assert anonymous.get("/api/v1/users").status_code == 401
-        assert limited.get("/api/v1/users").status_code == 429
+        assert [anonymous.get("/api/v1/projects").status_code for _ in range(3)] == [401] * 3
+        assert [limited.get("/api/v1/projects").status_code for _ in range(3)] == [200] * 3
+        assert [other.get("/api/v1/projects").status_code for _ in range(3)] == [200, 200, 429]
 
     def test_health_and_docs_unlimited(self, limited):
         for _ in range(10):
