@@ -1,6 +1,10 @@
-"""The demo project `make up` loads: a `files` connector over demo/data (customers, orders), the
-dbt project dbt_projects/demo_shop (staging views and marts over the connector's tables), and the
-pipeline "Shop nightly" that syncs the connector, then builds the dbt project."""
+"""The demo project `make up` loads: a `files` connector with demo/data's files (customers, orders) in its
+upload area, the dbt project dbt_projects/demo_shop (staging views and marts over the connector's tables),
+and the pipeline "Shop nightly" that syncs the connector, then builds the dbt project.
+
+The files are copied into the upload area, as a user would upload them, rather than read from demo/data:
+a connector reads only its upload area unless RIME_CONNECTOR_PATH_ROOTS says otherwise, and the demo
+should need no setting in the API, the code server and every run worker."""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from sqlalchemy import select
 from api_shim.crypto import CredentialCipher
 from api_shim.db.models import Connector, DbtProject, Pipeline, Project
 from api_shim.db.session import session_scope
+from api_shim.iceberg import CatalogProvider
 from api_shim.schemas.connectors import ConnectorCreate
-from api_shim.services import connectors, pipelines, projects
+from api_shim.services import connectors, pipelines, projects, uploads
 from api_shim.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,18 +33,21 @@ def ensure_demo(settings: Settings) -> None:
             project = projects.create_project(
                 session, tenant_id=settings.tenant, name="demo", description="Demo project loaded by `make up`."
             )
-        if (
-            DEMO_DATA.is_dir()
-            and session.scalar(select(Connector.id).where(Connector.project_id == project.id)) is None
-        ):
+        shop = session.scalar(select(Connector).where(Connector.project_id == project.id))
+        if DEMO_DATA.is_dir() and shop is None:
             body = ConnectorCreate(
                 name="Demo Shop",
                 connector_type="files",
-                config={"path": str(DEMO_DATA)},
+                config={},
                 selected_tables=["customers", "orders"],
                 schedule="0 * * * *",
             )
-            connectors.create_connector(session, project, body, CredentialCipher.from_settings(settings))
+            cipher, catalog = CredentialCipher.from_settings(settings), CatalogProvider(settings)
+            shop = connectors.create_connector(session, project, body, cipher, settings=settings, catalog=catalog)
+            _upload_demo_data(settings, shop)
+        elif shop is not None and shop.config.get("path") == str(DEMO_DATA):  # loaded by an older `make up`
+            _upload_demo_data(settings, shop)
+            shop.config = {**shop.config, "path": None}
         if (
             DEMO_DBT.is_dir()
             and session.scalar(select(DbtProject.id).where(DbtProject.project_id == project.id)) is None
@@ -53,6 +61,13 @@ def ensure_demo(settings: Settings) -> None:
             and session.scalar(select(Pipeline.id).where(Pipeline.project_id == project.id)) is None
         ):
             _register_demo_pipeline(session, project, connector_id, dbt_id)
+
+
+def _upload_demo_data(settings: Settings, connector: Connector) -> None:
+    directory = connectors.upload_dir(settings, connector)
+    for path in sorted(DEMO_DATA.glob("*.csv")):
+        with path.open("rb") as handle:
+            uploads.store(directory, path.name, handle)
 
 
 def _register_demo_pipeline(session, project: Project, connector_id: str, dbt_id: str) -> None:

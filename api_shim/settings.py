@@ -9,7 +9,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -105,6 +105,18 @@ class Settings(BaseSettings):
         description="Folders a `path` dbt project may be registered from (JSON list); empty allows any path "
         "the server can read. Set it in production.",
     )
+    connector_path_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders `files` and `sqlite` connectors may read (JSON or comma list), besides each `files` "
+        "connector's own upload area; empty: the upload area only. RIME_HOME and /proc are never readable.",
+    )
+    connector_hosts_deny: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs connector hosts may not resolve to (JSON or comma list), checked at every connection.",
+    )
+    connector_allow_unix_sockets: bool = Field(
+        False, description="Allow connector hosts that are Unix sockets (libpq may then log in as the server's user)."
+    )
     dbt_timeout_seconds: float = Field(300.0, description="Limit for fetching (git) and parsing a dbt project.")
     dbt_threads: int = Field(4, description="dbt threads in generated profiles.")
     run_watch_interval_seconds: float = Field(
@@ -122,11 +134,15 @@ class Settings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("dbt_project_roots", mode="before")
+    @field_validator("dbt_project_roots", "connector_path_roots", "connector_hosts_deny", mode="before")
     @classmethod
     def _json_list(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
+            return (
+                json.loads(value)
+                if value.strip().startswith("[")
+                else [v.strip() for v in value.split(",") if v.strip()]
+            )
         return value
 
     @field_validator("rate_limits", "iceberg_catalog_properties", mode="before")

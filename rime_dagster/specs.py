@@ -44,16 +44,21 @@ class ConnectorSpec:
     upload_dir: Path
 
     def build_source(self):
-        """The configured source plug-in, credentials decrypted only now, inside the run."""
+        """The configured source plug-in, credentials decrypted only now, inside the run, confined by the
+        deployment's access rules (RIME_CONNECTOR_* settings) as in the API."""
         from api_shim.crypto import CredentialCipher
         from rime_dagster.connectors.sources import source_class
+        from rime_dagster.connectors.sources._access import SourceAccess
 
         credentials = (
             CredentialCipher.from_settings(settings()).decrypt(self.credentials_encrypted)
             if (self.credentials_encrypted)
             else {}
         )
-        return source_class(self.connector_type).from_dicts(self.config, credentials, upload_dir=self.upload_dir)
+        access = SourceAccess.from_settings(settings(), self.upload_dir)
+        return source_class(self.connector_type).from_dicts(
+            self.config, credentials, upload_dir=self.upload_dir, access=access
+        )
 
 
 @dataclass(frozen=True)

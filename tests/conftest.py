@@ -64,6 +64,7 @@ def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Set
         dagster_reload_timeout_seconds=2,
         health_timeout_seconds=2,
         secret_key="test-secret-key",
+        connector_path_roots=[tmp_path],  # tests keep their source files under tmp_path (RIME_HOME stays off limits)
     )
     values.update(overrides)
     settings = Settings(**values)
@@ -73,8 +74,9 @@ def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Set
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """RIME_HOME under tmp_path for code that reads the settings (returns tmp_path)."""
+    """RIME_HOME under tmp_path for code that reads the settings, connectors may read under tmp_path (returns it)."""
     monkeypatch.setenv("RIME_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RIME_CONNECTOR_PATH_ROOTS", str(tmp_path))
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()

@@ -155,9 +155,10 @@ def create_connector(
     settings: SettingsDep,
 ):
     project = _project(session, principal, id)
-    connector = service.create_connector(session, project, body, _cipher(request))
-    if connector.selected_tables is None:
-        service.refresh_known_tables(connector, _cipher(request), settings, timeout=CONNECTION_TIMEOUT_SECONDS)
+    connector = service.create_connector(
+        session, project, body, _cipher(request), settings=settings, catalog=request.app.state.iceberg
+    )
+    service.refresh_known_tables(connector, _cipher(request), settings, timeout=CONNECTION_TIMEOUT_SECONDS)
     return _response(connector, None)
 
 
@@ -187,10 +188,14 @@ def update_connector(
     request: Request,
     principal: Engineer,
     session: SessionDep,
+    settings: SettingsDep,
     dagster: DagsterClientDep,
 ):
     connector = service.get_connector(session, _project(session, principal, id), connectorId)
-    service.update_connector(session, connector, body.model_dump(exclude_unset=True), _cipher(request))
+    changes = body.model_dump(exclude_unset=True)
+    service.update_connector(session, connector, changes, _cipher(request), settings=settings)
+    if changes.keys() & {"config", "credentials", "selected_tables"}:
+        service.refresh_known_tables(connector, _cipher(request), settings, timeout=CONNECTION_TIMEOUT_SECONDS)
     return _response(connector, _last_run(dagster, connector))
 
 
@@ -225,7 +230,7 @@ def delete_connector(
     name="connector.test",
     response_model=ConnectionTestResult,
     responses=error_responses(404),
-    summary="Test the connection",
+    summary="Test the connection (and refresh the tables a connector without selected_tables syncs)",
 )
 async def test_connector(
     id: str, connectorId: str, request: Request, principal: Engineer, settings: SettingsDep
@@ -235,7 +240,16 @@ async def test_connector(
             connector = service.get_connector(session, _project(session, principal, id), connectorId)
             source = service.build_source(connector, _cipher(request), settings)
             left_out = service.left_out_tables_note(connector)
+            discovers = connector.selected_tables is None
         result = source.test(CONNECTION_TIMEOUT_SECONDS)
+        if result.success and discovers:
+            # The explicit refresh of what the connector syncs: a data engineer's write, unlike GET .../schema.
+            names = service.discovered_names(source, timeout=CONNECTION_TIMEOUT_SECONDS, connector_id=connectorId)
+            with request.app.state.sessions.begin() as session:
+                connector = session.get(Connector, connectorId)
+                if connector is not None:
+                    service.store_known_tables(connector, names)
+                    left_out = service.left_out_tables_note(connector)
         message = f"{result.message} {left_out}" if result.success and left_out else result.message
         return ConnectionTestResult(success=result.success, message=message)
 
@@ -248,18 +262,15 @@ async def test_connector(
     name="connector.schema",
     response_model=DiscoveredSchema,
     responses=error_responses(404, 422),
-    summary="Get discovered schema",
+    summary="Get discovered schema (live; stores nothing)",
 )
 async def connector_schema(id: str, connectorId: str, request: Request, principal: Viewer, settings: SettingsDep):
     def discover() -> DiscoveredSchema:
+        # A read: the live schema, nothing stored (a stored change would reload the Dagster definitions).
         with request.app.state.sessions() as session:
             connector = service.get_connector(session, _project(session, principal, id), connectorId)
             source = service.build_source(connector, _cipher(request), settings)
         tables = service.discover(source, timeout=CONNECTION_TIMEOUT_SECONDS)
-        with request.app.state.sessions.begin() as session:
-            connector = session.get(Connector, connectorId)
-            if connector is not None and connector.known_tables != [t.name for t in tables]:
-                connector.known_tables = [t.name for t in tables]
         return DiscoveredSchema.model_validate(
             {"tables": [{**t.__dict__, "columns": [c.__dict__ for c in t.columns]} for t in tables]}
         )

@@ -1,8 +1,10 @@
-"""Connectors: validated against their plug-in's models, credentials encrypted, tables named once."""
+"""Connectors: validated against their plug-in's models and the deployment's access rules, credentials
+encrypted and bound to where they go, tables named once."""
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,14 @@ from sqlalchemy.orm import Session
 
 from api_shim.crypto import CredentialCipher
 from api_shim.db.models import Connector, Project
-from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
-from api_shim.iceberg import drop_tables
+from api_shim.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, ValidationFailed
+from api_shim.iceberg import CatalogProvider, drop_tables
 from api_shim.ids import new_id
 from api_shim.naming import unique_identifier
 from api_shim.settings import Settings
 from rime_dagster.connectors.names import describe_collisions, landing_collisions
-from rime_dagster.connectors.sources import Source, SourceError, source_class
+from rime_dagster.connectors.sources import AccessRefused, Source, SourceError, source_class
+from rime_dagster.connectors.sources._access import SourceAccess
 from rime_dagster.connectors.sources.base import TableInfo
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,44 @@ def _validated(plugin: type[Source], config: dict[str, Any], credentials: dict[s
     return normalised
 
 
+def _refused_field(exc: AccessRefused) -> ValidationFailed:
+    return ValidationFailed.field(f"config.{exc.field}", str(exc))
+
+
+def _check_paths(plugin: type[Source], config: dict[str, Any], access: SourceAccess) -> None:
+    """The configured paths, before the config model looks at them: it would tell whether any file exists."""
+    for key in plugin.path_fields:
+        value = config.get(key)
+        if isinstance(value, str) and os.path.isabs(value.strip()):
+            try:
+                access.confine(value.strip(), field=key)
+            except AccessRefused as exc:
+                raise _refused_field(exc) from None
+
+
+def _check_access(source: Source) -> None:
+    """400 naming the field when the source would reach a path or host off limits (see `_access`)."""
+    try:
+        source.check_access()
+    except AccessRefused as exc:
+        raise _refused_field(exc) from None
+    except SourceError:
+        pass  # can't be judged now (a host that does not resolve yet): checked again at every connection
+
+
+def _bound_fields_changed(
+    plugin: type[Source], before: tuple[dict[str, Any], dict[str, Any]], after: tuple[dict[str, Any], dict[str, Any]]
+) -> list[str]:
+    """Which of the plug-in's `credentials_bound_to` fields differ between two (config, credentials) pairs."""
+    changed = []
+    for name in plugin.credentials_bound_to:
+        part, _, key = name.partition(".")
+        index = 0 if part == "config" else 1
+        if before[index].get(key) != after[index].get(key):
+            changed.append(name)
+    return changed
+
+
 def _check_sync_mode(sync_mode: str, selected: list[str] | None, cursor_fields: dict[str, str]) -> None:
     if sync_mode != "incremental":
         return
@@ -112,18 +153,54 @@ def _ensure_name_free(session: Session, project: Project, name: str, *, except_i
         raise Conflict(f"A connector named '{name}' already exists in this project.")
 
 
-def create_connector(session: Session, project: Project, body, cipher: CredentialCipher) -> Connector:
+def landed_prefixes(catalog_provider: CatalogProvider, namespace: str) -> set[str]:
+    """Every prefix some Iceberg table of the namespace is named under (`<prefix>__<table>`).
+
+    A connector deleted without purge_data leaves its tables, and their incremental cursors, under its
+    prefix: a new connector must not land there.
+    """
+    from pyiceberg.exceptions import NoSuchNamespaceError
+
+    try:
+        names = [identifier[-1] for identifier in catalog_provider.catalog().list_tables(namespace)]
+    except NoSuchNamespaceError:
+        return set()
+    except Exception:
+        log.exception("could not list the Iceberg tables of %s", namespace)
+        raise ServiceUnavailable("The Iceberg catalog did not answer; try again.") from None
+    prefixes = set()
+    for name in names:
+        parts = name.split("__")
+        prefixes.update("__".join(parts[:i]) for i in range(1, len(parts)))
+    return prefixes
+
+
+def create_connector(
+    session: Session,
+    project: Project,
+    body,
+    cipher: CredentialCipher,
+    *,
+    settings: Settings,
+    catalog: CatalogProvider,
+) -> Connector:
     plugin = _plugin(body.connector_type)
+    connector_id = new_id("connector")
+    access = SourceAccess.from_settings(settings, upload_dir_of(settings, project.id, connector_id))
+    _check_paths(plugin, body.config, access)
     config = _validated(plugin, body.config, body.credentials)
+    _check_access(plugin.from_dicts(config, body.credentials, upload_dir=access.own_area, access=access))
     cursor_fields = body.cursor_fields or {}
     _check_sync_mode(body.sync_mode, body.selected_tables, cursor_fields)
     _ensure_name_free(session, project, body.name)
     from api_shim.services.dbt import taken_prefixes  # connector prefixes and dbt slugs share a name space
 
-    table_prefix = unique_identifier(body.name, taken_prefixes(session, project.id), fallback="c")
+    # Never a prefix whose tables a deleted connector left behind: a new connector lands in fresh tables.
+    taken = taken_prefixes(session, project.id) | landed_prefixes(catalog, project.namespace)
+    table_prefix = unique_identifier(body.name, taken, fallback="c")
     _check_distinct_landing(table_prefix, body.selected_tables)
     connector = Connector(
-        id=new_id("connector"),
+        id=connector_id,
         project_id=project.id,
         name=body.name,
         connector_type=body.connector_type,
@@ -157,17 +234,31 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
 
 
 def update_connector(
-    session: Session, connector: Connector, changes: dict[str, Any], cipher: CredentialCipher
+    session: Session, connector: Connector, changes: dict[str, Any], cipher: CredentialCipher, *, settings: Settings
 ) -> Connector:
     for field in ("name", "sync_mode", "config"):
         if field in changes and changes[field] is None:
             raise ValidationFailed.field(field, "Cannot be null.")
     plugin = _plugin(connector.connector_type)
+    access = SourceAccess.from_settings(settings, upload_dir(settings, connector))
     config = merge_patch(connector.config, changes.get("config") or {})
-    credentials = credentials_of(connector, cipher)
+    _check_paths(plugin, config, access)
+    stored = credentials_of(connector, cipher)
+    credentials = stored
     if "credentials" in changes:
-        credentials = merge_patch(credentials, changes["credentials"] or {}) if changes["credentials"] else {}
+        credentials = merge_patch(stored, changes["credentials"] or {}) if changes["credentials"] else {}
     config = _validated(plugin, config, credentials)
+    moved = _bound_fields_changed(plugin, (connector.config, stored), (config, credentials))
+    if moved and stored:
+        # The stored secret goes only where it was given for: a new destination needs it given again, whole.
+        sent = changes.get("credentials") or {}
+        try:
+            plugin.credentials_model.model_validate(sent)
+        except ValidationError:
+            message = f"Changing {', '.join(moved)} needs the credentials again: send every credentials field."
+            raise Unprocessable(message, details=[{"field": "credentials", "message": message}]) from None
+        credentials = sent
+    _check_access(plugin.from_dicts(config, credentials, upload_dir=access.own_area, access=access))
     selected = changes.get("selected_tables", connector.selected_tables)
     sync_mode = changes.get("sync_mode", connector.sync_mode)
     cursor_fields = merge_patch(connector.cursor_fields, changes.get("cursor_fields") or {})
@@ -195,15 +286,24 @@ def credentials_of(connector: Connector, cipher: CredentialCipher) -> dict[str, 
     return cipher.decrypt(connector.credentials_encrypted) if connector.credentials_encrypted else {}
 
 
-def upload_dir(settings: Settings, connector: Connector) -> Path:
+def upload_dir_of(settings: Settings, project_id: str, connector_id: str) -> Path:
     # rime_dagster.specs builds the same path for the code location.
-    return settings.home / "uploads" / connector.project_id / connector.id
+    return settings.home / "uploads" / project_id / connector_id
+
+
+def upload_dir(settings: Settings, connector: Connector) -> Path:
+    return upload_dir_of(settings, connector.project_id, connector.id)
 
 
 def build_source(connector: Connector, cipher: CredentialCipher, settings: Settings) -> Source:
+    """The connector's source, confined to what the deployment lets connectors reach."""
     plugin = source_class(connector.connector_type)
+    directory = upload_dir(settings, connector)
     return plugin.from_dicts(
-        connector.config, credentials_of(connector, cipher), upload_dir=upload_dir(settings, connector)
+        connector.config,
+        credentials_of(connector, cipher),
+        upload_dir=directory,
+        access=SourceAccess.from_settings(settings, directory),
     )
 
 
@@ -220,14 +320,33 @@ def discover(source: Source, *, timeout: float) -> list[TableInfo]:
         raise Unprocessable(f"Schema discovery failed: {exc}") from None
 
 
-def refresh_known_tables(connector: Connector, cipher: CredentialCipher, settings: Settings, *, timeout: float) -> None:
-    """Best effort at creation: a source that cannot be reached yet just has no known tables."""
+def discovered_names(source: Source, *, timeout: float, connector_id: str) -> list[str] | None:
+    """Best effort: the source's table names, None when it cannot be reached (yet)."""
     try:
-        tables = build_source(connector, cipher, settings).discover(timeout)
+        return [t.name for t in source.discover(timeout)]
     except Exception as exc:
-        log.info("discovery for connector %s failed: %s", connector.id, type(exc).__name__)
+        log.info("discovery for connector %s failed: %s", connector_id, type(exc).__name__)
+        return None
+
+
+def refresh_known_tables(connector: Connector, cipher: CredentialCipher, settings: Settings, *, timeout: float) -> None:
+    """Stores the discovered tables of a connector that syncs whatever it discovers (`selected_tables` null).
+
+    Only data engineers' writes call this (create, update, upload, the connection test): reads never
+    store anything, since every change to a connector reloads the Dagster definitions.
+    """
+    if connector.selected_tables is not None:
         return
-    connector.known_tables = [t.name for t in tables]
+    store_known_tables(
+        connector,
+        discovered_names(build_source(connector, cipher, settings), timeout=timeout, connector_id=connector.id),
+    )
+
+
+def store_known_tables(connector: Connector, names: list[str] | None) -> None:
+    """Only an actual change is written: each one moves the definitions generation on."""
+    if names is not None and names != connector.known_tables:
+        connector.known_tables = names
 
 
 def purge_connector_data(catalog_provider, namespace: str, table_prefix: str) -> None:

@@ -9,6 +9,7 @@ DAGSTER_HOME survived.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -116,6 +117,7 @@ def uvicorn_api(
         RIME_DAGSTER_PORT=str(settings.dagster_port),
         RIME_RATE_LIMIT_DEFAULT="1000000/minute",
         RIME_LOG_LEVEL="WARNING",
+        RIME_CONNECTOR_PATH_ROOTS=json.dumps([str(root) for root in settings.connector_path_roots]),
         DAGSTER_HOME=str(settings.dagster_home_path),
         **({"RIME_DATABASE_URL": settings.database_url} if settings.database_url else {}),
     )
@@ -237,6 +239,8 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
         dagster_launch_timeout_seconds=60,
         dagster_reload_timeout_seconds=120,
         health_timeout_seconds=5,
+        # Source files of the session's tests (each under its own tmp_path) and the repository's demo data.
+        connector_path_roots=[tmp.parent, DEMO_DATA],
     )  # migrates the metadata store under settings.home
     dagster_home = ensure_dagster_home(settings)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RIME_", "DAGSTER_"))}
@@ -245,6 +249,8 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
         RIME_HOME=str(settings.home),
         # The API in the tests encrypts credentials with this key; the run workers must decrypt them.
         RIME_SECRET_KEY=settings.secret_key,
+        # Run workers confine connectors as the API does.
+        RIME_CONNECTOR_PATH_ROOTS=json.dumps([str(root) for root in settings.connector_path_roots]),
         DAGSTER_DISABLE_TELEMETRY="1",
         **({"RIME_DATABASE_URL": database_url} if database_url else {}),
     )

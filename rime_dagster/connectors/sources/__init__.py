@@ -1,5 +1,13 @@
 """Source plug-ins: one module per connector type, `<connector_type>.py`, imported when first asked for."""
 
-from rime_dagster.connectors.sources.base import REGISTRY, Source, SourceError, known_types, register, source_class
+from rime_dagster.connectors.sources.base import (
+    REGISTRY,
+    AccessRefused,
+    Source,
+    SourceError,
+    known_types,
+    register,
+    source_class,
+)
 
-__all__ = ["REGISTRY", "Source", "SourceError", "known_types", "register", "source_class"]
+__all__ = ["REGISTRY", "AccessRefused", "Source", "SourceError", "known_types", "register", "source_class"]

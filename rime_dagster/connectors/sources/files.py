@@ -69,9 +69,12 @@ Row estimates (`discover`)
     inference sample, else file size / average row size in the sample; gzip files larger than the
     sample have no estimate (None). A glob table sums its files (None if any is unknown).
 
-Access: `path` may name any folder the platform process can read (symlinks are followed); who
-may set it is the API's concern. Messages name files relative to the folder, so the upload
-area's location on the server is never shown.
+Access: with an `access` (every connector the API or a run builds), the folder and each file are read
+only where the deployment lets connectors read (`_access.SourceAccess`: RIME_CONNECTOR_PATH_ROOTS, the
+upload area, never RIME_HOME or /proc). Symlinks are resolved and checked every time the folder is
+listed, so a file swapped for a link after validation is refused when read, and the resolved path is
+what gets opened. Messages name files relative to the folder, so the upload area's location on the
+server is never shown.
 
 Incremental reads keep rows with `cursor_field > cursor_value` (the value cast to the column
 type; rows with a null cursor are skipped). Batches hold at most `batch_rows` rows and are filled
@@ -86,7 +89,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -97,6 +100,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rime_dagster.connectors.sources.base import (
     DEFAULT_BATCH_ROWS,
+    AccessRefused,
     ColumnInfo,
     Source,
     SourceError,
@@ -105,6 +109,9 @@ from rime_dagster.connectors.sources.base import (
     TestResult,
     register,
 )
+
+if TYPE_CHECKING:
+    from rime_dagster.connectors.sources._access import SourceAccess
 
 INFER_SAMPLE_BYTES = 4 << 20  # bytes of each CSV / JSON-lines file used for type inference
 READ_BLOCK_BYTES = 256 << 10  # CSV / JSON-lines bytes decoded at a time by `read`
@@ -486,12 +493,29 @@ class FilesSource(Source):
 
     connector_type = "files"
     config_model = FilesConfig
+    path_fields = ("path",)
 
     config: FilesConfig
 
-    def __init__(self, config: StrictModel, credentials: StrictModel | None, *, upload_dir: Path | None = None):
-        super().__init__(config, credentials, upload_dir=upload_dir)
+    def __init__(
+        self,
+        config: StrictModel,
+        credentials: StrictModel | None,
+        *,
+        upload_dir: Path | None = None,
+        access: SourceAccess | None = None,
+    ):
+        super().__init__(config, credentials, upload_dir=upload_dir, access=access)
         self._plans: dict[str, _Plan] = {}
+
+    def check_access(self) -> None:
+        super().check_access()
+        try:
+            self._tables()  # every file of the folder, with its links resolved
+        except AccessRefused:
+            raise
+        except SourceError:
+            pass  # not readable yet, or not a valid set of tables: the test and the reads say so
 
     # folder and tables
 
@@ -504,13 +528,13 @@ class FilesSource(Source):
             if self.upload_dir is None or not Path(self.upload_dir).is_dir():
                 return None
             return Path(self.upload_dir)
-        folder = Path(self.config.path)
+        folder = self._confined(self.config.path, field="path")
         if not folder.exists():
-            raise SourceError(f"Folder '{folder}' does not exist.")
+            raise SourceError(f"Folder '{self.config.path}' does not exist.")
         if not folder.is_dir():
-            raise SourceError(f"'{folder}' is not a folder.")
+            raise SourceError(f"'{self.config.path}' is not a folder.")
         if not os.access(folder, os.R_OK | os.X_OK):
-            raise SourceError(f"Folder '{folder}' is not readable by the platform (permission denied).")
+            raise SourceError(f"Folder '{self.config.path}' is not readable by the platform (permission denied).")
         return folder
 
     def _tables(self) -> dict[str, list[_File]]:
@@ -536,7 +560,7 @@ class FilesSource(Source):
                     raise SourceError(
                         f"Table '{name}': can't tell the format of '{rel}' from its extension; set `format`."
                     )
-                files.append(_File(p, rel, fmt))
+                files.append(_File(self._confined(p, field="path", shown=f"File '{rel}'"), rel, fmt))
                 claimed.add(rel)
             if not files:
                 raise SourceError(f"Table '{name}': glob '{pattern}' matches no files in {self._where()}.")
@@ -548,7 +572,8 @@ class FilesSource(Source):
                 continue
             stem, fmt = _split_name(entry, forced)
             if fmt is not None:
-                auto.setdefault(table_name(stem), []).append(_File(folder / entry, entry, fmt))
+                path = self._confined(folder / entry, field="path", shown=f"File '{entry}'")
+                auto.setdefault(table_name(stem), []).append(_File(path, entry, fmt))
         clashes = [
             f"{n} ({', '.join([f.rel for f in files] + ([f'`tables` entry {n!r}'] if n in tables else []))})"
             for n, files in auto.items()
@@ -608,6 +633,7 @@ class FilesSource(Source):
 
     @staticmethod
     def _sample_rows(file: _File, reader: pa_csv.CSVStreamingReader, whole: bool) -> int | None:
+        counted = 0  # a header and no rows: the reader has no batch at all
         try:
             counted = reader.read_next_batch().num_rows
             if whole:  # the sample is the file: count it (a few MiB at most)

@@ -51,6 +51,15 @@ Known limits of the scanner: multi-dimensional array values fail the read with a
 extreme int32/int64 values. Every field is nullable in the Arrow schema (NOT NULL is reported by
 `discover`).
 
+Access: with an `access` (every connector the API or a run builds), `host` is checked at every connection:
+a Unix socket (`/...`, `@...`) is refused unless RIME_CONNECTOR_ALLOW_UNIX_SOCKETS, since libpq would then
+log in as the platform's own OS user (peer auth, `.pgpass`); with RIME_CONNECTOR_HOSTS_DENY, the name is
+resolved here, every address checked, and libpq connects to those addresses (`hostaddr`), so it cannot
+resolve the name to another one in between. A failure to reach the server says only "Could not connect to
+host:port." whatever the cause (refused, timed out, unknown host, another service on the port), so the
+connection test cannot be used to scan a network; what a PostgreSQL server answers (authentication
+failed, no such database, its FATAL messages) is passed on.
+
 Incremental reads add `WHERE "cursor" > <cursor_value>`, evaluated by PostgreSQL on the column's own
 type (a bound parameter DuckDB pushes into the COPY query; a quoted literal on the server-side-cast
 path). Rows come in no particular order.
@@ -71,7 +80,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from rime_dagster.connectors.sources import _duckdb
 from rime_dagster.connectors.sources.base import (
@@ -144,6 +153,13 @@ class PostgresConfig(StrictModel):
     schema_: str = Field("public", alias="schema", min_length=1)
     sslmode: SSLMode = "prefer"
     connect_timeout_seconds: int = Field(10, ge=1, le=300)
+
+    @field_validator("host")
+    @classmethod
+    def _one_host(cls, value: str) -> str:
+        if "," in value:  # libpq would try each: a denied or socket host could hide behind an allowed one
+            raise ValueError("must be one host name, IP address or socket folder, not a list")
+        return value
 
 
 class PostgresCredentials(StrictModel):
@@ -239,6 +255,8 @@ class PostgresSource(Source):
     connector_type = "postgresql"
     config_model = PostgresConfig
     credentials_model = PostgresCredentials
+    host_fields = ("host",)
+    credentials_bound_to = ("config.host", "config.port", "config.database", "credentials.username")
 
     config: PostgresConfig
     credentials: PostgresCredentials
@@ -255,6 +273,21 @@ class PostgresSource(Source):
     @property
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.port}"
+
+    @property
+    def _unreachable(self) -> str:
+        """The one message for every way of not reaching a server (see the module docstring)."""
+        return f"Could not connect to {self._where}."
+
+    def _target(self) -> dict[str, str]:
+        """libpq's `host` (and `hostaddr`, when access resolved the name); SourceError when off limits."""
+        host = self.config.host
+        addresses = self.access.addresses(host, self.config.port, field="host") if self.access else None
+        if addresses is None:
+            return {"host": host}
+        if not addresses:
+            raise SourceError(self._unreachable)
+        return {"host": ",".join([host] * len(addresses)), "hostaddr": ",".join(addresses)}
 
     def _scrub(self, message: str) -> str:
         return _duckdb.scrub(message, self.credentials.password.get_secret_value())
@@ -283,7 +316,7 @@ class PostgresSource(Source):
 
     def _psycopg(self, timeout: float | None) -> psycopg.Connection:
         return psycopg.connect(
-            host=self.config.host,
+            **self._target(),
             port=self.config.port,
             dbname=self.config.database,
             user=self.credentials.username,
@@ -302,15 +335,15 @@ class PostgresSource(Source):
             return f"Authentication failed for user '{user}' (no such role)."
         if re.search(r'database ".*" does not exist', text):
             return f"Database '{self.config.database}' does not exist."
-        if isinstance(exc, psycopg.errors.ConnectionTimeout) or "timeout expired" in text:
-            return f"Could not connect to {self._where}: timed out."
-        reason = text.split("failed: ")[-1] if "failed: " in text else text
-        reason = reason.replace("FATAL:", "").strip().splitlines()[0].strip().rstrip(".") if reason.strip() else ""
-        return f"Could not connect to {self._where}: {reason or type(exc).__name__}."
+        if "FATAL:" not in text:  # not the server speaking: refused, timed out, unknown host, not PostgreSQL, ...
+            return self._unreachable
+        reason = text.split("FATAL:", 1)[1].strip().splitlines()[0].strip().rstrip(".")
+        return f"Could not connect to {self._where}: {reason}."
 
     def _duckdb(self, timeout: float | None = None) -> _Attached:
         """A DuckDB connection with the source attached read-only (only the configured schema)."""
         c, lit = self.config, _duckdb.quote_literal
+        target = self._target()
         con = _duckdb.connect(["postgres_scanner"])
         attached = _Attached(con, _duckdb.unique_name("rime_pg"), _duckdb.unique_name("rime_pg_secret"))
         error: SourceError | None = None
@@ -320,7 +353,9 @@ class PostgresSource(Source):
                 f"DATABASE {lit(c.database)}, USER {lit(self.credentials.username)}, "
                 f"PASSWORD {lit(self.credentials.password.get_secret_value())})"
             )
-            conninfo = make_conninfo("", **self._options(None) | {"connect_timeout": self._connect_timeout(timeout)})
+            # A resolved host travels here, as libpq's host/hostaddr lists, overriding the secret's HOST.
+            options = self._options(None) | {"connect_timeout": self._connect_timeout(timeout)}
+            conninfo = make_conninfo("", **options, **(target if "hostaddr" in target else {}))
             con.execute(
                 f"ATTACH {lit(conninfo)} AS {attached.alias} "
                 f"(TYPE postgres, READ_ONLY, SECRET {attached.secret}, SCHEMA {lit(c.schema_)})"
@@ -351,13 +386,15 @@ class PostgresSource(Source):
         worker.join(max(timeout, 0.1))
         if outcome:
             return outcome[0]
-        return TestResult(False, f"Could not connect to {self._where}: timed out after {timeout:g}s.")
+        return TestResult(False, self._unreachable)
 
     def _test(self, timeout: float) -> TestResult:
         try:
             conn = self._psycopg(timeout)
         except psycopg.Error as exc:
             return TestResult(False, self._connect_error(exc))
+        except SourceError as exc:
+            return TestResult(False, str(exc))
         schema = self.config.schema_
         try:
             with conn:

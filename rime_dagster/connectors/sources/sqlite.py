@@ -34,6 +34,10 @@ nullable (NOT NULL is reported by `discover`).
 INTEGER PRIMARY KEY, the rowid, is never null), primary key columns in key order and an exact
 `COUNT(*)` as row estimate (None when it does not finish within the timeout).
 
+Access: with an `access` (every connector the API or a run builds), the file is opened only where the
+deployment lets connectors read (`_access.SourceAccess`), checked with symlinks resolved at every
+connection, and the resolved path is what SQLite opens.
+
 Incremental reads: for int64/float64 cursor columns `WHERE "cursor" > ?` is pushed to SQLite
 (numeric comparison is the same on both sides); for every other type the comparison is done on
 the converted Arrow values, since SQLite would compare the stored text or numbers, not the dates
@@ -258,6 +262,7 @@ class SqliteSource(Source):
     connector_type = "sqlite"
     config_model = SqliteConfig
     credentials_model = NoCredentials
+    path_fields = ("path",)
 
     config: SqliteConfig
 
@@ -266,7 +271,7 @@ class SqliteSource(Source):
 
     def _open(self, timeout: float | None = None) -> sqlite3.Connection:
         """Read-only connection; with `timeout`, statements are interrupted past that many seconds."""
-        path = Path(self.config.path)
+        path = self._confined(self.config.path, field="path")  # again at every use: the file may have been swapped
         if not path.is_file():
             raise SourceError(f"SQLite file {self.config.path} does not exist or is not a file.")
         try:
