@@ -19,6 +19,7 @@ from fastapi import Depends, Request
 
 from api_shim import metrics
 from api_shim.errors import ServiceUnavailable, Unprocessable
+from api_shim.services import idempotency
 from api_shim.settings import Settings
 from rime_dagster.platform.names import GENERATION_METADATA_KEY, HOUSEKEEPING_JOB
 
@@ -311,7 +312,13 @@ class DagsterClient:
         `generation`: the definitions generation the job needs (its project's last change). The launch
         first waits, up to RIME_DEFINITIONS_WAIT_SECONDS, for Dagster to serve it (the definitions sync
         reloads Dagster in the background); it never triggers a reload itself.
+
+        Under an Idempotency-Key, the run is tied to the key as soon as Dagster accepts it, and a retry of a
+        request that failed after its launch gets that run back instead of a new one.
         """
+        earlier = idempotency.launched_before()
+        if earlier is not None:
+            return LaunchedRun(dagster_run_id=earlier)
         if generation is not None and self.definitions is not None:
             self.definitions.wait_for(generation)
         try:
@@ -336,6 +343,10 @@ class DagsterClient:
                 f"Dagster's code location has no job {job_name!r}: its definitions failed to build. "
                 "The code server's log says why."
             ) from None
+        try:
+            idempotency.record_launch(run_id)
+        except Exception:  # the run is launched: answer for it all the same
+            log.exception("could not tie Dagster run %s to its Idempotency-Key", run_id)
         return LaunchedRun(dagster_run_id=run_id)
 
     def run_status(self, dagster_run_id: str) -> str:

@@ -95,7 +95,7 @@ class RimeRoute(APIRoute):
                 return await handler(request)
             ref = idempotency.KeyRef(tenant_id=principal.tenant_id, principal_id=principal.user_id, key=key)
             sessions = request.app.state.sessions
-            stored = await run_in_threadpool(
+            claimed = await run_in_threadpool(
                 idempotency.claim,
                 sessions,
                 ref,
@@ -104,10 +104,10 @@ class RimeRoute(APIRoute):
                 fingerprint=hashlib.sha256(await request.body()).hexdigest(),
                 ttl=timedelta(hours=request.app.state.settings.idempotency_ttl_hours),
             )
-            if stored is not None:
+            if isinstance(claimed, idempotency.StoredResponse):
                 return Response(
-                    stored.body,
-                    status_code=stored.status,
+                    claimed.body,
+                    status_code=claimed.status,
                     media_type="application/json",
                     headers={"Idempotent-Replayed": "true"},
                 )
@@ -121,14 +121,16 @@ class RimeRoute(APIRoute):
                 return False
 
             request.scope["fastapi_function_astack"].push_async_exit(finish)
-            outcome["response"] = await handler(request)
+            with idempotency.launches_under(sessions, ref, claimed):  # DagsterClient.launch_run records its run
+                outcome["response"] = await handler(request)
             return outcome["response"]
 
         return idempotent_handler
 
 
 async def _finish(sessions, ref: idempotency.KeyRef, response: Response | None) -> None:
-    """Store a 2xx as the key's answer; forget the key otherwise so the client can retry."""
+    """Store a 2xx as the key's answer; forget the key otherwise so the client can retry (unless the request
+    launched a run: the retry then answers with that run)."""
     try:
         if response is not None and 200 <= response.status_code < 300:
             body = bytes(getattr(response, "body", b"") or b"").decode()
