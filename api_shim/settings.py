@@ -128,6 +128,29 @@ class Settings(BaseSettings):
     dbt_keep_run_artifacts: int = Field(
         100, ge=1, description="Run artifact folders (run_results.json) kept per dbt project by housekeeping."
     )
+    # Issue 11: what dbt and the platform's processes may reach, and for how long runs may take.
+    dbt_git_schemes: list[str] = Field(
+        ["https", "ssh"],
+        description='URL schemes git dbt sources may use (JSON list of https, ssh, http, file); "file" also '
+        "allows absolute paths, confined to RIME_DBT_PROJECT_ROOTS like path sources.",
+    )
+    dbt_git_allow_local_hosts: bool = Field(
+        False, description="Allow git sources on loopback or link-local addresses (Dagster, cloud metadata)."
+    )
+    dbt_project_max_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Largest dbt project (all its files) that may be registered."
+    )
+    dbt_lock_timeout_seconds: float = Field(
+        1800.0, gt=0, description="How long a dbt run waits for another run holding its DuckDB database."
+    )
+    default_run_timeout_seconds: int = Field(
+        6 * 3600, ge=0, description="dagster/max_runtime of connector syncs and dbt runs (0: no limit)."
+    )
+    env_passthrough: list[str] = Field(
+        default_factory=list,
+        description='Further environment variables (JSON list of names or "PREFIX_*") that the processes '
+        "Rime starts (code server, run workers, dbt, Dagster webserver and daemon, API) inherit.",
+    )
 
     @field_validator("home", mode="after")
     @classmethod

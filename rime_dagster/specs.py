@@ -121,13 +121,17 @@ class PlatformSpecs:
 
 
 def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
+    """The specs of this deployment's tenant (RIME_TENANT): deployments sharing a store build only their own."""
     home = settings().home
     dbt_home = settings().dbt_home
+    tenant_projects = select(Project.id).where(Project.tenant_id == settings().tenant)
     with store.read_session() as session:
         generation = current_generation(session)
         projects = {
             p.id: ProjectSpec(id=p.id, name=p.name, namespace=p.namespace)
-            for p in session.scalars(select(Project).order_by(Project.name))
+            for p in session.scalars(
+                select(Project).where(Project.tenant_id == settings().tenant).order_by(Project.name)
+            )
         }
         connectors = [
             ConnectorSpec(
@@ -146,7 +150,11 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
                 table_prefix=c.table_prefix,
                 upload_dir=home / "uploads" / c.project_id / c.id,
             )
-            for c in session.scalars(select(Connector).order_by(Connector.created_at, Connector.id))
+            for c in session.scalars(
+                select(Connector)
+                .where(Connector.project_id.in_(tenant_projects))
+                .order_by(Connector.created_at, Connector.id)
+            )
         ]
         dbt_projects = [
             DbtProjectSpec(
@@ -167,7 +175,11 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
                     t for c in connectors if c.project_id == d.project_id for t in connector_tables_of(c)
                 ),
             )
-            for d in session.scalars(select(DbtProject).order_by(DbtProject.created_at, DbtProject.id))
+            for d in session.scalars(
+                select(DbtProject)
+                .where(DbtProject.project_id.in_(tenant_projects))
+                .order_by(DbtProject.created_at, DbtProject.id)
+            )
         ]
         pipelines = [
             PipelineSpec(
@@ -182,7 +194,11 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
                 retries=p.retries,
                 timeout_seconds=p.timeout_seconds,
             )
-            for p in session.scalars(select(Pipeline).order_by(Pipeline.created_at, Pipeline.id))
+            for p in session.scalars(
+                select(Pipeline)
+                .where(Pipeline.project_id.in_(tenant_projects))
+                .order_by(Pipeline.created_at, Pipeline.id)
+            )
         ]
     return PlatformSpecs(
         generation=generation,

@@ -58,6 +58,7 @@ def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Set
         database_url=database_url,
         admin_token=ADMIN_TOKEN,
         rate_limit_default="100000/minute",
+        dbt_git_schemes=["https", "ssh", "file"],  # the tests' git repositories are local (file://)
         dagster_graphql_url=f"http://127.0.0.1:{closed_port()}/graphql",
         dagster_timeout_seconds=2,
         dagster_launch_timeout_seconds=2,

@@ -77,7 +77,7 @@ def _response(row: DbtProject, last: RunView | None, cls=DbtProjectResponse, **e
     return cls(
         id=row.id,
         name=row.name,
-        source=row.source,
+        source=service.public_source(row.source),
         target=row.target,
         target_credentials_set=row.target_credentials_encrypted is not None,
         vars=row.vars,
@@ -238,8 +238,11 @@ async def update_dbt_project(
             row = service.get_dbt_project(session, project, dbtId)
             if "name" in changes:
                 service.ensure_name_free(session, project.id, changes["name"], except_id=row.id)
-            source = body.source.model_dump(mode="json") if body.source else dict(row.source)
+            cipher = _cipher(request)
+            source = body.source.model_dump(mode="json") if body.source else service.source_to_fetch(row.source, cipher)
             target, password = service.target_settings(body.target) if body.target else (dict(row.target), None)
+            if body.target is not None:
+                service.ensure_password_for_new_address(row, target, password)
             variables = body.vars if body.vars is not None else dict(row.vars)
             previous_revision = row.revision
             next_files = service.files_of(settings, row, row.revision + 1)
@@ -264,12 +267,12 @@ async def update_dbt_project(
                 if body.status is not None:
                     row.paused = body.status == "paused"
                 if revision is not None:
-                    row.source, row.target, row.vars = source, target, variables
+                    row.source, row.target, row.vars = service.stored_source(source, cipher), target, variables
                     if body.target is not None:
                         if target["adapter"] != "postgres":
                             row.target_credentials_encrypted = None
                         elif password is not None:
-                            row.target_credentials_encrypted = _cipher(request).encrypt({"password": password})
+                            row.target_credentials_encrypted = cipher.encrypt({"password": password})
                     row.revision = revision.files.revision
                     row.commit_sha = revision.commit_sha
                     row.dbt_project_name = revision.dbt_project_name

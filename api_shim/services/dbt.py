@@ -94,6 +94,53 @@ def target_settings(target: Any | None) -> tuple[dict[str, Any], str | None]:
     return data, password.get_secret_value() if password is not None else None
 
 
+# A stored password is for one server and login: a change of any of these needs it given again.
+TARGET_ADDRESS = {"host": None, "port": 5432, "dbname": None, "user": None}
+
+
+def ensure_password_for_new_address(row: DbtProject, target: Mapping[str, Any], password: str | None) -> None:
+    """Refuses a target that points the stored password at another server or login without giving it again
+    (else whoever may edit the project could send it to a server of their own)."""
+    if password is not None or row.target_credentials_encrypted is None or target.get("adapter") != "postgres":
+        return
+    moved = [f for f, default in TARGET_ADDRESS.items() if row.target.get(f, default) != target.get(f, default)]
+    if moved:
+        raise Unprocessable(
+            f"The target's {', '.join(moved)} changed: give its password again.",
+            details=[{"field": "target.password", "message": "Required when host, port, dbname or user change."}],
+        )
+
+
+# Sources ------------------------------------------------------------------------------------
+
+SOURCE_URL_SECRET = "url_encrypted"
+
+
+def stored_source(source: Mapping[str, Any], cipher: CredentialCipher) -> dict[str, Any]:
+    """The source as stored: a git URL with credentials is kept redacted, the URL itself only encrypted."""
+    stored = dict(source)
+    if stored.get("type") == "git" and workspace.url_has_credentials(stored["url"]):
+        stored[SOURCE_URL_SECRET] = cipher.encrypt({"url": stored["url"]})
+        stored["url"] = workspace.redact_url(stored["url"])
+    return stored
+
+
+def source_to_fetch(stored: Mapping[str, Any], cipher: CredentialCipher) -> dict[str, Any]:
+    """The stored source with its git URL's credentials decrypted, for fetching only."""
+    source = {k: v for k, v in stored.items() if k != SOURCE_URL_SECRET}
+    if SOURCE_URL_SECRET in stored:
+        source["url"] = cipher.decrypt(stored[SOURCE_URL_SECRET])["url"]
+    return source
+
+
+def public_source(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The source as the API shows it: never a credential (rows stored before encryption are redacted too)."""
+    source = {k: v for k, v in stored.items() if k != SOURCE_URL_SECRET}
+    if source.get("type") == "git":
+        source["url"] = workspace.redact_url(source["url"])
+    return source
+
+
 def prepare_revision(
     settings: Settings,
     *,
@@ -115,6 +162,8 @@ def prepare_revision(
             files.project_dir,
             allowed_roots=settings.dbt_project_roots,
             timeout=settings.dbt_timeout_seconds,
+            max_bytes=settings.dbt_project_max_bytes,
+            git=workspace.GitRules.from_settings(settings),
         )
         project_file = workspace.read_project_file(files.project_dir)
         output = workspace.profile_output(
@@ -124,7 +173,9 @@ def prepare_revision(
             threads=settings.dbt_threads,
         )
         workspace.write_profiles(files, project_file.profile, output)
-        manifest_path = workspace.parse(files, vars=vars, timeout=settings.dbt_timeout_seconds)
+        manifest_path = workspace.parse(
+            files, vars=vars, timeout=settings.dbt_timeout_seconds, env=workspace.dbt_env(settings)
+        )
         manifest = load_manifest(manifest_path)
     except DbtProjectError as exc:
         shutil.rmtree(files.revision_dir, ignore_errors=True)
@@ -165,7 +216,7 @@ def record_new(
         project_id=project.id,
         name=body.name,
         slug=slug,
-        source=body.source.model_dump(mode="json", exclude_none=True),
+        source=stored_source(body.source.model_dump(mode="json", exclude_none=True), cipher),
         target=target,
         target_credentials_encrypted=cipher.encrypt({"password": password}) if password else None,
         vars=body.vars or {},

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,16 +26,22 @@ def get_user(session: Session, user_id: str, *, tenant_id: str) -> User:
 
 
 def _active_admins(session: Session, tenant_id: str) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(User)
-        .where(User.tenant_id == tenant_id, User.role == Role.admin.value, User.status != "disabled")
+    """The tenant's active admins (an invited one has never signed in, a disabled one cannot), locked until the
+    transaction ends: two demotions of the last two admins at once cannot both see the other one still there.
+    PostgreSQL locks the rows (the second waits, then sees the first's change); SQLite's write lock, which every
+    transaction takes up front, already serialises them."""
+    admins = session.scalars(
+        select(User.id)
+        .where(User.tenant_id == tenant_id, User.role == Role.admin.value, User.status == "active")
+        .order_by(User.id)
+        .with_for_update()
     )
+    return len(admins.all())
 
 
 def _guard_last_admin(session: Session, user: User, *, becomes_admin: bool) -> None:
-    is_enabled_admin = user.role == Role.admin.value and user.status != "disabled"
-    if is_enabled_admin and not becomes_admin and _active_admins(session, user.tenant_id) <= 1:
+    is_active_admin = user.role == Role.admin.value and user.status == "active"
+    if is_active_admin and not becomes_admin and _active_admins(session, user.tenant_id) <= 1:
         raise Conflict("This is the last admin of the tenant: it cannot be removed, disabled or demoted.")
 
 

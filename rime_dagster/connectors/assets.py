@@ -16,6 +16,7 @@ from rime_dagster.connectors.names import (
     landing_collisions,
     table_asset_key,
 )
+from rime_dagster.platform.limits import max_runtime_tags
 from rime_dagster.platform.pools import log_pool_wait
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource
@@ -153,7 +154,7 @@ def project_connector_definitions(
     job = dg.define_asset_job(
         name=connector_job_name(project.namespace),
         selection=dg.AssetSelection.assets(*(a for _, a in built)),
-        tags={"rime/project_id": project.id, "rime/kind": "connector_sync"},
+        tags={"rime/project_id": project.id, "rime/kind": "connector_sync", **max_runtime_tags()},
         description=f"Sync connectors of project '{project.name}' (a run selects one connector's tables).",
         # In the run worker: a step process per connector would only add start-up time.
         executor_def=dg.in_process_executor,

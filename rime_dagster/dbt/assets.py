@@ -4,7 +4,8 @@ Every model, seed and snapshot is an asset keyed `[namespace, slug, name]` in th
 dbt tests are asset checks; sources that read connector tables depend on those connector assets,
 so the lineage graph runs connector table -> staging -> mart. The specs come from the parsed
 manifest (`asset_specs.py`), without dagster-dbt: it imports dbt-core, which would cost every code
-server and run worker about 1.5 s. A run imports it and runs dbt through its `DbtCliResource`.
+server and run worker about 1.5 s. A run imports it and runs dbt through its `DbtCliInvocation`, in an
+environment of dbt's own (`workspace.dbt_env`: no platform secret, only its own target's password).
 Each run writes its dbt artifacts to `runs/<run id>/` (the API reads run_results.json from there)
 and then publishes the models marked `meta: {rime: {publish: true}}` to Iceberg.
 """
@@ -26,9 +27,10 @@ from pydantic import Field
 from rime_dagster.dbt.asset_specs import DbtAssetSpecs, DbtSelection, build_asset_specs, subset_selection
 from rime_dagster.dbt.manifest import ConnectorIndex, load_manifest, publish_requested
 from rime_dagster.dbt.names import dbt_job_name, dbt_op_name, dbt_tags
-from rime_dagster.dbt.workspace import PASSWORD_ENV, dbt_executable
+from rime_dagster.dbt.workspace import dbt_env, dbt_executable
+from rime_dagster.platform.limits import max_runtime_tags
 from rime_dagster.platform.schedules import rime_schedule
-from rime_dagster.resources import IcebergCatalogResource
+from rime_dagster.resources import IcebergCatalogResource, settings
 from rime_dagster.specs import DbtProjectSpec
 
 INDIRECT_SELECTION_ENV = "DBT_INDIRECT_SELECTION"
@@ -84,7 +86,7 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
     job = dg.define_asset_job(
         name=dbt_job_name(spec.id),
         selection=dg.AssetSelection.assets(run_dbt),
-        tags=dbt_tags(spec.project_id, spec.id),
+        tags={**dbt_tags(spec.project_id, spec.id), **max_runtime_tags()},
         description=f"Run dbt project '{spec.name}'.",
         # One step (one multi-asset op): a step process of its own would only add start-up time.
         executor_def=dg.in_process_executor,
@@ -115,14 +117,11 @@ def dbt_events(
     `select`/`exclude` passed to dbt; asset materializations and check evaluations).
     """
     # dagster-dbt imports dbt-core: only a run pays for it, never the code location's load.
-    from dagster_dbt import DbtCliResource
-
     from rime_dagster.dbt.translator import translator_for
 
-    password = spec.target_password()
-    if password is not None:
-        # dbt reads it through env_var() in the generated profile; it is never written to disk.
-        os.environ[PASSWORD_ENV] = password
+    # dbt reads the password through env_var() in the generated profile: it goes to that dbt process only,
+    # never to a file nor to this worker's os.environ (which the next dbt run of the worker would inherit).
+    env = dbt_env(settings(), spec.target_password())
     manifest = load_manifest(spec.files.manifest_path)
     selection = (
         subset_selection(manifest, assets, context.selected_asset_keys, context.selected_asset_check_keys)
@@ -147,18 +146,17 @@ def dbt_events(
     failure: BaseException | None = None
     publish_errors: list[str] = []
     with _warehouse_lock(spec, context), _selected(spec, selection) as (project_dir, selection_args):
-        dbt = DbtCliResource(
-            project_dir=str(project_dir),
-            profiles_dir=str(spec.files.profiles_dir),
-            dbt_executable=dbt_executable(),
+        if selection and selection.indirect_selection:
+            env[INDIRECT_SELECTION_ENV] = selection.indirect_selection
+        invocation = _start_dbt(
+            [*args, *selection_args],
+            env=env,
+            project_dir=project_dir,
+            profiles_dir=spec.files.profiles_dir,
+            target_path=run_dir,
+            manifest=manifest,
+            translator=translator_for(spec),
         )
-        with _environment(INDIRECT_SELECTION_ENV, selection.indirect_selection if selection else None):
-            invocation = dbt.cli(
-                [*args, *selection_args],
-                target_path=run_dir,
-                manifest=manifest,
-                dagster_dbt_translator=translator_for(spec),
-            )
         events = invocation.stream()
         if assets is not None:
             events = _asset_events(events, context, assets, nodes)
@@ -231,27 +229,49 @@ def _selected(spec: DbtProjectSpec, selection: DbtSelection | None) -> Iterator[
         return
     with tempfile.TemporaryDirectory(prefix="rime-dbt-subset-") as folder:
         project_dir = Path(folder) / "project"
-        shutil.copytree(spec.files.project_dir, project_dir)
+        # Links as links: `dbt deps` links local packages, which need not be copied.
+        shutil.copytree(spec.files.project_dir, project_dir, symlinks=True)
         selectors = [{"name": SUBSET_SELECTOR, "definition": {"union": selection.select.split(" ")}}]
         (project_dir / "selectors.yml").write_text(yaml.safe_dump({"selectors": selectors}))
         yield project_dir, ["--selector", SUBSET_SELECTOR]
 
 
-@contextmanager
-def _environment(name: str, value: str | None) -> Iterator[None]:
-    """`name=value` in os.environ while dagster-dbt starts dbt (it hands dbt a copy of os.environ)."""
-    if value is None:
-        yield
-        return
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+def _start_dbt(
+    args: list[str],
+    *,
+    env: Mapping[str, str],
+    project_dir: Path,
+    profiles_dir: Path,
+    target_path: Path,
+    manifest: Mapping[str, Any],
+    translator,
+):
+    """Starts `dbt <args>` as dagster-dbt's `DbtCliResource.cli` does, but in the environment `env` alone:
+    `cli` hands dbt a copy of this worker's os.environ (platform secrets included) and takes no environment.
+    Without `cli`'s in-process dbt adapter, used only for column metadata we do not fetch."""
+    from dagster_dbt.compat import DBT_PYTHON_VERSION
+    from dagster_dbt.core.dbt_cli_invocation import DbtCliInvocation
+
+    return DbtCliInvocation.run(
+        args=[dbt_executable(), *args],
+        env={
+            **env,
+            "DAGSTER_DBT_CLI": "true",
+            "DBT_LOG_FORMAT": "json",
+            "DBT_TARGET_PATH": str(target_path),
+            "DBT_LOG_PATH": str(target_path),
+            "DBT_PROFILES_DIR": str(profiles_dir),
+            "DBT_PROJECT_DIR": str(project_dir),
+        },
+        manifest=manifest,
+        dagster_dbt_translator=translator,
+        project_dir=project_dir,
+        target_path=target_path,
+        raise_on_error=True,
+        context=None,
+        adapter=None,
+        cli_version=DBT_PYTHON_VERSION,
+    )
 
 
 def _metadata_text(metadata: Mapping[str, Any], key: str) -> str | None:
@@ -261,7 +281,8 @@ def _metadata_text(metadata: Mapping[str, Any], key: str) -> str | None:
 
 
 class _warehouse_lock:
-    """One dbt process at a time per DuckDB file (DuckDB allows one writer process); waits, with a log line."""
+    """One dbt process at a time per DuckDB file (DuckDB allows one writer process); waits, with a log line,
+    for at most RIME_DBT_LOCK_TIMEOUT_SECONDS, then fails the run."""
 
     def __init__(self, spec: DbtProjectSpec, context: dg.AssetExecutionContext):
         self.lock = FileLock(str(spec.duckdb_file) + ".lock") if spec.adapter == "duckdb" else None
@@ -274,8 +295,16 @@ class _warehouse_lock:
         try:
             self.lock.acquire(timeout=0)
         except Timeout:
+            timeout = settings().dbt_lock_timeout_seconds
             self.context.log.info("Another dbt run holds this project's DuckDB database; waiting for it.")
-            self.lock.acquire()
+            try:
+                self.lock.acquire(timeout=timeout)
+            except Timeout:
+                raise dg.Failure(
+                    description=f"Another dbt run held this project's DuckDB database for more than {timeout:g} s "
+                    "(RIME_DBT_LOCK_TIMEOUT_SECONDS); this run did not start dbt. Retry once that run has ended.",
+                    allow_retries=False,
+                ) from None
         return self
 
     def __exit__(self, *exc):

@@ -15,23 +15,31 @@ No Dagster here; the API and the code location both use this module.
 
 from __future__ import annotations
 
+import fnmatch
+import ipaddress
 import json
 import os
 import re
 import shutil
+import socket
+import stat
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
+from api_shim import environment
+from api_shim.settings import Settings, get_settings
+
 PROFILE_TARGET = "rime"
 PASSWORD_ENV = "RIME_DBT_TARGET_PASSWORD"
-_IGNORED = shutil.ignore_patterns("target", "logs", "dbt_packages", ".git", "__pycache__", ".venv", "*.duckdb*")
-_GIT_URL = re.compile(r"^(file://|/|\.{0,2}/|https?://|ssh://|git@)")
+# Never copied from a project's folder: build output, installed packages, git's own files, local databases.
+_IGNORED = ("target", "logs", "dbt_packages", ".git", "__pycache__", ".venv", "*.duckdb*")
 
 
 class DbtProjectError(Exception):
@@ -92,13 +100,36 @@ def dbt_executable() -> str:
 # Fetching ------------------------------------------------------------------------------------
 
 
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+# Each folder a copy makes counts as a block: links cannot multiply empty folders past the limit either.
+FOLDER_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class GitRules:
+    """Where git sources may come from (RIME_DBT_GIT_SCHEMES, RIME_DBT_GIT_ALLOW_LOCAL_HOSTS)."""
+
+    schemes: tuple[str, ...] = ("https", "ssh")
+    allow_local_hosts: bool = False
+    env_passthrough: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GitRules:
+        return cls(tuple(settings.dbt_git_schemes), settings.dbt_git_allow_local_hosts, tuple(settings.env_passthrough))
+
+
+def _confined(path: Path, allowed_roots: list[Path], field: str) -> Path:
+    """`path` with its links resolved, if it lies in one of `allowed_roots` (any path when there are none)."""
+    if not path.is_absolute():
+        raise DbtProjectError(f"{field} must be an absolute path on the server.")
+    path = path.resolve()
+    if allowed_roots and not any(path.is_relative_to(root.expanduser().resolve()) for root in allowed_roots):
+        raise DbtProjectError(f"{field} is outside the folders dbt projects may be registered from.")
+    return path
+
+
 def check_local_path(path: str, allowed_roots: list[Path]) -> Path:
-    folder = Path(path).expanduser()
-    if not folder.is_absolute():
-        raise DbtProjectError("source.path must be an absolute path on the server.")
-    folder = folder.resolve()
-    if allowed_roots and not any(folder.is_relative_to(root.expanduser().resolve()) for root in allowed_roots):
-        raise DbtProjectError("source.path is outside the folders dbt projects may be registered from.")
+    folder = _confined(Path(path).expanduser(), allowed_roots, "source.path")
     if not folder.is_dir():
         raise DbtProjectError(f"source.path {folder} is not a folder on the server.")
     if not (folder / "dbt_project.yml").is_file():
@@ -106,19 +137,94 @@ def check_local_path(path: str, allowed_roots: list[Path]) -> Path:
     return folder
 
 
-def fetch(source: Mapping[str, Any], dest: Path, *, allowed_roots: list[Path], timeout: float) -> str | None:
+def fetch(
+    source: Mapping[str, Any],
+    dest: Path,
+    *,
+    allowed_roots: list[Path],
+    timeout: float,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    git: GitRules = GitRules(),
+) -> str | None:
     """Puts the project's files in `dest` (which must not exist); returns the git commit, if any."""
     if source["type"] == "path":
-        shutil.copytree(check_local_path(source["path"], allowed_roots), dest, ignore=_IGNORED)
+        folder = check_local_path(source["path"], allowed_roots)
+        copy_project(folder, dest, within=folder, max_bytes=max_bytes)
         return None
-    return _git_checkout(source["url"], source.get("ref"), source.get("subdirectory"), dest, timeout=timeout)
+    return _git_checkout(
+        source["url"],
+        source.get("ref"),
+        source.get("subdirectory"),
+        dest,
+        allowed_roots=allowed_roots,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        rules=git,
+    )
 
 
-def _git(args: list[str], *, cwd: Path | None, timeout: float) -> str:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "GIT_CONFIG_NOSYSTEM": "1"}
+def copy_project(src: Path, dest: Path, *, within: Path, max_bytes: int) -> None:
+    """Copies the project folder `src` to `dest` (which must not exist) as plain files and folders.
+
+    A link is copied as what it points to only if that lies inside `within` (the registered folder, or the
+    repository's checkout); a link out of it (`models/x.sql -> /etc/passwd`, `-> /dev/zero`), a link loop and
+    anything but files and folders are refused, and so is a project past `max_bytes`.
+    """
+    within = within.resolve()
+    budget = max_bytes
+
+    def refuse(relative: PurePosixPath, why: str) -> DbtProjectError:
+        return DbtProjectError(f"{relative} {why}; links must stay inside the project.")
+
+    def copy_file(source: Path, target: Path, relative: PurePosixPath) -> None:
+        nonlocal budget
+        with open(source, "rb") as reader, open(target, "xb") as writer:
+            while chunk := reader.read(min(1 << 20, budget + 1)):
+                budget -= len(chunk)
+                if budget < 0:
+                    raise DbtProjectError(
+                        f"The dbt project is larger than {max_bytes} bytes (RIME_DBT_PROJECT_MAX_BYTES) at {relative}."
+                    )
+                writer.write(chunk)
+
+    def copy_folder(source: Path, target: Path, relative: PurePosixPath, chain: tuple[Path, ...]) -> None:
+        nonlocal budget
+        budget -= FOLDER_BYTES
+        if budget < 0:
+            raise DbtProjectError(f"The dbt project is larger than {max_bytes} bytes (RIME_DBT_PROJECT_MAX_BYTES).")
+        target.mkdir(parents=True)
+        for entry in sorted(os.scandir(source), key=lambda e: e.name):
+            if any(fnmatch.fnmatch(entry.name, pattern) for pattern in _IGNORED):
+                continue
+            path, inner = Path(entry.path), relative / entry.name
+            real = path.resolve() if entry.is_symlink() else path
+            if not real.is_relative_to(within):
+                raise refuse(inner, "links outside the project")
+            try:
+                mode = real.stat().st_mode
+            except OSError:
+                raise refuse(inner, "is a broken link") from None
+            if stat.S_ISDIR(mode):
+                if real in chain:
+                    raise refuse(inner, "is a link loop")
+                copy_folder(real, target / entry.name, inner, (*chain, real))
+            elif stat.S_ISREG(mode):
+                copy_file(real, target / entry.name, inner)
+            else:
+                raise DbtProjectError(f"{inner} is neither a file nor a folder.")
+
+    copy_folder(src.resolve(), dest, PurePosixPath("."), (src.resolve(),))
+
+
+def _git(args: list[str], *, cwd: Path | None, timeout: float, rules: GitRules, config: Sequence[str] = ()) -> str:
+    env = environment.allowed(names=("SSH_AUTH_SOCK",), passthrough=rules.env_passthrough)
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", GIT_CONFIG_NOSYSTEM="1")
+    # Only the allowed transports, for the URL and for anything it refers to (ext::, submodules, alternates).
+    protocols = ["protocol.allow=never", *(f"protocol.{scheme}.allow=always" for scheme in rules.schemes)]
+    settings = [*protocols, "http.followRedirects=false", *config]
     try:
         done = subprocess.run(
-            ["git", "-c", "protocol.ext.allow=never", *args],
+            ["git", *(arg for item in settings for arg in ("-c", item)), *args],
             cwd=cwd,
             env=env,
             capture_output=True,
@@ -139,21 +245,124 @@ def _scrub_url_credentials(text: str) -> str:
     return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
 
 
-def _git_checkout(url: str, ref: str | None, subdirectory: str | None, dest: Path, *, timeout: float) -> str:
-    if not _GIT_URL.match(url):
-        raise DbtProjectError("source.url must be a file://, http(s)://, ssh:// or git@ URL, or an absolute path.")
+_SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<path>[^/].*|/.*)$")
+_DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git": 9418}
+
+
+@dataclass(frozen=True)
+class GitLocation:
+    """A git URL taken apart: its scheme, and its host and port, or its local path (scheme `file`)."""
+
+    scheme: str
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+
+
+def git_location(url: str) -> GitLocation:
+    """Where a git source URL points; DbtProjectError for anything but an absolute path, file://, http(s)://,
+    ssh://, git:// or `user@host:path`."""
+    if url.startswith("/"):
+        return GitLocation("file", path=Path(url))
+    if "://" in url:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise DbtProjectError("source.url: a file:// URL names no host.")
+            return GitLocation("file", path=Path(unquote(parts.path)))
+        if scheme in _DEFAULT_PORTS and parts.hostname:
+            try:
+                port = parts.port or _DEFAULT_PORTS[scheme]
+            except ValueError:
+                raise DbtProjectError("source.url has an invalid port.") from None
+            return GitLocation(scheme, host=parts.hostname, port=port)
+    elif "::" not in url and (match := _SCP_LIKE.match(url)):  # `transport::address` runs a remote helper
+        return GitLocation("ssh", host=match["host"].strip("[]"), port=22)
+    raise DbtProjectError(
+        "source.url must be an https://, ssh://, git@host:path, http://, git:// or file:// URL, or an absolute path."
+    )
+
+
+def url_has_credentials(url: str) -> bool:
+    """Whether the URL carries a secret: any userinfo of an http(s) URL (tokens are often the user name), a
+    password elsewhere. `ssh://git@host` and `git@host:path` name a user, nothing secret."""
+    parts = urlsplit(url) if "://" in url else None
+    if parts is None or "@" not in parts.netloc:
+        return False
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    return parts.scheme.lower() in ("http", "https") or ":" in userinfo
+
+
+def redact_url(url: str) -> str:
+    """The URL with the userinfo that carries a secret replaced by `***`."""
+    if not url_has_credentials(url):
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _local_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified
+
+
+def _checked_remote(location: GitLocation, rules: GitRules) -> list[str]:
+    """Resolves the host; refuses loopback and link-local addresses (Dagster's GraphQL runs mutations over GET;
+    cloud metadata services) unless allowed. Returns git settings pinning http(s) to the addresses checked."""
+    try:
+        infos = socket.getaddrinfo(location.host, location.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise DbtProjectError(f"source.url: the host {location.host} cannot be resolved.") from None
+    addresses = sorted({info[4][0] for info in infos})
+    if not rules.allow_local_hosts and any(_local_address(a) for a in addresses):
+        raise DbtProjectError(
+            "source.url points at a loopback or link-local address, which git sources may not reach "
+            "(RIME_DBT_GIT_ALLOW_LOCAL_HOSTS)."
+        )
+    if location.scheme not in ("http", "https"):
+        return []
+    # git (libcurl) would resolve the name again: it must connect to what was checked, not a new answer.
+    pinned = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
+    return [f"http.curloptResolve={location.host}:{location.port}:{pinned}"]
+
+
+def _git_checkout(
+    url: str,
+    ref: str | None,
+    subdirectory: str | None,
+    dest: Path,
+    *,
+    allowed_roots: list[Path],
+    timeout: float,
+    max_bytes: int,
+    rules: GitRules,
+) -> str:
+    location = git_location(url)
+    if location.scheme not in rules.schemes:
+        allowed = ", ".join(rules.schemes) or "none"
+        raise DbtProjectError(
+            f"source.url: {location.scheme} sources are not allowed here (RIME_DBT_GIT_SCHEMES: {allowed})."
+        )
+    config: list[str] = []
+    if location.path is not None:
+        url = str(_confined(location.path, allowed_roots, "source.url"))
+    else:
+        config = _checked_remote(location, rules)
     checkout = dest.parent / f"{dest.name}.git-checkout"
     shutil.rmtree(checkout, ignore_errors=True)
     try:
-        _git(["clone", "--quiet", "--", url, str(checkout)], cwd=None, timeout=timeout)
+        _git(["clone", "--quiet", "--", url, str(checkout)], cwd=None, timeout=timeout, rules=rules, config=config)
         if ref:
-            _git(["checkout", "--quiet", "--detach", ref, "--"], cwd=checkout, timeout=timeout)
-        sha = _git(["rev-parse", "HEAD"], cwd=checkout, timeout=timeout)
+            _git(["checkout", "--quiet", "--detach", ref, "--"], cwd=checkout, timeout=timeout, rules=rules)
+        sha = _git(["rev-parse", "HEAD"], cwd=checkout, timeout=timeout, rules=rules)
         folder = (checkout / (subdirectory or "")).resolve()
         if not folder.is_relative_to(checkout.resolve()) or not (folder / "dbt_project.yml").is_file():
             where = f"subdirectory '{subdirectory}'" if subdirectory else "the repository root"
             raise DbtProjectError(f"No dbt_project.yml in {where} at {sha[:12]}.")
-        shutil.copytree(folder, dest, ignore=_IGNORED)
+        copy_project(folder, dest, within=checkout, max_bytes=max_bytes)
         return sha
     finally:
         shutil.rmtree(checkout, ignore_errors=True)
@@ -222,16 +431,28 @@ def write_profiles(files: ProjectFiles, profile: str, output: dict[str, Any]) ->
 # Running dbt ---------------------------------------------------------------------------------
 
 
-def dbt_env(password: str | None = None) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-        "DBT_NO_VERSION_CHECK": "true",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("DBT_PROFILES_DIR", None)
-    env.pop("DBT_PROJECT_DIR", None)
-    env.pop("DBT_TARGET_PATH", None)
+def dbt_env(settings: Settings | None = None, password: str | None = None) -> dict[str, str]:
+    """The environment of a dbt process. dbt runs the project's code, which can print any variable it sees (a
+    model's `env_var()` ends up in a parse error or a description viewers read), so it gets an allow-list: no
+    platform secret, the `DBT_*` variables projects read, RIME_ENV_PASSTHROUGH, the Iceberg catalog settings its
+    DuckDB plugin needs, and the password of its own target only (never through os.environ)."""
+    settings = settings or get_settings()
+    env = environment.allowed(prefixes=("DBT_",), passthrough=settings.env_passthrough)
+    for name in ("DBT_PROFILES_DIR", "DBT_PROJECT_DIR", "DBT_TARGET_PATH", "DBT_LOG_PATH"):
+        env.pop(name, None)
+    env.update(
+        DBT_SEND_ANONYMOUS_USAGE_STATS="false",
+        DBT_NO_VERSION_CHECK="true",
+        PYTHONUNBUFFERED="1",
+        RIME_HOME=str(settings.home),
+        RIME_ICEBERG_CATALOG_NAME=settings.iceberg_catalog_name,
+    )
+    if settings.iceberg_catalog_uri:
+        env["RIME_ICEBERG_CATALOG_URI"] = settings.iceberg_catalog_uri
+    if settings.iceberg_warehouse:
+        env["RIME_ICEBERG_WAREHOUSE"] = settings.iceberg_warehouse
+    if settings.iceberg_catalog_properties:
+        env["RIME_ICEBERG_CATALOG_PROPERTIES"] = json.dumps(settings.iceberg_catalog_properties)
     if password is not None:
         env[PASSWORD_ENV] = password
     return env
@@ -242,10 +463,11 @@ def run_dbt(
     args: list[str],
     *,
     timeout: float,
-    password: str | None = None,
+    env: Mapping[str, str] | None = None,
     target_path: Path | None = None,
 ) -> None:
-    """Runs `dbt <args>` on a revision with JSON logs; DbtProjectError carries dbt's error messages."""
+    """Runs `dbt <args>` on a revision with JSON logs (environment: `env`, default `dbt_env()`); DbtProjectError
+    carries dbt's error messages."""
     target = target_path or files.target_dir
     command = [
         dbt_executable(),
@@ -264,7 +486,12 @@ def run_dbt(
     ]
     try:
         done = subprocess.run(
-            command, cwd=files.project_dir, env=dbt_env(password), capture_output=True, text=True, timeout=timeout
+            command,
+            cwd=files.project_dir,
+            env=dict(env) if env is not None else dbt_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         raise DbtProjectError(f"dbt {args[0]} did not finish within {timeout:.0f}s.") from None
@@ -291,14 +518,16 @@ def dbt_errors(stdout: str, stderr: str = "") -> str:
     return "\n".join(messages)
 
 
-def parse(files: ProjectFiles, *, vars: Mapping[str, Any], timeout: float, password: str | None = None) -> Path:
+def parse(
+    files: ProjectFiles, *, vars: Mapping[str, Any], timeout: float, env: Mapping[str, str] | None = None
+) -> Path:
     """`dbt deps` (when the project declares packages) then `dbt parse`; returns the manifest path."""
     if (files.project_dir / "packages.yml").exists() or (files.project_dir / "dependencies.yml").exists():
-        run_dbt(files, ["deps"], timeout=timeout, password=password)
+        run_dbt(files, ["deps"], timeout=timeout, env=env)
     args = ["parse"]  # writes partial_parse.msgpack, which each run starts from
     if vars:
         args += ["--vars", json.dumps(dict(vars))]
-    run_dbt(files, args, timeout=timeout, password=password)
+    run_dbt(files, args, timeout=timeout, env=env)
     if not files.manifest_path.is_file():
         raise DbtProjectError("dbt parse wrote no manifest.json.")
     return files.manifest_path
