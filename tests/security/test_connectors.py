@@ -520,3 +520,29 @@ def test_a_connector_recreated_under_a_deleted_ones_name_does_not_inherit_its_ta
     assert new_prefix != old_prefix
     assert read_cursor(catalog, (project["namespace"], f"{new_prefix}__events"), "id") is None
     assert catalog.load_table(old_table).scan().to_arrow().num_rows == 1000  # the old data stays where it was
+
+
+# --- the demo under item 2's default: no folder but the upload area ------------------------------------
+
+
+def test_the_demo_connector_needs_no_path_root(tmp_path):
+    from sqlalchemy import select
+
+    from api_shim.crypto import CredentialCipher
+    from api_shim.db.session import session_scope
+    from api_shim.demo import DEMO_DATA, ensure_demo
+    from api_shim.services.connectors import build_source
+
+    settings = make_settings(tmp_path, connector_path_roots=[])
+    ensure_demo(settings)
+    with session_scope(settings.metadata_url) as session:
+        shop = session.scalar(select(Connector).where(Connector.name == "Demo Shop"))
+        # As `make up` loaded it before issue 11: over the repository's demo/data, now outside every root.
+        shop.config = {**shop.config, "path": str(DEMO_DATA)}
+    ensure_demo(settings)  # moves it into its upload area
+    with session_scope(settings.metadata_url) as session:
+        shop = session.scalar(select(Connector).where(Connector.name == "Demo Shop"))
+        source = build_source(shop, CredentialCipher.from_settings(settings), settings)
+        assert shop.config["path"] is None
+    assert [t.name for t in source.discover(10)] == ["customers", "orders"]
+    assert sum(batch.num_rows for batch in source.read("orders")) > 0
