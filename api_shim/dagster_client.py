@@ -55,6 +55,12 @@ DAGSTER_YAML = """\
 run_coordinator:
   module: dagster._core.run_coordinator
   class: DefaultRunCoordinator
+# Each run in its own `dagster api execute_run` process, a child of the webserver or the daemon that
+# launches it: Dagster's default starts runs inside the code server, whose old process then stays
+# alive after every reload until its runs end (rime_dagster/platform/run_launcher.py).
+run_launcher:
+  module: rime_dagster.platform.run_launcher
+  class: ProcessRunLauncher
 # The daemon enforces pipelines' timeout_seconds (dagster/max_runtime) and fails runs stuck
 # starting; it looks every 30 s.
 run_monitoring:
@@ -221,6 +227,8 @@ class DagsterClient:
             if _is_transport_failure(exc):
                 log.warning("Dagster %s failed: %s", operation, text)
                 raise ServiceUnavailable("Dagster is unavailable; retry shortly.") from None
+            # A PythonError's message and stack trace are for the operator's log, not for the client.
+            log.warning("Dagster refused the %s: %s", operation, " ".join(str(a) for a in exc.args[1:])[:4000] or text)
             raise Unprocessable(f"Dagster refused the {operation}: {text}") from None
         except Exception as exc:  # transport errors (requests/gql) below the client
             metrics.DAGSTER_ERRORS.labels(operation).inc()

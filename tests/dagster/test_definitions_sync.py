@@ -13,10 +13,12 @@ from __future__ import annotations
 import itertools
 import random
 import re
+import shutil
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -261,3 +263,64 @@ def test_a_burst_of_writes_then_launches_keeps_dagster_bounded_and_ready(dagster
 def _metric(text: str, name: str) -> float:
     match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+SLOW_DBT = Path(__file__).resolve().parents[1] / "fixtures" / "dbt" / "slow"
+
+
+def test_reloads_during_a_long_run_leave_no_old_code_server_behind(dagster_webserver: Webserver, tmp_path):
+    """A run does not keep the code server that was current at its launch alive: each reload leaves two.
+
+    With Dagster's default launcher the run ran inside the code server's child, which stayed until the run ended:
+    one more code server per reload during the run (4 after two reloads while a short sync ran, in CI).
+    """
+    server = dagster_webserver
+    with _client(server) as api:
+        pid = api.post("/api/v1/projects", json={"name": "long run"}).json()["id"]
+        source = shutil.copytree(SLOW_DBT, tmp_path / "slow")
+        dbt = api.post(
+            f"/api/v1/projects/{pid}/dbt-projects",
+            json={"name": "Slow", "source": {"type": "path", "path": str(source)}},
+        )
+        assert dbt.status_code == 201, dbt.text
+        pipeline = api.post(
+            f"/api/v1/projects/{pid}/pipelines",
+            json={
+                "name": "slow",
+                "steps": [
+                    {"id": "nap", "type": "dbt", "config": {"dbt_project_id": dbt.json()["id"], "command": "run"}}
+                ],
+            },
+        )
+        assert pipeline.status_code == 201, pipeline.text
+        base = f"/api/v1/projects/{pid}/pipelines/{pipeline.json()['id']}"
+        started = api.post(f"{base}/run")
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run_id"]
+
+        def status() -> str:
+            return api.get(f"{base}/runs/{run_id}").json()["steps"][0]["status"]
+
+        deadline = time.monotonic() + 120
+        while status() != "running":
+            assert time.monotonic() < deadline, "the dbt run never started"
+            time.sleep(0.5)
+
+        for n in range(3):
+            assert api.post("/api/v1/projects", json={"name": f"reload {n}"}).status_code == 201
+            deadline, settled = time.monotonic() + 90, False
+            while not settled:
+                assert time.monotonic() < deadline, f"reload {n}: {len(code_server_pids(server))} code servers"
+                ready = api.get("/health/ready").json()["dependencies"]["dagster_definitions"]["detail"]
+                count = len(code_server_pids(server))
+                assert count <= 3
+                settled = ready.startswith("generation") and count == 2
+                time.sleep(0.3)
+            assert status() == "running"  # the run outlives the code server it was launched from
+
+        assert api.post(f"{base}/runs/{run_id}/cancel").status_code == 202
+        deadline = time.monotonic() + 90
+        while (run := api.get(f"{base}/runs/{run_id}").json())["status"] not in ("failed", "canceled", "succeeded"):
+            assert time.monotonic() < deadline, "the run was not canceled"
+            time.sleep(0.5)
+        assert run["status"] == "canceled", run

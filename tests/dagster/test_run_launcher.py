@@ -1,0 +1,62 @@
+"""The run launcher's view of its workers (rime_dagster/platform/run_launcher.py), with real processes.
+
+The daemon's run monitoring asks it whether a run's worker lives; a wrong "running" leaves a dead run running
+forever, a wrong "failed" fails a live one."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dagster import DagsterInstance
+from dagster._core.launcher import WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
+
+from rime_dagster.platform.run_launcher import HOST_TAG, PID_TAG, ProcessRunLauncher
+
+
+def _run(run_id: str, pid: int, host: str | None = None) -> DagsterRun:
+    return DagsterRun(job_name="j", run_id=run_id, tags={PID_TAG: str(pid), HOST_TAG: host or socket.gethostname()})
+
+
+def test_worker_health_follows_the_process_that_runs_the_run():
+    launcher = ProcessRunLauncher()
+    with DagsterInstance.ephemeral() as instance:
+        launcher.register_instance(instance)
+        run_id = "5b1f6a1e-0000-4000-8000-00000000abcd"
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", run_id])
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            assert launcher.check_run_worker_health(_run(run_id, worker.pid)).status == WorkerStatus.RUNNING
+            # A pid that another process holds now (the number was reused) is not this run's worker.
+            assert launcher.check_run_worker_health(_run(run_id, other.pid)).status == WorkerStatus.FAILED
+            # A worker on another host: the launcher cannot tell.
+            elsewhere = launcher.check_run_worker_health(_run(run_id, worker.pid, host="elsewhere.invalid"))
+            assert elsewhere.status == WorkerStatus.UNKNOWN
+            worker.kill()
+            worker.wait()
+            assert launcher.check_run_worker_health(_run(run_id, worker.pid)).status == WorkerStatus.FAILED
+        finally:
+            for proc in (worker, other):
+                proc.kill()
+                proc.wait()
+
+
+def test_an_unreaped_worker_counts_as_exited():
+    launcher = ProcessRunLauncher()
+    with DagsterInstance.ephemeral() as instance:
+        launcher.register_instance(instance)
+        run_id = "5b1f6a1e-0000-4000-8000-00000000dcba"
+        worker = subprocess.Popen([sys.executable, "-c", "pass", run_id])
+        try:
+            # Exited but not waited for: a zombie still answers kill(pid, 0).
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert launcher.check_run_worker_health(_run(run_id, worker.pid)).status == WorkerStatus.FAILED
+        finally:
+            worker.wait()
