@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from api_shim import environment
 from api_shim.dagster_client import ensure_dagster_home
 from api_shim.settings import Settings, get_settings
 
@@ -86,6 +87,25 @@ def write_workspace(settings: Settings) -> Path:
     return path
 
 
+def process_env(settings: Settings, dagster_home: Path, *, environ=None) -> dict[str, str]:
+    """The environment of the processes `rime up` starts: an allow-list (api_shim.environment), DAGSTER_* and RIME_*.
+
+    All four read the metadata store, so they get the RIME_* settings (the secret key and the store's URL among
+    them): the API; the code server; the webserver and the daemon, whose run workers (children of the process
+    that launches the run, rime_dagster/platform/run_launcher.py) decrypt connector credentials. None gets
+    RIME_ADMIN_TOKEN: `rime up` ensures its admin before it starts them. Nothing else of the operator's shell is
+    passed on unless named in RIME_ENV_PASSTHROUGH. dbt gets less again (workspace.dbt_env). See "Trust model" in
+    the README.
+    """
+    environ = os.environ if environ is None else environ
+    env = environment.allowed(environ, prefixes=("DAGSTER_",), passthrough=settings.env_passthrough)
+    env.update({k: v for k, v in environ.items() if k.startswith("RIME_") and k != "RIME_ADMIN_TOKEN"})
+    env["RIME_HOME"] = str(settings.home)
+    env["DAGSTER_HOME"] = str(dagster_home)
+    env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    return env
+
+
 def code_server_command(settings: Settings, bin_dir: Path) -> list[str]:
     return [
         str(bin_dir / "dagster"),
@@ -102,16 +122,15 @@ def code_server_command(settings: Settings, bin_dir: Path) -> list[str]:
     ]
 
 
-def webserver_command(settings: Settings, bin_dir: Path, workspace: Path) -> list[str]:
-    return [
-        str(bin_dir / "dagster-webserver"),
-        "-h",
-        settings.dagster_host,
-        "-p",
-        str(settings.dagster_port),
-        "-w",
-        str(workspace),
-    ]
+def webserver_command(settings: Settings, bin_dir: Path, workspace: Path, *, read_only: bool = False) -> list[str]:
+    """The Dagster webserver; `read_only`: the viewers' one, which refuses launches, reloads and other mutations.
+
+    Dagster's UI has no authentication of its own: both listen on RIME_DAGSTER_HOST (loopback by default) and
+    belong behind an authenticating proxy. See "The Dagster UI" in the README.
+    """
+    port = settings.dagster_viewer_port if read_only else settings.dagster_port
+    command = [str(bin_dir / "dagster-webserver"), "-h", settings.dagster_host, "-p", str(port), "-w", str(workspace)]
+    return [*command, "--read-only"] if read_only else command
 
 
 def wait_for_code_server(settings: Settings, timeout: float, alive=lambda: True) -> bool:
@@ -208,8 +227,7 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     dagster_home = ensure_dagster_home(settings)
     initialize_dagster_storage(dagster_home)
     token, token_path = admin_token(settings)
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RIME_HOME": str(settings.home), "RIME_ADMIN_TOKEN": token}
-    env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    env = process_env(settings, dagster_home)
     settings = Settings(**{**settings.model_dump(exclude={"admin_token"}), "admin_token": token})
     migrate(settings)
     bootstrap(settings, demo=demo)
@@ -232,6 +250,8 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
             log.error("the rime code server did not start; see the logs above")
             return 1
         supervisor.start("dagster-webserver", webserver_command(settings, bin_dir, workspace), env)
+        if settings.dagster_viewer_port:
+            supervisor.start("dagster-viewer", webserver_command(settings, bin_dir, workspace, read_only=True), env)
         supervisor.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)], env)
         supervisor.start(
             "api",
@@ -254,10 +274,12 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
             token_hint = (
                 f"export RIME_TOKEN=$(cat {token_path})" if token_path else "export RIME_TOKEN=$RIME_ADMIN_TOKEN"
             )
+            viewer = settings.dagster_viewer_port
             print(
                 "\n  Rime is up.\n"
                 f"    Dagster UI : {settings.dagster_ui_base}\n"
-                f"    API        : {api}/api/v1   (docs: {api}/api/docs)\n"
+                + (f"    read-only  : http://{settings.dagster_host}:{viewer}\n" if viewer else "")
+                + f"    API        : {api}/api/v1   (docs: {api}/api/docs)\n"
                 f"    Readiness  : {api}/health/ready\n"
                 f"    Admin token: {token_hint}\n"
                 "  Ctrl-C stops everything.\n",

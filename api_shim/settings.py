@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     api_port: int = 8000
     dagster_host: str = "127.0.0.1"
     dagster_port: int = 3000
+    dagster_viewer_port: int | None = Field(
+        None,
+        description="If set, `rime up` also starts a read-only Dagster webserver (`--read-only`: no launches, "
+        "reloads or other mutations) on DAGSTER_HOST at this port, for viewers behind an authenticating proxy.",
+    )
     dagster_graphql_url: str | None = Field(
         None, description="Dagster GraphQL endpoint; default http://DAGSTER_HOST:DAGSTER_PORT/graphql."
     )
@@ -139,6 +144,12 @@ class Settings(BaseSettings):
     )
     dbt_project_max_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Largest dbt project (all its files) that may be registered."
+    )
+    dbt_sandbox: Literal["landlock", "off"] = Field(
+        "landlock",
+        description="How dbt (which runs data engineers' SQL and Python models) is confined: `landlock` (Linux "
+        "5.13+) lets it reach only its own project's files and its target; `off` runs it unconfined, and data "
+        "engineers can then read whatever the platform's OS user can (rime_dagster/dbt/sandbox.py).",
     )
     dbt_lock_timeout_seconds: float = Field(
         1800.0, gt=0, description="How long a dbt run waits for another run holding its DuckDB database."

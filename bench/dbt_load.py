@@ -247,7 +247,7 @@ def register(setup: Setup) -> float:
     )
     workspace.write_profiles(files, project.profile, output)
     started = time.perf_counter()
-    workspace.parse(files, vars={}, timeout=1800)
+    workspace.parse(files, vars={}, timeout=1800, confine=None)
     return time.perf_counter() - started
 
 

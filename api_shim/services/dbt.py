@@ -166,15 +166,17 @@ def prepare_revision(
             git=workspace.GitRules.from_settings(settings),
         )
         project_file = workspace.read_project_file(files.project_dir)
+        duckdb_file = workspace.duckdb_path(settings.dbt_home, files.root.parent.name)
         output = workspace.profile_output(
             target,
-            duckdb_file=workspace.duckdb_path(settings.dbt_home, files.root.parent.name),
+            duckdb_file=duckdb_file,
             namespace=namespace,
             threads=settings.dbt_threads,
         )
         workspace.write_profiles(files, project_file.profile, output)
+        confine = workspace.sandbox_policy(settings, files, duckdb_file=duckdb_file, target=target)
         manifest_path = workspace.parse(
-            files, vars=vars, timeout=settings.dbt_timeout_seconds, env=workspace.dbt_env(settings)
+            files, vars=vars, timeout=settings.dbt_timeout_seconds, confine=confine, env=workspace.dbt_env(settings)
         )
         manifest = load_manifest(manifest_path)
     except DbtProjectError as exc:

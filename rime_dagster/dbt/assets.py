@@ -24,10 +24,11 @@ import yaml
 from filelock import FileLock, Timeout
 from pydantic import Field
 
+from rime_dagster.dbt import sandbox
 from rime_dagster.dbt.asset_specs import DbtAssetSpecs, DbtSelection, build_asset_specs, subset_selection
 from rime_dagster.dbt.manifest import ConnectorIndex, load_manifest, publish_requested
 from rime_dagster.dbt.names import dbt_job_name, dbt_op_name, dbt_tags
-from rime_dagster.dbt.workspace import dbt_env, dbt_executable
+from rime_dagster.dbt.workspace import dbt_env, dbt_executable, sandbox_policy
 from rime_dagster.platform.limits import max_runtime_tags
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource, settings
@@ -117,6 +118,7 @@ def dbt_events(
     `select`/`exclude` passed to dbt; asset materializations and check evaluations).
     """
     # dagster-dbt imports dbt-core: only a run pays for it, never the code location's load.
+    from rime_dagster.dbt.duckdb_plugin import VIEWS_FILE_ENV, connector_views
     from rime_dagster.dbt.translator import translator_for
 
     # dbt reads the password through env_var() in the generated profile: it goes to that dbt process only,
@@ -138,6 +140,13 @@ def dbt_events(
     if exclude:
         args += ["--exclude", exclude]
     run_dir.mkdir(parents=True, exist_ok=True)
+    tables: list[str] = []
+    if spec.adapter == "duckdb":
+        # The connector tables dbt reads as views: looked up here, since dbt's sandbox keeps it from the catalog.
+        views = connector_views(spec.namespace)
+        (run_dir / "connector_views.json").write_text(json.dumps(views))
+        env[VIEWS_FILE_ENV] = str(run_dir / "connector_views.json")
+        tables = [location for _, _, location in views]
     # Start from the revision's parse: dbt re-parses only what differs (e.g. other vars), not every file.
     partial = spec.files.target_dir / "partial_parse.msgpack"
     if partial.is_file():
@@ -150,6 +159,9 @@ def dbt_events(
             env[INDIRECT_SELECTION_ENV] = selection.indirect_selection
         invocation = _start_dbt(
             [*args, *selection_args],
+            confine=sandbox_policy(
+                settings(), spec.files, duckdb_file=spec.duckdb_file, target=spec.target, tables=tables
+            ),
             env=env,
             project_dir=project_dir,
             profiles_dir=spec.files.profiles_dir,
@@ -227,7 +239,8 @@ def _selected(spec: DbtProjectSpec, selection: DbtSelection | None) -> Iterator[
     if not selection.too_long:
         yield spec.files.project_dir, ["--select", selection.select]
         return
-    with tempfile.TemporaryDirectory(prefix="rime-dbt-subset-") as folder:
+    # Inside the project's dbt folder: the only place its sandboxed dbt may read.
+    with tempfile.TemporaryDirectory(prefix="subset-", dir=spec.root) as folder:
         project_dir = Path(folder) / "project"
         # Links as links: `dbt deps` links local packages, which need not be copied.
         shutil.copytree(spec.files.project_dir, project_dir, symlinks=True)
@@ -239,6 +252,7 @@ def _selected(spec: DbtProjectSpec, selection: DbtSelection | None) -> Iterator[
 def _start_dbt(
     args: list[str],
     *,
+    confine: sandbox.Policy | None,
     env: Mapping[str, str],
     project_dir: Path,
     profiles_dir: Path,
@@ -253,7 +267,7 @@ def _start_dbt(
     from dagster_dbt.core.dbt_cli_invocation import DbtCliInvocation
 
     return DbtCliInvocation.run(
-        args=[dbt_executable(), *args],
+        args=[*sandbox.command(confine, [dbt_executable()]), *args],
         env={
             **env,
             "DAGSTER_DBT_CLI": "true",

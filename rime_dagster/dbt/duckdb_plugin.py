@@ -9,12 +9,17 @@ Generated profiles list this module under `plugins:`. On every new dbt connectio
   `schema: <prefix>` reads the latest synced snapshot, streamed by DuckDB, never copied;
 * drops the views it made earlier for tables that are gone (kept in `rime_meta.connector_views`).
 
-The Iceberg catalog is the deployment's (RIME_* settings, inherited by the dbt process).
+dbt runs sandboxed (rime_dagster/dbt/sandbox.py) and never opens the Iceberg catalog: the run worker looks the
+tables up (`connector_views`) and hands dbt the list in a file named by RIME_DBT_CONNECTOR_VIEWS_FILE. Without
+it (`dbt parse` in the API) the views stay as they are.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from dbt.adapters.duckdb.plugins import BasePlugin
@@ -22,6 +27,7 @@ from dbt.adapters.duckdb.plugins import BasePlugin
 log = logging.getLogger(__name__)
 
 VIEWS_TABLE = "rime_meta.connector_views"
+VIEWS_FILE_ENV = "RIME_DBT_CONNECTOR_VIEWS_FILE"
 
 
 def _quote(name: str) -> str:
@@ -58,9 +64,8 @@ def connector_views(namespace: str) -> list[tuple[str, str, str]]:
     return views
 
 
-def sync_views(conn: Any, namespace: str) -> int:
-    """Makes the connection's database hold exactly the current connector views; returns their count."""
-    wanted = connector_views(namespace)
+def sync_views(conn: Any, wanted: list[tuple[str, str, str]]) -> int:
+    """Makes the connection's database hold exactly the connector views `wanted`; returns their count."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS rime_meta")
     conn.execute(f"CREATE TABLE IF NOT EXISTS {VIEWS_TABLE} (schema_name VARCHAR, view_name VARCHAR)")
     previous = set(conn.execute(f"SELECT schema_name, view_name FROM {VIEWS_TABLE}").fetchall())
@@ -81,7 +86,7 @@ def sync_views(conn: Any, namespace: str) -> int:
 
 class Plugin(BasePlugin):
     def initialize(self, plugin_config: dict[str, Any]) -> None:
-        self.namespace = plugin_config.get("namespace")
+        self.namespace = plugin_config.get("namespace")  # kept: older generated profiles name it
 
     def update_connection_config(self, creds, config: dict[str, Any]) -> None:
         from rime_dagster.connectors.sources._duckdb import extension_directory
@@ -93,6 +98,8 @@ class Plugin(BasePlugin):
     def configure_connection(self, conn) -> None:
         conn.execute("LOAD avro")
         conn.execute("LOAD iceberg")
-        if self.namespace:
-            count = sync_views(conn, self.namespace)
+        views_file = os.environ.get(VIEWS_FILE_ENV)
+        if views_file:
+            wanted = [tuple(view) for view in json.loads(Path(views_file).read_text())]
+            count = sync_views(conn, wanted)
             log.debug("rime: %d connector views in namespace %s", count, self.namespace)

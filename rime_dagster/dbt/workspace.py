@@ -35,6 +35,7 @@ import yaml
 
 from api_shim import environment
 from api_shim.settings import Settings, get_settings
+from rime_dagster.dbt import sandbox
 
 PROFILE_TARGET = "rime"
 PASSWORD_ENV = "RIME_DBT_TARGET_PASSWORD"
@@ -434,28 +435,37 @@ def write_profiles(files: ProjectFiles, profile: str, output: dict[str, Any]) ->
 def dbt_env(settings: Settings | None = None, password: str | None = None) -> dict[str, str]:
     """The environment of a dbt process. dbt runs the project's code, which can print any variable it sees (a
     model's `env_var()` ends up in a parse error or a description viewers read), so it gets an allow-list: no
-    platform secret, the `DBT_*` variables projects read, RIME_ENV_PASSTHROUGH, the Iceberg catalog settings its
-    DuckDB plugin needs, and the password of its own target only (never through os.environ)."""
+    platform secret nor any RIME_* setting, the `DBT_*` variables projects read, RIME_ENV_PASSTHROUGH, and the
+    password of its own target only (never through os.environ)."""
     settings = settings or get_settings()
     env = environment.allowed(prefixes=("DBT_",), passthrough=settings.env_passthrough)
     for name in ("DBT_PROFILES_DIR", "DBT_PROJECT_DIR", "DBT_TARGET_PATH", "DBT_LOG_PATH"):
         env.pop(name, None)
-    env.update(
-        DBT_SEND_ANONYMOUS_USAGE_STATS="false",
-        DBT_NO_VERSION_CHECK="true",
-        PYTHONUNBUFFERED="1",
-        RIME_HOME=str(settings.home),
-        RIME_ICEBERG_CATALOG_NAME=settings.iceberg_catalog_name,
-    )
-    if settings.iceberg_catalog_uri:
-        env["RIME_ICEBERG_CATALOG_URI"] = settings.iceberg_catalog_uri
-    if settings.iceberg_warehouse:
-        env["RIME_ICEBERG_WAREHOUSE"] = settings.iceberg_warehouse
-    if settings.iceberg_catalog_properties:
-        env["RIME_ICEBERG_CATALOG_PROPERTIES"] = json.dumps(settings.iceberg_catalog_properties)
+    # No RIME_* setting: the run worker looks the connector tables up in the Iceberg catalog for dbt (whose
+    # settings may hold the catalog's password), see duckdb_plugin.
+    env.update(DBT_SEND_ANONYMOUS_USAGE_STATS="false", DBT_NO_VERSION_CHECK="true", PYTHONUNBUFFERED="1")
     if password is not None:
         env[PASSWORD_ENV] = password
     return env
+
+
+def sandbox_policy(
+    settings: Settings,
+    files: ProjectFiles,
+    *,
+    duckdb_file: Path,
+    target: Mapping[str, Any],
+    tables: Sequence[str] = (),
+) -> sandbox.Policy | None:
+    """The sandbox of a dbt process working on `files` and reading the Iceberg tables `tables` (metadata
+    locations) (rime_dagster/dbt/sandbox.py); None with RIME_DBT_SANDBOX=off."""
+    if settings.dbt_sandbox == "off":
+        return None
+    folders = [files.root, duckdb_file.parent]
+    try:
+        return sandbox.dbt_policy(settings, folders=folders, tables=tables, target=target)
+    except sandbox.SandboxUnavailable as exc:
+        raise DbtProjectError(str(exc)) from None
 
 
 def run_dbt(
@@ -463,14 +473,15 @@ def run_dbt(
     args: list[str],
     *,
     timeout: float,
+    confine: sandbox.Policy | None,
     env: Mapping[str, str] | None = None,
     target_path: Path | None = None,
 ) -> None:
-    """Runs `dbt <args>` on a revision with JSON logs (environment: `env`, default `dbt_env()`); DbtProjectError
-    carries dbt's error messages."""
+    """Runs `dbt <args>` on a revision with JSON logs (environment: `env`, default `dbt_env()`), confined by
+    `confine` (`sandbox_policy`); DbtProjectError carries dbt's error messages."""
     target = target_path or files.target_dir
     command = [
-        dbt_executable(),
+        *sandbox.command(confine, [dbt_executable()]),
         "--log-format",
         "json",
         "--no-use-colors",
@@ -519,15 +530,20 @@ def dbt_errors(stdout: str, stderr: str = "") -> str:
 
 
 def parse(
-    files: ProjectFiles, *, vars: Mapping[str, Any], timeout: float, env: Mapping[str, str] | None = None
+    files: ProjectFiles,
+    *,
+    vars: Mapping[str, Any],
+    timeout: float,
+    confine: sandbox.Policy | None,
+    env: Mapping[str, str] | None = None,
 ) -> Path:
     """`dbt deps` (when the project declares packages) then `dbt parse`; returns the manifest path."""
     if (files.project_dir / "packages.yml").exists() or (files.project_dir / "dependencies.yml").exists():
-        run_dbt(files, ["deps"], timeout=timeout, env=env)
+        run_dbt(files, ["deps"], timeout=timeout, confine=confine, env=env)
     args = ["parse"]  # writes partial_parse.msgpack, which each run starts from
     if vars:
         args += ["--vars", json.dumps(dict(vars))]
-    run_dbt(files, args, timeout=timeout, env=env)
+    run_dbt(files, args, timeout=timeout, confine=confine, env=env)
     if not files.manifest_path.is_file():
         raise DbtProjectError("dbt parse wrote no manifest.json.")
     return files.manifest_path

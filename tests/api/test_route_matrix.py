@@ -255,7 +255,7 @@ def tiny_dbt_template(tmp_path_factory) -> Path:
         {"adapter": "duckdb"}, duckdb_file=files.root / "w.duckdb", namespace="matrix", threads=1
     )
     workspace.write_profiles(files, "tiny", output)
-    workspace.parse(files, vars={}, timeout=120)
+    workspace.parse(files, vars={}, timeout=120, confine=None)
     return files.revision_dir
 
 

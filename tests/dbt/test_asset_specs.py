@@ -43,7 +43,7 @@ def _parse(name: str, source: Path, root: Path) -> dict[str, Any]:
         {"adapter": "duckdb"}, duckdb_file=root / "warehouse.duckdb", namespace=NAMESPACE, threads=1
     )
     workspace.write_profiles(files, profile, output)
-    return load_manifest(workspace.parse(files, vars={}, timeout=180))
+    return load_manifest(workspace.parse(files, vars={}, timeout=180, confine=None))
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def project(tmp_path_factory) -> DbtProjectSpec:
     duckdb_file = root / "warehouse.duckdb"
     output = workspace.profile_output({"adapter": "duckdb"}, duckdb_file=duckdb_file, namespace=NS, threads=1)
     workspace.write_profiles(files, "two", output)
-    workspace.parse(files, vars={}, timeout=180)
+    workspace.parse(files, vars={}, timeout=180, confine=None)
     return DbtProjectSpec(
         id="dbt_two",
         project_id="prj_1",

@@ -127,11 +127,11 @@ def _spec(
     source = _dbt_project(tmp_path / f"{name}-source", models, name=name)
     files = workspace.ProjectFiles(tmp_path / f"{name}-files", 1)
     workspace.fetch({"type": "path", "path": str(source)}, files.project_dir, allowed_roots=[], timeout=60)
-    duckdb_file = tmp_path / f"{name}.duckdb"
+    duckdb_file = files.root / "warehouse.duckdb"  # beside the project, as under RIME_HOME/dbt/<project id>
     target = target or {"adapter": "duckdb"}
     output = workspace.profile_output(target, duckdb_file=duckdb_file, namespace="ns", threads=1)
     workspace.write_profiles(files, name, output)
-    workspace.parse(files, vars={}, timeout=180)
+    workspace.parse(files, vars={}, timeout=180, confine=None)
     return DbtProjectSpec(
         id=f"dbt_{name}",
         project_id="prj_1",
@@ -234,11 +234,8 @@ def test_dbt_env_is_an_allow_list(monkeypatch):
     env = workspace.dbt_env(settings, password="pw")
     assert "RIME_ADMIN_TOKEN" not in env and "RIME_SECRET_KEY" not in env and "RIME_DATABASE_URL" not in env
     assert env[workspace.PASSWORD_ENV] == "pw"
-    assert (env["DBT_ENV_CUSTOM_ENV_TEAM"], env["SNOWFLAKE_ACCOUNT"], env["RIME_HOME"]) == (
-        "analytics",
-        "xy123",
-        "/srv/rime",
-    )
+    assert (env["DBT_ENV_CUSTOM_ENV_TEAM"], env["SNOWFLAKE_ACCOUNT"]) == ("analytics", "xy123")
+    assert not [name for name in env if name.startswith("RIME_") and name != workspace.PASSWORD_ENV]
     assert env["PATH"] == os.environ["PATH"]
 
 
