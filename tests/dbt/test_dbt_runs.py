@@ -10,6 +10,7 @@ from rime_dagster.dbt import asset_specs, workspace
 from rime_dagster.dbt.assets import dbt_definitions
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import DbtProjectSpec
+from tests.support.dbt import parsed_spec
 
 NS, SLUG = "shop", "models"
 A, B = dg.AssetKey([NS, SLUG, "a"]), dg.AssetKey([NS, SLUG, "b"])
@@ -39,26 +40,15 @@ def project(tmp_path_factory) -> DbtProjectSpec:
     (source / "models" / "b.sql").write_text("select id from {{ ref('a') }}")
     (source / "models" / "schema.yml").write_text(SCHEMA)
     files = workspace.ProjectFiles(root / "project", 1)
-    workspace.fetch({"type": "path", "path": str(source)}, files.project_dir, allowed_roots=[], timeout=60)
-    duckdb_file = root / "warehouse.duckdb"
-    output = workspace.profile_output({"adapter": "duckdb"}, duckdb_file=duckdb_file, namespace=NS, threads=1)
-    workspace.write_profiles(files, "two", output)
-    workspace.parse(files, vars={}, timeout=180, confine=None)
-    return DbtProjectSpec(
-        id="dbt_two",
-        project_id="prj_1",
-        namespace=NS,
+    return parsed_spec(
+        source,
+        files,
         name="Two",
         slug=SLUG,
-        root=files.root,
-        revision=1,
-        target={"adapter": "duckdb"},
-        credentials_encrypted=None,
-        vars={},
-        schedule=None,
-        paused=False,
-        duckdb_file=duckdb_file,
-        connector_tables=(),
+        dbt_project_id="dbt_two",
+        profile="two",
+        duckdb_file=root / "warehouse.duckdb",
+        namespace=NS,
     )
 
 

@@ -36,6 +36,7 @@ from rime_dagster.dbt.assets import dbt_definitions
 from rime_dagster.resources import IcebergCatalogResource, MetadataStoreResource
 from rime_dagster.specs import DbtProjectSpec, ProjectSpec, load_specs
 from tests.conftest import ADMIN_TOKEN
+from tests.support.dbt import parsed_spec
 
 # What `rime up` and the tests' Dagster put in the environment of the platform's processes.
 PLATFORM_SECRETS = {
@@ -126,29 +127,15 @@ def _spec(
     """A parsed dbt project as the code location builds it (the parse sees no secret: only the run is tested)."""
     source = _dbt_project(tmp_path / f"{name}-source", models, name=name)
     files = workspace.ProjectFiles(tmp_path / f"{name}-files", 1)
-    workspace.fetch({"type": "path", "path": str(source)}, files.project_dir, allowed_roots=[], timeout=60)
-    duckdb_file = files.root / "warehouse.duckdb"  # beside the project, as under RIME_HOME/dbt/<project id>
-    target = target or {"adapter": "duckdb"}
-    output = workspace.profile_output(target, duckdb_file=duckdb_file, namespace="ns", threads=1)
-    workspace.write_profiles(files, name, output)
-    workspace.parse(files, vars={}, timeout=180, confine=None)
-    return DbtProjectSpec(
-        id=f"dbt_{name}",
-        project_id="prj_1",
-        namespace="ns",
+    encrypted = CredentialCipher.from_settings(get_settings()).encrypt({"password": password}) if password else None
+    return parsed_spec(
+        source,
+        files,
         name=name,
-        slug=name,
-        root=files.root,
-        revision=1,
+        profile=name,
+        duckdb_file=files.root / "warehouse.duckdb",  # beside the project, as under RIME_HOME/dbt/<project id>
         target=target,
-        credentials_encrypted=CredentialCipher.from_settings(get_settings()).encrypt({"password": password})
-        if password
-        else None,
-        vars={},
-        schedule=None,
-        paused=False,
-        duckdb_file=duckdb_file,
-        connector_tables=(),
+        credentials_encrypted=encrypted,
     )
 
 

@@ -23,6 +23,7 @@ from api_shim.settings import get_settings
 from rime_dagster.dbt import sandbox, workspace
 from rime_dagster.specs import DbtProjectSpec
 from tests.security.test_dbt_and_platform import _dbt_project, _materialize
+from tests.support.dbt import parsed_spec
 
 pytestmark = pytest.mark.skipif(sandbox.abi_version() < 1, reason="this kernel has no Landlock")
 
@@ -84,27 +85,17 @@ def _spec(
             f'name: probe\nversion: "1.0.0"\nprofile: probe\nmodel-paths: {json.dumps(model_paths)}\n'
         )
     files = workspace.ProjectFiles(root, 1)
-    workspace.fetch({"type": "path", "path": str(source)}, files.project_dir, allowed_roots=[], timeout=60)
     duckdb_file = workspace.duckdb_path(settings.dbt_home, project_id)
-    output = workspace.profile_output({"adapter": "duckdb"}, duckdb_file=duckdb_file, namespace=project_id, threads=1)
-    workspace.write_profiles(files, "probe", output)
-    confine = workspace.sandbox_policy(settings, files, duckdb_file=duckdb_file, target={})
-    workspace.parse(files, vars={}, timeout=180, confine=confine)
-    return DbtProjectSpec(
-        id="dbt_probe",
+    return parsed_spec(
+        source,
+        files,
+        name="probe",
+        profile="probe",
+        duckdb_file=duckdb_file,
         project_id=project_id,
         namespace=project_id,
-        name="probe",
         slug="probe",
-        root=root,
-        revision=1,
-        target={"adapter": "duckdb"},
-        credentials_encrypted=None,
-        vars={},
-        schedule=None,
-        paused=False,
-        duckdb_file=duckdb_file,
-        connector_tables=(),
+        sandboxed=True,
     )
 
 
