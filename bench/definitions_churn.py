@@ -114,6 +114,8 @@ def start_platform(procs: Processes, work: Path) -> Platform:
         RIME_SECRET_KEY=SECRET_KEY,
         RIME_LOG_LEVEL="WARNING",
         RIME_RATE_LIMIT_DEFAULT="1000000/minute",
+        # The `files` connectors read the CSVs this script writes under `work` (data/, latency/).
+        RIME_CONNECTOR_PATH_ROOTS=str(work),
         DAGSTER_HOME=str(home / "dagster"),  # what `rime up` sets for its children; marks our processes
     )
     procs.start("rime up", [str(BIN / "rime"), "up", "--no-demo"], env, work / "rime-up.log")
