@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +35,7 @@ from rime_dagster.connectors.sources import known_types
 
 log = logging.getLogger(__name__)
 
+DOCS_STATIC = "/api/docs/static"
 DESCRIPTION = """The Rime data platform API, served on Dagster.
 
 Authenticate with `Authorization: Bearer <token>`. Errors are `{"error": {"code", "message", "details?"}}`.
@@ -85,13 +87,17 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         await app.state.run_watch.close()
         app.state.dagster.close()
 
-    app = FastAPI(
+    # fastapi-offline: FastAPI whose Swagger UI page loads its JS and CSS from this package (DOCS_STATIC), not
+    # from a CDN, so the docs render on a machine with no internet.
+    app = FastAPIOffline(
         title="Rime API",
         version="1.0.0",
         description=DESCRIPTION,
         docs_url="/api/docs",
         openapi_url="/api/docs/openapi.json",
         redoc_url=None,
+        static_url=DOCS_STATIC,
+        swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect",
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,
     )

@@ -218,6 +218,20 @@ class TestOpenAPI:
         page = clients.anonymous.get("/api/docs")
         assert page.status_code == 200 and "swagger" in page.text.lower()
 
+    def test_the_docs_page_needs_nothing_from_the_internet(self, clients):
+        """Every script, style sheet, icon and spec the page references is served by the API itself (a machine
+        with no internet rendered a blank page while they came from a CDN)."""
+        page = clients.anonymous.get("/api/docs").text
+        referenced = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: *["']([^"']+)["']""", page)
+        urls = [url for pair in referenced for url in pair if url]
+        assert {u.rsplit(".", 1)[-1] for u in urls} >= {"js", "css", "json"}, urls
+        for url in urls:
+            assert not re.match(r"(https?:)?//", url), f"{url} is not served by the API"
+            asset = clients.anonymous.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 100, (url, asset.status_code)
+        spec = clients.anonymous.get("/api/docs/openapi.json").json()
+        assert "/api/docs/static" not in str(spec["paths"])  # the assets are not API operations
+
 
 class TestHealth:
     def test_liveness(self, clients):
