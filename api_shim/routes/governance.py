@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Query
@@ -13,7 +12,7 @@ from api_shim.errors import ValidationFailed
 from api_shim.pagination import Listing
 from api_shim.routes._paging import page_params, to_page
 from api_shim.routing import rime_router
-from api_shim.schemas.common import error_responses
+from api_shim.schemas.common import DateTimeText, error_responses
 from api_shim.schemas.governance import AuditLogList, AuditLogResponse
 from api_shim.services import audit
 from api_shim.services.projects import get_project
@@ -29,8 +28,8 @@ def audit_filters(
     action: Annotated[str | None, Query(description="e.g. `project.update`.")] = None,
     resource_type: Annotated[str | None, Query()] = None,
     resource_id: Annotated[str | None, Query()] = None,
-    from_: Annotated[datetime | None, Query(alias="from", description="RFC 3339, inclusive.")] = None,
-    to: Annotated[datetime | None, Query(description="RFC 3339, exclusive.")] = None,
+    from_: Annotated[DateTimeText | None, Query(alias="from", description="RFC 3339, inclusive.")] = None,
+    to: Annotated[DateTimeText | None, Query(description="RFC 3339, exclusive.")] = None,
 ) -> audit.AuditFilters:
     for name, value in (("from", from_), ("to", to)):
         if value is not None and value.tzinfo is None:

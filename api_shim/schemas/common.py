@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 
 def _rfc3339(value: datetime) -> str:
@@ -14,6 +15,20 @@ def _rfc3339(value: datetime) -> str:
 
 # RFC 3339 in UTC with a `Z` suffix, whatever the backend returned.
 Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
+
+# RFC 3339's date-time: a date, then optionally a time. pydantic also reads a bare number as Unix seconds
+# (`to=0.5` became 1970-01-01T00:00:00.5Z), which no client means.
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?)?")
+
+
+def _date_time_text(value: Any) -> Any:
+    if isinstance(value, str) and not _DATE_TIME.fullmatch(value.strip()):
+        raise ValueError("Must be an RFC 3339 date-time, e.g. 2026-01-01T00:00:00Z.")
+    return value
+
+
+# A date-time query parameter: RFC 3339 text only.
+DateTimeText = Annotated[datetime, BeforeValidator(_date_time_text)]
 
 
 class RequestModel(BaseModel):
