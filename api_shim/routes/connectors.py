@@ -119,7 +119,9 @@ def _run_response(connector: Connector, namespace: str, view: RunView) -> Connec
     )
 
 
-@router.get("", name="connector.list", response_model=ConnectorList, summary="List connectors")
+@router.get(
+    "", name="connector.list", response_model=ConnectorList, responses=error_responses(404), summary="List connectors"
+)
 def list_connectors(
     id: str,
     principal: Viewer,

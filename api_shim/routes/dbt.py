@@ -110,7 +110,9 @@ def _detail(session: Session, settings, dagster: DagsterClient, project: Project
     )
 
 
-@router.get("", name="dbt.list", response_model=DbtProjectList, summary="List dbt projects")
+@router.get(
+    "", name="dbt.list", response_model=DbtProjectList, responses=error_responses(404), summary="List dbt projects"
+)
 def list_dbt_projects(
     id: str,
     principal: Viewer,

@@ -91,7 +91,9 @@ def _detail(row: Pipeline) -> PipelineDetail:
     )
 
 
-@router.get("", name="pipeline.list", response_model=PipelineList, summary="List pipelines")
+@router.get(
+    "", name="pipeline.list", response_model=PipelineList, responses=error_responses(404), summary="List pipelines"
+)
 def list_pipelines(id: str, principal: Viewer, session: SessionDep, codec: CursorCodecDep, page: PipelinePage):
     project = _project(session, principal, id)
     stmt = select(Pipeline).where(Pipeline.project_id == project.id)

@@ -56,7 +56,13 @@ def _describe(catalog, namespace: str, name: str) -> TableResponse:
     )
 
 
-@router.get("", name="table.list", response_model=TableList, summary="List the project's Iceberg tables")
+@router.get(
+    "",
+    name="table.list",
+    response_model=TableList,
+    responses=error_responses(404),
+    summary="List the project's Iceberg tables",
+)
 async def list_tables(id: str, request: Request, principal: Viewer):
     def run() -> TableList:
         from pyiceberg.exceptions import NoSuchNamespaceError

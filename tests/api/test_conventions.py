@@ -208,6 +208,8 @@ class TestOpenAPI:
                     assert responses[code]["content"]["application/json"]["schema"] == {
                         "$ref": "#/components/schemas/ErrorResponse"
                     }, f"{method} {path} lacks {code}"
+                if "{" in path:  # an unknown id in the path is a 404, lists under a project included
+                    assert "404" in responses, f"{method} {path} can answer 404 but does not document it"
                 if "requestBody" in operation:
                     content = operation["requestBody"]["content"]
                     body = content.get("application/json") or content.get("multipart/form-data")
