@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -131,6 +132,31 @@ def paginate(
             }
         )
     return PageResult(items=rows, next_cursor=next_cursor, has_more=has_more)
+
+
+def paginate_items(
+    items: Iterable[T], key: Callable[[T], tuple[str, ...]], *, request: PageRequest, codec: CursorCodec, scope: str
+) -> PageResult[T]:
+    """One keyset page of a list built in memory (a dbt manifest's models, a namespace's tables), ordered by
+    `key`, which must be unique per item. Cursors work as `paginate`'s: signed, bound to the list and order."""
+    descending = request.order == "desc"
+    ordered = sorted(items, key=key, reverse=descending)
+    if request.cursor:
+        payload = codec.decode(request.cursor)
+        if payload.get("s") != scope or payload.get("k") != request.sort or payload.get("o") != request.order:
+            raise ValidationFailed.field("cursor", "Cursor belongs to another list, filter or sort order.")
+        last = payload.get("v")
+        if not isinstance(last, list) or not all(isinstance(part, str) for part in last):
+            raise ValidationFailed.field("cursor", "Invalid cursor.")
+        after = tuple(last)
+        ordered = [item for item in ordered if (key(item) < after if descending else key(item) > after)]
+    page, has_more = ordered[: request.limit], len(ordered) > request.limit
+    next_cursor = (
+        codec.encode({"s": scope, "k": request.sort, "o": request.order, "v": list(key(page[-1]))})
+        if has_more
+        else None
+    )
+    return PageResult(items=page, next_cursor=next_cursor, has_more=has_more)
 
 
 @dataclass(frozen=True)

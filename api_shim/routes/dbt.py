@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import BackgroundTasks, Body, Query, Request, status
+from fastapi import BackgroundTasks, Body, Depends, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -15,10 +15,10 @@ from api_shim.crypto import CredentialCipher
 from api_shim.dagster_client import DagsterClient, DagsterClientDep
 from api_shim.db.models import DbtProject, Project
 from api_shim.db.session import release
-from api_shim.deps import CursorCodecDep, Engineer, SessionDep, SettingsDep, Viewer
+from api_shim.deps import CursorCodecDep, Engineer, SessionDep, SettingsDep, Viewer, pagination
 from api_shim.errors import Conflict, ValidationFailed
 from api_shim.ids import new_id
-from api_shim.pagination import Listing, Page
+from api_shim.pagination import Listing, Page, PageRequest, paginate_items, scope_of
 from api_shim.routes._paging import page_params
 from api_shim.routing import Idempotent, rime_router
 from api_shim.schemas.common import error_responses
@@ -56,6 +56,7 @@ DBT_PROJECTS = Listing(
     DbtProject.id,
 )
 DbtProjectPage = page_params(DBT_PROJECTS)
+ModelPage = Annotated[PageRequest, Depends(pagination("name", default_sort="name"))]
 # Runs whose dbt results are read to find each model's latest status.
 STATUS_LOOKBACK_RUNS = 20
 
@@ -471,15 +472,30 @@ def _latest_statuses(settings, dagster: DagsterClient, row: DbtProject) -> dict[
     description="Models, seeds and snapshots with their columns, tests and latest run status.",
 )
 def dbt_models(
-    id: str, dbtId: str, principal: Viewer, session: SessionDep, settings: SettingsDep, dagster: DagsterClientDep
+    id: str,
+    dbtId: str,
+    principal: Viewer,
+    session: SessionDep,
+    settings: SettingsDep,
+    dagster: DagsterClientDep,
+    codec: CursorCodecDep,
+    page: ModelPage,
 ):
     project = _project(session, principal, id)
     row = service.get_dbt_project(session, project, dbtId)
     manifest = service.manifest_of(settings, row)
+    # A page of the manifest's nodes, by name (unique_id breaks ties between a model and a seed of one name).
+    nodes = paginate_items(
+        manifests.resources(manifest),
+        lambda n: (n["name"], n["unique_id"]),
+        request=page,
+        codec=codec,
+        scope=scope_of("dbt.models", {"dbt_project": row.id}),
+    )
     tests = manifests.tests_by_node(manifest)
-    statuses = _latest_statuses(settings, dagster, row)
+    statuses = _latest_statuses(settings, dagster, row) if nodes.items else {}
     models = []
-    for node in sorted(manifests.resources(manifest), key=lambda n: (n["resource_type"], n["name"])):
+    for node in nodes.items:
         node_tests = [
             DbtTest(**manifests.test_summary(t), last_status=statuses.get(t["unique_id"]))
             for t in sorted(tests.get(node["unique_id"], []), key=lambda t: t["name"])
@@ -508,7 +524,7 @@ def dbt_models(
                 last_run_status=statuses.get(node["unique_id"]),
             )
         )
-    return DbtModelList(data=models)
+    return DbtModelList(data=models, next_cursor=nodes.next_cursor, has_more=nodes.has_more)
 
 
 @router.get(

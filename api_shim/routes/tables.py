@@ -8,11 +8,12 @@ import decimal
 import uuid
 from typing import Annotated, Any
 
-from fastapi import Query, Request
+from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from api_shim.deps import Viewer
+from api_shim.deps import CursorCodecDep, Viewer, pagination
 from api_shim.errors import NotFound
+from api_shim.pagination import PageRequest, paginate_items, scope_of
 from api_shim.routing import rime_router
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.tables import TableColumn, TableList, TablePreview, TableResponse, TableSchemaResponse
@@ -20,6 +21,7 @@ from api_shim.services.projects import get_project
 
 router = rime_router(prefix="/projects/{id}/tables", tags=["Tables"])
 MAX_PREVIEW_ROWS = 1000
+TablePage = Annotated[PageRequest, Depends(pagination("name", default_sort="name"))]
 
 
 def _namespace(request: Request, principal, project_id: str) -> str:
@@ -63,17 +65,25 @@ def _describe(catalog, namespace: str, name: str) -> TableResponse:
     responses=error_responses(404),
     summary="List the project's Iceberg tables",
 )
-async def list_tables(id: str, request: Request, principal: Viewer):
+async def list_tables(id: str, request: Request, principal: Viewer, codec: CursorCodecDep, page: TablePage):
     def run() -> TableList:
         from pyiceberg.exceptions import NoSuchNamespaceError
 
         namespace = _namespace(request, principal, id)
         catalog = request.app.state.iceberg.catalog()
         try:
-            names = sorted(identifier[-1] for identifier in catalog.list_tables(namespace))
+            names = [identifier[-1] for identifier in catalog.list_tables(namespace)]
         except NoSuchNamespaceError:
             names = []
-        return TableList(data=[_describe(catalog, namespace, name) for name in names])
+        # Only the page's tables are loaded (each is a metadata file read).
+        result = paginate_items(
+            names, lambda name: (name,), request=page, codec=codec, scope=scope_of("table.list", {"project": id})
+        )
+        return TableList(
+            data=[_describe(catalog, namespace, name) for name in result.items],
+            next_cursor=result.next_cursor,
+            has_more=result.has_more,
+        )
 
     return await run_in_threadpool(run)
 

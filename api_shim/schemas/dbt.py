@@ -208,5 +208,5 @@ class DbtModel(ResponseModel):
     last_run_status: str | None = Field(description="dbt's status for this node in the latest run that ran it.")
 
 
-class DbtModelList(ResponseModel):
-    data: list[DbtModel]
+class DbtModelList(Page[DbtModel]):
+    pass

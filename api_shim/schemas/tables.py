@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from api_shim.pagination import Page
 from api_shim.schemas.common import ResponseModel, Timestamp
 
 
@@ -30,8 +31,8 @@ class TableResponse(ResponseModel):
     source: TableSource | ModelSource | None
 
 
-class TableList(ResponseModel):
-    data: list[TableResponse]
+class TableList(Page[TableResponse]):
+    pass
 
 
 class TableColumn(ResponseModel):
