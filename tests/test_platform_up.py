@@ -44,8 +44,58 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(entry.split("=", 1) for entry in raw.decode(errors="replace").split("\0") if "=" in entry)
+
+
+def _role(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    text = b" ".join(argv)
+    if b"code-server" in text or (b"api" in argv and b"grpc" in argv):
+        return "code-server"
+    if b"dagster-webserver" in text:
+        return "webserver"
+    if b"dagster-daemon" in text:
+        return "daemon"
+    if b"uvicorn" in text:
+        return "api"
+    return "other"
+
+
+TOKEN, KEY, UNRELATED = "rime_up_test_token_0123456789", "rime-up-env-secret-key-73f0", "deploy-token-sentinel-19"
+
+
+def _secrets_held(pids) -> dict[str, list[set[str]]]:
+    """Which of the admin token, the secret key and an unrelated shell secret each process's environment holds."""
+    held: dict[str, list[set[str]]] = {}
+    for pid in pids:
+        values = set(_environ(pid).values())
+        named = {name for name, v in (("token", TOKEN), ("key", KEY), ("unrelated", UNRELATED)) if v in values}
+        held.setdefault(_role(pid), []).append(named)
+    return held
+
+
+def _wait_for_pipeline_run(api: str, headers: dict, url: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}{url}", headers=headers, timeout=10).json()
+        if run["status"] in ("succeeded", "failed", "canceled"):
+            return run
+        time.sleep(1)
+    raise AssertionError(f"{url} did not finish in {timeout:.0f} s")
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_up_ready_then_stops_everything(tmp_path, stop_signal):
+    """`rime up` as a newcomer runs it: ready, the demo loaded, (once) the demo pipeline run end to end, each process
+    holding only the secrets it needs (issue 11, item 3), and nothing left after Ctrl-C or SIGTERM."""
     api_port, dagster_port, code_server_port = closed_port(), closed_port(), closed_port()
     env = {
         **os.environ,
@@ -53,7 +103,9 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
         "RIME_API_PORT": str(api_port),
         "RIME_DAGSTER_PORT": str(dagster_port),
         "RIME_CODE_SERVER_PORT": str(code_server_port),
-        "RIME_ADMIN_TOKEN": "rime_up_test_token_0123456789",
+        "RIME_ADMIN_TOKEN": TOKEN,
+        "RIME_SECRET_KEY": KEY,
+        "ACME_DEPLOY_TOKEN": UNRELATED,  # the operator's shell: not for the platform's processes
     }
     env.pop("DAGSTER_HOME", None)
     proc = subprocess.Popen(
@@ -76,7 +128,7 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
             time.sleep(1)
         assert ready is not None and ready.status_code == 200, ready.text if ready else "API never answered"
         assert {d["status"] for d in ready.json()["dependencies"].values()} == {"ok"}
-        headers = {"Authorization": "Bearer rime_up_test_token_0123456789"}
+        headers = {"Authorization": f"Bearer {TOKEN}"}
         api = f"http://127.0.0.1:{api_port}/api/v1"
         projects = httpx.get(f"{api}/projects", headers=headers).json()["data"]
         demo = next(p for p in projects if p["name"] == "demo")
@@ -92,6 +144,22 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
         ]
         family = _descendants(proc.pid)
         assert len(family) >= 4  # code server (+ its child), webserver, daemon, API
+        held = _secrets_held(family)
+        assert {"code-server", "webserver", "daemon", "api"} <= held.keys(), held
+        # Every process reads the store (the webserver's and the daemon's run workers decrypt credentials); none
+        # holds the admin token or anything else of the shell.
+        assert all(s == {"key"} for role in ("api", "code-server", "webserver", "daemon") for s in held[role]), held
+
+        if stop_signal == signal.SIGINT:
+            # The demo pipeline, as the README's first five minutes run it: a sync, then dbt in its sandbox, each
+            # in a run worker that the webserver starts.
+            nightly = f"/projects/{demo['id']}/pipelines/{pipelines[0]['id']}"
+            started = httpx.post(f"{api}{nightly}/run", headers=headers, timeout=120)
+            assert started.status_code == 202, started.text
+            run = _wait_for_pipeline_run(api, headers, f"{nightly}/runs/{started.json()['run_id']}")
+            assert run["status"] == "succeeded", run
+            assert [s["status"] for s in run["steps"]] == ["completed", "completed"], run["steps"]
+            family = _descendants(proc.pid)
         proc.send_signal(stop_signal)
         proc.wait(timeout=30)
         time.sleep(0.5)
