@@ -242,8 +242,8 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)
     try:
-        # Reloads (a new process loading the definitions) and the runs it starts are background work:
-        # on a busy machine the API's requests come first.
+        # Reloads (a new process loading the definitions) are background work: on a busy machine the API's
+        # requests come first. Run workers lower their own priority the same way (platform/run_launcher.py).
         supervisor.start("code-server", code_server_command(settings, bin_dir), env, nice=CODE_SERVER_NICENESS)
         # The webserver and the daemon would show a load error until the code server listens.
         if not wait_for_code_server(settings, ready_timeout, alive=lambda: supervisor.first_exited() is None):

@@ -74,6 +74,7 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         command = [*get_python_environment_entry_point(origin.executable_path), "api", "execute_run"]
         # The worker stays in the launching process's group: stopping `rime up` stops its runs too.
         worker = subprocess.Popen([*command, serialize_value(args)], stdin=subprocess.DEVNULL)
+        _lower_priority(worker.pid)
         with self._lock:
             self._workers[run.run_id] = worker
         # Reaped as soon as it exits, so a dead worker never lingers as a zombie that looks alive.
@@ -151,6 +152,18 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
                 worker.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 raise TimeoutError(f"run workers still running after {timeout} s") from None
+
+
+# Runs are background work: on a busy machine the API's requests and the UI come first (as for the code server,
+# which `rime up` starts at niceness 10).
+RUN_WORKER_NICENESS = 10
+
+
+def _lower_priority(pid: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + RUN_WORKER_NICENESS))
+    except OSError:  # already gone, or not allowed here: the run goes on at normal priority
+        pass
 
 
 def _is_zombie(pid: int) -> bool:

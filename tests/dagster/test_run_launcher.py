@@ -5,6 +5,7 @@ forever, a wrong "failed" fails a live one."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -60,3 +61,16 @@ def test_an_unreaped_worker_counts_as_exited():
             assert launcher.check_run_worker_health(_run(run_id, worker.pid)).status == WorkerStatus.FAILED
         finally:
             worker.wait()
+
+
+def test_a_run_worker_runs_below_the_launching_process():
+    from rime_dagster.platform.run_launcher import RUN_WORKER_NICENESS, _lower_priority
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        _lower_priority(worker.pid)
+        expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + RUN_WORKER_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == expected
+    finally:
+        worker.kill()
+        worker.wait()
