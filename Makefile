@@ -36,6 +36,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check api_shim rime_dagster tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .rime

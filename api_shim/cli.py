@@ -25,9 +25,9 @@ from pathlib import Path
 
 import httpx
 
-from api_shim import environment
 from api_shim.dagster_client import ensure_dagster_home
-from api_shim.settings import Settings, get_settings
+from rime_dagster.platform import environment
+from rime_dagster.settings import Settings, get_settings
 
 log = logging.getLogger("rime")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def admin_token(settings: Settings) -> tuple[str, Path | None]:
 
 
 def migrate(settings: Settings) -> None:
-    from api_shim.db.migrate import upgrade_to_head
+    from rime_dagster.store.migrate import upgrade_to_head
 
     upgrade_to_head(settings.metadata_url)
 
@@ -88,7 +88,7 @@ def write_workspace(settings: Settings) -> Path:
 
 
 def process_env(settings: Settings, dagster_home: Path, *, environ=None) -> dict[str, str]:
-    """The environment of the processes `rime up` starts: an allow-list (api_shim.environment), DAGSTER_* and RIME_*.
+    """The environment of the processes `rime up` starts: an allow-list (platform/environment.py), DAGSTER_* and RIME_*.
 
     All four read the metadata store, so they get the RIME_* settings (the secret key and the store's URL among
     them): the API; the code server; the webserver and the daemon, whose run workers (children of the process

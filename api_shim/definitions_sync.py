@@ -1,7 +1,7 @@
 """Keeps Dagster's `rime` code location in step with the metadata store, without making writes wait.
 
 Writes only commit: each one that changes what Dagster builds bumps the definitions generation
-(api_shim.db.generation). One background thread per API process compares the stored generation
+(rime_dagster.store.generation). One background thread per API process compares the stored generation
 with the one the webserver serves (api_shim.dagster_client.loaded_definitions) and, when Dagster is
 behind, asks it to reload. However fast writes come:
 
@@ -31,12 +31,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim import metrics
 from api_shim.dagster_client import DagsterClient
-from api_shim.db.generation import STATE_ID, current_generation, on_commit
-from api_shim.db.models import DefinitionsState
-from api_shim.db.session import session_factory
-from api_shim.db.types import utcnow
 from api_shim.errors import RimeError, ServiceUnavailable
-from api_shim.settings import Settings
+from rime_dagster.settings import Settings
+from rime_dagster.store.generation import STATE_ID, current_generation, on_commit
+from rime_dagster.store.models import DefinitionsState
+from rime_dagster.store.session import session_factory
+from rime_dagster.store.types import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from api_shim.crypto import CredentialCipher
-from api_shim.db.models import Connector, DbtProject, Pipeline, Project
-from api_shim.db.session import session_scope
-from api_shim.iceberg import CatalogProvider
 from api_shim.schemas.connectors import ConnectorCreate
 from api_shim.services import connectors, pipelines, projects, uploads
-from api_shim.settings import Settings
+from rime_dagster.platform.iceberg import CatalogProvider
+from rime_dagster.settings import Settings
+from rime_dagster.store.crypto import CredentialCipher
+from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project
+from rime_dagster.store.session import session_scope
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "demo" / "data"
@@ -98,10 +98,10 @@ def _register_demo_pipeline(session, project: Project, connector_id: str, dbt_id
 
 def _register_demo_dbt(session, settings: Settings, project: Project) -> None:
     """Parses dbt_projects/demo_shop (a few seconds of `dbt parse`) and records it."""
-    from api_shim.ids import new_id
     from api_shim.schemas.dbt import DbtProjectCreate
     from api_shim.services import dbt
     from rime_dagster.dbt import workspace
+    from rime_dagster.store.ids import new_id
 
     body = DbtProjectCreate(name="Shop Models", source={"type": "path", "path": str(DEMO_DBT)})
     target, password = dbt.target_settings(None)

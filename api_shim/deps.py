@@ -9,11 +9,11 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api_shim.db.session import unit_of_work
 from api_shim.errors import Forbidden
 from api_shim.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorCodec, PageRequest
 from api_shim.services.auth import Principal, Role, authenticate_request
-from api_shim.settings import Settings
+from rime_dagster.settings import Settings
+from rime_dagster.store.session import unit_of_work
 
 
 def get_settings_dep(request: Request) -> Settings:

@@ -12,12 +12,9 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from api_shim.crypto import CredentialCipher
 from api_shim.dagster_client import DagsterClient, ensure_dagster_home
-from api_shim.db.session import session_factory, session_scope
 from api_shim.definitions_sync import DefinitionsSync
 from api_shim.handlers import install_exception_handlers
-from api_shim.iceberg import CatalogProvider
 from api_shim.middleware import (
     AuditMiddleware,
     BodyLimitMiddleware,
@@ -30,8 +27,11 @@ from api_shim.pagination import CursorCodec
 from api_shim.routes import connectors, dbt, governance, health, pipelines, projects, tables, users
 from api_shim.run_watch import RunWatchHub
 from api_shim.services.users import ensure_bootstrap_admin
-from api_shim.settings import Settings, get_settings
 from rime_dagster.connectors.sources import known_types
+from rime_dagster.platform.iceberg import CatalogProvider
+from rime_dagster.settings import Settings, get_settings
+from rime_dagster.store.crypto import CredentialCipher
+from rime_dagster.store.session import session_factory, session_scope
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from starlette.websockets import WebSocket
 from api_shim import metrics
 from api_shim.errors import RimeError
 from api_shim.handlers import error_payload
-from api_shim.ids import new_request_id
 from api_shim.services import audit, auth
 from api_shim.services.auth import hash_token
-from api_shim.settings import Settings
+from rime_dagster.settings import Settings
+from rime_dagster.store.ids import new_request_id
 
 access_log = logging.getLogger("api_shim.access")
 log = logging.getLogger(__name__)

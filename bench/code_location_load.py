@@ -8,7 +8,7 @@ takes at most 10 s.
 
 What it does, all in one run, everything under a temporary directory:
 
-1. builds three RIME_HOMEs, each migrated with `api_shim.db.migrate.upgrade_to_head`:
+1. builds three RIME_HOMEs, each migrated with `rime_dagster.store.migrate.upgrade_to_head`:
    (a) `empty`: no project at all;
    (b) `demo`: what `make up` loads (`api_shim.demo.ensure_demo`): one project, the `files`
        connector "Demo Shop" over demo/data (customers, orders), the dbt project
@@ -88,8 +88,8 @@ def log(message: str) -> None:
 
 
 def migrated_settings(home: Path):
-    from api_shim.db.migrate import upgrade_to_head
-    from api_shim.settings import Settings
+    from rime_dagster.settings import Settings
+    from rime_dagster.store.migrate import upgrade_to_head
 
     settings = Settings(home=home, secret_key=SECRET_KEY)
     upgrade_to_head(settings.metadata_url)
@@ -106,9 +106,9 @@ def load_connectors(settings, connectors: int, tables: int) -> None:
     """One project and `connectors` files connectors of `tables` selected tables each, in one executemany."""
     from sqlalchemy import insert
 
-    from api_shim.db.models import Connector, Project
-    from api_shim.db.session import make_engine
-    from api_shim.ids import new_id
+    from rime_dagster.store.ids import new_id
+    from rime_dagster.store.models import Connector, Project
+    from rime_dagster.store.session import make_engine
 
     engine = make_engine(settings.metadata_url)
     project_id = new_id("project")

@@ -391,7 +391,7 @@ def metric(text: str, name: str) -> float:
 def start_floor(procs: Processes, work: Path):
     """A second Dagster serving bench/floor_location.py through its own code server."""
     from api_shim.dagster_client import ensure_dagster_home
-    from api_shim.settings import Settings
+    from rime_dagster.settings import Settings
 
     settings = Settings(home=work / "floor", code_server_port=free_port(), dagster_port=free_port())
     dagster_home = ensure_dagster_home(settings)

@@ -35,11 +35,11 @@ from pathlib import Path
 import httpx
 from sqlalchemy import Connection, Engine, Select, and_, func, insert, or_, select
 
-from api_shim.db.migrate import upgrade_to_head
-from api_shim.db.models import Project
-from api_shim.db.session import make_engine
-from api_shim.ids import new_id
-from api_shim.settings import Settings
+from rime_dagster.settings import Settings
+from rime_dagster.store.ids import new_id
+from rime_dagster.store.migrate import upgrade_to_head
+from rime_dagster.store.models import Project
+from rime_dagster.store.session import make_engine
 
 PROJECTS = 10_000
 PAGE_SIZE = 100

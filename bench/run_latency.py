@@ -504,7 +504,7 @@ def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Tar
     from dagster import DagsterInstance
 
     from api_shim.cli import bootstrap, ensure_dagster_home, initialize_dagster_storage, migrate
-    from api_shim.settings import Settings
+    from rime_dagster.settings import Settings
 
     home = scratch / "home"
     api_port, dagster_port = free_port(), free_port()

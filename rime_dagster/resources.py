@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import dagster as dg
 from pydantic import Field
 
-from api_shim.db.session import read_scope, session_scope
-from api_shim.settings import Settings, get_settings
+from rime_dagster.settings import Settings, get_settings
+from rime_dagster.store.session import read_scope, session_scope
 
 
 class MetadataStoreResource(dg.ConfigurableResource):
@@ -37,7 +37,7 @@ class IcebergCatalogResource(dg.ConfigurableResource):
     """The pyiceberg catalog connector tables land in (RIME_ICEBERG_* settings)."""
 
     def catalog(self):
-        from api_shim.iceberg import open_catalog
+        from rime_dagster.platform.iceberg import open_catalog
 
         return open_catalog(get_settings())
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from api_shim.db.generation import current_generation
-from api_shim.db.models import Connector, DbtProject, Pipeline, Project
 from rime_dagster.dbt.manifest import ConnectorTable
 from rime_dagster.dbt.workspace import ProjectFiles, duckdb_path, project_root
 from rime_dagster.resources import MetadataStoreResource, settings
+from rime_dagster.store.generation import current_generation
+from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,9 @@ class ConnectorSpec:
     def build_source(self):
         """The configured source plug-in, credentials decrypted only now, inside the run, confined by the
         deployment's access rules (RIME_CONNECTOR_* settings) as in the API."""
-        from api_shim.crypto import CredentialCipher
         from rime_dagster.connectors.sources import source_class
         from rime_dagster.connectors.sources._access import SourceAccess
+        from rime_dagster.store.crypto import CredentialCipher
 
         credentials = (
             CredentialCipher.from_settings(settings()).decrypt(self.credentials_encrypted)
@@ -90,7 +90,7 @@ class DbtProjectSpec:
         """The target's password, decrypted only now, inside the run."""
         if not self.credentials_encrypted:
             return None
-        from api_shim.crypto import CredentialCipher
+        from rime_dagster.store.crypto import CredentialCipher
 
         return CredentialCipher.from_settings(settings()).decrypt(self.credentials_encrypted).get("password")
 
@@ -111,7 +111,7 @@ class PipelineSpec:
 
 @dataclass(frozen=True)
 class PlatformSpecs:
-    # The definitions generation these specs include (api_shim.db.generation): read before the
+    # The definitions generation these specs include (rime_dagster.store.generation): read before the
     # rows, so the specs hold that generation's changes and perhaps later ones, never fewer.
     generation: int = 0
     projects: list[ProjectSpec] = field(default_factory=list)

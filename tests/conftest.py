@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import pytest
 from fastapi.testclient import TestClient
 
-from api_shim.db.migrate import upgrade_to_head
-from api_shim.db.session import engine_for, session_scope
 from api_shim.main import create_app
 from api_shim.services import users as user_service
 from api_shim.services.auth import Role
-from api_shim.settings import Settings, get_settings
+from rime_dagster.settings import Settings, get_settings
+from rime_dagster.store.migrate import upgrade_to_head
+from rime_dagster.store.session import engine_for, session_scope
 from tests.support.postgres import fresh_database, throwaway_postgres
 
 ADMIN_TOKEN = "rime_test_admin_token_0123456789abcdef"

@@ -11,10 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api_shim.crypto import CredentialCipher
 from api_shim.dagster_client import DagsterClient, DagsterClientDep
-from api_shim.db.models import Connector, Project
-from api_shim.db.session import release
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, SettingsDep, Viewer
 from api_shim.errors import Unprocessable, ValidationFailed
 from api_shim.pagination import Listing, Page
@@ -42,6 +39,9 @@ from api_shim.services import uploads
 from api_shim.services.projects import get_project
 from api_shim.services.runs import RunView, launch_summary, run_page, run_view
 from rime_dagster.connectors.names import connector_job_name, connector_tags, table_asset_key
+from rime_dagster.store.crypto import CredentialCipher
+from rime_dagster.store.models import Connector, Project
+from rime_dagster.store.session import release
 
 log = logging.getLogger(__name__)
 router = rime_router(prefix="/projects/{id}/connectors", tags=["Connectors"])

@@ -11,13 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api_shim.crypto import CredentialCipher
 from api_shim.dagster_client import DagsterClient, DagsterClientDep
-from api_shim.db.models import DbtProject, Project
-from api_shim.db.session import release
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, SettingsDep, Viewer, pagination
 from api_shim.errors import Conflict, ValidationFailed
-from api_shim.ids import new_id
 from api_shim.pagination import Listing, Page, PageRequest, paginate_items, scope_of
 from api_shim.routes._paging import page_params
 from api_shim.routing import Idempotent, rime_router
@@ -47,6 +43,10 @@ from rime_dagster.dbt import manifest as manifests
 from rime_dagster.dbt import workspace
 from rime_dagster.dbt.names import dbt_job_name, dbt_op_name, dbt_tags
 from rime_dagster.dbt.workspace import ProjectFiles
+from rime_dagster.store.crypto import CredentialCipher
+from rime_dagster.store.ids import new_id
+from rime_dagster.store.models import DbtProject, Project
+from rime_dagster.store.session import release
 
 router = rime_router(prefix="/projects/{id}/dbt-projects", tags=["Transformations"])
 

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, Query
 
-from api_shim.db.models import AuditLog
 from api_shim.deps import Auditor, CursorCodecDep, SessionDep
 from api_shim.errors import ValidationFailed
 from api_shim.pagination import Listing
@@ -16,6 +15,7 @@ from api_shim.schemas.common import DateTimeText, error_responses
 from api_shim.schemas.governance import AuditLogList, AuditLogResponse
 from api_shim.services import audit
 from api_shim.services.projects import get_project
+from rime_dagster.store.models import AuditLog
 
 router = rime_router(tags=["Governance"])
 

@@ -14,8 +14,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.dagster_client import RUN_STATUS, DagsterClient, DagsterClientDep, to_dagster_run_id
-from api_shim.db.models import Pipeline, Project
-from api_shim.db.session import release
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, Viewer
 from api_shim.errors import Conflict, Forbidden, NotFound, RateLimited, RimeError
 from api_shim.middleware import refuse_websocket
@@ -49,6 +47,8 @@ from api_shim.services.projects import get_project
 from api_shim.services.runs import launch_summary, run_page, run_view
 from rime_dagster.pipelines.jobs import MAX_NESTING, pipeline_job_name, pipeline_tags
 from rime_dagster.pipelines.spec import dag_of, validate_dag
+from rime_dagster.store.models import Pipeline, Project
+from rime_dagster.store.session import release
 
 log = logging.getLogger(__name__)
 

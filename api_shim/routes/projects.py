@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import BackgroundTasks, Query, Request, status
 from sqlalchemy import select
 
-from api_shim.db.models import Project
 from api_shim.deps import Admin, CursorCodecDep, Lead, SessionDep, SettingsDep, Viewer
 from api_shim.errors import ValidationFailed
 from api_shim.pagination import Listing
@@ -16,6 +15,7 @@ from api_shim.routing import Idempotent, rime_router
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.projects import ProjectCreate, ProjectList, ProjectResponse, ProjectUpdate
 from api_shim.services import projects as service
+from rime_dagster.store.models import Project
 
 router = rime_router(prefix="/projects", tags=["Projects"])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import status
 from sqlalchemy import select
 
-from api_shim.db.models import ApiToken, User
 from api_shim.deps import Admin, CursorCodecDep, PrincipalDep, SessionDep, Viewer
 from api_shim.errors import ValidationFailed
 from api_shim.pagination import Listing
@@ -23,6 +22,7 @@ from api_shim.schemas.users import (
     UserUpdate,
 )
 from api_shim.services import users as service
+from rime_dagster.store.models import ApiToken, User
 
 router = rime_router(prefix="/users", tags=["Users"])
 

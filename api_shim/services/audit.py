@@ -8,8 +8,8 @@ from datetime import datetime
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
-from api_shim.db.models import AuditLog
-from api_shim.ids import new_id
+from rime_dagster.store.ids import new_id
+from rime_dagster.store.models import AuditLog
 
 
 @dataclass(frozen=True)

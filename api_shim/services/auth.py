@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_shim.db.models import ApiToken, User
-from api_shim.db.session import unit_of_work
 from api_shim.errors import Unauthorized
+from rime_dagster.store.models import ApiToken, User
+from rime_dagster.store.session import unit_of_work
 
 TOKEN_PREFIX = "rime_"
 # Writing last_used_at on every request would turn every read into a write.

@@ -14,17 +14,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api_shim.crypto import CredentialCipher
-from api_shim.db.models import Connector, Project
 from api_shim.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, ValidationFailed
-from api_shim.iceberg import CatalogProvider, drop_tables
-from api_shim.ids import new_id
-from api_shim.naming import unique_identifier
-from api_shim.settings import Settings
 from rime_dagster.connectors.names import describe_collisions, landing_collisions
 from rime_dagster.connectors.sources import AccessRefused, Source, SourceError, source_class
 from rime_dagster.connectors.sources._access import SourceAccess
 from rime_dagster.connectors.sources.base import TableInfo
+from rime_dagster.platform.iceberg import CatalogProvider, drop_tables
+from rime_dagster.platform.naming import unique_identifier
+from rime_dagster.settings import Settings
+from rime_dagster.store.crypto import CredentialCipher
+from rime_dagster.store.ids import new_id
+from rime_dagster.store.models import Connector, Project
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api_shim.crypto import CredentialCipher
-from api_shim.db.models import Connector, DbtProject, Project
 from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
-from api_shim.iceberg import drop_tables
-from api_shim.naming import unique_identifier
-from api_shim.settings import Settings
 from rime_dagster.dbt import workspace
 from rime_dagster.dbt.manifest import (
     ASSET_TYPES,
@@ -33,7 +28,12 @@ from rime_dagster.dbt.manifest import (
     resources,
 )
 from rime_dagster.dbt.workspace import DbtProjectError, ProjectFiles
+from rime_dagster.platform.iceberg import drop_tables
+from rime_dagster.platform.naming import unique_identifier
+from rime_dagster.settings import Settings
 from rime_dagster.specs import connector_tables_of
+from rime_dagster.store.crypto import CredentialCipher
+from rime_dagster.store.models import Connector, DbtProject, Project
 
 log = logging.getLogger(__name__)
 

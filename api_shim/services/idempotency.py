@@ -17,12 +17,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_shim.db.models import IdempotencyKey
 from api_shim.errors import Conflict, Unprocessable, ValidationFailed
+from rime_dagster.store.models import IdempotencyKey
 
 MAX_KEY_LENGTH = 255
 
@@ -156,10 +156,3 @@ def record_launch(dagster_run_id: str) -> None:
         if row is not None and row.state == "in_progress":
             row.state, row.response_body = "launched", dagster_run_id
     launch.dagster_run_id = dagster_run_id
-
-
-def purge_expired(session: Session, *, ttl: timedelta) -> int:
-    cutoff = datetime.now(UTC) - ttl
-    ids = session.execute(select(IdempotencyKey.key).where(IdempotencyKey.created_at < cutoff)).all()
-    session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
-    return len(ids)

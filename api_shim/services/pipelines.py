@@ -8,9 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api_shim.db.models import Connector, DbtProject, Pipeline, Project
 from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
-from api_shim.ids import new_id
 from rime_dagster.pipelines.spec import (
     ConnectorSyncConfig,
     DagError,
@@ -21,6 +19,8 @@ from rime_dagster.pipelines.spec import (
     parse_step_config,
     validate_dag,
 )
+from rime_dagster.store.ids import new_id
+from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project
 
 
 def get_pipeline(session: Session, project: Project, pipeline_id: str) -> Pipeline:

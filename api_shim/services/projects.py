@@ -9,12 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api_shim.db.models import Project
 from api_shim.errors import Conflict, NotFound
-from api_shim.iceberg import drop_tables
-from api_shim.ids import new_id
-from api_shim.naming import unique_identifier
-from api_shim.settings import Settings
+from rime_dagster.platform.iceberg import drop_tables
+from rime_dagster.platform.naming import unique_identifier
+from rime_dagster.settings import Settings
+from rime_dagster.store.ids import new_id
+from rime_dagster.store.models import Project
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api_shim.db.models import ApiToken, User
 from api_shim.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from api_shim.ids import new_id
 from api_shim.services.auth import Principal, Role, generate_token_secret, hash_token
+from rime_dagster.store.ids import new_id
+from rime_dagster.store.models import ApiToken, User
 
 log = logging.getLogger(__name__)
 

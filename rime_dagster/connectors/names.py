@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from api_shim.naming import identifier
+from rime_dagster.platform.naming import identifier
 
 
 def landing_name(table: str) -> str:

@@ -42,8 +42,8 @@ def connector_views(namespace: str) -> list[tuple[str, str, str]]:
     """(schema, view, metadata location) for every connector table of `namespace`."""
     from pyiceberg.exceptions import NoSuchNamespaceError
 
-    from api_shim.iceberg import open_catalog
-    from api_shim.settings import get_settings
+    from rime_dagster.platform.iceberg import open_catalog
+    from rime_dagster.settings import get_settings
 
     catalog = open_catalog(get_settings())
     try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api_shim.naming import identifier
+from rime_dagster.platform.naming import identifier
 
 ASSET_TYPES = ("model", "seed", "snapshot")
 

@@ -218,11 +218,10 @@ def _python_roots() -> list[str]:
 
 
 def _package_dirs() -> list[str]:
-    """Rime's packages, which dbt imports for its DuckDB plugin (wherever they are installed from)."""
-    import api_shim
+    """Rime's core package, which dbt imports for its DuckDB plugin (wherever it is installed from)."""
     import rime_dagster
 
-    return [str(Path(module.__file__).resolve().parent) for module in (rime_dagster, api_shim)]
+    return [str(Path(rime_dagster.__file__).resolve().parent)]
 
 
 def _inside(path: Path, root: Path) -> bool:

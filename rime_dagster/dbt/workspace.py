@@ -33,9 +33,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
-from api_shim import environment
-from api_shim.settings import Settings, get_settings
 from rime_dagster.dbt import sandbox
+from rime_dagster.platform import environment
+from rime_dagster.settings import Settings, get_settings
 
 PROFILE_TARGET = "rime"
 PASSWORD_ENV = "RIME_DBT_TARGET_PASSWORD"

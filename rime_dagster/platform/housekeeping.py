@@ -4,9 +4,9 @@ from datetime import timedelta
 
 import dagster as dg
 
-from api_shim.services.idempotency import purge_expired
 from rime_dagster.platform.names import GENERATION_METADATA_KEY, HOUSEKEEPING_JOB
 from rime_dagster.resources import MetadataStoreResource, settings
+from rime_dagster.store.retention import purge_expired
 
 
 @dg.op(description="Delete Idempotency-Key records past their replay window.")

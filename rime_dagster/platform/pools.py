@@ -1,7 +1,7 @@
 """Dagster pools that keep two runs from writing one Iceberg table at the same time.
 
 The instance gives every pool one slot (`concurrency: pools: default_limit: 1, granularity: op` in the
-dagster.yaml that api_shim/dagster_client.py writes). The run's executor, in-process or multiprocess, claims
+dagster.yaml that rime_dagster/platform/instance.py writes). The run's executor, in-process or multiprocess, claims
 the slot before it starts a step with a pool, so a second run that reaches such a step waits in its run,
 logging "Step blocked by limit for pool ...", and starts the step once the first run's step has ended.
 The pools are `connector_pool` (rime_dagster/connectors/names.py) for a connector's tables and `table_pool`

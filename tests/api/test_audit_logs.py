@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from api_shim.db.session import session_scope
 from api_shim.services.auth import Role
+from rime_dagster.store.session import session_scope
 
 
 def _logs(client, project_id: str, **params) -> list[dict]:

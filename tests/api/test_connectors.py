@@ -9,8 +9,8 @@ import sqlite3
 import pytest
 from sqlalchemy import text
 
-from api_shim.db.session import session_scope
-from api_shim.naming import identifier
+from rime_dagster.platform.naming import identifier
+from rime_dagster.store.session import session_scope
 from tests.conftest import make_settings
 
 WORKED_EXAMPLE = {
@@ -96,8 +96,8 @@ class TestUpdate:
     def test_password_only_credentials_patch(self, admin, project, app):
         created = admin.post(_url(project), json=WORKED_EXAMPLE).json()
         admin.patch(_url(project, f"/{created['id']}"), json={"credentials": {"password": "rotated"}})
-        from api_shim.db.models import Connector
         from api_shim.services.connectors import credentials_of
+        from rime_dagster.store.models import Connector
 
         with app.state.sessions() as session:
             stored = credentials_of(session.get(Connector, created["id"]), app.state.cipher)
@@ -170,7 +170,7 @@ class TestDistinctLandingTables:
         base = _url(project, f"/{created['id']}")
         discovered = admin.get(f"{base}/schema").json()["tables"]
         assert sorted(t["name"] for t in discovered) == ["order-items", "order_items", "people"]
-        from api_shim.db.models import Connector
+        from rime_dagster.store.models import Connector
 
         with app.state.sessions() as session:
             assert session.get(Connector, created["id"]).tables == ["people"]
@@ -195,7 +195,7 @@ class TestPrefixesSharedWithDbtProjects:
     ):
         import shutil
 
-        from api_shim.db.models import Connector
+        from rime_dagster.store.models import Connector
         from tests.api.test_dbt_projects import TINY
 
         dbt_source = tmp_path / "tiny"

@@ -166,8 +166,8 @@ class TestIdempotency:
         assert retried.status_code == 201
 
     def test_keys_are_scoped_per_caller(self, clients: Clients, settings):
-        from api_shim.db.session import session_scope
         from api_shim.services import users
+        from rime_dagster.store.session import session_scope
 
         with session_scope(settings.metadata_url) as session:
             other = users.create_user(

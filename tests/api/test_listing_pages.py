@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from api_shim.iceberg import open_catalog
+from rime_dagster.platform.iceberg import open_catalog
 
 
 def _walk(client, url: str, **params) -> tuple[list[str], list[bool]]:

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from api_shim.db.session import session_scope
 from api_shim.pagination import CursorCodec
 from api_shim.services import projects
+from rime_dagster.store.session import session_scope
 
 _names = itertools.count()
 

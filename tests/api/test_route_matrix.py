@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from api_shim.deps import RequireRole
 from api_shim.main import create_app
 from api_shim.services.auth import Role
-from api_shim.settings import Settings
+from rime_dagster.settings import Settings
 
 _counter = itertools.count()
 
@@ -263,9 +263,9 @@ def _register_parsed_dbt_project(clients, project_id: str, template: Path) -> st
     """A dbt project row plus a copy of the parsed template, as `POST .../dbt-projects` leaves them."""
     import shutil
 
-    from api_shim.db.models import DbtProject
-    from api_shim.ids import new_id
     from rime_dagster.dbt import workspace
+    from rime_dagster.store.ids import new_id
+    from rime_dagster.store.models import DbtProject
 
     state = clients.app.state
     dbt_id = new_id("dbt_project")

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from api_shim.db.session import session_scope
 from api_shim.services.auth import Role
+from rime_dagster.store.session import session_scope
 from tests.conftest import ADMIN_TOKEN
 
 
@@ -141,7 +141,7 @@ class TestTokens:
         token = clients.admin.post(f"/api/v1/users/{user['id']}/tokens", json={"name": "t", "expires_at": soon}).json()
         from sqlalchemy import update
 
-        from api_shim.db.models import ApiToken
+        from rime_dagster.store.models import ApiToken
 
         with session_scope(settings.metadata_url) as session:
             session.execute(

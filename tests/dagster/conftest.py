@@ -34,7 +34,7 @@ from api_shim.cli import (
 )
 from api_shim.dagster_client import DagsterClient
 from api_shim.errors import ServiceUnavailable
-from api_shim.settings import Settings
+from rime_dagster.settings import Settings
 from tests.conftest import closed_port, make_settings
 
 BIN = Path(sys.executable).parent  # the venv running the tests, as `rime up` does

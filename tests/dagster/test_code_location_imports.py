@@ -9,9 +9,9 @@ import os
 import subprocess
 import sys
 
-from api_shim.db.models import Connector, DbtProject, Pipeline, Project
-from api_shim.db.session import session_scope
 from rime_dagster.dbt.workspace import ProjectFiles, project_root
+from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project
+from rime_dagster.store.session import session_scope
 from tests.conftest import make_settings
 
 HEAVY = ("dagster_dbt", "dbt", "duckdb", "pyiceberg", "pyarrow", "psycopg", "fastapi", "dagster_graphql")

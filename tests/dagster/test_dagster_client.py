@@ -26,14 +26,14 @@ from api_shim.dagster_client import (
     to_dagster_run_id,
     to_rime_run_id,
 )
-from api_shim.db.generation import current_generation
-from api_shim.db.models import IdempotencyKey
-from api_shim.db.session import engine_for, session_factory, session_scope
 from api_shim.definitions_sync import DefinitionsSync
 from api_shim.errors import ServiceUnavailable, Unprocessable
 from api_shim.main import create_app
 from api_shim.services.projects import create_project
-from api_shim.settings import Settings, get_settings
+from rime_dagster.settings import Settings, get_settings
+from rime_dagster.store.generation import current_generation
+from rime_dagster.store.models import IdempotencyKey
+from rime_dagster.store.session import engine_for, session_factory, session_scope
 from tests.conftest import make_settings
 from tests.dagster.conftest import Webserver, graphql, location_entry
 

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from api_shim.iceberg import open_catalog
 from rime_dagster.connectors.names import connector_pool
+from rime_dagster.platform.iceberg import open_catalog
 from tests.dagster.conftest import Webserver, wait_for_run
 from tests.dagster.test_pipeline_jobs import _wait_for_job
 

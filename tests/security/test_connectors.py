@@ -21,12 +21,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from api_shim.db.generation import current_generation
-from api_shim.db.models import Connector
 from api_shim.main import create_app
 from api_shim.services.auth import Role
-from api_shim.settings import get_settings
 from rime_dagster.connectors.sources import SourceError
+from rime_dagster.settings import get_settings
+from rime_dagster.store.generation import current_generation
+from rime_dagster.store.models import Connector
 from tests.conftest import ADMIN_TOKEN, closed_port, make_settings
 
 PASSWORD = "s3cret-pw-never-sent-elsewhere"
@@ -528,10 +528,10 @@ def test_a_connector_recreated_under_a_deleted_ones_name_does_not_inherit_its_ta
 def test_the_demo_connector_needs_no_path_root(tmp_path):
     from sqlalchemy import select
 
-    from api_shim.crypto import CredentialCipher
-    from api_shim.db.session import session_scope
     from api_shim.demo import DEMO_DATA, ensure_demo
     from api_shim.services.connectors import build_source
+    from rime_dagster.store.crypto import CredentialCipher
+    from rime_dagster.store.session import session_scope
 
     settings = make_settings(tmp_path, connector_path_roots=[])
     ensure_demo(settings)

@@ -23,18 +23,18 @@ import pytest
 import sqlalchemy as sa
 from filelock import FileLock
 
-from api_shim.crypto import CredentialCipher
-from api_shim.db.models import Connector, DbtProject, Project, User
-from api_shim.db.session import engine_for, session_scope
 from api_shim.errors import Conflict
 from api_shim.services import users as user_service
 from api_shim.services.auth import Role
-from api_shim.settings import Settings, get_settings
 from rime_dagster.connectors.assets import project_connector_definitions
 from rime_dagster.dbt import workspace
 from rime_dagster.dbt.assets import dbt_definitions
 from rime_dagster.resources import IcebergCatalogResource, MetadataStoreResource
+from rime_dagster.settings import Settings, get_settings
 from rime_dagster.specs import DbtProjectSpec, ProjectSpec, load_specs
+from rime_dagster.store.crypto import CredentialCipher
+from rime_dagster.store.models import Connector, DbtProject, Project, User
+from rime_dagster.store.session import engine_for, session_scope
 from tests.conftest import ADMIN_TOKEN
 from tests.support.dbt import parsed_spec
 
@@ -513,7 +513,7 @@ def test_only_active_admins_count(clients, settings):
 
 def test_the_code_location_builds_only_its_tenants_projects(home, monkeypatch):
     url = f"sqlite:///{home / 'store.db'}"
-    from api_shim.db.migrate import upgrade_to_head
+    from rime_dagster.store.migrate import upgrade_to_head
 
     upgrade_to_head(url)
     with session_scope(url) as session:

@@ -19,8 +19,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from api_shim.settings import get_settings
 from rime_dagster.dbt import sandbox, workspace
+from rime_dagster.settings import get_settings
 from rime_dagster.specs import DbtProjectSpec
 from tests.security.test_dbt_and_platform import _dbt_project, _materialize
 from tests.support.dbt import parsed_spec

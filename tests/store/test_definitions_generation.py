@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select
 
-from api_shim.db.generation import current_generation, on_commit
-from api_shim.db.models import Connector, DbtProject, Pipeline, Project, User
-from api_shim.db.session import read_scope, session_factory, session_scope
+from rime_dagster.store.generation import current_generation, on_commit
+from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project, User
+from rime_dagster.store.session import read_scope, session_factory, session_scope
 
 
 def _generation(url: str) -> int:

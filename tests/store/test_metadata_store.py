@@ -11,13 +11,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from api_shim.db.migrate import downgrade_to_base, upgrade_to_head
-from api_shim.db.models import ApiToken, Base, Project, User
-from api_shim.db.session import engine_for, session_scope
 from api_shim.main import create_app
 from api_shim.pagination import CursorCodec, PageRequest, paginate
 from api_shim.services import projects, users
 from api_shim.services.auth import Role
+from rime_dagster.store.migrate import downgrade_to_base, upgrade_to_head
+from rime_dagster.store.models import ApiToken, Base, Project, User
+from rime_dagster.store.session import engine_for, session_scope
 from tests.conftest import make_settings
 from tests.support.postgres import fresh_database
 

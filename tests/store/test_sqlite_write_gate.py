@@ -9,10 +9,10 @@ import time
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from api_shim.db import session as db_session
-from api_shim.db.migrate import upgrade_to_head
-from api_shim.db.models import User
-from api_shim.db.session import engine_for, session_factory, session_scope
+from rime_dagster.store import session as db_session
+from rime_dagster.store.migrate import upgrade_to_head
+from rime_dagster.store.models import User
+from rime_dagster.store.session import engine_for, session_factory, session_scope
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api_shim.settings import get_settings
 from rime_dagster.dbt import workspace
+from rime_dagster.settings import get_settings
 from rime_dagster.specs import DbtProjectSpec
 
 

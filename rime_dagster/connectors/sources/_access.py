@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from rime_dagster.connectors.sources.base import AccessRefused
 
 if TYPE_CHECKING:
-    from api_shim.settings import Settings
+    from rime_dagster.settings import Settings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The kernel's views of processes, devices and itself: never readable, whatever RIME_CONNECTOR_PATH_ROOTS says.

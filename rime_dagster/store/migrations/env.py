@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from api_shim.db.models import Base
-from api_shim.db.session import make_engine
-from api_shim.settings import get_settings
+from rime_dagster.settings import get_settings
+from rime_dagster.store.models import Base
+from rime_dagster.store.session import make_engine
 
 config = context.config
 url = config.attributes.get("url") or get_settings().metadata_url

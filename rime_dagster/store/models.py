@@ -1,4 +1,4 @@
-"""ORM rows of the metadata store. Pydantic request/response models live in api_shim/schemas."""
+"""ORM rows of the metadata store. The API's request/response models (api_shim/schemas) read them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from api_shim.db.types import UTCDateTime, utcnow
 from rime_dagster.connectors.names import landable_tables
+from rime_dagster.store.types import UTCDateTime, utcnow
 
 
 class Base(DeclarativeBase):
@@ -76,7 +76,7 @@ class Project(TimestampedMixin, Base):
     # Iceberg namespace and Dagster asset-key prefix, fixed at creation (renames never move data).
     namespace: Mapped[str] = mapped_column(String(100), nullable=False)
     # The definitions generation of the last committed change to this project or anything in it
-    # (api_shim.db.generation): a launch of one of its jobs waits until Dagster has loaded it.
+    # (rime_dagster.store.generation): a launch of one of its jobs waits until Dagster has loaded it.
     definitions_generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
@@ -95,7 +95,7 @@ class Connector(TimestampedMixin, Base):
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     connector_type: Mapped[str] = mapped_column(String(50), nullable=False)
     config: Mapped[dict] = mapped_column(JSON, nullable=False)
-    # Fernet token of the credentials JSON (api_shim.crypto); never returned, never logged.
+    # Fernet token of the credentials JSON (rime_dagster.store.crypto); never returned, never logged.
     credentials_encrypted: Mapped[str | None] = mapped_column(Text)
     selected_tables: Mapped[list | None] = mapped_column(JSON)
     schedule: Mapped[str | None] = mapped_column(String(100))
@@ -217,7 +217,7 @@ class DefinitionsState(Base):
     """One row: the generation of the Dagster definitions the metadata store describes.
 
     Every committed change to a project, connector, dbt project or pipeline adds one
-    (api_shim.db.generation); the code location reports the generation it was built from, so
+    (rime_dagster.store.generation); the code location reports the generation it was built from, so
     the API knows when Dagster has caught up. The reload lease lets one API process at a time
     ask Dagster to reload, however many processes share the store.
     """

@@ -7,7 +7,7 @@ Revises: 0004
 from alembic import op
 import sqlalchemy as sa
 
-from api_shim.db.types import UTCDateTime, utcnow
+from rime_dagster.store.types import UTCDateTime, utcnow
 
 
 revision = "0005"

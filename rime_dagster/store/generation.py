@@ -22,8 +22,8 @@ from collections.abc import Callable
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
-from api_shim.db.models import Connector, DbtProject, DefinitionsState, Pipeline, Project
-from api_shim.db.types import utcnow
+from rime_dagster.store.models import Connector, DbtProject, DefinitionsState, Pipeline, Project
+from rime_dagster.store.types import utcnow
 
 STATE_ID = 1
 # The rows the code location builds definitions from.

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 # Registers the session hooks that bump the definitions generation on every commit that changes
 # what Dagster builds; every session of the metadata store is made here.
-from api_shim.db import generation as _generation  # noqa: F401
+from rime_dagster.store import generation as _generation  # noqa: F401
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from api_shim.settings import Settings
+from rime_dagster.settings import Settings
 
 
 def open_catalog(settings: Settings):

@@ -14,7 +14,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from api_shim.settings import Settings
+from rime_dagster.settings import Settings
 
 
 class CredentialsUnreadable(Exception):

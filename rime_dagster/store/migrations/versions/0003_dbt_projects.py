@@ -7,7 +7,7 @@ Revises: 0002
 from alembic import op
 import sqlalchemy as sa
 
-from api_shim.db.types import UTCDateTime
+from rime_dagster.store.types import UTCDateTime
 
 
 revision = "0003"

@@ -7,8 +7,8 @@ Revises: 0001
 from alembic import op
 import sqlalchemy as sa
 
-from api_shim.db.types import UTCDateTime
-from api_shim.naming import unique_identifier
+from rime_dagster.store.types import UTCDateTime
+from rime_dagster.platform.naming import unique_identifier
 
 
 revision = "0002"

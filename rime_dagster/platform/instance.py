@@ -1,0 +1,53 @@
+"""The embedded Dagster instance's configuration (`dagster.yaml` in `DAGSTER_HOME`), written at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rime_dagster.settings import Settings
+
+DAGSTER_YAML = """\
+# Written by Rime at start: the embedded Dagster instance (SQLite storage in this folder).
+# Rime rewrites this file while this first line is unchanged; edit the line to keep your own.
+#
+# Runs launch at once (no queue for the daemon to poll): trigger-to-start is the run worker's
+# start-up. Pipeline chains run their steps in that worker (in-process executor).
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+# Each run in its own `dagster api execute_run` process, a child of the webserver or the daemon that
+# launches it: Dagster's default starts runs inside the code server, whose old process then stays
+# alive after every reload until its runs end (rime_dagster/platform/run_launcher.py).
+run_launcher:
+  module: rime_dagster.platform.run_launcher
+  class: ProcessRunLauncher
+# The daemon enforces pipelines' timeout_seconds (dagster/max_runtime) and fails runs stuck
+# starting; it looks every 30 s.
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  start_timeout_seconds: 300
+  # Frees the pool slots a run still holds once it has ended (say, its worker was killed).
+  free_slots_after_run_end_seconds: 60
+# One sync of a connector's tables at a time: the steps that write them share a pool of one slot
+# (rime_dagster/platform/pools.py). A second run waits in its step, logging "Step blocked by limit
+# for pool ...", until the first run's step ends. `op`: the run's executor enforces it, with this
+# run coordinator too.
+concurrency:
+  pools:
+    default_limit: 1
+    granularity: op
+telemetry:
+  enabled: false
+"""
+MANAGED_MARKER = DAGSTER_YAML.splitlines()[0]
+
+
+def ensure_dagster_home(settings: Settings) -> Path:
+    home = settings.dagster_home_path
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    current = config.read_text() if config.exists() else None
+    if current is None or (current != DAGSTER_YAML and current.startswith(MANAGED_MARKER)):
+        config.write_text(DAGSTER_YAML)
+    return home
