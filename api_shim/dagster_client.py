@@ -19,8 +19,9 @@ from fastapi import Depends, Request
 from api_shim import metrics
 from api_shim.errors import ServiceUnavailable, Unprocessable
 from api_shim.services import idempotency
+from rime_dagster.platform import run_tags
 from rime_dagster.platform.instance import ensure_dagster_home  # noqa: F401  (re-exported for the CLI)
-from rime_dagster.platform.names import GENERATION_METADATA_KEY, HOUSEKEEPING_JOB
+from rime_dagster.platform.names import HOUSEKEEPING_JOB
 from rime_dagster.settings import Settings
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ class DagsterClient:
             return LoadedDefinitions(None, "The code location is loading.")
         job = data.get("pipelineOrError") or {}
         for item in job.get("metadataEntries") or []:
-            if item.get("label") == GENERATION_METADATA_KEY and item.get("intRepr") is not None:
+            if item.get("label") == run_tags.DEFINITIONS_GENERATION and item.get("intRepr") is not None:
                 return LoadedDefinitions(int(item["intRepr"]), None)
         # A location built before generations existed, or one without the housekeeping job.
         return LoadedDefinitions(0, None)

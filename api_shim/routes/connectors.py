@@ -39,6 +39,7 @@ from api_shim.services import uploads
 from api_shim.services.projects import get_project
 from api_shim.services.runs import RunView, launch_summary, run_page, run_view
 from rime_dagster.connectors.names import connector_job_name, connector_tags, table_asset_key
+from rime_dagster.platform import run_tags
 from rime_dagster.store.crypto import CredentialCipher
 from rime_dagster.store.models import Connector, Project
 from rime_dagster.store.session import release
@@ -64,7 +65,7 @@ def _project(session: Session, principal, project_id: str) -> Project:
 
 
 def _last_run(dagster: DagsterClient, connector: Connector) -> RunView | None:
-    records = dagster.run_records(tags={"rime/connector_id": connector.id}, limit=1)
+    records = dagster.run_records(tags={run_tags.CONNECTOR_ID: connector.id}, limit=1)
     return run_view(dagster, records[0], with_events=False) if records else None
 
 
@@ -305,8 +306,8 @@ def sync_connector(
     release(session)
     tags = {
         **connector_tags(project.id, connector.id),
-        "rime/full_refresh": str(full_refresh).lower(),
-        "rime/triggered_by": principal.email,
+        run_tags.FULL_REFRESH: run_tags.flag(full_refresh),
+        run_tags.TRIGGERED_BY: principal.email,
     }
     launched = dagster.launch_run(
         connector_job_name(project.namespace),
@@ -342,7 +343,7 @@ def connector_runs(
         dagster,
         codec,
         scope=f"runs:{connector.id}",
-        tags={"rime/connector_id": connector.id},
+        tags={run_tags.CONNECTOR_ID: connector.id},
         limit=limit,
         cursor=cursor,
     )

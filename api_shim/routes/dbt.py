@@ -43,6 +43,7 @@ from rime_dagster.dbt import manifest as manifests
 from rime_dagster.dbt import workspace
 from rime_dagster.dbt.names import dbt_job_name, dbt_op_name, dbt_tags
 from rime_dagster.dbt.workspace import ProjectFiles
+from rime_dagster.platform import run_tags
 from rime_dagster.store.crypto import CredentialCipher
 from rime_dagster.store.ids import new_id
 from rime_dagster.store.models import DbtProject, Project
@@ -70,7 +71,7 @@ def _project(session: Session, principal, project_id: str) -> Project:
 
 
 def _last_run(dagster: DagsterClient, row: DbtProject) -> RunView | None:
-    records = dagster.run_records(tags={"rime/dbt_project_id": row.id}, limit=1)
+    records = dagster.run_records(tags={run_tags.DBT_PROJECT_ID: row.id}, limit=1)
     return run_view(dagster, records[0], with_events=False) if records else None
 
 
@@ -354,14 +355,14 @@ def run_dbt_project(
     release(session)
     tags = {
         **dbt_tags(project.id, row.id),
-        "rime/dbt_command": body.command,
-        "rime/full_refresh": str(body.full_refresh).lower(),
-        "rime/triggered_by": principal.email,
+        run_tags.DBT_COMMAND: body.command,
+        run_tags.FULL_REFRESH: run_tags.flag(body.full_refresh),
+        run_tags.TRIGGERED_BY: principal.email,
     }
     if body.select:
-        tags["rime/dbt_select"] = body.select
+        tags[run_tags.DBT_SELECT] = body.select
     if body.exclude:
-        tags["rime/dbt_exclude"] = body.exclude
+        tags[run_tags.DBT_EXCLUDE] = body.exclude
     run_config = {
         "ops": {
             dbt_op_name(row.id): {
@@ -410,11 +411,11 @@ def _run(settings, row: DbtProject, manifest: dict[str, Any], view: RunView) -> 
         dagster_run_id=view.dagster_run_id,
         dagster_url=view.dagster_url,
         status=view.status,
-        command=tags.get("rime/dbt_command", "build"),
-        select=tags.get("rime/dbt_select"),
-        exclude=tags.get("rime/dbt_exclude"),
-        full_refresh=tags.get("rime/full_refresh") == "true",
-        triggered_by=tags.get("rime/triggered_by") or ("schedule" if tags.get("rime/trigger") else None),
+        command=tags.get(run_tags.DBT_COMMAND, "build"),
+        select=tags.get(run_tags.DBT_SELECT),
+        exclude=tags.get(run_tags.DBT_EXCLUDE),
+        full_refresh=run_tags.is_set(tags, run_tags.FULL_REFRESH),
+        triggered_by=tags.get(run_tags.TRIGGERED_BY) or ("schedule" if tags.get(run_tags.TRIGGER) else None),
         started_at=view.started_at,
         finished_at=view.finished_at,
         duration_seconds=view.duration_seconds,
@@ -445,7 +446,7 @@ def dbt_runs(
     row = service.get_dbt_project(session, project, dbtId)
     release(session)
     page = run_page(
-        dagster, codec, scope=f"dbt-runs:{row.id}", tags={"rime/dbt_project_id": row.id}, limit=limit, cursor=cursor
+        dagster, codec, scope=f"dbt-runs:{row.id}", tags={run_tags.DBT_PROJECT_ID: row.id}, limit=limit, cursor=cursor
     )
     manifest = service.manifest_of(settings, row)
     runs = [_run(settings, row, manifest, run_view(dagster, r)) for r in page.records]
@@ -455,7 +456,7 @@ def dbt_runs(
 def _latest_statuses(settings, dagster: DagsterClient, row: DbtProject) -> dict[str, str]:
     """unique_id -> dbt status in the newest run (of the last few) that ran the node."""
     statuses: dict[str, str] = {}
-    for record in dagster.run_records(tags={"rime/dbt_project_id": row.id}, limit=STATUS_LOOKBACK_RUNS):
+    for record in dagster.run_records(tags={run_tags.DBT_PROJECT_ID: row.id}, limit=STATUS_LOOKBACK_RUNS):
         results = manifests.read_run_results(service.run_dir(settings, row, record.dagster_run.run_id))
         for unique_id, result in (results or {}).items():
             if result["status"] is not None:

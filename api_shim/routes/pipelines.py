@@ -47,6 +47,7 @@ from api_shim.services.projects import get_project
 from api_shim.services.runs import launch_summary, run_page, run_view
 from rime_dagster.pipelines.jobs import MAX_NESTING, pipeline_job_name, pipeline_tags
 from rime_dagster.pipelines.spec import dag_of, validate_dag
+from rime_dagster.platform import run_tags
 from rime_dagster.store.models import Pipeline, Project
 from rime_dagster.store.session import release
 
@@ -245,11 +246,11 @@ def run_pipeline(
     release(session)
     tags = {
         **pipeline_tags(project.id, row.id),
-        "rime/full_refresh": str(body.full_refresh).lower(),
-        "rime/triggered_by": principal.email,
+        run_tags.FULL_REFRESH: run_tags.flag(body.full_refresh),
+        run_tags.TRIGGERED_BY: principal.email,
     }
     if body.variables:
-        tags["rime/variables"] = json.dumps(body.variables, separators=(",", ":"), sort_keys=True)
+        tags[run_tags.VARIABLES] = json.dumps(body.variables, separators=(",", ":"), sort_keys=True)
     launched = dagster.launch_run(pipeline_job_name(row.id), generation=project.definitions_generation, tags=tags)
     return PipelineRunStarted(**launch_summary(dagster, launched), pipeline_id=row.id)
 
@@ -258,7 +259,7 @@ def _run_record(dagster: DagsterClient, project: Project, row: Pipeline, run_id:
     dagster_run_id = to_dagster_run_id(run_id)
     record = dagster.run_record(dagster_run_id) if dagster_run_id else None
     tags = record.dagster_run.tags if record else {}
-    if record is None or tags.get("rime/pipeline_id") != row.id or tags.get("rime/project_id") != project.id:
+    if record is None or tags.get(run_tags.PIPELINE_ID) != row.id or tags.get(run_tags.PROJECT_ID) != project.id:
         raise NotFound.of("Run", run_id, " for this pipeline")
     return record
 
@@ -268,7 +269,7 @@ def _run(dagster: DagsterClient, row: Pipeline, record) -> PipelineRun:
     fold = pipeline_runs.fold_run(dagster, record, service.steps_of(row))
     tags = record.dagster_run.tags
     try:
-        variables = json.loads(tags.get("rime/variables") or "{}")
+        variables = json.loads(tags.get(run_tags.VARIABLES) or "{}")
     except ValueError:
         variables = {}
     failed = [s.error for s in fold.states() if s.status == "failed" and s.error]
@@ -279,8 +280,8 @@ def _run(dagster: DagsterClient, row: Pipeline, record) -> PipelineRun:
         pipeline_id=row.id,
         status=view.status,
         trigger=pipeline_runs.trigger_of(tags),
-        triggered_by=tags.get("rime/triggered_by"),
-        full_refresh=tags.get("rime/full_refresh") == "true",
+        triggered_by=tags.get(run_tags.TRIGGERED_BY),
+        full_refresh=run_tags.is_set(tags, run_tags.FULL_REFRESH),
         variables=variables,
         started_at=view.started_at,
         finished_at=view.finished_at,
@@ -315,7 +316,7 @@ def pipeline_runs_list(
         dagster,
         codec,
         scope=f"pipeline-runs:{row.id}",
-        tags={"rime/pipeline_id": row.id, "rime/project_id": project.id},
+        tags={run_tags.PIPELINE_ID: row.id, run_tags.PROJECT_ID: project.id},
         limit=limit,
         cursor=cursor,
     )

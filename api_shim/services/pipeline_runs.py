@@ -22,6 +22,7 @@ from api_shim.dagster_client import RUN_STATUS
 from api_shim.services.runs import when
 from rime_dagster.pipelines.jobs import step_node_name
 from rime_dagster.pipelines.spec import StepBody
+from rime_dagster.platform import run_tags
 
 TERMINAL_RUN = {"succeeded", "failed", "canceled"}
 _RUN_EVENTS = {
@@ -320,7 +321,7 @@ def trigger_of(tags: dict[str, str]) -> str:
         return "schedule"
     if tags.get("dagster/sensor_name"):
         return "sensor"
-    return "api" if tags.get("rime/triggered_by") else "dagster"
+    return "api" if tags.get(run_tags.TRIGGERED_BY) else "dagster"
 
 
 def run_steps(steps: Sequence[StepBody], planned: set[str] | None) -> list[StepBody]:

@@ -7,6 +7,7 @@ import dagster as dg
 
 from rime_dagster.connectors.names import (
     connector_job_name,
+    connector_op_name,
     connector_pool,
     connector_schedule_name,
     connector_tags,
@@ -16,6 +17,7 @@ from rime_dagster.connectors.names import (
     landing_collisions,
     table_asset_key,
 )
+from rime_dagster.platform import run_tags
 from rime_dagster.platform.limits import max_runtime_tags
 from rime_dagster.platform.pools import log_pool_wait
 from rime_dagster.platform.schedules import rime_schedule
@@ -98,18 +100,18 @@ def connector_assets(spec: ConnectorSpec) -> dg.AssetsDefinition | None:
             f"`{spec.namespace}.{iceberg_table_name(spec.table_prefix, table)}`.",
             kinds={"iceberg", spec.connector_type},
             metadata={
-                "rime/connector_id": spec.id,
-                "rime/source_table": table,
-                "rime/iceberg_table": f"{spec.namespace}.{iceberg_table_name(spec.table_prefix, table)}",
-                "rime/sync_mode": spec.sync_mode,
+                run_tags.CONNECTOR_ID: spec.id,
+                run_tags.SOURCE_TABLE: table,
+                run_tags.ICEBERG_TABLE: f"{spec.namespace}.{iceberg_table_name(spec.table_prefix, table)}",
+                run_tags.SYNC_MODE: spec.sync_mode,
             },
-            tags={"rime/project_id": spec.project_id},
+            tags={run_tags.PROJECT_ID: spec.project_id},
         )
         for key, table in by_key.items()
     ]
 
     @dg.multi_asset(
-        name=f"connector_{spec.id}",
+        name=connector_op_name(spec.namespace, spec.table_prefix),
         specs=asset_specs,
         can_subset=True,
         description=f"Sync connector '{spec.name}' into Iceberg.",
@@ -123,7 +125,7 @@ def connector_assets(spec: ConnectorSpec) -> dg.AssetsDefinition | None:
         missing = {k: v for k, v in connector_tags(spec.project_id, spec.id).items() if k not in context.run.tags}
         if missing:
             context.instance.add_run_tags(context.run_id, missing)
-        full_refresh = context.run.tags.get("rime/full_refresh") == "true"
+        full_refresh = run_tags.is_set(context.run.tags, run_tags.FULL_REFRESH)
         selected = [by_key[key] for key in sorted(context.selected_asset_keys, key=lambda k: k.path)]
         for landed in sync_tables(spec, selected, iceberg.catalog(), context, full_refresh=full_refresh):
             yield dg.MaterializeResult(asset_key=landed.asset_key, metadata=landed.metadata)
@@ -154,7 +156,7 @@ def project_connector_definitions(
     job = dg.define_asset_job(
         name=connector_job_name(project.namespace),
         selection=dg.AssetSelection.assets(*(a for _, a in built)),
-        tags={"rime/project_id": project.id, "rime/kind": "connector_sync", **max_runtime_tags()},
+        tags={run_tags.PROJECT_ID: project.id, run_tags.KIND: run_tags.KIND_CONNECTOR_SYNC, **max_runtime_tags()},
         description=f"Sync connectors of project '{project.name}' (a run selects one connector's tables).",
         # In the run worker: a step process per connector would only add start-up time.
         executor_def=dg.in_process_executor,
@@ -166,7 +168,7 @@ def project_connector_definitions(
             job,
             spec.schedule,
             paused=spec.paused,
-            name=connector_schedule_name(spec.id),
+            name=connector_schedule_name(spec.namespace, spec.table_prefix),
             asset_selection=list(assets.keys),
             run_tags=connector_tags(spec.project_id, spec.id),
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from rime_dagster.platform import run_tags
+from rime_dagster.platform.names import dagster_name
 from rime_dagster.platform.naming import identifier
 
 
@@ -60,8 +62,14 @@ def connector_job_name(namespace: str) -> str:
     return f"sync_{namespace}"
 
 
-def connector_schedule_name(connector_id: str) -> str:
-    return f"sync_{connector_id}_schedule"
+def connector_schedule_name(namespace: str, table_prefix: str) -> str:
+    """The connector's schedule (of its project's sync job): `demo__shop_files_schedule`."""
+    return f"{dagster_name(namespace, table_prefix)}_schedule"
+
+
+def connector_op_name(namespace: str, table_prefix: str) -> str:
+    """The op that syncs the connector's tables (their multi-asset): `demo__shop_files__sync`."""
+    return dagster_name(namespace, table_prefix, "sync")
 
 
 def connector_pool(connector_id: str) -> str:
@@ -71,4 +79,8 @@ def connector_pool(connector_id: str) -> str:
 
 
 def connector_tags(project_id: str, connector_id: str) -> dict[str, str]:
-    return {"rime/project_id": project_id, "rime/connector_id": connector_id, "rime/kind": "connector_sync"}
+    return {
+        run_tags.PROJECT_ID: project_id,
+        run_tags.CONNECTOR_ID: connector_id,
+        run_tags.KIND: run_tags.KIND_CONNECTOR_SYNC,
+    }

@@ -29,6 +29,7 @@ from rime_dagster.dbt.asset_specs import DbtAssetSpecs, DbtSelection, build_asse
 from rime_dagster.dbt.manifest import ConnectorIndex, load_manifest, publish_requested
 from rime_dagster.dbt.names import dbt_job_name, dbt_op_name, dbt_tags
 from rime_dagster.dbt.workspace import dbt_env, dbt_executable, sandbox_policy
+from rime_dagster.platform import run_tags
 from rime_dagster.platform.limits import max_runtime_tags
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource, settings
@@ -61,11 +62,11 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
     nodes = manifest.get("nodes", {})
 
     @dg.multi_asset(
-        name=dbt_op_name(spec.id),
+        name=dbt_op_name(spec.namespace, spec.slug),
         specs=assets.specs,
         check_specs=assets.check_specs,
         can_subset=True,
-        op_tags={"rime/dbt_project_id": spec.id},
+        op_tags={run_tags.DBT_PROJECT_ID: spec.id},
     )
     def run_dbt(context: dg.AssetExecutionContext, config: DbtRunConfig, iceberg: IcebergCatalogResource):
         missing = {k: v for k, v in dbt_tags(spec.project_id, spec.id).items() if k not in context.run.tags}
@@ -85,7 +86,7 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
         )
 
     job = dg.define_asset_job(
-        name=dbt_job_name(spec.id),
+        name=dbt_job_name(spec.namespace, spec.slug),
         selection=dg.AssetSelection.assets(run_dbt),
         tags={**dbt_tags(spec.project_id, spec.id), **max_runtime_tags()},
         description=f"Run dbt project '{spec.name}'.",
@@ -376,9 +377,9 @@ def _publish(
     published = event.with_metadata(
         {
             **event.metadata,
-            "rime/iceberg_table": table,
-            "rime/iceberg_snapshot_id": str(result.snapshot_id),
-            "rime/published_rows": result.rows_written,
+            run_tags.ICEBERG_TABLE: table,
+            run_tags.ICEBERG_SNAPSHOT_ID: str(result.snapshot_id),
+            run_tags.PUBLISHED_ROWS: result.rows_written,
         }
     )
     return published, None

@@ -30,6 +30,8 @@ from rime_dagster.pipelines.spec import (
     parse_step_config,
     validate_dag,
 )
+from rime_dagster.platform import run_tags
+from rime_dagster.platform.names import dagster_name
 from rime_dagster.platform.pools import log_pool_wait, table_pool
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec
@@ -39,12 +41,13 @@ START, RESULT = "start", "result"
 NOTHING = resolve_dagster_type(dg.Nothing)  # graph input/output mappings want the DagsterType itself
 
 
-def pipeline_job_name(pipeline_id: str) -> str:
-    return f"pipeline_{pipeline_id}"
+def pipeline_job_name(namespace: str, slug: str) -> str:
+    """The pipeline's job: `demo__shop_nightly` (project namespace, pipeline slug)."""
+    return dagster_name(namespace, slug)
 
 
 def pipeline_tags(project_id: str, pipeline_id: str) -> dict[str, str]:
-    return {"rime/project_id": project_id, "rime/pipeline_id": pipeline_id, "rime/kind": "pipeline"}
+    return {run_tags.PROJECT_ID: project_id, run_tags.PIPELINE_ID: pipeline_id, run_tags.KIND: run_tags.KIND_PIPELINE}
 
 
 def step_node_name(step_id: str) -> str:
@@ -67,7 +70,7 @@ class Resources:
 
 
 def _run_variables(context, pipeline: PipelineSpec) -> dict[str, Any]:
-    return {**pipeline.variables, **json.loads(context.run.tags.get("rime/variables") or "{}")}
+    return {**pipeline.variables, **json.loads(context.run.tags.get(run_tags.VARIABLES) or "{}")}
 
 
 def _step_pool(pipeline: PipelineSpec, config, resources: Resources) -> tuple[str | None, str]:
@@ -94,11 +97,11 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
     pool, waited_for = _step_pool(pipeline, config, resources)
 
     @dg.op(
-        name=f"{pipeline.id}__{re.sub(r'[^A-Za-z0-9_]', '_', step.id)}",
+        name=dagster_name(pipeline.namespace, pipeline.slug, re.sub(r"[^A-Za-z0-9_]", "_", step.id)),
         ins={START: dg.In(dg.Nothing)},
         out={RESULT: dg.Out(dg.Nothing)},
         description=f"{step.type} step '{step.name or step.id}' of pipeline '{pipeline.name}'",
-        tags={"rime/step_id": step.id, "rime/step_type": step.type, "rime/pipeline_id": pipeline.id},
+        tags={run_tags.STEP_ID: step.id, run_tags.STEP_TYPE: step.type, run_tags.PIPELINE_ID: pipeline.id},
         retry_policy=retry,
         required_resource_keys={"iceberg"},
         pool=pool,
@@ -106,7 +109,7 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
     def run_step(context: dg.OpExecutionContext):
         if pool:
             log_pool_wait(context, waited_for)
-        full_refresh = context.run.tags.get("rime/full_refresh") == "true"
+        full_refresh = run_tags.is_set(context.run.tags, run_tags.FULL_REFRESH)
         iceberg = context.resources.iceberg
         rows = 0
         if isinstance(config, ConnectorSyncConfig):
@@ -137,7 +140,7 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
                 if isinstance(event, dg.Output):  # an op context gets materializations, not outputs
                     continue
                 if isinstance(event, dg.AssetMaterialization):
-                    published = event.metadata.get("rime/published_rows")
+                    published = event.metadata.get(run_tags.PUBLISHED_ROWS)
                     rows += int(getattr(published, "value", published) or 0)
                 yield event
             # Rows published to Iceberg, plus what the adapter says the models wrote (DuckDB says nothing).
@@ -193,7 +196,7 @@ def expire_snapshots(catalog, namespace: str, config: TableMaintenanceConfig) ->
 
 
 def _join_op(pipeline: PipelineSpec) -> dg.OpDefinition:
-    @dg.op(name=f"{pipeline.id}__done", ins={START: dg.In(dg.Nothing)}, out={RESULT: dg.Out(dg.Nothing)})
+    @dg.op(name=dagster_name(pipeline.namespace, pipeline.slug, "done"), ins={START: dg.In(dg.Nothing)}, out={RESULT: dg.Out(dg.Nothing)})
     def done():
         return None
 
@@ -234,7 +237,7 @@ def pipeline_graph(pipeline: PipelineSpec, resources: Resources, depth: int = 0)
         START: dg.MultiDependencyDefinition([dg.DependencyDefinition(step_node_name(s.id), RESULT) for s in sinks])
     }
     graph = dg.GraphDefinition(
-        name=f"{pipeline.id}__graph",
+        name=dagster_name(pipeline.namespace, pipeline.slug, "graph"),
         description=f"Pipeline '{pipeline.name}'",
         node_defs=node_defs,
         dependencies=dependencies,
@@ -294,7 +297,7 @@ def pipeline_definitions(pipeline: PipelineSpec, resources: Resources) -> dg.Def
     # (imports); it runs in the run worker. Pipelines with parallel branches get the
     # multiprocess executor. Either is only the default: a launch may choose the other.
     job = pipeline_graph(pipeline, resources).to_job(
-        name=pipeline_job_name(pipeline.id),
+        name=pipeline_job_name(pipeline.namespace, pipeline.slug),
         description=f"Pipeline '{pipeline.name}'",
         tags=tags,
         config=execution_config(parallel=not is_chain(pipeline, resources)),

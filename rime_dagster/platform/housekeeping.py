@@ -4,7 +4,8 @@ from datetime import timedelta
 
 import dagster as dg
 
-from rime_dagster.platform.names import GENERATION_METADATA_KEY, HOUSEKEEPING_JOB
+from rime_dagster.platform import run_tags
+from rime_dagster.platform.names import HOUSEKEEPING_JOB
 from rime_dagster.resources import MetadataStoreResource, settings
 from rime_dagster.store.retention import purge_expired
 
@@ -33,15 +34,15 @@ def housekeeping_definitions(generation: int) -> dg.Definitions:
     """The housekeeping job and its daily schedule.
 
     The job also carries the definitions generation the code location was built from, as the
-    metadata entry GENERATION_METADATA_KEY: the API reads it over GraphQL to know whether Dagster
+    metadata entry run_tags.DEFINITIONS_GENERATION: the API reads it over GraphQL to know whether Dagster
     has loaded a change yet. Job metadata is shown in the UI but never copied onto runs.
     """
 
     @dg.job(
         name=HOUSEKEEPING_JOB,
         description="Metadata-store housekeeping for the Rime platform.",
-        tags={"rime/kind": "housekeeping"},
-        metadata={GENERATION_METADATA_KEY: dg.MetadataValue.int(generation)},
+        tags={run_tags.KIND: run_tags.KIND_HOUSEKEEPING},
+        metadata={run_tags.DEFINITIONS_GENERATION: dg.MetadataValue.int(generation)},
     )
     def housekeeping_job():
         purge_idempotency_keys()

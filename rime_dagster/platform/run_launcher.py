@@ -36,8 +36,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
-PID_TAG = "rime/run_worker_pid"
-HOST_TAG = "rime/run_worker_host"
+from rime_dagster.platform.run_tags import RUN_WORKER_HOST, RUN_WORKER_PID
 
 
 class ProcessRunLauncher(RunLauncher, ConfigurableClass):
@@ -79,7 +78,9 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             self._workers[run.run_id] = worker
         # Reaped as soon as it exits, so a dead worker never lingers as a zombie that looks alive.
         threading.Thread(target=self._reap, args=(run.run_id, worker), name="rime-run-reaper", daemon=True).start()
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(worker.pid), HOST_TAG: socket.gethostname()})
+        self._instance.add_run_tags(
+            run.run_id, {RUN_WORKER_PID: str(worker.pid), RUN_WORKER_HOST: socket.gethostname()}
+        )
         self._instance.report_engine_event(
             f"Started the run worker (process {worker.pid} on {socket.gethostname()}).",
             run,
@@ -95,7 +96,7 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
 
     def _worker_alive(self, run: DagsterRun) -> bool | None:
         """Whether the run's worker process lives: None when it runs on another host, or never started."""
-        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+        pid, host = run.tags.get(RUN_WORKER_PID), run.tags.get(RUN_WORKER_HOST)
         if not pid or not pid.isdigit() or host != socket.gethostname():
             return None
         if Path("/proc/self/cmdline").exists():
@@ -122,7 +123,9 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, "the run worker runs on another host")
         if alive:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
-        return CheckRunHealthResult(WorkerStatus.FAILED, f"the run worker (process {run.tags.get(PID_TAG)}) has exited")
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED, f"the run worker (process {run.tags.get(RUN_WORKER_PID)}) has exited"
+        )
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
@@ -140,7 +143,7 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             self._instance.report_run_canceled(run, message="The run worker had already exited.")
             return True
         # Dagster's run worker turns SIGINT (and SIGTERM) into an interrupt of the running step.
-        os.kill(int(run.tags[PID_TAG]), signal.SIGINT)
+        os.kill(int(run.tags[RUN_WORKER_PID]), signal.SIGINT)
         return True
 
     def join(self, timeout: float = 30) -> None:

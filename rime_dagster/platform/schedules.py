@@ -4,7 +4,9 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
-SCHEDULE_TAGS = {"rime/trigger": "schedule"}
+from rime_dagster.platform.run_tags import TRIGGER, TRIGGER_SCHEDULE
+
+SCHEDULE_TAGS = {TRIGGER: TRIGGER_SCHEDULE}
 
 
 def rime_schedule(

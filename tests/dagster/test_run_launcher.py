@@ -16,11 +16,14 @@ from dagster import DagsterInstance
 from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
-from rime_dagster.platform.run_launcher import HOST_TAG, PID_TAG, ProcessRunLauncher
+from rime_dagster.platform.run_launcher import ProcessRunLauncher
+from rime_dagster.platform.run_tags import RUN_WORKER_HOST, RUN_WORKER_PID
 
 
 def _run(run_id: str, pid: int, host: str | None = None) -> DagsterRun:
-    return DagsterRun(job_name="j", run_id=run_id, tags={PID_TAG: str(pid), HOST_TAG: host or socket.gethostname()})
+    return DagsterRun(
+        job_name="j", run_id=run_id, tags={RUN_WORKER_PID: str(pid), RUN_WORKER_HOST: host or socket.gethostname()}
+    )
 
 
 def test_worker_health_follows_the_process_that_runs_the_run():

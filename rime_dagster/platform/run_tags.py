@@ -1,0 +1,60 @@
+"""The `rime/...` keys of run tags, op tags and metadata: what the API and the jobs tell each other through Dagster.
+
+The API launches runs with these tags and finds and describes runs by them; the jobs read them (a full refresh,
+a pipeline's variables) and tag the runs started from the Dagster UI so the API sees those too. Every key is
+written here once; nothing else spells a `rime/` key. No Dagster import, so the API can use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# Run tags: whose run it is.
+PROJECT_ID = "rime/project_id"
+CONNECTOR_ID = "rime/connector_id"
+DBT_PROJECT_ID = "rime/dbt_project_id"
+PIPELINE_ID = "rime/pipeline_id"
+KIND = "rime/kind"  # one of the KIND_* values, set by the job's own tags
+
+# Run tags: how it was started and what it does.
+TRIGGER = "rime/trigger"  # TRIGGER_SCHEDULE on runs a schedule started
+TRIGGERED_BY = "rime/triggered_by"  # the email of whoever launched it through the API
+FULL_REFRESH = "rime/full_refresh"  # "true" or "false" (flag / is_set)
+DBT_COMMAND = "rime/dbt_command"
+DBT_SELECT = "rime/dbt_select"
+DBT_EXCLUDE = "rime/dbt_exclude"
+VARIABLES = "rime/variables"  # a pipeline run's variables, a JSON object
+
+# Run tags the run launcher adds: the run worker's process (rime_dagster/platform/run_launcher.py).
+RUN_WORKER_PID = "rime/run_worker_pid"
+RUN_WORKER_HOST = "rime/run_worker_host"
+
+# Op tags of a pipeline step's node.
+STEP_ID = "rime/step_id"
+STEP_TYPE = "rime/step_type"
+
+# Asset metadata: a synced table's source, and what a dbt model published to Iceberg.
+SOURCE_TABLE = "rime/source_table"
+SYNC_MODE = "rime/sync_mode"
+ICEBERG_TABLE = "rime/iceberg_table"
+ICEBERG_SNAPSHOT_ID = "rime/iceberg_snapshot_id"
+PUBLISHED_ROWS = "rime/published_rows"
+
+# Job metadata of the housekeeping job: the definitions generation the code location was built from.
+DEFINITIONS_GENERATION = "rime/definitions_generation"
+
+KIND_CONNECTOR_SYNC = "connector_sync"
+KIND_DBT = "dbt"
+KIND_PIPELINE = "pipeline"
+KIND_HOUSEKEEPING = "housekeeping"
+TRIGGER_SCHEDULE = "schedule"
+
+
+def flag(value: bool) -> str:
+    """A boolean as a tag value: tags are strings."""
+    return "true" if value else "false"
+
+
+def is_set(tags: Mapping[str, str], key: str) -> bool:
+    """Whether the boolean tag `key` is "true" (absent is false)."""
+    return tags.get(key) == "true"
