@@ -7,7 +7,6 @@ import dagster as dg
 
 from rime_dagster.connectors.names import (
     connector_job_name,
-    connector_op_name,
     connector_pool,
     connector_schedule_name,
     connector_tags,
@@ -111,7 +110,7 @@ def connector_assets(spec: ConnectorSpec) -> dg.AssetsDefinition | None:
     ]
 
     @dg.multi_asset(
-        name=connector_op_name(spec.namespace, spec.table_prefix),
+        name=f"connector_{spec.id}",
         specs=asset_specs,
         can_subset=True,
         description=f"Sync connector '{spec.name}' into Iceberg.",
@@ -168,7 +167,7 @@ def project_connector_definitions(
             job,
             spec.schedule,
             paused=spec.paused,
-            name=connector_schedule_name(spec.namespace, spec.table_prefix),
+            name=connector_schedule_name(spec.id),
             asset_selection=list(assets.keys),
             run_tags=connector_tags(spec.project_id, spec.id),
         )

@@ -62,7 +62,7 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
     nodes = manifest.get("nodes", {})
 
     @dg.multi_asset(
-        name=dbt_op_name(spec.namespace, spec.slug),
+        name=dbt_op_name(spec.id),
         specs=assets.specs,
         check_specs=assets.check_specs,
         can_subset=True,
@@ -86,7 +86,7 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
         )
 
     job = dg.define_asset_job(
-        name=dbt_job_name(spec.namespace, spec.slug),
+        name=dbt_job_name(spec.id),
         selection=dg.AssetSelection.assets(run_dbt),
         tags={**dbt_tags(spec.project_id, spec.id), **max_runtime_tags()},
         description=f"Run dbt project '{spec.name}'.",

@@ -31,7 +31,6 @@ from rime_dagster.pipelines.spec import (
     validate_dag,
 )
 from rime_dagster.platform import run_tags
-from rime_dagster.platform.names import dagster_name
 from rime_dagster.platform.pools import log_pool_wait, table_pool
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec
@@ -41,9 +40,8 @@ START, RESULT = "start", "result"
 NOTHING = resolve_dagster_type(dg.Nothing)  # graph input/output mappings want the DagsterType itself
 
 
-def pipeline_job_name(namespace: str, slug: str) -> str:
-    """The pipeline's job: `demo__shop_nightly` (project namespace, pipeline slug)."""
-    return dagster_name(namespace, slug)
+def pipeline_job_name(pipeline_id: str) -> str:
+    return f"pipeline_{pipeline_id}"
 
 
 def pipeline_tags(project_id: str, pipeline_id: str) -> dict[str, str]:
@@ -97,7 +95,7 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
     pool, waited_for = _step_pool(pipeline, config, resources)
 
     @dg.op(
-        name=dagster_name(pipeline.namespace, pipeline.slug, re.sub(r"[^A-Za-z0-9_]", "_", step.id)),
+        name=f"{pipeline.id}__{re.sub(r'[^A-Za-z0-9_]', '_', step.id)}",
         ins={START: dg.In(dg.Nothing)},
         out={RESULT: dg.Out(dg.Nothing)},
         description=f"{step.type} step '{step.name or step.id}' of pipeline '{pipeline.name}'",
@@ -196,7 +194,7 @@ def expire_snapshots(catalog, namespace: str, config: TableMaintenanceConfig) ->
 
 
 def _join_op(pipeline: PipelineSpec) -> dg.OpDefinition:
-    @dg.op(name=dagster_name(pipeline.namespace, pipeline.slug, "done"), ins={START: dg.In(dg.Nothing)}, out={RESULT: dg.Out(dg.Nothing)})
+    @dg.op(name=f"{pipeline.id}__done", ins={START: dg.In(dg.Nothing)}, out={RESULT: dg.Out(dg.Nothing)})
     def done():
         return None
 
@@ -237,7 +235,7 @@ def pipeline_graph(pipeline: PipelineSpec, resources: Resources, depth: int = 0)
         START: dg.MultiDependencyDefinition([dg.DependencyDefinition(step_node_name(s.id), RESULT) for s in sinks])
     }
     graph = dg.GraphDefinition(
-        name=dagster_name(pipeline.namespace, pipeline.slug, "graph"),
+        name=f"{pipeline.id}__graph",
         description=f"Pipeline '{pipeline.name}'",
         node_defs=node_defs,
         dependencies=dependencies,
@@ -297,7 +295,7 @@ def pipeline_definitions(pipeline: PipelineSpec, resources: Resources) -> dg.Def
     # (imports); it runs in the run worker. Pipelines with parallel branches get the
     # multiprocess executor. Either is only the default: a launch may choose the other.
     job = pipeline_graph(pipeline, resources).to_job(
-        name=pipeline_job_name(pipeline.namespace, pipeline.slug),
+        name=pipeline_job_name(pipeline.id),
         description=f"Pipeline '{pipeline.name}'",
         tags=tags,
         config=execution_config(parallel=not is_chain(pipeline, resources)),
