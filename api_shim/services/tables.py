@@ -1,0 +1,122 @@
+"""Tables: the project's Iceberg tables (what landed), their schema and a preview of their rows.
+
+Catalog reads are slow (a metadata file each, on whatever storage holds the warehouse), so none of them happens
+inside a database transaction: the project is looked up in a short session of its own first.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+
+from api_shim.errors import NotFound
+from api_shim.pagination import CursorCodec, PageRequest, paginate_items, scope_of
+from api_shim.schemas.tables import TableColumn, TableList, TablePreview, TableResponse, TableSchemaResponse
+from api_shim.services.projects import get_project
+from rime_dagster.platform.iceberg import CatalogProvider
+
+
+def _namespace(sessions: sessionmaker, *, tenant_id: str, project_id: str) -> str:
+    with sessions() as session:
+        return get_project(session, project_id, tenant_id=tenant_id).namespace
+
+
+def _load(catalog, namespace: str, table: str):
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+    try:
+        return catalog.load_table((namespace, table))
+    except (NoSuchTableError, NoSuchNamespaceError):
+        raise NotFound.of("Table", table, " in this project") from None
+
+
+def _describe(catalog, namespace: str, name: str) -> TableResponse:
+    from rime_dagster.connectors.landing import table_stats
+
+    stats = table_stats(catalog, (namespace, name))
+    props = _load(catalog, namespace, name).properties
+    source = None
+    if "rime.connector_id" in props:
+        source = {"connector_id": props["rime.connector_id"], "table": props.get("rime.source_table", name)}
+    elif "rime.dbt_project_id" in props:
+        source = {"dbt_project_id": props["rime.dbt_project_id"], "model": props.get("rime.dbt_model", name)}
+    return TableResponse(
+        name=name,
+        namespace=namespace,
+        row_count=stats.get("row_count"),
+        snapshot_id=str(stats["snapshot_id"]) if stats.get("snapshot_id") is not None else None,
+        updated_at=stats.get("updated_at"),
+        source=source,
+    )
+
+
+def list_tables(
+    sessions: sessionmaker,
+    catalogs: CatalogProvider,
+    *,
+    tenant_id: str,
+    project_id: str,
+    page: PageRequest,
+    codec: CursorCodec,
+) -> TableList:
+    """A page of the project's tables by name; only the page's tables are loaded (each is a metadata file read)."""
+    from pyiceberg.exceptions import NoSuchNamespaceError
+
+    namespace = _namespace(sessions, tenant_id=tenant_id, project_id=project_id)
+    catalog = catalogs.catalog()
+    try:
+        names = [identifier[-1] for identifier in catalog.list_tables(namespace)]
+    except NoSuchNamespaceError:
+        names = []
+    result = paginate_items(
+        names, lambda name: (name,), request=page, codec=codec, scope=scope_of("table.list", {"project": project_id})
+    )
+    return TableList(
+        data=[_describe(catalog, namespace, name) for name in result.items],
+        next_cursor=result.next_cursor,
+        has_more=result.has_more,
+    )
+
+
+def table_schema(
+    sessions: sessionmaker, catalogs: CatalogProvider, *, tenant_id: str, project_id: str, table: str
+) -> TableSchemaResponse:
+    namespace = _namespace(sessions, tenant_id=tenant_id, project_id=project_id)
+    fields = _load(catalogs.catalog(), namespace, table).schema().fields
+    columns = [TableColumn(name=f.name, type=str(f.field_type), nullable=not f.required) for f in fields]
+    return TableSchemaResponse(name=table, columns=columns)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)  # exact: a float would round
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
+
+
+def preview_table(
+    sessions: sessionmaker, catalogs: CatalogProvider, *, tenant_id: str, project_id: str, table: str, limit: int
+) -> TablePreview:
+    """The table's first `limit` rows as JSON values: decimals as strings (exact), binary as base64."""
+    from rime_dagster.connectors.landing import preview
+
+    namespace = _namespace(sessions, tenant_id=tenant_id, project_id=project_id)
+    catalog = catalogs.catalog()
+    _load(catalog, namespace, table)
+    data = preview(catalog, (namespace, table), limit)
+    rows = [[_json_value(row[c]) for c in data.column_names] for row in data.to_pylist()]
+    return TablePreview(columns=data.column_names, rows=rows)
