@@ -7,7 +7,8 @@ import dagster as dg
 import pytest
 
 from rime_dagster.dbt import asset_specs, workspace
-from rime_dagster.dbt.assets import dbt_definitions
+from rime_dagster.dbt.assets import DbtRunConfig, dbt_definitions
+from rime_dagster.dbt.run_config import DbtRunRequest
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import DbtProjectSpec
 from tests.support.dbt import parsed_spec
@@ -114,3 +115,19 @@ def test_runs_of_everything_and_of_subsets(project, monkeypatch):
     assert {e.asset_key for e in by_selector.get_asset_materialization_events()} == {B}
     assert _checks(by_selector) == {"not_null_b_id": True, "relationships_b_id__id__ref_a_": True}
     assert not (project.files.project_dir / "selectors.yml").exists()  # the revision itself is never edited
+
+
+def test_the_run_request_the_api_launches_with_is_what_the_job_reads(project):
+    request = DbtRunRequest(command="seed", full_refresh=True, vars={"day": "2026-01-01"}, select="a+", exclude="b")
+    built = dbt_definitions(project)
+    [assets], [job] = built.assets, built.jobs
+    defs = dg.Definitions(assets=[assets], jobs=[job], resources={"iceberg": IcebergCatalogResource()})
+    # The API's run config is valid for the project's job, and its op reads the same request back.
+    assert dg.validate_run_config(defs.resolve_job_def(job.name), request.run_config(assets.op.name))
+    read = DbtRunRequest.from_op_config(DbtRunConfig(**request.op_config()))
+    assert (read.command, read.full_refresh, dict(read.vars)) == ("seed", True, {"day": "2026-01-01"})
+    # The run history reads command, flags and selection back from the run's tags (vars stay in the config).
+    assert DbtRunRequest.from_tags(request.tags()) == DbtRunRequest(
+        command="seed", full_refresh=True, select="a+", exclude="b"
+    )
+    assert DbtRunRequest.from_tags({}) == DbtRunRequest()  # a run started from the Dagster UI
