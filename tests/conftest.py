@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -112,9 +113,10 @@ class Clients:
         return self.as_role(Role.admin)
 
 
-@pytest.fixture
-def clients(app, settings) -> Iterator[Clients]:
-    with TestClient(app, raise_server_exceptions=False) as anonymous:  # runs the lifespan (bootstrap admin)
+@contextmanager
+def role_clients(app, settings: Settings) -> Iterator[Clients]:
+    """The app running (its lifespan bootstraps the admin), a user and token per other role, and their clients."""
+    with TestClient(app, raise_server_exceptions=False) as anonymous:
         tokens: dict[Role, str] = {Role.admin: ADMIN_TOKEN}
         user_ids: dict[Role, str] = {}
         with session_scope(settings.metadata_url) as session:
@@ -128,6 +130,12 @@ def clients(app, settings) -> Iterator[Clients]:
                 user_ids[role] = user.id
         yield Clients(app=app, anonymous=anonymous, tokens=tokens, user_ids=user_ids)
     engine_for(settings.metadata_url).dispose()
+
+
+@pytest.fixture
+def clients(app, settings) -> Iterator[Clients]:
+    with role_clients(app, settings) as clients:
+        yield clients
 
 
 @pytest.fixture
