@@ -281,6 +281,8 @@ class DagsterClient:
         earlier = idempotency.launched_before()
         if earlier is not None:
             return LaunchedRun(dagster_run_id=earlier)
+        if run_tags.TRIGGERED_BY in tags:  # the Dagster UI shows who launched the run
+            tags = {**tags, run_tags.LAUNCHED_BY: tags[run_tags.TRIGGERED_BY]}
         if generation is not None and self.definitions is not None:
             self.definitions.wait_for(generation)
         try:

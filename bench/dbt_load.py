@@ -443,13 +443,13 @@ def child_dagster(spec_data: dict[str, Any], workdir: Path, *, copy_partial: boo
     defs = dg.Definitions.merge(
         assets_module.dbt_definitions(spec), dg.Definitions(resources={"iceberg": IcebergCatalogResource()})
     )
-    job = defs.resolve_job_def(dbt_job_name(spec.id))
+    job = defs.resolve_job_def(dbt_job_name(spec.namespace, spec.slug))
     (workdir / "dagster_home").mkdir()
     if memory:
         instance = dg.DagsterInstance.ephemeral(tempdir=str(workdir / "dagster_home"))
     else:
         instance = dg.DagsterInstance.local_temp(tempdir=str(workdir / "dagster_home"))
-    run_config = {"ops": {dbt_op_name(spec.id): {"config": {"command": "run"}}}}
+    run_config = {"ops": {dbt_op_name(spec.namespace, spec.slug): {"config": {"command": "run"}}}}
 
     called = time.time()
     started = time.perf_counter()

@@ -101,6 +101,7 @@ class PipelineSpec:
     project_id: str
     namespace: str
     name: str
+    slug: str
     steps: list[dict[str, Any]]
     variables: dict[str, Any]
     schedule: str | None
@@ -187,6 +188,7 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
                 project_id=p.project_id,
                 namespace=projects[p.project_id].namespace,
                 name=p.name,
+                slug=p.slug,
                 steps=list(p.steps),
                 variables=dict(p.variables),
                 schedule=p.schedule,

@@ -92,6 +92,29 @@ def _wait_for_pipeline_run(api: str, headers: dict, url: str, timeout: float = 1
     raise AssertionError(f"{url} did not finish in {timeout:.0f} s")
 
 
+def _graphql(dagster_port: int, query: str, variables: dict | None = None) -> dict:
+    answer = httpx.post(f"http://127.0.0.1:{dagster_port}/graphql", json={"query": query, "variables": variables or {}})
+    answer.raise_for_status()
+    return answer.json()["data"]
+
+
+def _dagster_jobs(dagster_port: int) -> set[str]:
+    query = (
+        '{ repositoryOrError(repositorySelector: {repositoryLocationName: "rime", repositoryName: "__repository__"})'
+        " { ... on Repository { jobs { name } } } }"
+    )
+    return {job["name"] for job in _graphql(dagster_port, query)["repositoryOrError"]["jobs"]}
+
+
+def _dagster_run(dagster_port: int, rime_run_id: str) -> tuple[dict[str, str], str]:
+    """The run's tags and job name, as the Dagster UI shows them."""
+    hex_id = rime_run_id.removeprefix("run_")
+    run_id = f"{hex_id[:8]}-{hex_id[8:12]}-{hex_id[12:16]}-{hex_id[16:20]}-{hex_id[20:]}"
+    query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { jobName tags { key value } } } }"
+    run = _graphql(dagster_port, query, {"id": run_id})["runOrError"]
+    return {t["key"]: t["value"] for t in run["tags"]}, run["jobName"]
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_up_ready_then_stops_everything(tmp_path, stop_signal):
     """`rime up` as a newcomer runs it: ready, the demo loaded, (once) the demo pipeline run end to end, each process
@@ -159,6 +182,11 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
             run = _wait_for_pipeline_run(api, headers, f"{nightly}/runs/{started.json()['run_id']}")
             assert run["status"] == "succeeded", run
             assert [s["status"] for s in run["steps"]] == ["completed", "completed"], run["steps"]
+            # The Dagster UI shows the demo's jobs by readable names, and who launched the API's run.
+            assert {"sync_demo", "demo__shop_models", "demo__shop_nightly"} <= _dagster_jobs(dagster_port)
+            tags, job_name = _dagster_run(dagster_port, run["run_id"])
+            assert job_name == "demo__shop_nightly"
+            assert tags["user"] == tags["rime/triggered_by"] == run["triggered_by"] != "", tags
             family = _descendants(proc.pid)
         proc.send_signal(stop_signal)
         proc.wait(timeout=30)

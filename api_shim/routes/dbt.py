@@ -365,7 +365,7 @@ def run_dbt_project(
         tags[run_tags.DBT_EXCLUDE] = body.exclude
     run_config = {
         "ops": {
-            dbt_op_name(row.id): {
+            dbt_op_name(project.namespace, row.slug): {
                 "config": {
                     "command": body.command,
                     "full_refresh": body.full_refresh,
@@ -375,7 +375,7 @@ def run_dbt_project(
         }
     }
     launched = dagster.launch_run(
-        dbt_job_name(row.id),
+        dbt_job_name(project.namespace, row.slug),
         generation=project.definitions_generation,
         tags=tags,
         run_config=run_config,

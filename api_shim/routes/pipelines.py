@@ -45,7 +45,7 @@ from api_shim.services import pipelines as service
 from api_shim.services.auth import Role, authenticate
 from api_shim.services.projects import get_project
 from api_shim.services.runs import launch_summary, run_page, run_view
-from rime_dagster.pipelines.jobs import MAX_NESTING, pipeline_job_name, pipeline_tags
+from rime_dagster.pipelines.names import MAX_NESTING, pipeline_job_name, pipeline_tags
 from rime_dagster.pipelines.spec import dag_of, validate_dag
 from rime_dagster.platform import run_tags
 from rime_dagster.store.models import Pipeline, Project
@@ -251,7 +251,9 @@ def run_pipeline(
     }
     if body.variables:
         tags[run_tags.VARIABLES] = json.dumps(body.variables, separators=(",", ":"), sort_keys=True)
-    launched = dagster.launch_run(pipeline_job_name(row.id), generation=project.definitions_generation, tags=tags)
+    launched = dagster.launch_run(
+        pipeline_job_name(project.namespace, row.slug), generation=project.definitions_generation, tags=tags
+    )
     return PipelineRunStarted(**launch_summary(dagster, launched), pipeline_id=row.id)
 
 

@@ -12,16 +12,28 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from api_shim.dagster_client import DagsterClient
 from api_shim.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, ValidationFailed
+from api_shim.pagination import CursorCodec, Listing, PageRequest
+from api_shim.schemas.connectors import (
+    ConnectionTestResult,
+    ConnectorList,
+    ConnectorResponse,
+    DiscoveredSchema,
+    LastSync,
+)
+from api_shim.services.projects import get_project
+from api_shim.services.runs import RunView, last_run
 from rime_dagster.connectors.names import describe_collisions, landing_collisions
 from rime_dagster.connectors.sources import AccessRefused, Source, SourceError, source_class
 from rime_dagster.connectors.sources._access import SourceAccess
 from rime_dagster.connectors.sources.base import TableInfo
+from rime_dagster.platform import run_tags
 from rime_dagster.platform.iceberg import CatalogProvider, drop_tables
-from rime_dagster.platform.naming import unique_identifier
 from rime_dagster.settings import Settings
+from rime_dagster.store import slugs
 from rime_dagster.store.crypto import CredentialCipher
 from rime_dagster.store.ids import new_id
 from rime_dagster.store.models import Connector, Project
@@ -193,11 +205,10 @@ def create_connector(
     cursor_fields = body.cursor_fields or {}
     _check_sync_mode(body.sync_mode, body.selected_tables, cursor_fields)
     _ensure_name_free(session, project, body.name)
-    from api_shim.services.dbt import taken_prefixes  # connector prefixes and dbt slugs share a name space
-
     # Never a prefix whose tables a deleted connector left behind: a new connector lands in fresh tables.
-    taken = taken_prefixes(session, project.id) | landed_prefixes(catalog, project.namespace)
-    table_prefix = unique_identifier(body.name, taken, fallback="c")
+    table_prefix = slugs.new_slug(
+        session, project.id, body.name, fallback="c", also_taken=landed_prefixes(catalog, project.namespace)
+    )
     _check_distinct_landing(table_prefix, body.selected_tables)
     connector = Connector(
         id=connector_id,
@@ -355,3 +366,140 @@ def purge_connector_data(catalog_provider, namespace: str, table_prefix: str) ->
         log.info("purged Iceberg tables %s", ", ".join(dropped) or "(none)")
     except Exception:
         log.exception("could not purge the Iceberg tables of %s.%s__*", namespace, table_prefix)
+
+
+# What the Connectors routes call ------------------------------------------------------------------------------
+
+CONNECTORS = Listing(
+    "connectors",
+    {"created_at": Connector.created_at, "updated_at": Connector.updated_at, "name": Connector.name},
+    Connector.id,
+)
+CONNECTION_TIMEOUT_SECONDS = 10.0
+
+
+def connector_response(connector: Connector, last: RunView | None) -> ConnectorResponse:
+    """The connector as the API shows it: its status says whether it is paused, never synced, or how it last did."""
+    if connector.paused:
+        status = "paused"
+    elif last is None:
+        status = "created"
+    else:
+        status = "error" if last.status == "failed" else "active"
+    return ConnectorResponse.of(
+        connector,
+        credentials_set=connector.credentials_encrypted is not None,
+        status=status,
+        last_sync=LastSync.of(last) if last else None,
+    )
+
+
+def last_sync(dagster: DagsterClient, connector: Connector) -> RunView | None:
+    return last_run(dagster, {run_tags.CONNECTOR_ID: connector.id})
+
+
+def list_page(
+    session: Session, dagster: DagsterClient, codec: CursorCodec, project: Project, page: PageRequest
+) -> ConnectorList:
+    result = CONNECTORS.page(
+        session, select(Connector).where(Connector.project_id == project.id), page, codec, {"project": project.id}
+    )
+    return ConnectorList(
+        data=[connector_response(c, last_sync(dagster, c)) for c in result.items],
+        next_cursor=result.next_cursor,
+        has_more=result.has_more,
+    )
+
+
+def create(
+    session: Session, project: Project, body, cipher: CredentialCipher, *, settings: Settings, catalog: CatalogProvider
+) -> ConnectorResponse:
+    """Creates the connector; one that syncs whatever it discovers stores what it finds now (if it can)."""
+    connector = create_connector(session, project, body, cipher, settings=settings, catalog=catalog)
+    refresh_known_tables(connector, cipher, settings, timeout=CONNECTION_TIMEOUT_SECONDS)
+    return connector_response(connector, None)
+
+
+def describe(session: Session, dagster: DagsterClient, project: Project, connector_id: str) -> ConnectorResponse:
+    connector = get_connector(session, project, connector_id)
+    return connector_response(connector, last_sync(dagster, connector))
+
+
+def update(
+    session: Session,
+    dagster: DagsterClient,
+    project: Project,
+    connector_id: str,
+    body,
+    cipher: CredentialCipher,
+    *,
+    settings: Settings,
+) -> ConnectorResponse:
+    """Applies the patch; a change of where or what it reads refreshes the tables a discovering connector syncs."""
+    connector = get_connector(session, project, connector_id)
+    changes = body.model_dump(exclude_unset=True)
+    update_connector(session, connector, changes, cipher, settings=settings)
+    if changes.keys() & {"config", "credentials", "selected_tables"}:
+        refresh_known_tables(connector, cipher, settings, timeout=CONNECTION_TIMEOUT_SECONDS)
+    return connector_response(connector, last_sync(dagster, connector))
+
+
+def delete(session: Session, project: Project, connector_id: str, *, settings: Settings) -> Connector:
+    """Deletes the connector and its upload area; returns it (its Iceberg tables stay unless purged)."""
+    connector = get_connector(session, project, connector_id)
+    delete_connector(session, connector, settings)
+    return connector
+
+
+def _connector_in(session: Session, *, tenant_id: str, project_id: str, connector_id: str) -> Connector:
+    return get_connector(session, get_project(session, project_id, tenant_id=tenant_id), connector_id)
+
+
+def test_connection(
+    sessions: sessionmaker,
+    cipher: CredentialCipher,
+    settings: Settings,
+    *,
+    tenant_id: str,
+    project_id: str,
+    connector_id: str,
+) -> ConnectionTestResult:
+    """Tests the connection; a connector that syncs whatever it discovers stores the tables it finds.
+
+    The explicit refresh of what the connector syncs: a data engineer's write, unlike `discover_schema`. A slow
+    source must not hold a transaction (SQLite: the write lock) open, so the source is reached outside any.
+    """
+    with sessions() as session:
+        connector = _connector_in(session, tenant_id=tenant_id, project_id=project_id, connector_id=connector_id)
+        source = build_source(connector, cipher, settings)
+        left_out = left_out_tables_note(connector)
+        discovers = connector.selected_tables is None
+    result = source.test(CONNECTION_TIMEOUT_SECONDS)
+    if result.success and discovers:
+        names = discovered_names(source, timeout=CONNECTION_TIMEOUT_SECONDS, connector_id=connector_id)
+        with sessions.begin() as session:
+            connector = session.get(Connector, connector_id)
+            if connector is not None:
+                store_known_tables(connector, names)
+                left_out = left_out_tables_note(connector)
+    message = f"{result.message} {left_out}" if result.success and left_out else result.message
+    return ConnectionTestResult(success=result.success, message=message)
+
+
+def discover_schema(
+    sessions: sessionmaker,
+    cipher: CredentialCipher,
+    settings: Settings,
+    *,
+    tenant_id: str,
+    project_id: str,
+    connector_id: str,
+) -> DiscoveredSchema:
+    """The source's live schema. A read: nothing is stored (a stored change would reload the Dagster definitions)."""
+    with sessions() as session:
+        connector = _connector_in(session, tenant_id=tenant_id, project_id=project_id, connector_id=connector_id)
+        source = build_source(connector, cipher, settings)
+    tables = discover(source, timeout=CONNECTION_TIMEOUT_SECONDS)
+    return DiscoveredSchema.model_validate(
+        {"tables": [{**t.__dict__, "columns": [c.__dict__ for c in t.columns]} for t in tables]}
+    )

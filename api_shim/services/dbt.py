@@ -29,9 +29,9 @@ from rime_dagster.dbt.manifest import (
 )
 from rime_dagster.dbt.workspace import DbtProjectError, ProjectFiles
 from rime_dagster.platform.iceberg import drop_tables
-from rime_dagster.platform.naming import unique_identifier
 from rime_dagster.settings import Settings
 from rime_dagster.specs import connector_tables_of
+from rime_dagster.store import slugs
 from rime_dagster.store.crypto import CredentialCipher
 from rime_dagster.store.models import Connector, DbtProject, Project
 
@@ -56,21 +56,8 @@ def ensure_name_free(session: Session, project_id: str, name: str, *, except_id:
         raise Conflict(f"A dbt project named '{name}' already exists in this project.")
 
 
-def taken_prefixes(session: Session, project_id: str) -> set[str]:
-    """Connector table prefixes and dbt slugs share one name space: both prefix asset keys and Iceberg tables.
-
-    Locks the project's row until the transaction ends, so a connector and a dbt project created at the same
-    time cannot both take a prefix they both found free (PostgreSQL; on SQLite every transaction already holds
-    the write lock).
-    """
-    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
-    connectors = session.scalars(select(Connector.table_prefix).where(Connector.project_id == project_id))
-    dbt = session.scalars(select(DbtProject.slug).where(DbtProject.project_id == project_id))
-    return set(connectors) | set(dbt)
-
-
 def new_slug(session: Session, project_id: str, name: str) -> str:
-    return unique_identifier(name, taken_prefixes(session, project_id), fallback="dbt")
+    return slugs.new_slug(session, project_id, name, fallback="dbt")
 
 
 # Revisions ----------------------------------------------------------------------------------
@@ -211,8 +198,8 @@ def record_new(
     cipher: CredentialCipher,
 ) -> DbtProject:
     ensure_name_free(session, project.id, body.name)
-    if slug in taken_prefixes(session, project.id):
-        raise Conflict("A connector or dbt project took this name meanwhile; retry.")
+    if slug in slugs.taken_slugs(session, project.id):
+        raise Conflict("A connector, dbt project or pipeline took this name meanwhile; retry.")
     row = DbtProject(
         id=dbt_id,
         project_id=project.id,

@@ -20,7 +20,7 @@ from typing import Any
 
 from api_shim.dagster_client import RUN_STATUS
 from api_shim.services.runs import when
-from rime_dagster.pipelines.jobs import step_node_name
+from rime_dagster.pipelines.names import DONE_NODE, step_node_name
 from rime_dagster.pipelines.spec import StepBody
 from rime_dagster.platform import run_tags
 
@@ -34,7 +34,7 @@ _RUN_EVENTS = {
     "PIPELINE_CANCELED": "canceled",
 }
 _STEP_EVENTS = {"STEP_START", "STEP_RESTARTED", "STEP_UP_FOR_RETRY", "STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"}
-JOIN_NODE = "done"
+JOIN_NODE = DONE_NODE
 
 
 def _duration(start: datetime | None, end: datetime | None) -> float | None:

@@ -19,6 +19,7 @@ from rime_dagster.pipelines.spec import (
     parse_step_config,
     validate_dag,
 )
+from rime_dagster.store import slugs
 from rime_dagster.store.ids import new_id
 from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project
 
@@ -113,6 +114,7 @@ def create_pipeline(session: Session, project: Project, body) -> Pipeline:
         id=new_id("pipeline"),
         project_id=project.id,
         name=body.name,
+        slug=slugs.new_slug(session, project.id, body.name, fallback="pipeline"),
         description=body.description,
         steps=_dump(body.steps),
         variables=body.variables or {},

@@ -7,6 +7,7 @@ import dagster as dg
 
 from rime_dagster.connectors.names import (
     connector_job_name,
+    connector_op_name,
     connector_pool,
     connector_schedule_name,
     connector_tags,
@@ -110,7 +111,7 @@ def connector_assets(spec: ConnectorSpec) -> dg.AssetsDefinition | None:
     ]
 
     @dg.multi_asset(
-        name=f"connector_{spec.id}",
+        name=connector_op_name(spec.namespace, spec.table_prefix),
         specs=asset_specs,
         can_subset=True,
         description=f"Sync connector '{spec.name}' into Iceberg.",
@@ -156,6 +157,7 @@ def project_connector_definitions(
         name=connector_job_name(project.namespace),
         selection=dg.AssetSelection.assets(*(a for _, a in built)),
         tags={run_tags.PROJECT_ID: project.id, run_tags.KIND: run_tags.KIND_CONNECTOR_SYNC, **max_runtime_tags()},
+        metadata={run_tags.PROJECT_ID: project.id},
         description=f"Sync connectors of project '{project.name}' (a run selects one connector's tables).",
         # In the run worker: a step process per connector would only add start-up time.
         executor_def=dg.in_process_executor,
@@ -167,7 +169,7 @@ def project_connector_definitions(
             job,
             spec.schedule,
             paused=spec.paused,
-            name=connector_schedule_name(spec.id),
+            name=connector_schedule_name(spec.namespace, spec.table_prefix),
             asset_selection=list(assets.keys),
             run_tags=connector_tags(spec.project_id, spec.id),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rime_dagster.platform import run_tags
+from rime_dagster.platform.names import dagster_name
 from rime_dagster.platform.naming import identifier
 
 
@@ -61,8 +62,14 @@ def connector_job_name(namespace: str) -> str:
     return f"sync_{namespace}"
 
 
-def connector_schedule_name(connector_id: str) -> str:
-    return f"sync_{connector_id}_schedule"
+def connector_schedule_name(namespace: str, table_prefix: str) -> str:
+    """The connector's schedule (of its project's sync job): `demo__shop_files_schedule`."""
+    return f"{dagster_name(namespace, table_prefix)}_schedule"
+
+
+def connector_op_name(namespace: str, table_prefix: str) -> str:
+    """The op that syncs the connector's tables (their multi-asset): `demo__shop_files__sync`."""
+    return dagster_name(namespace, table_prefix, "sync")
 
 
 def connector_pool(connector_id: str) -> str:

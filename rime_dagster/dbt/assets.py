@@ -63,7 +63,7 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
     nodes = manifest.get("nodes", {})
 
     @dg.multi_asset(
-        name=dbt_op_name(spec.id),
+        name=dbt_op_name(spec.namespace, spec.slug),
         specs=assets.specs,
         check_specs=assets.check_specs,
         can_subset=True,
@@ -87,9 +87,10 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
         )
 
     job = dg.define_asset_job(
-        name=dbt_job_name(spec.id),
+        name=dbt_job_name(spec.namespace, spec.slug),
         selection=dg.AssetSelection.assets(run_dbt),
         tags={**dbt_tags(spec.project_id, spec.id), **max_runtime_tags()},
+        metadata={run_tags.DBT_PROJECT_ID: spec.id, run_tags.PROJECT_ID: spec.project_id},
         description=f"Run dbt project '{spec.name}'.",
         # One step (one multi-asset op): a step process of its own would only add start-up time.
         executor_def=dg.in_process_executor,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from rime_dagster.platform import run_tags
+from rime_dagster.platform.names import dagster_name
 
 
-def dbt_op_name(dbt_project_id: str) -> str:
-    return f"dbt_{dbt_project_id}"
+def dbt_op_name(namespace: str, slug: str) -> str:
+    """The op that runs dbt for the project's models: `demo__shop_models__dbt`."""
+    return dagster_name(namespace, slug, "dbt")
 
 
-def dbt_job_name(dbt_project_id: str) -> str:
-    return f"dbt_run_{dbt_project_id}"
+def dbt_job_name(namespace: str, slug: str) -> str:
+    """The dbt project's job: `demo__shop_models` (project namespace, dbt project slug)."""
+    return dagster_name(namespace, slug)
 
 
 def dbt_tags(project_id: str, dbt_project_id: str) -> dict[str, str]:

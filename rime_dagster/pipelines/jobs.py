@@ -21,6 +21,7 @@ from rime_dagster.connectors.assets import sync_tables
 from rime_dagster.connectors.names import connector_pool
 from rime_dagster.dbt.assets import dbt_events
 from rime_dagster.dbt.manifest import load_manifest, read_run_results
+from rime_dagster.pipelines.names import DONE_NODE, MAX_NESTING, pipeline_job_name, pipeline_tags, step_node_name
 from rime_dagster.pipelines.spec import (
     ConnectorSyncConfig,
     DbtStepConfig,
@@ -31,25 +32,13 @@ from rime_dagster.pipelines.spec import (
     validate_dag,
 )
 from rime_dagster.platform import run_tags
+from rime_dagster.platform.names import dagster_name
 from rime_dagster.platform.pools import log_pool_wait, table_pool
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec
 
-MAX_NESTING = 8
 START, RESULT = "start", "result"
 NOTHING = resolve_dagster_type(dg.Nothing)  # graph input/output mappings want the DagsterType itself
-
-
-def pipeline_job_name(pipeline_id: str) -> str:
-    return f"pipeline_{pipeline_id}"
-
-
-def pipeline_tags(project_id: str, pipeline_id: str) -> dict[str, str]:
-    return {run_tags.PROJECT_ID: project_id, run_tags.PIPELINE_ID: pipeline_id, run_tags.KIND: run_tags.KIND_PIPELINE}
-
-
-def step_node_name(step_id: str) -> str:
-    return "step_" + re.sub(r"[^A-Za-z0-9_]", "_", step_id)
 
 
 class Resources:
@@ -95,7 +84,7 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
     pool, waited_for = _step_pool(pipeline, config, resources)
 
     @dg.op(
-        name=f"{pipeline.id}__{re.sub(r'[^A-Za-z0-9_]', '_', step.id)}",
+        name=dagster_name(pipeline.namespace, pipeline.slug, re.sub(r"[^A-Za-z0-9_]", "_", step.id)),
         ins={START: dg.In(dg.Nothing)},
         out={RESULT: dg.Out(dg.Nothing)},
         description=f"{step.type} step '{step.name or step.id}' of pipeline '{pipeline.name}'",
@@ -194,7 +183,11 @@ def expire_snapshots(catalog, namespace: str, config: TableMaintenanceConfig) ->
 
 
 def _join_op(pipeline: PipelineSpec) -> dg.OpDefinition:
-    @dg.op(name=f"{pipeline.id}__done", ins={START: dg.In(dg.Nothing)}, out={RESULT: dg.Out(dg.Nothing)})
+    @dg.op(
+        name=dagster_name(pipeline.namespace, pipeline.slug, DONE_NODE),
+        ins={START: dg.In(dg.Nothing)},
+        out={RESULT: dg.Out(dg.Nothing)},
+    )
     def done():
         return None
 
@@ -231,11 +224,11 @@ def pipeline_graph(pipeline: PipelineSpec, resources: Resources, depth: int = 0)
     sinks = [s for s in steps if s.id not in depended]
     join = _join_op(pipeline)
     node_defs.append(join)
-    dependencies[dg.NodeInvocation(join.name, alias="done")] = {
+    dependencies[dg.NodeInvocation(join.name, alias=DONE_NODE)] = {
         START: dg.MultiDependencyDefinition([dg.DependencyDefinition(step_node_name(s.id), RESULT) for s in sinks])
     }
     graph = dg.GraphDefinition(
-        name=f"{pipeline.id}__graph",
+        name=dagster_name(pipeline.namespace, pipeline.slug, "graph"),
         description=f"Pipeline '{pipeline.name}'",
         node_defs=node_defs,
         dependencies=dependencies,
@@ -252,7 +245,7 @@ def pipeline_graph(pipeline: PipelineSpec, resources: Resources, depth: int = 0)
         output_mappings=[
             dg.OutputMapping(
                 graph_output_name=RESULT,
-                mapped_node_name="done",
+                mapped_node_name=DONE_NODE,
                 mapped_node_output_name=RESULT,
                 dagster_type=NOTHING,
             )
@@ -295,9 +288,10 @@ def pipeline_definitions(pipeline: PipelineSpec, resources: Resources) -> dg.Def
     # (imports); it runs in the run worker. Pipelines with parallel branches get the
     # multiprocess executor. Either is only the default: a launch may choose the other.
     job = pipeline_graph(pipeline, resources).to_job(
-        name=pipeline_job_name(pipeline.id),
+        name=pipeline_job_name(pipeline.namespace, pipeline.slug),
         description=f"Pipeline '{pipeline.name}'",
         tags=tags,
+        metadata={run_tags.PIPELINE_ID: pipeline.id, run_tags.PROJECT_ID: pipeline.project_id},
         config=execution_config(parallel=not is_chain(pipeline, resources)),
     )
     schedules = rime_schedule(job, pipeline.schedule, paused=pipeline.paused)

@@ -19,6 +19,9 @@ KIND = "rime/kind"  # one of the KIND_* values, set by the job's own tags
 # Run tags: how it was started and what it does.
 TRIGGER = "rime/trigger"  # TRIGGER_SCHEDULE on runs a schedule started
 TRIGGERED_BY = "rime/triggered_by"  # the email of whoever launched it through the API
+# Dagster's own tag for who launched a run (not a rime/ key): the Dagster UI shows it as the run's "Launched by".
+# The API sets it to TRIGGERED_BY's value on every run it launches.
+LAUNCHED_BY = "user"
 FULL_REFRESH = "rime/full_refresh"  # "true" or "false" (flag / is_set)
 DBT_COMMAND = "rime/dbt_command"
 DBT_SELECT = "rime/dbt_select"

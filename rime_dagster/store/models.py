@@ -146,17 +146,22 @@ class DbtProject(TimestampedMixin, Base):
 
 
 class Pipeline(TimestampedMixin, Base):
-    """A DAG of steps (rime_dagster.pipelines.spec), built into a Dagster job of the code location."""
+    """A DAG of steps (rime_dagster.pipelines.spec), built into a Dagster job of the code location.
+
+    `slug` names its job `<project namespace>__<slug>` (rime_dagster/platform/names.py): chosen at creation from
+    the name (rime_dagster/store/slugs.py) and never changed, so a rename does not move the job's history."""
 
     __tablename__ = "pipelines"
     __table_args__ = (
         UniqueConstraint("project_id", "name", name="uq_pipelines_project_name"),
+        UniqueConstraint("project_id", "slug", name="uq_pipelines_project_slug"),
         Index("ix_pipelines_project_created", "project_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
+    slug: Mapped[str] = mapped_column(String(100), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
     # [{id, name, type, config, depends_on}], validated as a DAG before it is stored.
     steps: Mapped[list] = mapped_column(JSON, nullable=False)

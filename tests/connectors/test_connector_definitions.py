@@ -31,12 +31,12 @@ def test_one_job_per_project_and_a_schedule_per_connector_selecting_its_tables(t
     defs = project_connector_definitions(PROJECT, two_connectors)
     assert [j.name for j in defs.jobs] == [connector_job_name("ns")]
     schedules = {s.name: s for s in defs.schedules}
-    assert set(schedules) == {"sync_crm_schedule", "sync_web_schedule"}
-    assert schedules["sync_crm_schedule"].cron_schedule == "0 2 * * *"
-    assert schedules["sync_web_schedule"].default_status == dg.DefaultScheduleStatus.STOPPED  # paused
+    assert set(schedules) == {"ns__crm_schedule", "ns__web_schedule"}
+    assert schedules["ns__crm_schedule"].cron_schedule == "0 2 * * *"
+    assert schedules["ns__web_schedule"].default_status == dg.DefaultScheduleStatus.STOPPED  # paused
 
     with dg.build_schedule_context() as context:
-        request = schedules["sync_crm_schedule"].evaluate_tick(context).run_requests[0]
+        request = schedules["ns__crm_schedule"].evaluate_tick(context).run_requests[0]
     assert request.asset_selection == [dg.AssetKey(["ns", "crm", "orders"])]
     assert request.tags["rime/connector_id"] == "crm"
     assert request.tags["rime/trigger"] == "schedule"
@@ -67,7 +67,7 @@ def test_a_connector_that_fails_to_build_leaves_the_others_in_the_job(two_connec
         connector_job_name("ns")
     )
     assert {k.path[1] for k in job.asset_layer.asset_graph.get_all_asset_keys()} == {"crm"}
-    assert [s.name for s in defs.schedules] == ["sync_crm_schedule"]
+    assert [s.name for s in defs.schedules] == ["ns__crm_schedule"]
 
 
 def test_a_plug_in_is_imported_only_when_its_type_is_asked_for():

@@ -111,6 +111,7 @@ def test_loading_the_code_location_imports_no_heavy_module(tmp_path):
                 id="pipe_1",
                 project_id="prj_1",
                 name="Nightly",
+                slug="nightly",
                 steps=[
                     {"id": "sync", "type": "connector_sync", "config": {"connector_id": "conn_1"}},
                     {"id": "models", "type": "dbt", "config": {"dbt_project_id": "dbt_1"}, "depends_on": ["sync"]},
@@ -128,6 +129,7 @@ def test_loading_the_code_location_imports_no_heavy_module(tmp_path):
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
 
     assert loaded["modules"] == []
-    # The probe built what it should have: the project's sync job, the dbt project's and the pipeline's jobs.
-    assert {"sync_shop", "dbt_run_dbt_1", "pipeline_pipe_1"} <= set(loaded["jobs"])
+    # The probe built what it should have: the project's sync job, the dbt project's and the pipeline's jobs,
+    # named by the project's namespace and the objects' slugs.
+    assert {"sync_shop", "shop__shop_models", "shop__nightly"} <= set(loaded["jobs"])
     assert {"shop/inbox/orders", "shop/inbox/customers", "shop/shop_models/stg_orders"} <= set(loaded["assets"])

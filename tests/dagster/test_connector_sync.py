@@ -48,7 +48,7 @@ def test_files_connector_syncs_into_iceberg_and_back_out_of_the_api(api, dagster
         '{ schedulesOrError(repositorySelector: {repositoryLocationName: "rime", repositoryName: "__repository__"})'
         " { ... on Schedules { results { name cronSchedule } } } }",
     )["schedulesOrError"]["results"]
-    assert {"name": f"sync_{connector['id']}_schedule", "cronSchedule": "0 2 * * *"} in schedules
+    assert {"name": f"{project['namespace']}__drop_zone_schedule", "cronSchedule": "0 2 * * *"} in schedules
 
     started = api.post(f"{base}/sync", headers={"Idempotency-Key": "first-sync"})
     assert started.status_code == 202, started.text

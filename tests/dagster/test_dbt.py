@@ -84,7 +84,7 @@ def test_third_party_project_builds_through_dagster(api, dagster_webserver: Webs
         '{ schedulesOrError(repositorySelector: {repositoryLocationName: "rime", repositoryName: "__repository__"})'
         " { ... on Schedules { results { name cronSchedule } } } }",
     )["schedulesOrError"]["results"]
-    assert {"name": f"dbt_run_{dbt['id']}_schedule", "cronSchedule": "0 3 * * *"} in schedules
+    assert {"name": f"{ns}__jaffle_shop_schedule", "cronSchedule": "0 3 * * *"} in schedules
 
     started = api.post(f"{base}/run", json={"command": "build"})
     assert started.status_code == 202, started.text

@@ -55,11 +55,12 @@ def test_pipeline_is_a_dagster_job_with_its_steps(api, dagster_webserver: Webser
     )
     assert created.status_code == 201, created.text
     pipeline = created.json()
-    job = _wait_for_job(settings, f"pipeline_{pipeline['id']}")
+    job_name = f"{project['namespace']}__nightly"  # readable: the project's namespace, the pipeline's slug
+    job = _wait_for_job(settings, job_name)
     assert {h["handleID"] for h in job["solidHandles"]} == {"step_sync", "step_tidy", "done"}
 
     launched = dagster_webserver.client.launch_run(
-        f"pipeline_{pipeline['id']}", tags={"rime/project_id": project["id"], "rime/pipeline_id": pipeline["id"]}
+        job_name, tags={"rime/project_id": project["id"], "rime/pipeline_id": pipeline["id"]}
     )
     deadline = time.monotonic() + 120
     while (status := dagster_webserver.client.run_status(launched.dagster_run_id)) in ("queued", "running"):

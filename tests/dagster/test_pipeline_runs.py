@@ -230,10 +230,11 @@ def test_failure_skips_downstream_and_dagster_launched_runs_show(api, dagster_we
         },
     ).json()
     base = f"/api/v1/projects/{pid}/pipelines/{pipeline['id']}"
-    _wait_for_job(dagster_webserver.settings, f"pipeline_{pipeline['id']}")
+    job_name = f"{project['namespace']}__fragile"  # the project's namespace, the pipeline's slug
+    _wait_for_job(dagster_webserver.settings, job_name)
 
     # Launched from Dagster (as the UI does: no Rime tags beyond the job's own): it is in the history.
-    launched = dagster_webserver.client.launch_run(f"pipeline_{pipeline['id']}", tags={})
+    launched = dagster_webserver.client.launch_run(job_name, tags={})
     ui_run = wait_for_pipeline_run(api, base, "run_" + launched.dagster_run_id.replace("-", ""))
     assert ui_run["status"] == "succeeded" and ui_run["trigger"] == "dagster" and ui_run["triggered_by"] is None
     assert [s["status"] for s in ui_run["steps"]] == ["completed", "completed"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from rime_dagster.pipelines.jobs import Resources, pipeline_definitions, pipeline_job_name
+from rime_dagster.pipelines.jobs import Resources, pipeline_definitions
+from rime_dagster.pipelines.names import pipeline_job_name
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import ConnectorSpec, PipelineSpec
 
@@ -30,7 +31,7 @@ def connector(tmp_path, id: str, folder: str) -> ConnectorSpec:
 
 def pipeline(id: str, steps: list[dict], **extra) -> PipelineSpec:
     fields = {"variables": {}, "schedule": None, "paused": False, "retries": 0, "timeout_seconds": None, **extra}
-    return PipelineSpec(id=id, project_id="proj_1", namespace="ns", name=id, steps=steps, **fields)
+    return PipelineSpec(id=id, project_id="proj_1", namespace="ns", name=id, slug=id, steps=steps, **fields)
 
 
 def with_resources(defs: dg.Definitions) -> dg.Definitions:
@@ -39,7 +40,7 @@ def with_resources(defs: dg.Definitions) -> dg.Definitions:
 
 
 def run(defs: dg.Definitions, pipeline_id: str):
-    job = defs.resolve_job_def(pipeline_job_name(pipeline_id))
+    job = defs.resolve_job_def(pipeline_job_name("ns", pipeline_id))
     return job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
 
 
@@ -73,7 +74,7 @@ def test_sync_then_maintenance_and_skip_on_failure(home):
         timeout_seconds=600,
     )
     defs = with_resources(pipeline_definitions(spec, Resources(conns, {}, {spec.id: spec})))
-    job = defs.resolve_job_def(pipeline_job_name(spec.id))
+    job = defs.resolve_job_def(pipeline_job_name(spec.namespace, spec.slug))
     assert job.tags["dagster/max_runtime"] == "600" and job.tags["rime/pipeline_id"] == "pipe_a"
     result = run(defs, spec.id)
     assert not result.success
@@ -101,7 +102,10 @@ def test_a_pipeline_step_embeds_the_other_pipeline(home):
     )
     resources = Resources(conns, {}, {inner.id: inner, outer.id: outer})
     defs = with_resources(pipeline_definitions(outer, resources))
-    assert defs.resolve_schedule_def(f"{pipeline_job_name(outer.id)}_schedule").cron_schedule == "0 4 * * *"
+    assert (
+        defs.resolve_schedule_def(f"{pipeline_job_name(outer.namespace, outer.slug)}_schedule").cron_schedule
+        == "0 4 * * *"
+    )
     result = run(defs, outer.id)
     assert result.success
     order = [e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"]
@@ -126,7 +130,7 @@ def test_compact_step_rewrites_the_table(home):
     )
     defs = with_resources(pipeline_definitions(spec, Resources(conns, {}, {spec.id: spec})))
     instance = dg.DagsterInstance.ephemeral()
-    result = defs.resolve_job_def(pipeline_job_name(spec.id)).execute_in_process(instance=instance)
+    result = defs.resolve_job_def(pipeline_job_name(spec.namespace, spec.slug)).execute_in_process(instance=instance)
     assert result.success
     messages = [e.user_message for e in instance.all_logs(result.run_id) if e.step_key == "step_compact"]
     assert any("good__orders: 1 data file(s), nothing to compact" in m for m in messages), messages
@@ -148,7 +152,7 @@ def test_steps_writing_tables_share_their_pools(home):
         ],
     )
     defs = with_resources(pipeline_definitions(spec, Resources(conns, {}, {spec.id: spec})))
-    job = defs.resolve_job_def(pipeline_job_name(spec.id))
+    job = defs.resolve_job_def(pipeline_job_name(spec.namespace, spec.slug))
     pools = {node: job.graph.node_named(node).definition.pool for node in ("step_sync", "step_tidy", "step_tidy_dbt")}
     assert pools == {
         "step_sync": "connector-sync:good",
@@ -168,7 +172,7 @@ def test_a_sync_never_lands_two_source_tables_in_one_iceberg_table(home):
     spec = pipeline("pipe_n", [{"id": "sync", "type": "connector_sync", "config": {"connector_id": "good"}}])
     defs = with_resources(pipeline_definitions(spec, Resources(conns, {}, {spec.id: spec})))
     instance = dg.DagsterInstance.ephemeral()
-    result = defs.resolve_job_def(pipeline_job_name(spec.id)).execute_in_process(
+    result = defs.resolve_job_def(pipeline_job_name(spec.namespace, spec.slug)).execute_in_process(
         instance=instance, raise_on_error=False
     )
     assert not result.success

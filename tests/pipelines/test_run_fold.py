@@ -5,14 +5,15 @@ from __future__ import annotations
 import dagster as dg
 
 from api_shim.services.pipeline_runs import RunFold, log_line
-from rime_dagster.pipelines.jobs import Resources, is_chain, pipeline_definitions, pipeline_job_name
+from rime_dagster.pipelines.jobs import Resources, is_chain, pipeline_definitions
+from rime_dagster.pipelines.names import pipeline_job_name
 from rime_dagster.pipelines.spec import StepBody
 from tests.pipelines.test_jobs import connector, pipeline, with_resources
 
 
 def execute(defs: dg.Definitions, spec):
     instance = dg.DagsterInstance.ephemeral()
-    result = defs.resolve_job_def(pipeline_job_name(spec.id)).execute_in_process(
+    result = defs.resolve_job_def(pipeline_job_name(spec.namespace, spec.slug)).execute_in_process(
         instance=instance, raise_on_error=False
     )
     return instance, result.run_id
@@ -86,7 +87,7 @@ def test_nested_pipeline_step_adds_up_its_inner_steps(home):
     resources = Resources(conns, {}, {inner.id: inner, outer.id: outer})
     assert not is_chain(outer, resources)  # the inner pipeline's two steps may run at once
     defs = with_resources(pipeline_definitions(outer, resources))
-    job = defs.resolve_job_def(pipeline_job_name(outer.id))
+    job = defs.resolve_job_def(pipeline_job_name(outer.namespace, outer.slug))
     assert job.run_config_schema  # the job's default config picks the multiprocess executor
     instance, run_id = execute(defs, outer)
     fold = fold_of(instance, run_id, outer)

@@ -74,7 +74,16 @@ def test_each_change_to_what_dagster_builds_bumps_once_and_stamps_its_project(db
             "pipeline created",
             "proj_ops",
             lambda s: s.add(
-                Pipeline(id="pipe_1", project_id="proj_ops", name="p", steps=[], variables={}, paused=False, retries=0)
+                Pipeline(
+                    id="pipe_1",
+                    project_id="proj_ops",
+                    name="p",
+                    slug="p",
+                    steps=[],
+                    variables={},
+                    paused=False,
+                    retries=0,
+                )
             ),
         ),
         ("dbt project created", "proj_ops", dbt_project),
