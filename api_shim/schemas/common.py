@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
@@ -39,6 +40,30 @@ class RequestModel(BaseModel):
 
 class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+    @classmethod
+    def of(cls, source: object, **derived: Any) -> Self:
+        """The response read from `source`'s attributes (an ORM row, a run view), with `derived` for the fields
+        it does not hold as such: `PipelineResponse.of(row, status=active_or_paused(row.paused))`. A mapping's
+        keys count as attributes."""
+        if isinstance(source, Mapping):
+            return cls.model_validate({**source, **derived})
+        return cls.model_validate(_Overlay(source, derived) if derived else source)
+
+
+class _Overlay:
+    """An object's attributes, with some added or replaced: what `ResponseModel.of` validates."""
+
+    def __init__(self, source: object, derived: dict[str, Any]):
+        self._source, self._derived = source, derived
+
+    def __getattr__(self, name: str) -> Any:
+        return self._derived[name] if name in self._derived else getattr(self._source, name)
+
+
+def active_or_paused(paused: bool) -> str:
+    """The `status` of a connector, dbt project or pipeline that has a schedule, from its `paused` column."""
+    return "paused" if paused else "active"
 
 
 class ErrorDetail(BaseModel):

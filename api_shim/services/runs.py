@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api_shim.dagster_client import RUN_STATUS, DagsterClient, RunEvents, to_rime_run_id
+from rime_dagster.platform import run_tags
 
 
 def when(epoch: float | None) -> datetime | None:
@@ -47,6 +48,17 @@ def run_view(client: DagsterClient, record, *, with_events: bool = True) -> RunV
         events=client.run_events(run.run_id) if with_events else RunEvents(),
         record=record,
     )
+
+
+def last_run(client: DagsterClient, tags: dict[str, str]) -> RunView | None:
+    """The newest run carrying `tags` (without its events), if any."""
+    records = client.run_records(tags=tags, limit=1)
+    return run_view(client, records[0], with_events=False) if records else None
+
+
+def launch_tags(triggered_by: str, *, full_refresh: bool) -> dict[str, str]:
+    """The tags of every run the API launches, over the job's own: who asked, and whether to reload everything."""
+    return {run_tags.FULL_REFRESH: run_tags.flag(full_refresh), run_tags.TRIGGERED_BY: triggered_by}
 
 
 def launch_summary(client: DagsterClient, launched) -> dict[str, Any]:

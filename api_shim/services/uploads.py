@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from api_shim.errors import PayloadTooLarge, ValidationFailed
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_shim.errors import PayloadTooLarge, Unprocessable, ValidationFailed
+from api_shim.schemas.connectors import UploadedFile, UploadedFiles
+from api_shim.services import connectors
+from api_shim.services.projects import get_project
+from rime_dagster.settings import Settings
+from rime_dagster.store.crypto import CredentialCipher
+from rime_dagster.store.models import Connector, Project
 
 ALLOWED_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -71,3 +80,41 @@ def list_files(directory: Path) -> list[StoredFile]:
     if not directory.is_dir():
         return []
     return [describe(p) for p in sorted(directory.iterdir()) if p.is_file() and not p.name.startswith(".")]
+
+
+def save_uploads(
+    sessions: sessionmaker,
+    cipher: CredentialCipher,
+    settings: Settings,
+    files: Sequence[Any],
+    *,
+    tenant_id: str,
+    project_id: str,
+    connector_id: str,
+) -> UploadedFiles:
+    """Stores `files` (each with `filename` and a binary `file`) in a `files` connector's upload area.
+
+    All or nothing: every name and size is checked before any file is written. A connector that syncs whatever
+    it discovers then stores the tables it now finds.
+    """
+    with sessions() as session:
+        project = get_project(session, project_id, tenant_id=tenant_id)
+        connector = connectors.get_connector(session, project, connector_id)
+    if connector.connector_type != "files":
+        raise Unprocessable("Only `files` connectors have an upload area.")
+    names = [check_name(f.filename, i) for i, f in enumerate(files)]
+    if len(set(names)) != len(names):
+        raise ValidationFailed.field("files", "File names must be unique within one upload.")
+    check_sizes([(n, file_size(f.file)) for n, f in zip(names, files, strict=True)], settings.upload_max_file_bytes)
+    directory = connectors.upload_dir(settings, connector)
+    stored = [store(directory, n, f.file) for n, f in zip(names, files, strict=True)]
+    if connector.selected_tables is None:
+        with sessions.begin() as session:
+            fresh = session.get(Connector, connector.id)
+            connectors.refresh_known_tables(fresh, cipher, settings, timeout=connectors.CONNECTION_TIMEOUT_SECONDS)
+    return UploadedFiles(files=[UploadedFile.of(s) for s in stored])
+
+
+def uploaded_files(session: Session, project: Project, connector_id: str, *, settings: Settings) -> UploadedFiles:
+    connector = connectors.get_connector(session, project, connector_id)
+    return UploadedFiles(files=[UploadedFile.of(s) for s in list_files(connectors.upload_dir(settings, connector))])
