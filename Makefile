@@ -37,6 +37,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check api_shim rime_dagster tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy api_shim rime_dagster
 
 clean:
 	rm -rf $(VENV) .rime
