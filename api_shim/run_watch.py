@@ -2,7 +2,7 @@
 
 The first client to watch a run starts a reader task; it polls Dagster's event log for records
 after its cursor (every `run_watch_interval_seconds`), folds them into step states
-(`services.pipeline_runs.RunFold`) and fans the transitions and log lines out to each
+(`rime_dagster.pipelines.run_fold.RunFold`) and fans the transitions and log lines out to each
 subscriber's queue. A client joining later gets the current state from the same fold, then
 the live feed. The reader stops when the run ends or its last subscriber leaves.
 
@@ -23,8 +23,9 @@ from typing import Any
 from api_shim import metrics
 from api_shim.dagster_client import RUN_STATUS, DagsterClient
 from api_shim.errors import ServiceUnavailable
-from api_shim.services.pipeline_runs import TERMINAL_RUN, RunFold, log_line
+from api_shim.services.pipeline_runs import log_line, run_message, step_message
 from api_shim.services.runs import when
+from rime_dagster.pipelines.run_fold import TERMINAL_RUN, RunFold
 from rime_dagster.pipelines.spec import StepBody
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ class RunWatch:
         return self.finished or self.failure is not None
 
     def snapshot(self) -> list[tuple[str, Any]]:
-        items: list[tuple[str, Any]] = [("step", s.message()) for s in self.fold.states()]
-        items.append(("run", self.fold.run_message(self.run_id)))
+        items: list[tuple[str, Any]] = [("step", step_message(s)) for s in self.fold.states()]
+        items.append(("run", run_message(self.fold, self.run_id)))
         if self.over:
             items.append(("error", self.failure) if self.failure else ("end", None))
         return items
@@ -107,7 +108,7 @@ class RunWatch:
 
     def _fold(self, records: list, record) -> None:
         for transition in self.fold.apply(records):
-            self._broadcast(("step", transition.message()))
+            self._broadcast(("step", step_message(transition)))
         if self.subscribers and any(s.logs for s in self.subscribers):
             for r in records:
                 self._broadcast(("log", log_line(r, self.fold)), log_id=r.storage_id)
@@ -120,10 +121,10 @@ class RunWatch:
                 self.fold.set_run_status(status, when(record.start_time), when(record.end_time))
                 for state in self.fold.states():
                     if before.get(state.step_id) != state.status:
-                        self._broadcast(("step", state.message()))
+                        self._broadcast(("step", step_message(state)))
         if self.fold.status != self._run_status_sent:
             self._run_status_sent = self.fold.status
-            self._broadcast(("run", self.fold.run_message(self.run_id)))
+            self._broadcast(("run", run_message(self.fold, self.run_id)))
 
     async def run(self, interval: float) -> None:
         metrics.RUN_WATCH_READERS.inc()

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Select, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from api_shim.services.auth import Principal
 from rime_dagster.store.ids import new_id
 from rime_dagster.store.models import AuditLog
 
@@ -64,3 +65,36 @@ def audit_query(*, tenant_id: str, project_id: str | None, filters: AuditFilters
     if filters.end:
         stmt = stmt.where(AuditLog.timestamp < filters.end)
     return stmt
+
+
+def record_refused_websocket(
+    sessions: sessionmaker,
+    *,
+    tenant_id: str,
+    principal: Principal | None,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    request_id: str,
+    path: str,
+    status_code: int,
+    ip: str | None,
+) -> None:
+    """Audits a WebSocket refused before it opened (the audit middleware sees HTTP requests only), in a
+    transaction of its own: `principal` is whoever the token named, if it named anyone."""
+    entry = AuditEntry(
+        tenant_id=tenant_id,
+        project_id=None,
+        actor_id=principal.user_id if principal else None,
+        actor=principal.email if principal else "anonymous",
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        request_id=request_id,
+        method="WEBSOCKET",
+        path=path[:500],
+        status_code=status_code,
+        ip=ip,
+    )
+    with sessions.begin() as session:
+        record(session, entry)

@@ -1,296 +1,96 @@
-"""A pipeline run's step states and log lines, folded from Dagster's event log.
+"""A pipeline's runs as the API shows them: launched (or only planned), listed, read step by step, canceled, their
+logs as JSON or a live stream, and the target of a WebSocket watch.
 
-One fold serves the run detail (all events at once), the WebSocket (events as the shared
-reader sees them) and the log stream. A Rime step is a node `step_<id>` of the pipeline's
-job; a `pipeline` step is a sub-graph, whose Dagster steps `step_<id>.<...>` add up to it.
-
-Statuses: `pending` until Dagster starts the step, `running` (also while a retry waits),
-`completed`, `failed`, `skipped`. Once the run is over, a step that never started is
-`skipped` (its upstream failed, or the run was canceled first), and one still `running`
-is `failed` with the run's outcome as its error.
+Step states are folded by rime_dagster.pipelines.run_fold, from the event log read here. A run is only ever
+read through the pipeline whose tags it carries: its id alone reaches no other tenant's or pipeline's run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from api_shim.dagster_client import RUN_STATUS
-from api_shim.services.runs import when
-from rime_dagster.pipelines.names import DONE_NODE, step_node_name
-from rime_dagster.pipelines.spec import StepBody
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_shim.dagster_client import RUN_STATUS, DagsterClient, to_dagster_run_id
+from api_shim.errors import Conflict, NotFound, RateLimited, RimeError
+from api_shim.pagination import CursorCodec
+from api_shim.schemas.pipelines import (
+    PipelineLogLine,
+    PipelineRun,
+    PipelineRunCanceled,
+    PipelineRunList,
+    PipelineRunLogs,
+    PipelineRunPlan,
+    PipelineRunRequest,
+    PipelineRunStarted,
+    PipelineStepRun,
+    PlannedStep,
+)
+from api_shim.services.auth import Principal, authenticate
+from api_shim.services.pipelines import check_steps, get_pipeline, steps_of
+from api_shim.services.runs import launch_summary, launch_tags, run_page, run_view, when
+from rime_dagster.pipelines.names import MAX_NESTING, pipeline_job_name, pipeline_tags
+from rime_dagster.pipelines.run_fold import (
+    FOLDED_EVENTS,
+    TERMINAL_RUN,
+    RunFold,
+    StepState,
+    failure_text,
+    run_steps,
+)
+from rime_dagster.pipelines.spec import StepBody, validate_dag
 from rime_dagster.platform import run_tags
+from rime_dagster.store.models import Pipeline, Project
+from rime_dagster.store.session import release
 
-TERMINAL_RUN = {"succeeded", "failed", "canceled"}
-_RUN_EVENTS = {
-    "PIPELINE_STARTING": "running",
-    "PIPELINE_START": "running",
-    "PIPELINE_SUCCESS": "succeeded",
-    "PIPELINE_FAILURE": "failed",
-    "PIPELINE_CANCELING": "running",
-    "PIPELINE_CANCELED": "canceled",
-}
-_STEP_EVENTS = {"STEP_START", "STEP_RESTARTED", "STEP_UP_FOR_RETRY", "STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"}
-JOIN_NODE = DONE_NODE
+if TYPE_CHECKING:
+    from api_shim.middleware import RateLimits
+    from api_shim.run_watch import RunWatchHub
 
-
-def _duration(start: datetime | None, end: datetime | None) -> float | None:
-    return round((end - start).total_seconds(), 3) if start and end else None
-
-
-@dataclass(frozen=True)
-class StepState:
-    step_id: str
-    step_name: str
-    type: str
-    status: str = "pending"
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    rows: int | None = None
-    error: str | None = None
-    attempts: int = 0
-    # When this state was reached: the Dagster event's time (what a WebSocket message carries).
-    changed_at: datetime | None = None
-
-    @property
-    def duration_seconds(self) -> float | None:
-        return _duration(self.started_at, self.finished_at)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "step_id": self.step_id,
-            "step_name": self.step_name,
-            "type": self.type,
-            "status": self.status,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration_seconds": self.duration_seconds,
-            "rows": self.rows,
-            "error": self.error,
-            "attempts": self.attempts,
-        }
-
-    def message(self) -> dict[str, Any]:
-        """The WebSocket `step_update` for this state."""
-        return {
-            "type": "step_update",
-            "step_id": self.step_id,
-            "step_name": self.step_name,
-            "status": self.status,
-            "duration_seconds": self.duration_seconds,
-            "timestamp": _iso(self.changed_at or self.finished_at or self.started_at or datetime.now(UTC)),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "rows": self.rows,
-            "error": self.error,
-        }
+# A log stream with nothing to say sends a keep-alive this often (proxies close idle connections).
+SSE_KEEPALIVE_SECONDS = 15.0
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-@dataclass
-class _DagsterStep:
-    """One Dagster step (an op invocation) as the event log tells it."""
-
-    status: str = "pending"
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    rows: int | None = None
-    error: str | None = None
-    attempts: int = 0
-    changed_at: datetime | None = None
+# What the fold becomes on the wire -----------------------------------------------------------------------------
 
 
-def failure_text(event) -> str:
-    data = event.event_specific_data
-    user = getattr(data, "user_failure_data", None)
-    if user is not None and user.description:
-        return user.description.strip()
-    error = getattr(data, "error", None)
-    if error is not None:
-        # Failures raised by a step's code arrive wrapped ("Error occurred while executing op ..."):
-        # the cause is what the user needs.
-        while error.cause is not None and "Error occurred while executing" in error.message:
-            error = error.cause
-        return error.message.strip()
-    return event.message or "step failed"
+def step_message(state: StepState) -> dict[str, Any]:
+    """The WebSocket `step_update` for a step's state."""
+    return {
+        "type": "step_update",
+        "step_id": state.step_id,
+        "step_name": state.step_name,
+        "status": state.status,
+        "duration_seconds": state.duration_seconds,
+        "timestamp": _iso(state.changed_at or state.finished_at or state.started_at or datetime.now(UTC)),
+        "started_at": _iso(state.started_at),
+        "finished_at": _iso(state.finished_at),
+        "rows": state.rows,
+        "error": state.error,
+    }
 
 
-@dataclass
-class RunFold:
-    """Folds event-log records into run and step states; feed it records in storage order."""
-
-    steps: Sequence[StepBody]
-    status: str = "queued"
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    run_error: str | None = None
-    cursor: int = 0  # storage id of the last record folded
-    _dagster_steps: dict[str, _DagsterStep] = field(default_factory=dict)
-    _extra_steps: dict[str, str] = field(default_factory=dict)  # node name -> step id, for steps not defined now
-
-    def __post_init__(self) -> None:
-        self._nodes = {step_node_name(s.id): s for s in self.steps}
-
-    # Folding -----------------------------------------------------------------
-    def apply(self, records: Iterable) -> list[StepState]:
-        """Folds records; returns every step status transition they made, in order.
-
-        Records are folded one by one, so a step that started and finished between two reads
-        still reports `running` before `completed`.
-        """
-        transitions: list[StepState] = []
-        statuses = {s.step_id: s.status for s in self.states()}
-        for record in records:
-            self.cursor = max(self.cursor, record.storage_id)
-            if not self._apply_entry(record.event_log_entry):
-                continue
-            for state in self.states():
-                if statuses.get(state.step_id) != state.status:
-                    statuses[state.step_id] = state.status
-                    transitions.append(state)
-        return transitions
-
-    def _apply_entry(self, entry) -> bool:
-        event = entry.dagster_event
-        if event is None:
-            return False
-        kind = event.event_type_value
-        at = when(entry.timestamp)
-        if kind in _RUN_EVENTS:
-            status = _RUN_EVENTS[kind]
-            if kind in ("PIPELINE_START", "PIPELINE_STARTING") and self.started_at is None:
-                self.started_at = at
-            if status in TERMINAL_RUN:
-                self.finished_at = at
-                if status == "failed" and event.message:
-                    self.run_error = event.message
-            if self.status not in TERMINAL_RUN:
-                self.status = status
-            return True
-        key = event.step_key
-        if not key:
-            return False
-        step = self._dagster_steps.setdefault(key, _DagsterStep())
-        if kind == "STEP_OUTPUT":
-            rows = _metadata_rows(event.event_specific_data)
-            if rows is not None:
-                step.rows = (step.rows or 0) + rows
-            return False
-        if kind not in _STEP_EVENTS:
-            return False
-        step.changed_at = at
-        if kind == "STEP_START":
-            step.status, step.attempts = "running", step.attempts + 1
-            step.started_at = step.started_at or at
-        elif kind == "STEP_RESTARTED":
-            step.status, step.attempts = "running", step.attempts + 1
-        elif kind == "STEP_UP_FOR_RETRY":
-            step.status = "running"
-            step.error = failure_text(event)
-        elif kind == "STEP_SUCCESS":
-            step.status, step.finished_at, step.error = "completed", at, None
-        elif kind == "STEP_FAILURE":
-            step.status, step.finished_at, step.error = "failed", at, failure_text(event)
-        elif kind == "STEP_SKIPPED":
-            step.status, step.finished_at = "skipped", at
-        return True
-
-    def set_run_status(self, status: str, started_at: datetime | None, finished_at: datetime | None) -> None:
-        """Takes the run record's word (e.g. a run canceled before it ever started logs no step)."""
-        if status in TERMINAL_RUN or self.status not in TERMINAL_RUN:
-            self.status = status
-        self.started_at = self.started_at or started_at
-        self.finished_at = self.finished_at or finished_at
-
-    # Reading -----------------------------------------------------------------
-    def _node_of(self, key: str) -> str:
-        return key.split(".", 1)[0].split("[", 1)[0]
-
-    def step_id_of(self, step_key: str) -> str | None:
-        """The Rime step a Dagster step key belongs to (None for the job's own join op)."""
-        node = self._node_of(step_key)
-        body = self._nodes.get(node)
-        return body.id if body else (None if node == JOIN_NODE else node.removeprefix("step_"))
-
-    def states(self) -> list[StepState]:
-        grouped: dict[str, list[tuple[str, _DagsterStep]]] = {}
-        for key, step in self._dagster_steps.items():
-            grouped.setdefault(self._node_of(key), []).append((key, step))
-        out = []
-        for node, body in self._nodes.items():
-            out.append(self._state(body.id, body.name or body.id, body.type, node, grouped.pop(node, [])))
-        for node, parts in grouped.items():  # steps the run had that the definition no longer has
-            if node == JOIN_NODE:
-                continue
-            step_id = node.removeprefix("step_")
-            out.append(self._state(step_id, step_id, "unknown", node, parts))
-        return out
-
-    def _state(
-        self, step_id: str, name: str, type_: str, node: str, parts: list[tuple[str, _DagsterStep]]
-    ) -> StepState:
-        state = StepState(step_id=step_id, step_name=name, type=type_)
-        if parts:
-            steps = [s for _, s in parts]
-            started = [s.started_at for s in steps if s.started_at]
-            changed = [s.changed_at for s in steps if s.changed_at]
-            rows = [s.rows for s in steps if s.rows is not None]
-            failed = [s for s in steps if s.status == "failed"]
-            if failed:
-                status = "failed"
-            elif type_ == "pipeline" or len(parts) > 1:
-                done = any(k == f"{node}.{JOIN_NODE}" and s.status == "completed" for k, s in parts)
-                status = "completed" if done else ("running" if started else "pending")
-            else:
-                status = steps[0].status
-            finished = [s.finished_at for s in steps if s.finished_at]
-            state = replace(
-                state,
-                status=status,
-                started_at=min(started) if started else None,
-                finished_at=max(finished) if status in ("completed", "failed", "skipped") and finished else None,
-                rows=sum(rows) if rows else None,
-                error=failed[0].error if failed else (steps[0].error if status == "running" else None),
-                attempts=max(s.attempts for s in steps),
-                changed_at=max(changed) if changed else None,
-            )
-        if self.status in TERMINAL_RUN:
-            if state.status == "pending":
-                reason = "the run was canceled" if self.status == "canceled" else "an upstream step failed"
-                state = replace(state, status="skipped", error=f"Not run: {reason}.", changed_at=self.finished_at)
-            elif state.status == "running":
-                error = "Canceled while running." if self.status == "canceled" else (self.run_error or "Run ended.")
-                state = replace(state, status="failed", finished_at=self.finished_at, error=error)
-                state = replace(state, changed_at=self.finished_at)
-        return state
-
-    @property
-    def duration_seconds(self) -> float | None:
-        return _duration(self.started_at, self.finished_at)
-
-    def run_message(self, run_id: str) -> dict[str, Any]:
-        return {
-            "type": "run_update",
-            "run_id": run_id,
-            "status": self.status,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "duration_seconds": self.duration_seconds,
-            "error": self.run_error if self.status == "failed" else None,
-            "timestamp": _iso(self.finished_at or self.started_at or datetime.now(UTC)),
-        }
-
-
-def _metadata_rows(data) -> int | None:
-    value = (getattr(data, "metadata", None) or {}).get("rows")
-    value = getattr(value, "value", value)
-    return int(value) if isinstance(value, int | float) else None
+def run_message(fold: RunFold, run_id: str) -> dict[str, Any]:
+    """The WebSocket `run_update` for the run's status."""
+    return {
+        "type": "run_update",
+        "run_id": run_id,
+        "status": fold.status,
+        "started_at": _iso(fold.started_at),
+        "finished_at": _iso(fold.finished_at),
+        "duration_seconds": fold.duration_seconds,
+        "error": fold.run_error if fold.status == "failed" else None,
+        "timestamp": _iso(fold.finished_at or fold.started_at or datetime.now(UTC)),
+    }
 
 
 def log_line(record, fold: RunFold | None = None) -> dict[str, Any]:
@@ -313,9 +113,6 @@ def log_line(record, fold: RunFold | None = None) -> dict[str, Any]:
     }
 
 
-FOLDED_EVENTS = set(_RUN_EVENTS) | _STEP_EVENTS | {"STEP_OUTPUT"}
-
-
 def trigger_of(tags: dict[str, str]) -> str:
     if tags.get("dagster/schedule_name"):
         return "schedule"
@@ -324,15 +121,7 @@ def trigger_of(tags: dict[str, str]) -> str:
     return "api" if tags.get(run_tags.TRIGGERED_BY) else "dagster"
 
 
-def run_steps(steps: Sequence[StepBody], planned: set[str] | None) -> list[StepBody]:
-    """The pipeline's steps that a run planned (a re-execution from the UI may run only some)."""
-    if not planned:
-        return list(steps)
-    nodes = {key.split(".", 1)[0] for key in planned}
-    return [s for s in steps if step_node_name(s.id) in nodes]
-
-
-def fold_run(client, record, steps: Sequence[StepBody]) -> RunFold:
+def fold_run(client: DagsterClient, record, steps: Sequence[StepBody]) -> RunFold:
     """The run's state from its step and run events (all of them, page by page)."""
     run = record.dagster_run
     fold = RunFold(run_steps(steps, client.execution_plan_steps(record)))
@@ -343,3 +132,266 @@ def fold_run(client, record, steps: Sequence[StepBody]) -> RunFold:
             break
     fold.set_run_status(RUN_STATUS.get(run.status.value, "running"), when(record.start_time), when(record.end_time))
     return fold
+
+
+# Launching -----------------------------------------------------------------------------------------------------
+
+
+def plan(session: Session, project: Project, row: Pipeline, depth: int = 0) -> list[PlannedStep]:
+    """The steps in the order a run takes them, each embedded pipeline with its own plan."""
+    steps = steps_of(row)
+    by_id = {s.id: s for s in steps}
+    planned = []
+    for n, step_id in enumerate(validate_dag(steps), start=1):
+        step = by_id[step_id]
+        nested = None
+        if step.type == "pipeline" and depth < MAX_NESTING:
+            nested = plan(session, project, get_pipeline(session, project, step.config["pipeline_id"]), depth + 1)
+        planned.append(
+            PlannedStep(
+                order=n,
+                step_id=step.id,
+                step_name=step.name or step.id,
+                type=step.type,
+                depends_on=step.depends_on,
+                config=step.config,
+                steps=nested,
+            )
+        )
+    return planned
+
+
+def launch(
+    session: Session,
+    dagster: DagsterClient,
+    project: Project,
+    pipeline_id: str,
+    body: PipelineRunRequest,
+    *,
+    triggered_by: str,
+) -> PipelineRunStarted | PipelineRunPlan:
+    """Launches the pipeline's job; a dry run validates the steps and the resources they name again, and answers
+    the plan instead."""
+    row = get_pipeline(session, project, pipeline_id)
+    order = check_steps(session, project, steps_of(row), pipeline_id=row.id)
+    if body.dry_run:
+        return PipelineRunPlan(
+            pipeline_id=row.id,
+            full_refresh=body.full_refresh,
+            variables={**row.variables, **(body.variables or {})},
+            execution_order=order,
+            plan=plan(session, project, row),
+        )
+    release(session)
+    tags = {**pipeline_tags(project.id, row.id), **launch_tags(triggered_by, full_refresh=body.full_refresh)}
+    if body.variables:
+        tags[run_tags.VARIABLES] = run_tags.encode_variables(body.variables)
+    launched = dagster.launch_run(
+        pipeline_job_name(project.namespace, row.slug), generation=project.definitions_generation, tags=tags
+    )
+    return PipelineRunStarted.of(launch_summary(dagster, launched), pipeline_id=row.id)
+
+
+# Reading -------------------------------------------------------------------------------------------------------
+
+
+def run_record(dagster: DagsterClient, row: Pipeline, run_id: str):
+    """The run's record, if it is a run of this pipeline (by its tags); else NotFound."""
+    dagster_run_id = to_dagster_run_id(run_id)
+    record = dagster.run_record(dagster_run_id) if dagster_run_id else None
+    tags = record.dagster_run.tags if record else {}
+    if record is None or tags.get(run_tags.PIPELINE_ID) != row.id or tags.get(run_tags.PROJECT_ID) != row.project_id:
+        raise NotFound.of("Run", run_id, " for this pipeline")
+    return record
+
+
+def pipeline_run(dagster: DagsterClient, row: Pipeline, record) -> PipelineRun:
+    view = run_view(dagster, record, with_events=False)
+    fold = fold_run(dagster, record, steps_of(row))
+    tags = record.dagster_run.tags
+    try:
+        variables = run_tags.variables_of(tags)
+    except ValueError:  # a tag edited by hand in the Dagster UI: no variables, rather than a failed list
+        variables = {}
+    failed = [s.error for s in fold.states() if s.status == "failed" and s.error]
+    return PipelineRun.of(
+        view,
+        pipeline_id=row.id,
+        trigger=trigger_of(tags),
+        triggered_by=tags.get(run_tags.TRIGGERED_BY),
+        full_refresh=run_tags.is_set(tags, run_tags.FULL_REFRESH),
+        variables=variables,
+        error=(failed[0] if failed else fold.run_error) if view.status == "failed" else None,
+        steps=[PipelineStepRun.of(s) for s in fold.states()],
+    )
+
+
+def _pipeline_then_release(session: Session, project: Project, pipeline_id: str) -> Pipeline:
+    """The pipeline, with the request's transaction ended: what follows only talks to Dagster."""
+    row = get_pipeline(session, project, pipeline_id)
+    release(session)
+    return row
+
+
+def run_history(
+    session: Session,
+    dagster: DagsterClient,
+    codec: CursorCodec,
+    project: Project,
+    pipeline_id: str,
+    *,
+    limit: int,
+    cursor: str | None,
+) -> PipelineRunList:
+    """Every run of the pipeline's job, newest first: from the API, its schedule or Dagster's UI."""
+    row = _pipeline_then_release(session, project, pipeline_id)
+    page = run_page(
+        dagster,
+        codec,
+        scope=f"pipeline-runs:{row.id}",
+        tags={run_tags.PIPELINE_ID: row.id, run_tags.PROJECT_ID: project.id},
+        limit=limit,
+        cursor=cursor,
+    )
+    runs = [pipeline_run(dagster, row, r) for r in page.records]
+    return PipelineRunList(data=runs, next_cursor=page.next_cursor, has_more=page.has_more)
+
+
+def run_detail(session: Session, dagster: DagsterClient, project: Project, pipeline_id: str, run_id: str):
+    row = _pipeline_then_release(session, project, pipeline_id)
+    return pipeline_run(dagster, row, run_record(dagster, row, run_id))
+
+
+def cancel(
+    session: Session, dagster: DagsterClient, project: Project, pipeline_id: str, run_id: str
+) -> PipelineRunCanceled:
+    """Asks Dagster to terminate the run; a run already over is a Conflict."""
+    row = _pipeline_then_release(session, project, pipeline_id)
+    record = run_record(dagster, row, run_id)
+    current = RUN_STATUS.get(record.dagster_run.status.value, "running")
+    if current in TERMINAL_RUN:
+        raise Conflict(f"Run {run_id} is already {current}.")
+    dagster.terminate(record.dagster_run.run_id)
+    return PipelineRunCanceled(run_id=run_id)
+
+
+def run_logs(
+    session: Session,
+    dagster: DagsterClient,
+    project: Project,
+    pipeline_id: str,
+    run_id: str,
+    *,
+    after: int,
+    limit: int,
+) -> PipelineRunLogs:
+    """Up to `limit` log lines after the line `after`."""
+    row = _pipeline_then_release(session, project, pipeline_id)
+    record = run_record(dagster, row, run_id)
+    fold = RunFold(steps_of(row))
+    records, more = dagster.run_event_records(record.dagster_run.run_id, after=after, limit=limit)
+    lines = [PipelineLogLine(**log_line(r, fold)) for r in records]
+    return PipelineRunLogs(
+        run_id=run_id,
+        status=RUN_STATUS.get(record.dagster_run.status.value, "running"),
+        logs=lines,
+        next_after=lines[-1].id if more and lines else None,
+    )
+
+
+def log_stream(
+    session: Session,
+    hub: RunWatchHub,
+    dagster: DagsterClient,
+    project: Project,
+    pipeline_id: str,
+    run_id: str,
+    *,
+    after: int,
+) -> AsyncIterator[tuple[str, Any] | None]:
+    """The run's log lines after `after`, then live ones, as (event, data) pairs: `log`, `status`, `error`;
+    None when a keep-alive is due. The run is looked up now (NotFound before any streaming), read later."""
+    row = _pipeline_then_release(session, project, pipeline_id)
+    record = run_record(dagster, row, run_id)
+    return _log_events(hub, dagster, record.dagster_run.run_id, run_id, steps_of(row), after)
+
+
+async def _log_events(
+    hub: RunWatchHub, dagster: DagsterClient, dagster_run_id: str, run_id: str, steps: list[StepBody], after: int
+) -> AsyncIterator[tuple[str, Any] | None]:
+    """Backlog from storage up to the shared reader's cursor, then its live feed, until the run ends."""
+    async with hub.watch(dagster_run_id, run_id, steps, logs=True) as (sub, watch):
+        cursor = after
+        while cursor < sub.log_cursor:
+            records, more = await asyncio.to_thread(dagster.run_event_records, dagster_run_id, after=cursor)
+            for r in records:
+                if r.storage_id > sub.log_cursor:
+                    break
+                yield "log", log_line(r, watch.fold)
+            if not records or not more:
+                break
+            cursor = records[-1].storage_id
+        while True:
+            try:
+                kind, payload = await asyncio.wait_for(sub.queue.get(), SSE_KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield None
+                continue
+            if kind == "log":
+                if payload["id"] > after:
+                    yield "log", payload
+            elif kind == "run":
+                yield "status", {"run_id": run_id, "status": payload["status"], "timestamp": payload["timestamp"]}
+            elif kind == "error":
+                yield "error", {"message": payload}
+                return
+            elif kind == "end":
+                return
+
+
+# Watching over a WebSocket -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatchTarget:
+    principal: Principal
+    steps: list[StepBody]
+    dagster_run_id: str
+
+
+class WatchRefused(Exception):
+    """A WebSocket watch refused: `error` says why (its status: 401, 404, 429), `principal` who asked, if known."""
+
+    def __init__(self, error: RimeError, principal: Principal | None, status: int | None = None):
+        super().__init__(error.message)
+        self.error, self.principal, self.status = error, principal, status or error.status
+
+
+def watch_target(
+    sessions: sessionmaker,
+    dagster: DagsterClient,
+    rate_limits: RateLimits,
+    token: str | None,
+    *,
+    tenant_id: str,
+    pipeline_id: str,
+    run_id: str,
+) -> WatchTarget:
+    """Who watches which run: the token's principal, within the per-user connect limit, and a run of a pipeline of
+    their tenant. Raises WatchRefused."""
+    with sessions.begin() as session:
+        try:
+            principal = authenticate(session, token, tenant_id=tenant_id)
+        except RimeError as exc:
+            raise WatchRefused(exc, None, status=401) from None
+        if not rate_limits.websocket_connect("user", principal.user_id):
+            raise WatchRefused(RateLimited("Too many WebSocket connects by this user; retry shortly."), principal)
+        row = session.get(Pipeline, pipeline_id)
+        project = session.get(Project, row.project_id) if row else None
+        if row is None or project is None or project.tenant_id != principal.tenant_id:
+            raise WatchRefused(NotFound.of("Pipeline", pipeline_id), principal)
+    try:
+        record = run_record(dagster, row, run_id)
+    except RimeError as exc:
+        raise WatchRefused(exc, principal) from None
+    return WatchTarget(principal, steps_of(row), record.dagster_run.run_id)

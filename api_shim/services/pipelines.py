@@ -9,6 +9,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
+from api_shim.pagination import CursorCodec, Listing, PageRequest
+from api_shim.schemas.common import active_or_paused
+from api_shim.schemas.pipelines import Dag, PipelineDetail, PipelineList, PipelineResponse
 from rime_dagster.pipelines.spec import (
     ConnectorSyncConfig,
     DagError,
@@ -16,6 +19,7 @@ from rime_dagster.pipelines.spec import (
     PipelineStepConfig,
     StepBody,
     TableMaintenanceConfig,
+    dag_of,
     parse_step_config,
     validate_dag,
 )
@@ -160,3 +164,56 @@ def referencing_pipelines(session: Session, project: Project, pipeline_id: str) 
 
     pipelines = session.scalars(select(Pipeline).where(Pipeline.project_id == project.id))
     return [p.name for p in pipelines if any(runs_it(s) for s in p.steps)]
+
+
+# What the Pipelines routes call -------------------------------------------------------------------------------
+
+PIPELINES = Listing(
+    "pipelines",
+    {"created_at": Pipeline.created_at, "updated_at": Pipeline.updated_at, "name": Pipeline.name},
+    Pipeline.id,
+)
+
+
+def pipeline_response(row: Pipeline) -> PipelineResponse:
+    steps = [{**s.model_dump(), "name": s.name or s.id} for s in steps_of(row)]
+    return PipelineResponse.of(row, steps=steps, status=active_or_paused(row.paused))
+
+
+def pipeline_detail(row: Pipeline) -> PipelineDetail:
+    """The pipeline with its DAG and the order a run takes its steps."""
+    steps = steps_of(row)
+    return PipelineDetail.of(
+        pipeline_response(row), dag=Dag.model_validate(dag_of(steps)), execution_order=validate_dag(steps)
+    )
+
+
+def list_page(session: Session, codec: CursorCodec, project: Project, page: PageRequest) -> PipelineList:
+    result = PIPELINES.page(
+        session, select(Pipeline).where(Pipeline.project_id == project.id), page, codec, {"project": project.id}
+    )
+    return PipelineList(
+        data=[pipeline_response(r) for r in result.items], next_cursor=result.next_cursor, has_more=result.has_more
+    )
+
+
+def create(session: Session, project: Project, body) -> PipelineDetail:
+    return pipeline_detail(create_pipeline(session, project, body))
+
+
+def describe(session: Session, project: Project, pipeline_id: str) -> PipelineDetail:
+    return pipeline_detail(get_pipeline(session, project, pipeline_id))
+
+
+def update(session: Session, project: Project, pipeline_id: str, body) -> PipelineDetail:
+    return pipeline_detail(update_pipeline(session, project, get_pipeline(session, project, pipeline_id), body))
+
+
+def delete(session: Session, project: Project, pipeline_id: str) -> None:
+    """Deletes the pipeline, unless another pipeline of the project has a step that runs it (Conflict)."""
+    row = get_pipeline(session, project, pipeline_id)
+    users = referencing_pipelines(session, project, row.id)
+    if users:
+        raise Conflict(f"Pipeline(s) {', '.join(sorted(users))} run this pipeline; change them first.")
+    session.delete(row)
+    session.flush()

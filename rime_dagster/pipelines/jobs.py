@@ -8,7 +8,6 @@ run in the same Dagster run and show in the same graph. Op definitions are named
 `<pipeline id>__<step>` (unique in a job); nodes are aliased to `step_<step id>`.
 """
 
-import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -57,7 +56,7 @@ class Resources:
 
 
 def _run_variables(context, pipeline: PipelineSpec) -> dict[str, Any]:
-    return {**pipeline.variables, **json.loads(context.run.tags.get(run_tags.VARIABLES) or "{}")}
+    return {**pipeline.variables, **run_tags.variables_of(context.run.tags)}
 
 
 def _step_pool(pipeline: PipelineSpec, config, resources: Resources) -> tuple[str | None, str]:

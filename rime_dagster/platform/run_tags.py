@@ -7,7 +7,9 @@ written here once; nothing else spells a `rime/` key. No Dagster import, so the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
 # Run tags: whose run it is.
 PROJECT_ID = "rime/project_id"
@@ -61,3 +63,16 @@ def flag(value: bool) -> str:
 def is_set(tags: Mapping[str, str], key: str) -> bool:
     """Whether the boolean tag `key` is "true" (absent is false)."""
     return tags.get(key) == "true"
+
+
+def encode_variables(variables: Mapping[str, Any]) -> str:
+    """A pipeline run's variables as the VARIABLES tag: compact JSON, keys sorted."""
+    return json.dumps(variables, separators=(",", ":"), sort_keys=True)
+
+
+def variables_of(tags: Mapping[str, str]) -> dict[str, Any]:
+    """The variables a pipeline run was launched with (none: {}). ValueError if the tag is not a JSON object."""
+    variables = json.loads(tags.get(VARIABLES) or "{}")
+    if not isinstance(variables, dict):
+        raise ValueError(f"{VARIABLES} is not a JSON object")
+    return variables

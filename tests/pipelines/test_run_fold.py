@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from api_shim.services.pipeline_runs import RunFold, log_line
+from api_shim.services.pipeline_runs import log_line
 from rime_dagster.pipelines.jobs import Resources, is_chain, pipeline_definitions
 from rime_dagster.pipelines.names import pipeline_job_name
+from rime_dagster.pipelines.run_fold import RunFold
 from rime_dagster.pipelines.spec import StepBody
 from tests.pipelines.test_jobs import connector, pipeline, with_resources
 
