@@ -148,3 +148,23 @@ def project(admin) -> dict:
     response = admin.post("/api/v1/projects", json={"name": "analytics", "description": "test project"})
     assert response.status_code == 201, response.text
     return response.json()
+
+
+# The session's real Dagster is defined here, at the root, so that every module that asks for it shares one boot:
+# a session fixture imported into a test module is that module's own fixture, started again for the module.
+@pytest.fixture(scope="session")
+def dagster_webserver(tmp_path_factory):
+    """The `rime` code server and a dagster-webserver, as `rime up` runs them (tests/dagster/conftest.py)."""
+    from tests.dagster.conftest import running_dagster
+
+    with running_dagster(tmp_path_factory.mktemp("dagster-webserver")) as server:
+        yield server
+
+
+@pytest.fixture
+def api(dagster_webserver) -> Iterator[TestClient]:
+    """The API, as the admin, wired to the session's real Dagster webserver."""
+    settings = dagster_webserver.settings
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {settings.admin_token}"
+        yield client

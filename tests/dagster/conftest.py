@@ -1,5 +1,6 @@
 """A real Dagster for the session, as `rime up` runs it: the `rime` code server and a `dagster-webserver`
-that reaches it through the generated grpc_server workspace.
+that reaches it through the generated grpc_server workspace. `running_dagster` starts one; the session's, the
+`dagster_webserver` fixture, is in tests/conftest.py.
 
 They get their own DAGSTER_HOME (dagster.yaml written by `ensure_dagster_home`) and RIME_HOME (a
 migrated SQLite metadata store), each leads its own process group, and teardown stops both groups
@@ -288,25 +289,6 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
         _stop(code_server, env_marker)
     leftovers = _pids_with_env(env_marker)
     assert not leftovers, f"Dagster processes survived teardown: {leftovers}"
-
-
-@pytest.fixture(scope="session")
-def dagster_webserver(tmp_path_factory) -> Iterator[Webserver]:
-    with running_dagster(tmp_path_factory.mktemp("dagster-webserver")) as server:
-        yield server
-
-
-@pytest.fixture
-def api(dagster_webserver: Webserver):
-    """The API, as the admin, wired to the session's real Dagster webserver."""
-    from fastapi.testclient import TestClient
-
-    from api_shim.main import create_app
-
-    settings = dagster_webserver.settings
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        client.headers["Authorization"] = f"Bearer {settings.admin_token}"
-        yield client
 
 
 def wait_for_run(api, connector_url: str, run_id: str, timeout: float = 120) -> dict:

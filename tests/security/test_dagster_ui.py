@@ -13,7 +13,6 @@ import pytest
 from api_shim.cli import webserver_command, write_workspace
 from tests.conftest import closed_port
 from tests.dagster.conftest import BIN, Webserver, _start, _stop
-from tests.dagster.conftest import dagster_webserver as dagster_webserver
 
 pytestmark = pytest.mark.dagster
 

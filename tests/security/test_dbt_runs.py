@@ -7,8 +7,6 @@ import duckdb
 import pytest
 
 from tests.dagster.conftest import Webserver, graphql
-from tests.dagster.conftest import api as api  # the fixtures of the session's real Dagster
-from tests.dagster.conftest import dagster_webserver as dagster_webserver
 from tests.dagster.test_dbt import _wait_for_dbt_run
 
 pytestmark = pytest.mark.dagster

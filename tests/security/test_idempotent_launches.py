@@ -7,7 +7,6 @@ from fastapi.testclient import TestClient
 
 from api_shim.main import create_app
 from tests.dagster.conftest import Webserver
-from tests.dagster.conftest import dagster_webserver as dagster_webserver  # the session's real Dagster
 
 pytestmark = pytest.mark.dagster
 
