@@ -42,13 +42,13 @@ class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     @classmethod
-    def of(cls, source: object, **derived: Any) -> Self:
-        """The response read from `source`'s attributes (an ORM row, a run view), with `derived` for the fields
-        it does not hold as such: `PipelineResponse.of(row, status=active_or_paused(row.paused))`. A mapping's
-        keys count as attributes."""
-        if isinstance(source, Mapping):
-            return cls.model_validate({**source, **derived})
-        return cls.model_validate(_Overlay(source, derived) if derived else source)
+    def of(cls, obj: object, /, **derived: Any) -> Self:
+        """The response read from `obj`'s attributes (an ORM row, a run view), with `derived` for the fields it
+        does not hold as such: `PipelineResponse.of(row, status=active_or_paused(row.paused))`. A mapping's keys
+        count as attributes."""
+        if isinstance(obj, Mapping):
+            return cls.model_validate({**obj, **derived})
+        return cls.model_validate(_Overlay(obj, derived) if derived else obj)
 
 
 class _Overlay:

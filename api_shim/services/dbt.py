@@ -11,14 +11,22 @@ import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from api_shim.dagster_client import DagsterClient
 from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
+from api_shim.pagination import CursorCodec, Listing, PageRequest
+from api_shim.schemas.common import active_or_paused
+from api_shim.schemas.dbt import DbtLastRun, DbtProjectDetail, DbtProjectList, DbtProjectResponse, Lineage
+from api_shim.services import runs
+from api_shim.services.projects import get_project
+from api_shim.services.runs import RunView
 from rime_dagster.dbt import workspace
 from rime_dagster.dbt.manifest import (
     ASSET_TYPES,
@@ -27,12 +35,15 @@ from rime_dagster.dbt.manifest import (
     node_asset_key,
     resources,
 )
+from rime_dagster.dbt.manifest import lineage as manifest_lineage
 from rime_dagster.dbt.workspace import DbtProjectError, ProjectFiles
+from rime_dagster.platform import run_tags
 from rime_dagster.platform.iceberg import drop_tables
 from rime_dagster.settings import Settings
 from rime_dagster.specs import connector_tables_of
 from rime_dagster.store import slugs
 from rime_dagster.store.crypto import CredentialCipher
+from rime_dagster.store.ids import new_id
 from rime_dagster.store.models import Connector, DbtProject, Project
 
 log = logging.getLogger(__name__)
@@ -302,3 +313,203 @@ def asset_keys(namespace: str, slug: str, manifest: Mapping[str, Any], unique_id
 
 def run_dir(settings: Settings, row: DbtProject, dagster_run_id: str) -> Path:
     return files_of(settings, row).run_dir(dagster_run_id)
+
+
+# What the Transformations routes call -------------------------------------------------------------------------
+
+DBT_PROJECTS = Listing(
+    "dbt_projects",
+    {"created_at": DbtProject.created_at, "updated_at": DbtProject.updated_at, "name": DbtProject.name},
+    DbtProject.id,
+)
+
+
+def last_run(dagster: DagsterClient, row: DbtProject) -> RunView | None:
+    return runs.last_run(dagster, {run_tags.DBT_PROJECT_ID: row.id})
+
+
+def dbt_project_response(row: DbtProject, last: RunView | None) -> DbtProjectResponse:
+    return DbtProjectResponse.of(
+        row,
+        source=public_source(row.source),
+        target_credentials_set=row.target_credentials_encrypted is not None,
+        status=active_or_paused(row.paused),
+        last_run=DbtLastRun.of(last) if last else None,
+    )
+
+
+def lineage(session: Session, settings: Settings, project: Project, row: DbtProject) -> Lineage:
+    """Sources, seeds, models, snapshots and tests, with the connector tables that feed the sources upstream."""
+    return Lineage.model_validate(manifest_lineage(manifest_of(settings, row), connector_index(session, project)))
+
+
+def _detail(session: Session, settings: Settings, project: Project, row: DbtProject, last: RunView | None):
+    return DbtProjectDetail.of(dbt_project_response(row, last), lineage=lineage(session, settings, project, row))
+
+
+def list_page(
+    session: Session, dagster: DagsterClient, codec: CursorCodec, project: Project, page: PageRequest
+) -> DbtProjectList:
+    result = DBT_PROJECTS.page(
+        session, select(DbtProject).where(DbtProject.project_id == project.id), page, codec, {"project": project.id}
+    )
+    return DbtProjectList(
+        data=[dbt_project_response(r, last_run(dagster, r)) for r in result.items],
+        next_cursor=result.next_cursor,
+        has_more=result.has_more,
+    )
+
+
+def describe(
+    session: Session, settings: Settings, dagster: DagsterClient, project: Project, dbt_project_id: str
+) -> DbtProjectDetail:
+    row = get_dbt_project(session, project, dbt_project_id)
+    return _detail(session, settings, project, row, last_run(dagster, row))
+
+
+def create(
+    sessions: sessionmaker,
+    settings: Settings,
+    cipher: CredentialCipher,
+    body,
+    *,
+    tenant_id: str,
+    project_id: str,
+) -> DbtProjectDetail:
+    """Copies (path) or checks out (git) the project, generates its profile and parses it; only a project that
+    parses is recorded. Fetching and parsing happen outside any transaction: they take seconds."""
+    target, password = target_settings(body.target)
+    with sessions() as session:
+        project = get_project(session, project_id, tenant_id=tenant_id)
+        ensure_name_free(session, project.id, body.name)
+        slug = new_slug(session, project.id, body.name)
+        namespace = project.namespace
+    dbt_id = new_id("dbt_project")
+    files = ProjectFiles(workspace.project_root(settings.dbt_home, project.id, dbt_id), 1)
+    revision = prepare_revision(
+        settings,
+        files=files,
+        source=body.source.model_dump(mode="json"),
+        target=target,
+        namespace=namespace,
+        vars=body.vars or {},
+    )
+    try:
+        with sessions.begin() as session:
+            project = get_project(session, project_id, tenant_id=tenant_id)
+            record_new(
+                session,
+                dbt_id=dbt_id,
+                project=project,
+                body=body,
+                slug=slug,
+                target=target,
+                password=password,
+                revision=revision,
+                cipher=cipher,
+            )
+    except BaseException:
+        delete_files(settings, DbtProject(id=dbt_id, project_id=project.id))
+        raise
+    with sessions() as session:
+        project = get_project(session, project_id, tenant_id=tenant_id)
+        return _detail(session, settings, project, session.get(DbtProject, dbt_id), None)
+
+
+def update(
+    sessions: sessionmaker,
+    settings: Settings,
+    cipher: CredentialCipher,
+    dagster: DagsterClient,
+    body,
+    *,
+    tenant_id: str,
+    project_id: str,
+    dbt_project_id: str,
+) -> DbtProjectDetail:
+    """A new `source`, `target` or `vars`, or `refresh`, fetches and parses a new revision outside any
+    transaction; a broken one is refused (Unprocessable) and the current revision stays in service."""
+    changes = body.model_dump(exclude_unset=True)
+    for field in ("name", "source", "target", "vars", "refresh"):
+        if field in changes and changes[field] is None:
+            raise ValidationFailed.field(field, "Cannot be null.")
+    with sessions() as session:
+        project = get_project(session, project_id, tenant_id=tenant_id)
+        row = get_dbt_project(session, project, dbt_project_id)
+        if "name" in changes:
+            ensure_name_free(session, project.id, changes["name"], except_id=row.id)
+        source = body.source.model_dump(mode="json") if body.source else source_to_fetch(row.source, cipher)
+        target, password = target_settings(body.target) if body.target else (dict(row.target), None)
+        if body.target is not None:
+            ensure_password_for_new_address(row, target, password)
+        variables = body.vars if body.vars is not None else dict(row.vars)
+        previous_revision = row.revision
+        next_files = files_of(settings, row, row.revision + 1)
+        namespace = project.namespace
+    revision = None
+    if bool({"source", "target", "vars"} & changes.keys()) or body.refresh:
+        revision = prepare_revision(
+            settings, files=next_files, source=source, target=target, namespace=namespace, vars=variables
+        )
+    try:
+        with sessions.begin() as session:
+            project = get_project(session, project_id, tenant_id=tenant_id)
+            row = get_dbt_project(session, project, dbt_project_id)
+            if revision is not None and row.revision != previous_revision:
+                raise Conflict("The dbt project changed meanwhile; retry.")
+            if "name" in changes:
+                ensure_name_free(session, project.id, changes["name"], except_id=row.id)
+                row.name = changes["name"]  # the slug stays: renames never move assets or tables
+            if "schedule" in changes:
+                row.schedule = changes["schedule"]
+            if body.status is not None:
+                row.paused = body.status == "paused"
+            if revision is not None:
+                _record_revision(row, revision, source=source, target=target, variables=variables, cipher=cipher)
+                if body.target is not None:
+                    _record_password(row, target, password, cipher)
+            session.flush()
+    except BaseException:
+        if revision is not None:
+            discard_revision(revision)
+        raise
+    if revision is not None:  # the previous revision stays for runs that may still use it
+        workspace.prune_revisions(revision.files.root, {revision.files.revision, previous_revision})
+    with sessions() as session:
+        project = get_project(session, project_id, tenant_id=tenant_id)
+        row = get_dbt_project(session, project, dbt_project_id)
+        return _detail(session, settings, project, row, last_run(dagster, row))
+
+
+def _record_revision(
+    row: DbtProject,
+    revision: Revision,
+    *,
+    source: Mapping[str, Any],
+    target: dict[str, Any],
+    variables: dict[str, Any],
+    cipher: CredentialCipher,
+) -> None:
+    row.source, row.target, row.vars = stored_source(source, cipher), target, variables
+    row.revision = revision.files.revision
+    row.commit_sha = revision.commit_sha
+    row.dbt_project_name = revision.dbt_project_name
+    row.profile_name = revision.profile_name
+    row.models_count = revision.models_count
+    row.parsed_at = datetime.now(UTC)
+
+
+def _record_password(row: DbtProject, target: Mapping[str, Any], password: str | None, cipher: CredentialCipher):
+    """A new target keeps its password only if it is postgres; a password given with it replaces the stored one."""
+    if target["adapter"] != "postgres":
+        row.target_credentials_encrypted = None
+    elif password is not None:
+        row.target_credentials_encrypted = cipher.encrypt({"password": password})
+
+
+def delete(session: Session, project: Project, dbt_project_id: str) -> DbtProject:
+    """Deletes the dbt project's row; returns it, for its files and (if asked) published tables to be removed."""
+    row = get_dbt_project(session, project, dbt_project_id)
+    session.delete(row)
+    session.flush()
+    return row

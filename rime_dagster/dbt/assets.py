@@ -28,7 +28,7 @@ from rime_dagster.dbt import sandbox
 from rime_dagster.dbt.asset_specs import DbtAssetSpecs, DbtSelection, build_asset_specs, subset_selection
 from rime_dagster.dbt.manifest import ConnectorIndex, load_manifest, publish_requested
 from rime_dagster.dbt.names import dbt_job_name, dbt_op_name, dbt_tags
-from rime_dagster.dbt.run_config import DbtRunRequest
+from rime_dagster.dbt.run_config import DbtRunOptions
 from rime_dagster.dbt.workspace import dbt_env, dbt_executable, sandbox_policy
 from rime_dagster.platform import run_tags
 from rime_dagster.platform.limits import max_runtime_tags
@@ -41,7 +41,7 @@ SUBSET_SELECTOR = "rime_subset"
 
 
 class DbtRunConfig(dg.Config):
-    """A dbt run's request (run_config.DbtRunRequest, which the API launches runs with); UI runs get the defaults."""
+    """A dbt run's options (run_config.DbtRunOptions, which the API launches runs with); UI runs get the defaults."""
 
     command: Literal["build", "run", "test", "seed"] = Field("build", description="The dbt command.")
     full_refresh: bool = Field(False, description="Pass --full-refresh (build, run, seed).")
@@ -73,15 +73,15 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
         missing = {k: v for k, v in dbt_tags(spec.project_id, spec.id).items() if k not in context.run.tags}
         if missing:  # started from the Dagster UI: tag it so the API's run history shows it
             context.instance.add_run_tags(context.run_id, missing)
-        request = DbtRunRequest.from_op_config(config)
+        options = DbtRunOptions.from_op_config(config)
         yield from dbt_events(
             spec,
             nodes,
             context,
             iceberg,
-            command=request.command,
-            full_refresh=request.full_refresh,
-            variables={**spec.vars, **request.vars},
+            command=options.command,
+            full_refresh=options.full_refresh,
+            variables={**spec.vars, **options.vars},
             run_dir=spec.files.run_dir(context.run_id),
             assets=assets,
         )

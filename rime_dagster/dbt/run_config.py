@@ -1,6 +1,6 @@
 """What one dbt run is asked to do: the run config and tags the API launches it with, as the job reads them back.
 
-The API's `POST .../dbt-projects/{id}/run` builds a `DbtRunRequest`; the job's op reads the same object back from
+The API's `POST .../dbt-projects/{id}/run` builds `DbtRunOptions`; the job's op reads the same options back from
 its config (`DbtRunConfig` in assets.py has these fields), and the API's run history from the run's tags. A run
 started from the Dagster UI gets the defaults. No Dagster import, so the API can use it.
 """
@@ -18,7 +18,7 @@ DEFAULT_COMMAND = "build"
 
 
 @dataclass(frozen=True)
-class DbtRunRequest:
+class DbtRunOptions:
     command: str = DEFAULT_COMMAND  # build, run, test or seed
     full_refresh: bool = False
     vars: Mapping[str, Any] = field(default_factory=dict)  # over the project's own vars
@@ -35,7 +35,7 @@ class DbtRunRequest:
         return {"ops": {op_name: {"config": self.op_config()}}}
 
     def tags(self) -> dict[str, str]:
-        """The run tags that show the request in the run history (vars are in the run config only)."""
+        """The run tags that show the options in the run history (vars are in the run config only)."""
         tags = {run_tags.DBT_COMMAND: self.command, run_tags.FULL_REFRESH: run_tags.flag(self.full_refresh)}
         if self.select:
             tags[run_tags.DBT_SELECT] = self.select
@@ -44,13 +44,13 @@ class DbtRunRequest:
         return tags
 
     @classmethod
-    def from_op_config(cls, config: Any) -> DbtRunRequest:
-        """The request as the job's op got it (`config`: its `DbtRunConfig`)."""
+    def from_op_config(cls, config: Any) -> DbtRunOptions:
+        """The options as the job's op got them (`config`: its `DbtRunConfig`)."""
         return cls(command=config.command, full_refresh=config.full_refresh, vars=json.loads(config.vars_json or "{}"))
 
     @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> DbtRunRequest:
-        """The request as the run's tags tell it (a run without them, from the Dagster UI: the defaults)."""
+    def from_tags(cls, tags: Mapping[str, str]) -> DbtRunOptions:
+        """The options as the run's tags tell them (a run without them, from the Dagster UI: the defaults)."""
         return cls(
             command=tags.get(run_tags.DBT_COMMAND, DEFAULT_COMMAND),
             full_refresh=run_tags.is_set(tags, run_tags.FULL_REFRESH),

@@ -8,7 +8,7 @@ import pytest
 
 from rime_dagster.dbt import asset_specs, workspace
 from rime_dagster.dbt.assets import DbtRunConfig, dbt_definitions
-from rime_dagster.dbt.run_config import DbtRunRequest
+from rime_dagster.dbt.run_config import DbtRunOptions
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import DbtProjectSpec
 from tests.support.dbt import parsed_spec
@@ -117,17 +117,17 @@ def test_runs_of_everything_and_of_subsets(project, monkeypatch):
     assert not (project.files.project_dir / "selectors.yml").exists()  # the revision itself is never edited
 
 
-def test_the_run_request_the_api_launches_with_is_what_the_job_reads(project):
-    request = DbtRunRequest(command="seed", full_refresh=True, vars={"day": "2026-01-01"}, select="a+", exclude="b")
+def test_the_run_options_the_api_launches_with_are_what_the_job_reads(project):
+    options = DbtRunOptions(command="seed", full_refresh=True, vars={"day": "2026-01-01"}, select="a+", exclude="b")
     built = dbt_definitions(project)
     [assets], [job] = built.assets, built.jobs
     defs = dg.Definitions(assets=[assets], jobs=[job], resources={"iceberg": IcebergCatalogResource()})
-    # The API's run config is valid for the project's job, and its op reads the same request back.
-    assert dg.validate_run_config(defs.resolve_job_def(job.name), request.run_config(assets.op.name))
-    read = DbtRunRequest.from_op_config(DbtRunConfig(**request.op_config()))
+    # The API's run config is valid for the project's job, and its op reads the same options back.
+    assert dg.validate_run_config(defs.resolve_job_def(job.name), options.run_config(assets.op.name))
+    read = DbtRunOptions.from_op_config(DbtRunConfig(**options.op_config()))
     assert (read.command, read.full_refresh, dict(read.vars)) == ("seed", True, {"day": "2026-01-01"})
     # The run history reads command, flags and selection back from the run's tags (vars stay in the config).
-    assert DbtRunRequest.from_tags(request.tags()) == DbtRunRequest(
+    assert DbtRunOptions.from_tags(options.tags()) == DbtRunOptions(
         command="seed", full_refresh=True, select="a+", exclude="b"
     )
-    assert DbtRunRequest.from_tags({}) == DbtRunRequest()  # a run started from the Dagster UI
+    assert DbtRunOptions.from_tags({}) == DbtRunOptions()  # a run started from the Dagster UI
