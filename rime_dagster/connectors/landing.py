@@ -63,6 +63,8 @@ from pyiceberg.manifest import DataFile, ManifestContent
 from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.locations import load_location_provider
 
+from rime_dagster.connectors.landing_types import is_orderable
+
 __all__ = [
     "CURSOR_PROPERTY_PREFIX",
     "RUN_ID_PROPERTY",
@@ -97,19 +99,6 @@ _NO_COMMIT_RETRY = {TableProperties.COMMIT_NUM_RETRIES: "0"}
 # and one row group per batch would make the files slow to read. This buffer is what bounds memory.
 _ROW_GROUP_MAX_ROWS = 262_144
 _ROW_GROUP_MAX_BYTES = 64 * 1024 * 1024
-
-_ORDERABLE = (
-    pa.types.is_integer,
-    pa.types.is_floating,
-    pa.types.is_decimal,
-    pa.types.is_string,
-    pa.types.is_large_string,
-    pa.types.is_binary,
-    pa.types.is_large_binary,
-    pa.types.is_date,
-    pa.types.is_time,
-    pa.types.is_timestamp,
-)
 
 
 class SchemaMismatchError(ValueError):
@@ -603,7 +592,7 @@ def _check_cursor_field(schema: pa.Schema, cursor_field: str) -> None:
     if cursor_field not in schema.names:
         raise ValueError(f"cursor field {cursor_field!r} is not a column of the source ({', '.join(schema.names)})")
     cursor_type = schema.field(cursor_field).type
-    if not any(check(cursor_type) for check in _ORDERABLE):
+    if not is_orderable(cursor_type):
         raise ValueError(f"cursor field {cursor_field!r} has type {cursor_type}, which has no usable order")
 
 

@@ -24,18 +24,12 @@ from typing import Any
 
 from dbt.adapters.duckdb.plugins import BasePlugin
 
+from rime_dagster.connectors.sources._sql import quote_ident, quote_literal
+
 log = logging.getLogger(__name__)
 
 VIEWS_TABLE = "rime_meta.connector_views"
 VIEWS_FILE_ENV = "RIME_DBT_CONNECTOR_VIEWS_FILE"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def connector_views(namespace: str) -> list[tuple[str, str, str]]:
@@ -71,12 +65,12 @@ def sync_views(conn: Any, wanted: list[tuple[str, str, str]]) -> int:
     previous = set(conn.execute(f"SELECT schema_name, view_name FROM {VIEWS_TABLE}").fetchall())
     current = {(schema, view) for schema, view, _ in wanted}
     for schema, view in previous - current:
-        conn.execute(f"DROP VIEW IF EXISTS {_quote(schema)}.{_quote(view)}")
+        conn.execute(f"DROP VIEW IF EXISTS {quote_ident(schema)}.{quote_ident(view)}")
     for schema, view, location in wanted:
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
         conn.execute(
-            f"CREATE OR REPLACE VIEW {_quote(schema)}.{_quote(view)} AS "
-            f"SELECT * FROM iceberg_scan({_literal(location)})"
+            f"CREATE OR REPLACE VIEW {quote_ident(schema)}.{quote_ident(view)} AS "
+            f"SELECT * FROM iceberg_scan({quote_literal(location)})"
         )
     conn.execute(f"DELETE FROM {VIEWS_TABLE}")
     if current:

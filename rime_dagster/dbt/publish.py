@@ -12,13 +12,10 @@ import pyarrow as pa
 
 from rime_dagster.connectors.landing import LandResult, land_table
 from rime_dagster.connectors.prefetch import prefetched
+from rime_dagster.connectors.sources._sql import quote_ident
 from rime_dagster.dbt.manifest import published_table_name
 
 BATCH_ROWS = 100_000
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _duckdb_batches(duckdb_file: Path, relation: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -65,7 +62,7 @@ def publish_model(
     """Lands the model's current rows; returns the Iceberg table name and the landing result."""
     relation_name = node.get("alias") or node["name"]
     if duckdb_file is not None:
-        relation = f"{_quote(node['schema'])}.{_quote(relation_name)}"
+        relation = f"{quote_ident(node['schema'])}.{quote_ident(relation_name)}"
         schema, batches = _duckdb_batches(duckdb_file, relation)
     elif postgres is not None:
         from rime_dagster.connectors.sources import source_class

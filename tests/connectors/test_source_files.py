@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from rime_dagster.connectors.sources import source_class
 from rime_dagster.connectors.sources.base import SourceError
-from rime_dagster.connectors.sources.files import INFER_SAMPLE_BYTES, FilesSource, _normalize, table_name
+from rime_dagster.connectors.sources.files import INFER_SAMPLE_BYTES, FilesSource, table_name
 
 UTC = dt.UTC
 
@@ -81,34 +81,6 @@ def test_table_names():
     assert table_name("2024") == "t_2024"
     assert table_name("___") == "t"
     assert len(table_name("x" * 100)) == 48
-
-
-def test_type_normalisation():
-    cases = {
-        pa.int8(): pa.int32(),
-        pa.int16(): pa.int32(),
-        pa.uint16(): pa.int32(),
-        pa.uint32(): pa.int64(),
-        pa.uint64(): pa.decimal128(20, 0),
-        pa.float16(): pa.float32(),
-        pa.timestamp("ns"): pa.timestamp("us"),
-        pa.timestamp("s", "Asia/Tokyo"): pa.timestamp("us", "UTC"),
-        pa.time32("s"): pa.time64("us"),
-        pa.date64(): pa.date32(),
-        pa.large_string(): pa.string(),
-        pa.dictionary(pa.int32(), pa.large_string()): pa.string(),
-        pa.decimal256(40, 2): pa.string(),
-        pa.decimal256(20, 2): pa.decimal128(20, 2),
-        pa.null(): pa.string(),
-        pa.large_list(pa.uint8()): pa.list_(pa.int32()),
-        pa.struct([("a", pa.null()), ("b", pa.timestamp("ns", "UTC"))]): pa.struct(
-            [("a", pa.string()), ("b", pa.timestamp("us", "UTC"))]
-        ),
-    }
-    for source_type, landed in cases.items():
-        assert _normalize(source_type, keep_null=False, where="x") == landed, source_type
-    with pytest.raises(SourceError, match="can't be stored"):
-        _normalize(pa.month_day_nano_interval(), keep_null=False, where="Column 'x'")
 
 
 # --- CSV -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Source plug-ins: one module per connector type, `<connector_type>.py`, imported when first asked for."""
+"""Source plug-ins: one module (or package) per connector type, `<connector_type>`, imported when first asked for."""
 
 from rime_dagster.connectors.sources.base import (
     REGISTRY,

@@ -1,14 +1,14 @@
-"""Shared DuckDB plumbing for source plug-ins: offline extensions, quoting, landing-safe types.
+"""Shared DuckDB plumbing for source plug-ins: offline extensions, landing types, scrubbed messages.
 
 DuckDB cannot download extensions here: they come from the `duckdb-ext-*` packages, which put
 `<version>/<platform>/<name>.duckdb_extension` files under the `duckdb_ext/extensions` namespace
 package directory. `connect()` points DuckDB's `extension_directory` there and turns auto-install
 and auto-load off, so a missing extension is a clear error instead of a network call.
 
-`landing_type()` rewrites a DuckDB result type into one that Arrow-exports to a type Iceberg v2
-stores (bool, int32/64, float32/64, decimal128(p<=38), string, binary, date32, time64(us),
-timestamp(us), timestamp(us, UTC), list, struct); sources cast in SQL so that every batch they
-yield has exactly the schema of a `LIMIT 0` run of the same query.
+`landing_type()` rewrites a DuckDB result type into one that Arrow-exports to a landing type
+(`connectors.landing_types`): a type whose Arrow export those rules convert is cast in SQL to the
+DuckDB spelling of their target, so that every batch a source yields has exactly the schema of a
+`LIMIT 0` run of the same query.
 """
 
 from __future__ import annotations
@@ -24,43 +24,52 @@ from typing import TYPE_CHECKING
 
 import duckdb
 import duckdb_ext  # namespace package installed by the duckdb-ext-* distributions
+import pyarrow as pa
+
+from rime_dagster.connectors.landing_types import landing_type as arrow_landing_type
+from rime_dagster.connectors.sources._sql import quote_ident
 
 if TYPE_CHECKING:
     from duckdb.sqltypes import DuckDBPyType
 
 REDACTED = "***"
 
-# DuckDB type ids (DuckDBPyType.id) that Arrow-export unchanged to a landing type.
-_KEEP = {
-    "boolean",
-    "integer",
-    "bigint",
-    "float",
-    "double",
-    "decimal",
-    "varchar",
-    "blob",
-    "date",
-    "time",
-    "timestamp",
-    "timestamp with time zone",
-}
-# Narrow or unsigned integers: widened to the smallest signed type Iceberg stores.
-_WIDEN = {
-    "tinyint": "INTEGER",
-    "smallint": "INTEGER",
-    "utinyint": "INTEGER",
-    "usmallint": "INTEGER",
-    "uinteger": "BIGINT",
-    "ubigint": "DECIMAL(20,0)",
-    "hugeint": "DECIMAL(38,0)",
-    "timestamp_s": "TIMESTAMP",
-    "timestamp_ms": "TIMESTAMP",
-    "timestamp_ns": "TIMESTAMP",  # Iceberg v2 has no nanosecond timestamps
-    "time_ns": "TIME",
+# DuckDB type ids (DuckDBPyType.id) and the Arrow type DuckDB exports them as (`time_ns`: would export); the
+# landing rules say what that Arrow type lands as. Decimals (at most 38 digits) export as they are.
+_ARROW_EXPORT = {
+    "boolean": pa.bool_(),
+    "tinyint": pa.int8(),
+    "smallint": pa.int16(),
+    "integer": pa.int32(),
+    "bigint": pa.int64(),
+    "utinyint": pa.uint8(),
+    "usmallint": pa.uint16(),
+    "uinteger": pa.uint32(),
+    "ubigint": pa.uint64(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "varchar": pa.string(),
+    "blob": pa.binary(),
+    "date": pa.date32(),
+    "time": pa.time64("us"),
+    "time_ns": pa.time64("ns"),
+    "timestamp_s": pa.timestamp("s"),
+    "timestamp_ms": pa.timestamp("ms"),
+    "timestamp": pa.timestamp("us"),
+    "timestamp_ns": pa.timestamp("ns"),
+    "timestamp with time zone": pa.timestamp("us", "UTC"),
 }
 # Everything else (uuid, json, enum, interval, time with time zone, bit, uhugeint, bignum, map,
-# union, ...) becomes its DuckDB text form: lossless and always storable.
+# union, ...) becomes its DuckDB text form: lossless and always storable, where their Arrow exports
+# would lose meaning (a time with time zone exports as a plain time, a bit string as bytes).
+
+# The DuckDB spelling of the landing types the rules convert those exports to (and of decimals).
+_SPELLING = {
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.time64("us"): "TIME",
+    pa.timestamp("us"): "TIMESTAMP",
+}
 
 
 @cache
@@ -122,23 +131,19 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def quote_ident(name: str) -> str:
-    """A DuckDB (and PostgreSQL / SQLite) double-quoted identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """A DuckDB single-quoted string literal (DuckDB strings have no backslash escapes)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 def landing_type(dtype: DuckDBPyType) -> str:
     """The DuckDB type to cast a column of type `dtype` to, so that Arrow gets a landing type."""
     kind = dtype.id
-    if kind in _KEEP:
+    if kind == "decimal":
         return str(dtype)
-    if kind in _WIDEN:
-        return _WIDEN[kind]
+    if kind == "hugeint":  # exported as decimal128(38, 0) unchecked, 39-digit values too: the cast fails on them
+        return "DECIMAL(38,0)"
+    if kind in _ARROW_EXPORT:
+        export = _ARROW_EXPORT[kind]
+        target = arrow_landing_type(export)
+        if target == export:
+            return str(dtype)
+        return f"DECIMAL({target.precision},{target.scale})" if pa.types.is_decimal(target) else _SPELLING[target]
     if kind in ("list", "array"):  # fixed-size arrays land as plain lists
         child = dict(dtype.children)["child"]
         return f"{landing_type(child)}[]"

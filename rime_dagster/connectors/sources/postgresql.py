@@ -72,6 +72,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -83,9 +84,12 @@ from psycopg.conninfo import make_conninfo
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from rime_dagster.connectors.sources import _duckdb
+from rime_dagster.connectors.sources._sql import quote_ident, quote_literal
 from rime_dagster.connectors.sources.base import (
-    DEFAULT_BATCH_ROWS,
+    Action,
     ColumnInfo,
+    Cursor,
+    Scan,
     Source,
     SourceError,
     StrictModel,
@@ -198,7 +202,7 @@ def _server_expression(column: _PgColumn) -> tuple[str | None, bool]:
     domains -> their base type, composites -> JSON text, geometric types and bytea[] -> text.
     The other casts only align `postgres_query` (which knows no user types) with the table scan.
     """
-    name = _duckdb.quote_ident(column.name)
+    name = quote_ident(column.name)
     is_array = column.category == "A"
     suffix = "[]" if is_array else ""
     domain_base = column.element_domain_base if is_array else column.domain_base
@@ -248,6 +252,7 @@ class _Attached:
 class _Query:
     sql: str
     params: list[Any]
+    cursor_applied: bool = False
 
 
 @register
@@ -257,6 +262,7 @@ class PostgresSource(Source):
     credentials_model = PostgresCredentials
     host_fields = ("host",)
     credentials_bound_to = ("config.host", "config.port", "config.database", "credentials.username")
+    driver_errors = (psycopg.Error, duckdb.Error)
 
     config: PostgresConfig
     credentials: PostgresCredentials
@@ -315,15 +321,32 @@ class PostgresSource(Source):
         return options
 
     def _psycopg(self, timeout: float | None) -> psycopg.Connection:
-        return psycopg.connect(
-            **self._target(),
-            port=self.config.port,
-            dbname=self.config.database,
-            user=self.credentials.username,
-            password=self.credentials.password.get_secret_value(),
-            autocommit=True,
-            **self._options(timeout),
+        target = self._target()
+        return self._guarded(
+            "connect",
+            None,
+            lambda: psycopg.connect(
+                **target,
+                port=self.config.port,
+                dbname=self.config.database,
+                user=self.credentials.username,
+                password=self.credentials.password.get_secret_value(),
+                autocommit=True,
+                **self._options(timeout),
+            ),
         )
+
+    def _translate(self, exc: Exception, action: Action, table: str | None) -> SourceError:
+        text = self._scrub(str(exc)).strip()
+        if action == "connect" or "Unable to connect to Postgres" in text:
+            return SourceError(self._connect_error(exc))
+        if action == "test":
+            return SourceError(f"Connected, but listing tables failed: {text}")
+        if action == "discover":
+            return SourceError(f"Discovery of schema '{self.config.schema_}' failed: {text}")
+        if "dimensions" in text:
+            text += " (multi-dimensional arrays are not supported)"
+        return SourceError(f"Reading '{self.config.schema_}.{table}' failed: {text}")
 
     def _connect_error(self, exc: Exception) -> str:
         """A user-facing, secret-free sentence for a failed connection (psycopg or DuckDB)."""
@@ -342,12 +365,12 @@ class PostgresSource(Source):
 
     def _duckdb(self, timeout: float | None = None) -> _Attached:
         """A DuckDB connection with the source attached read-only (only the configured schema)."""
-        c, lit = self.config, _duckdb.quote_literal
+        c, lit = self.config, quote_literal
         target = self._target()
         con = _duckdb.connect(["postgres_scanner"])
         attached = _Attached(con, _duckdb.unique_name("rime_pg"), _duckdb.unique_name("rime_pg_secret"))
-        error: SourceError | None = None
-        try:
+
+        def attach() -> None:
             con.execute(
                 f"CREATE TEMPORARY SECRET {attached.secret} (TYPE postgres, HOST {lit(c.host)}, PORT {c.port}, "
                 f"DATABASE {lit(c.database)}, USER {lit(self.credentials.username)}, "
@@ -361,82 +384,53 @@ class PostgresSource(Source):
                 f"(TYPE postgres, READ_ONLY, SECRET {attached.secret}, SCHEMA {lit(c.schema_)})"
             )
             attached.attached = True
-        except duckdb.Error as exc:
-            error = SourceError(self._connect_error(exc))
-        if error is not None:  # raised outside `except`: no chained driver exception
+
+        try:
+            self._guarded("connect", None, attach)
+        except BaseException:
             attached.close()
-            raise error
+            raise
         return attached
 
-    # -- Source -----------------------------------------------------------------------------
+    # -- Source hooks ---------------------------------------------------------------------
 
     def test(self, timeout: float) -> TestResult:
         outcome: list[TestResult] = []
-
-        def attempt() -> None:
-            try:
-                outcome.append(self._test(timeout))
-            except Exception as exc:  # never raise out of test()
-                outcome.append(TestResult(False, f"Connection test failed: {self._scrub(str(exc))}"))
+        attempt = super().test  # never raises
 
         # libpq's connect_timeout has a 2 s floor and whole-second steps, and name resolution is
         # not covered by it: a watchdog thread makes `timeout` a hard bound on the caller.
-        worker = threading.Thread(target=attempt, name="rime-postgres-test", daemon=True)
+        worker = threading.Thread(
+            target=lambda: outcome.append(attempt(timeout)), name="rime-postgres-test", daemon=True
+        )
         worker.start()
         worker.join(max(timeout, 0.1))
         if outcome:
             return outcome[0]
         return TestResult(False, self._unreachable)
 
-    def _test(self, timeout: float) -> TestResult:
-        try:
-            conn = self._psycopg(timeout)
-        except psycopg.Error as exc:
-            return TestResult(False, self._connect_error(exc))
-        except SourceError as exc:
-            return TestResult(False, str(exc))
+    def _count_tables(self, timeout: float) -> int:
         schema = self.config.schema_
-        try:
-            with conn:
-                found = conn.execute(
-                    "SELECT pg_catalog.has_schema_privilege(oid, 'USAGE') FROM pg_catalog.pg_namespace "
-                    "WHERE nspname = %s",
-                    [schema],
-                ).fetchone()
-                if found is None:
-                    return TestResult(False, f"Schema '{schema}' not found.")
-                if not found[0]:
-                    return TestResult(False, f"User '{self.credentials.username}' has no access to schema '{schema}'.")
-                tables = conn.execute(_RELATIONS_SQL, {"schema": schema}).fetchall()
-        except psycopg.Error as exc:
-            return TestResult(False, f"Connected, but listing tables failed: {self._scrub(str(exc)).strip()}")
-        noun = "table" if len(tables) == 1 else "tables"
-        return TestResult(True, f"Connection successful. {len(tables)} {noun} accessible.")
+        with self._psycopg(timeout) as conn:
+            found = conn.execute(
+                "SELECT pg_catalog.has_schema_privilege(oid, 'USAGE') FROM pg_catalog.pg_namespace WHERE nspname = %s",
+                [schema],
+            ).fetchone()
+            if found is None:
+                raise SourceError(f"Schema '{schema}' not found.")
+            if not found[0]:
+                raise SourceError(f"User '{self.credentials.username}' has no access to schema '{schema}'.")
+            return len(conn.execute(_RELATIONS_SQL, {"schema": schema}).fetchall())
 
-    def discover(self, timeout: float) -> list[TableInfo]:
+    def _discover(self, timeout: float) -> list[TableInfo]:
         deadline = time.monotonic() + timeout
         schema = self.config.schema_
-        error: SourceError | None = None
-        try:
-            conn = self._psycopg(timeout)
-        except psycopg.Error as exc:
-            error = SourceError(self._connect_error(exc))
-        if error is not None:
-            raise error
-        try:
-            with conn:
-                if (
-                    conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", [schema]).fetchone()
-                    is None
-                ):
-                    error = SourceError(f"Schema '{schema}' not found.")
-                else:
-                    return self._discover(conn, deadline)
-        except psycopg.Error as exc:
-            error = SourceError(f"Discovery of schema '{schema}' failed: {self._scrub(str(exc)).strip()}")
-        raise error
+        with self._psycopg(timeout) as conn:
+            if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", [schema]).fetchone() is None:
+                raise SourceError(f"Schema '{schema}' not found.")
+            return self._tables(conn, deadline)
 
-    def _discover(self, conn: psycopg.Connection, deadline: float) -> list[TableInfo]:
+    def _tables(self, conn: psycopg.Connection, deadline: float) -> list[TableInfo]:
         relations = conn.execute(_RELATIONS_SQL, {"schema": self.config.schema_}).fetchall()
         oids = [oid for oid, *_ in relations]
         columns: dict[int, list[ColumnInfo]] = {oid: [] for oid in oids}
@@ -468,86 +462,47 @@ class PostgresSource(Source):
             return 0
         if time.monotonic() >= deadline:
             return None
-        relation = sql.Identifier(self.config.schema_, table)
+        relation = f"{quote_ident(self.config.schema_)}.{quote_ident(table)}"
         try:
             if kind in ("r", "m") and heap_bytes <= _COUNT_BELOW_BYTES:  # small: counting is as cheap as guessing
-                return int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(relation)).fetchone()[0])
-            plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT * FROM {}").format(relation)).fetchone()[0]
+                return int(conn.execute(f"SELECT count(*) FROM {relation}").fetchone()[0])
+            plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT * FROM {relation}").fetchone()[0]
             return int(plan[0]["Plan"]["Plan Rows"])
         except psycopg.Error:
             return None
 
-    def arrow_schema(self, table: str) -> pa.Schema:
-        source = self._duckdb()
-        error: SourceError | None = None
-        try:
-            query = self._query(source, table, None, None, limit0=True)
+    def _arrow_schema(self, table: str) -> pa.Schema:
+        with closing(self._duckdb()) as source:
+            query = self._query(source, table, None, limit0=True)
             return source.con.execute(query.sql, query.params).fetch_record_batch(1).schema
-        except duckdb.Error as exc:
-            error = self._read_error(table, exc)
-        finally:
-            source.close()
-        raise error
 
-    def read(
-        self,
-        table: str,
-        *,
-        cursor_field: str | None = None,
-        cursor_value: Any = None,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
-    ) -> Iterator[pa.RecordBatch]:
-        if batch_rows < 1:
-            raise ValueError("batch_rows must be positive")
-        source = self._duckdb()
-        reader: pa.RecordBatchReader | None = None
-        error: SourceError | None = None
-        try:
-            query = self._query(source, table, cursor_field, cursor_value)
-            reader = source.con.execute(query.sql, query.params).fetch_record_batch(batch_rows)
-            schema = reader.schema
-            for batch in reader:
-                if batch.num_rows:
-                    yield batch if batch.schema == schema else batch.cast(schema)
-        except duckdb.Error as exc:
-            error = self._read_error(table, exc)
-        finally:  # also when the consumer stops early (GeneratorExit)
-            if reader is not None:
-                reader.close()
-            source.close()
-        if error is not None:
-            raise error
+    @contextmanager
+    def _scan(self, table: str, cursor: Cursor | None, batch_rows: int) -> Iterator[Scan]:
+        with closing(self._duckdb()) as source:
+            query = self._query(source, table, cursor)
+            with closing(source.con.execute(query.sql, query.params).fetch_record_batch(batch_rows)) as reader:
+                yield Scan(reader.schema, reader, cursor_applied=query.cursor_applied)
 
     # -- read planning ----------------------------------------------------------------------
 
-    def _query(
-        self,
-        source: _Attached,
-        table: str,
-        cursor_field: str | None,
-        cursor_value: Any,
-        *,
-        limit0: bool = False,
-    ) -> _Query:
+    def _query(self, source: _Attached, table: str, cursor: Cursor | None, *, limit0: bool = False) -> _Query:
         """The DuckDB query streaming `table` in landing types, plus its parameters.
 
         Columns DuckDB would read lossily or as DuckDB-specific structs (see `_server_expression`) are
         converted by PostgreSQL through `postgres_query`; otherwise the attached table is scanned
         directly (parallel ctid ranges, filter pushdown). DuckDB-side casts then bring every column
-        to a landing type (`_duckdb.landing_select`).
+        to a landing type (`_duckdb.landing_select`). The cursor is always compared by PostgreSQL.
         """
-        schema, qi = self.config.schema_, _duckdb.quote_ident
+        schema, qi = self.config.schema_, quote_ident
         catalog = _PLAN_SQL.format(schema=_pg_literal(schema), table=_pg_literal(table))
         con, alias = source.con, source.alias
-        rows = con.execute(
-            f"SELECT * FROM postgres_query({_duckdb.quote_literal(alias)}, {_duckdb.quote_literal(catalog)})"
-        ).fetchall()
+        rows = con.execute(f"SELECT * FROM postgres_query({quote_literal(alias)}, {quote_literal(catalog)})").fetchall()
         if not rows:
             raise SourceError(f"Table '{table}' not found in schema '{schema}'.")
         columns = [_PgColumn(*row) for row in rows]
-        if cursor_field is not None and cursor_field not in {column.name for column in columns}:
-            raise SourceError(f"Cursor column '{cursor_field}' not found in table '{table}'.")
-        filtered = cursor_field is not None and cursor_value is not None
+        filtered = (
+            cursor is not None and cursor.value is not None and cursor.field in {column.name for column in columns}
+        )
         expressions = [_server_expression(column) for column in columns]
         params: list[Any] = []
         where = ""
@@ -558,32 +513,27 @@ class PostgresSource(Source):
             )
             pg_sql = f"SELECT {select} FROM {qi(schema)}.{qi(table)}"
             if filtered:
-                try:
-                    literal = _pg_literal(cursor_value)
-                except psycopg.Error:
-                    raise SourceError(
-                        f"Cursor value of type {type(cursor_value).__name__} cannot be compared with '{cursor_field}'."
-                    ) from None
-                pg_sql += f" WHERE {qi(cursor_field)} > {literal}"
+                pg_sql += f" WHERE {qi(cursor.field)} > {self._cursor_literal(cursor)}"
             if limit0:
                 pg_sql += " LIMIT 0"
-            relation = f"postgres_query({_duckdb.quote_literal(alias)}, {_duckdb.quote_literal(pg_sql)}) AS t"
+            relation = f"postgres_query({quote_literal(alias)}, {quote_literal(pg_sql)}) AS t"
         else:
             relation = f"{alias}.{qi(schema)}.{qi(table)} AS t"
             if filtered:
-                where = f" WHERE t.{qi(cursor_field)} > ?"
-                params.append(cursor_value)
+                where = f" WHERE t.{qi(cursor.field)} > ?"
+                params.append(cursor.value)
         described = con.sql(f"SELECT * FROM {relation}")
         select_list = _duckdb.landing_select(list(zip(described.columns, described.types, strict=True)), "t")
         query = f"SELECT {select_list} FROM {relation}{where}"
         if limit0:
             query += " LIMIT 0"
-        return _Query(query, params)
+        return _Query(query, params, cursor_applied=filtered)
 
-    def _read_error(self, table: str, exc: Exception) -> SourceError:
-        text = self._scrub(str(exc))
-        if "Unable to connect to Postgres" in text:
-            return SourceError(self._connect_error(exc))
-        if "dimensions" in text:
-            text += " (multi-dimensional arrays are not supported)"
-        return SourceError(f"Reading '{self.config.schema_}.{table}' failed: {text.strip()}")
+    @staticmethod
+    def _cursor_literal(cursor: Cursor) -> str:
+        try:
+            return _pg_literal(cursor.value)
+        except psycopg.Error:
+            raise SourceError(
+                f"Cursor value of type {type(cursor.value).__name__} cannot be compared with '{cursor.field}'."
+            ) from None

@@ -50,6 +50,7 @@ import re
 import sqlite3
 import time as time_module
 from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -57,18 +58,19 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
+from rime_dagster.connectors.sources._sql import quote_ident
 from rime_dagster.connectors.sources.base import (
-    DEFAULT_BATCH_ROWS,
+    Action,
     ColumnInfo,
+    Cursor,
     NoCredentials,
+    Scan,
     Source,
     SourceError,
     StrictModel,
     TableInfo,
-    TestResult,
     register,
 )
 
@@ -253,35 +255,40 @@ def _interrupt_after(conn: sqlite3.Connection, deadline: float) -> None:
     conn.set_progress_handler(lambda: int(time_module.monotonic() > deadline), 10_000)
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 @register
 class SqliteSource(Source):
     connector_type = "sqlite"
     config_model = SqliteConfig
     credentials_model = NoCredentials
     path_fields = ("path",)
+    driver_errors = (sqlite3.Error,)
 
     config: SqliteConfig
 
     def __repr__(self) -> str:
         return f"SqliteSource(path={self.config.path!r})"
 
+    def _translate(self, exc: Exception, action: Action, table: str | None) -> SourceError:
+        if action == "connect":
+            return SourceError(f"Could not open {self.config.path}: {exc}.")
+        if action == "read":
+            return SourceError(f"Reading table '{table}' from {self.config.path} failed: {exc}.")
+        return SourceError(f"Could not read {self.config.path}: {exc}.")
+
     def _open(self, timeout: float | None = None) -> sqlite3.Connection:
         """Read-only connection; with `timeout`, statements are interrupted past that many seconds."""
         path = self._confined(self.config.path, field="path")  # again at every use: the file may have been swapped
         if not path.is_file():
             raise SourceError(f"SQLite file {self.config.path} does not exist or is not a file.")
-        try:
+
+        def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(
                 f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout or 5.0, check_same_thread=False
             )
             conn.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as exc:
-            message = f"Could not open {self.config.path}: {exc}."
-            raise SourceError(message) from None
+            return conn
+
+        conn = self._guarded("connect", None, connect)
         if timeout is not None:
             _interrupt_after(conn, time_module.monotonic() + timeout)
         return conn
@@ -302,131 +309,76 @@ class SqliteSource(Source):
             raise SourceError(f"Table '{table}' not found.")
         return [(name, declared or "", bool(notnull), pk) for name, declared, notnull, pk in rows]
 
-    def test(self, timeout: float) -> TestResult:
-        try:
-            conn = self._open(timeout)
-        except SourceError as exc:
-            return TestResult(False, str(exc))
-        try:
-            with conn:
-                tables = self._tables(conn)
-        except sqlite3.Error as exc:
-            return TestResult(False, f"Could not read {self.config.path}: {exc}.")
-        finally:
-            conn.close()
-        noun = "table" if len(tables) == 1 else "tables"
-        return TestResult(True, f"Connection successful. {len(tables)} {noun} accessible.")
-
-    def discover(self, timeout: float) -> list[TableInfo]:
-        deadline = time_module.monotonic() + timeout
-        conn = self._open()
-        error: SourceError | None = None
-        try:
-            result = []
-            for table in self._tables(conn):
-                columns = self._columns(conn, table)
-                keys = sorted((pk, name) for name, _, _, pk in columns if pk)
-                rowid_alias = len(keys) == 1 and any(
-                    pk and declared.upper() == "INTEGER" for _, declared, _, pk in columns
-                )
-                _interrupt_after(conn, deadline)
-                try:
-                    estimate = conn.execute(f"SELECT count(*) FROM {_quote(table)}").fetchone()[0]
-                except sqlite3.OperationalError:  # interrupted at the deadline
-                    estimate = None
-                finally:
-                    conn.set_progress_handler(None, 0)
-                result.append(
-                    TableInfo(
-                        name=table,
-                        columns=[
-                            ColumnInfo(name, declared, nullable=not (notnull or (rowid_alias and pk == 1)))
-                            for name, declared, notnull, pk in columns
-                        ],
-                        primary_key=[name for _, name in keys],
-                        row_estimate=estimate,
-                    )
-                )
-            return result
-        except sqlite3.Error as exc:
-            error = SourceError(f"Could not read {self.config.path}: {exc}.")
-        finally:
-            conn.close()
-        raise error
-
     def _landing_columns(self, conn: sqlite3.Connection, table: str) -> list[_Column]:
         return [_landing(name, declared) for name, declared, _, _ in self._columns(conn, table)]
 
-    def arrow_schema(self, table: str) -> pa.Schema:
-        conn = self._open()
-        error: SourceError | None = None
-        try:
-            return pa.schema([pa.field(column.name, column.type) for column in self._landing_columns(conn, table)])
-        except sqlite3.Error as exc:
-            error = SourceError(f"Could not read {self.config.path}: {exc}.")
-        finally:
-            conn.close()
-        raise error
+    # -- Source hooks -----------------------------------------------------------------------------------------
 
-    def read(
-        self,
-        table: str,
-        *,
-        cursor_field: str | None = None,
-        cursor_value: Any = None,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
-    ) -> Iterator[pa.RecordBatch]:
-        if batch_rows < 1:
-            raise ValueError("batch_rows must be positive")
-        conn = self._open()
-        error: SourceError | None = None
+    def _count_tables(self, timeout: float) -> int:
+        with closing(self._open(timeout)) as conn:
+            return len(self._tables(conn))
+
+    def _discover(self, timeout: float) -> list[TableInfo]:
+        deadline = time_module.monotonic() + timeout
+        with closing(self._open()) as conn:
+            return [self._table_info(conn, table, deadline) for table in self._tables(conn)]
+
+    def _table_info(self, conn: sqlite3.Connection, table: str, deadline: float) -> TableInfo:
+        columns = self._columns(conn, table)
+        keys = sorted((pk, name) for name, _, _, pk in columns if pk)
+        rowid_alias = len(keys) == 1 and any(pk and declared.upper() == "INTEGER" for _, declared, _, pk in columns)
+        _interrupt_after(conn, deadline)
         try:
+            estimate = conn.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0]
+        except sqlite3.OperationalError:  # interrupted at the deadline
+            estimate = None
+        finally:
+            conn.set_progress_handler(None, 0)
+        return TableInfo(
+            name=table,
+            columns=[
+                ColumnInfo(name, declared, nullable=not (notnull or (rowid_alias and pk == 1)))
+                for name, declared, notnull, pk in columns
+            ],
+            primary_key=[name for _, name in keys],
+            row_estimate=estimate,
+        )
+
+    def _arrow_schema(self, table: str) -> pa.Schema:
+        with closing(self._open()) as conn:
+            return _schema(self._landing_columns(conn, table))
+
+    @contextmanager
+    def _scan(self, table: str, cursor: Cursor | None, batch_rows: int) -> Iterator[Scan]:
+        with closing(self._open()) as conn:
             columns = self._landing_columns(conn, table)
-            schema = pa.schema([pa.field(column.name, column.type) for column in columns])
-            names = [column.name for column in columns]
-            query = f"SELECT {', '.join(map(_quote, names))} FROM {_quote(table)}"
+            query = f"SELECT {', '.join(quote_ident(column.name) for column in columns)} FROM {quote_ident(table)}"
             params: list[Any] = []
-            arrow_filter: tuple[int, pa.Scalar] | None = None
-            if cursor_field is not None:
-                if cursor_field not in names:
-                    raise SourceError(f"Cursor column '{cursor_field}' not found in table '{table}'.")
-                if cursor_value is not None:
-                    index = names.index(cursor_field)
-                    if columns[index].type in (pa.int64(), pa.float64()):
-                        query += f" WHERE {_quote(cursor_field)} > ?"
-                        params.append(cursor_value)
-                    else:
-                        arrow_filter = (index, self._cursor_scalar(table, columns[index], cursor_value))
-            cursor = conn.execute(query, params)
-            seen = 0
-            while rows := cursor.fetchmany(batch_rows):
-                values = list(zip(*rows, strict=True))
-                arrays = [self._array(table, column, values[i], seen) for i, column in enumerate(columns)]
-                seen += len(rows)
-                batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
-                if arrow_filter is not None:
-                    index, scalar = arrow_filter
-                    batch = batch.filter(pc.greater(batch.column(index), scalar))
-                if batch.num_rows:
-                    yield batch
-        except sqlite3.Error as exc:
-            error = SourceError(f"Reading table '{table}' from {self.config.path} failed: {exc}.")
-        finally:
-            conn.close()
-        if error is not None:
-            raise error
+            # Numbers compare the same in SQLite: the filter goes into the query. Other types are compared
+            # by the base on the converted values, since SQLite would compare the stored text or numbers.
+            by_name = {column.name: column for column in columns}
+            pushed = (
+                cursor is not None
+                and cursor.value is not None
+                and cursor.field in by_name
+                and by_name[cursor.field].type in (pa.int64(), pa.float64())
+            )
+            if pushed:
+                query += f" WHERE {quote_ident(cursor.field)} > ?"
+                params.append(cursor.value)
+            rows = conn.execute(query, params)
+            yield Scan(_schema(columns), self._batches(table, columns, rows, batch_rows), cursor_applied=pushed)
 
-    @staticmethod
-    def _cursor_scalar(table: str, column: _Column, value: Any) -> pa.Scalar:
-        if isinstance(value, datetime) and value.tzinfo is not None and pa.types.is_timestamp(column.type):
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        try:
-            return pa.scalar(value).cast(column.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            raise SourceError(
-                f"Cursor value of type {type(value).__name__} cannot be compared with column "
-                f"'{column.name}' ({column.declared or 'no declared type'}) of table '{table}'."
-            ) from None
+    def _batches(
+        self, table: str, columns: list[_Column], rows: sqlite3.Cursor, batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        schema = _schema(columns)
+        seen = 0
+        while chunk := rows.fetchmany(batch_rows):
+            values = list(zip(*chunk, strict=True))
+            arrays = [self._array(table, column, values[i], seen) for i, column in enumerate(columns)]
+            seen += len(chunk)
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     @staticmethod
     def _array(table: str, column: _Column, values: tuple[Any, ...], offset: int) -> pa.Array:
@@ -454,3 +406,7 @@ class SqliteSource(Source):
                     f"{column.declared or '(none)'} (landing type {column.type})."
                 ) from None
         return pa.array(converted, type=column.type)
+
+
+def _schema(columns: list[_Column]) -> pa.Schema:
+    return pa.schema([pa.field(column.name, column.type) for column in columns])
