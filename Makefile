@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test install bench lint clean
+.PHONY: up test install bench lint clean postgres-programs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,19 @@ install: $(STAMP)
 up: $(STAMP)
 	exec $(BIN)/rime up
 
+## PostgreSQL's server programs, which the postgres tests run (pytest-postgresql's executor starts a throwaway
+## server with pg_ctl): Debian's package, installed here, before the suite, when pg_ctl is missing.
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl) $(shell command -v pg_ctl))
+
+postgres-programs:
+ifeq ($(PG_CTL),)
+	@[ "$$(id -u)" = 0 ] || { echo "the postgres tests need PostgreSQL's pg_ctl: sudo apt-get install postgresql"; exit 1; }
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+endif
+
 ## Install what the tests need and run the whole suite.
-test: $(STAMP)
+test: $(STAMP) postgres-programs
 	$(BIN)/python -m pytest
 
 ## Run every benchmark (installs the `bench` extra: dlt, the connector sync peer).

@@ -35,6 +35,15 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def postgres_store_template(postgres_url) -> Iterator[str]:
+    """A PostgreSQL database migrated to head once; each test's PostgreSQL store is a copy of it."""
+    with fresh_database(postgres_url, "store_template") as url:
+        upgrade_to_head(url)
+        engine_for(url).dispose()
+        yield "store_template"
+
+
 _databases = itertools.count()
 
 
@@ -47,8 +56,8 @@ def db_url(request, tmp_path) -> Iterator[str]:
         yield url
         engine_for(url).dispose()
         return
-    with fresh_database(request.getfixturevalue("postgres_url"), f"store_{next(_databases)}") as url:
-        upgrade_to_head(url)
+    server, template = request.getfixturevalue("postgres_url"), request.getfixturevalue("postgres_store_template")
+    with fresh_database(server, f"store_{next(_databases)}", template=template) as url:
         yield url
         engine_for(url).dispose()
 
