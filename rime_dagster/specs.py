@@ -212,8 +212,11 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
 
 
 def connector_tables_of(connector: ConnectorSpec | Connector, namespace: str | None = None) -> list[ConnectorTable]:
-    """The connector's tables as dbt sources can reference them."""
-    ns = namespace or connector.namespace  # type: ignore[union-attr]
+    """The connector's tables as dbt sources can reference them. A `Connector` row has no namespace: pass its
+    project's."""
+    ns = namespace or (connector.namespace if isinstance(connector, ConnectorSpec) else None)
+    if not ns:
+        raise ValueError(f"connector {connector.id}: no namespace given for a Connector row")
     return [
         ConnectorTable(
             connector_id=connector.id,

@@ -80,7 +80,7 @@ def _bump(session: Session) -> None:
     if not touched:
         return
     state = DefinitionsState.__table__
-    generation = session.execute(
+    generation: int = session.execute(
         update(state)
         .where(state.c.id == STATE_ID)
         .values(generation=state.c.generation + 1, changed_at=utcnow())
@@ -101,7 +101,7 @@ def _announce(session: Session) -> None:
     generation = session.info.pop(_BUMPED, None)
     if generation is None:
         return
-    url = session.get_bind().url.render_as_string(hide_password=True)
+    url = session.get_bind().engine.url.render_as_string(hide_password=True)
     with _listeners_lock:
         listeners = list(_listeners)
     for listener in listeners:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from rime_dagster.connectors.names import landable_tables
@@ -12,7 +13,8 @@ from rime_dagster.store.types import UTCDateTime, utcnow
 
 
 class Base(DeclarativeBase):
-    pass
+    # Every row class maps one table (SQLAlchemy types __table__ as any FromClause): Core statements use it.
+    __table__: ClassVar[Table]
 
 
 class TimestampedMixin:

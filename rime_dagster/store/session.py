@@ -60,9 +60,9 @@ class _GatedConnection(sqlite3.Connection):
         self.holding = self.gate is not None
 
     def leave_write(self) -> None:
-        if self.holding:
+        if self.holding and self.gate is not None:
             self.holding = False
-            self.gate.release()  # type: ignore[union-attr]
+            self.gate.release()
 
     def commit(self) -> None:
         try:

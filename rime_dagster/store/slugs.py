@@ -8,6 +8,8 @@ keeps its Dagster names, Iceberg tables and run history where they are.
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -28,6 +30,6 @@ def taken_slugs(session: Session, project_id: str) -> set[str]:
     return set(connectors) | set(dbt) | set(pipelines)
 
 
-def new_slug(session: Session, project_id: str, name: str, *, fallback: str, also_taken: set[str] = frozenset()) -> str:
+def new_slug(session: Session, project_id: str, name: str, *, fallback: str, also_taken: Set[str] = frozenset()) -> str:
     """`Shop nightly` -> `shop_nightly` (`shop_nightly_2` if taken). `also_taken`: slugs to avoid as well."""
     return unique_identifier(name, taken_slugs(session, project_id) | set(also_taken), fallback=fallback)

@@ -25,11 +25,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("slug", sa.String(length=100), nullable=True))
     bind = op.get_bind()
     taken: dict[str, set[str]] = {}
-    for project_id, prefix in bind.execute(sa.text("SELECT project_id, table_prefix FROM connectors")):
+    for project_id, prefix in bind.execute(sa.text("SELECT project_id, table_prefix FROM connectors")).tuples():
         taken.setdefault(project_id, set()).add(prefix)
-    for project_id, slug in bind.execute(sa.text("SELECT project_id, slug FROM dbt_projects")):
+    for project_id, slug in bind.execute(sa.text("SELECT project_id, slug FROM dbt_projects")).tuples():
         taken.setdefault(project_id, set()).add(slug)
-    pipelines = bind.execute(sa.text("SELECT id, project_id, name FROM pipelines ORDER BY created_at, id")).all()
+    pipelines = (
+        bind.execute(sa.text("SELECT id, project_id, name FROM pipelines ORDER BY created_at, id")).tuples().all()
+    )
     for pipeline_id, project_id, name in pipelines:
         slugs = taken.setdefault(project_id, set())
         slug = unique_identifier(name, slugs, fallback="pipeline")
