@@ -11,20 +11,60 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Generator, Iterable
+from typing import Generic, TypeAlias, TypeVar
 
 T = TypeVar("T")
 
-_DONE = object()
+
+class _Done:
+    """The producer's last item: the source is exhausted."""
+
+
+_DONE = _Done()
 
 
 class _Raised:
-    def __init__(self, exc: BaseException):
+    def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
 
-def prefetched(items: Iterable[T], *, depth: int = 2, name: str = "rime-prefetch") -> Iterator[T]:
+_Slot: TypeAlias = T | _Raised | _Done  # what the queue carries
+
+
+class _Producer(Generic[T]):
+    """The background thread: puts the source's items, then `_DONE` or the error, until told to stop."""
+
+    def __init__(self, items: Iterable[T], slots: queue.Queue[_Slot[T]], stop: threading.Event) -> None:
+        self.items = items
+        self.slots = slots
+        self.stop = stop
+
+    def put(self, item: _Slot[T]) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        iterator = iter(self.items)
+        try:
+            for item in iterator:
+                if not self.put(item):
+                    return
+            self.put(_DONE)
+        except BaseException as exc:
+            self.put(_Raised(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+
+def prefetched(items: Iterable[T], *, depth: int = 2, name: str = "rime-prefetch") -> Generator[T, None, None]:
     """Yields `items` in order while a background thread produces up to `depth` of them ahead.
 
     When the consumer stops early (exception, `close()`), the producer stops at its next item and
@@ -32,42 +72,18 @@ def prefetched(items: Iterable[T], *, depth: int = 2, name: str = "rime-prefetch
     """
     if depth < 1:
         raise ValueError("depth must be positive")
-    slots: queue.Queue = queue.Queue(maxsize=depth)
+    slots: queue.Queue[_Slot[T]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        iterator = iter(items)
-        try:
-            for item in iterator:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as exc:
-            put(_Raised(exc))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=produce, name=name, daemon=True)
+    worker = threading.Thread(target=_Producer(items, slots, stop).run, name=name, daemon=True)
     worker.start()
     try:
         while True:
             item = slots.get()
-            if item is _DONE:
+            if isinstance(item, _Done):
                 return
             if isinstance(item, _Raised):
                 raise item.exc
-            yield item  # type: ignore[misc]
+            yield item
     finally:
         stop.set()
         worker.join()

@@ -332,7 +332,7 @@ def subset_selection(
     def fqn(unique_id: str) -> str:
         return ".".join(node(manifest, unique_id)["fqn"])
 
-    names = [fqn(specs.node_ids[key]) for key in sorted(keys, key=lambda k: k.path)]
+    names = [fqn(specs.node_ids[key]) for key in sorted(keys, key=lambda k: tuple(k.path))]
     ordered_checks = sorted(checks, key=lambda c: (c.asset_key.path, c.name))
     if any(c.asset_key in keys for c in set(specs.test_ids) - checks):
         names += [fqn(specs.test_ids[c]) for c in ordered_checks]

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
 
 import dagster as dg
 import yaml
@@ -35,6 +35,15 @@ from rime_dagster.platform.limits import max_runtime_tags
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource, settings
 from rime_dagster.specs import DbtProjectSpec
+
+if TYPE_CHECKING:
+    from dagster_dbt import DagsterDbtTranslator
+    from dagster_dbt.core.dbt_cli_invocation import DbtCliInvocation
+
+# The project's own multi-asset, or a pipeline's `dbt` step op.
+RunContext: TypeAlias = dg.AssetExecutionContext | dg.OpExecutionContext
+# What dbt reports about a model: an output of the project's multi-asset, a materialization in a pipeline step.
+ModelEvent: TypeAlias = dg.Output | dg.AssetMaterialization
 
 INDIRECT_SELECTION_ENV = "DBT_INDIRECT_SELECTION"
 SUBSET_SELECTOR = "rime_subset"
@@ -69,7 +78,9 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
         can_subset=True,
         op_tags={run_tags.DBT_PROJECT_ID: spec.id},
     )
-    def run_dbt(context: dg.AssetExecutionContext, config: DbtRunConfig, iceberg: IcebergCatalogResource):
+    def run_dbt(
+        context: dg.AssetExecutionContext, config: DbtRunConfig, iceberg: IcebergCatalogResource
+    ) -> Iterator[Any]:
         missing = {k: v for k, v in dbt_tags(spec.project_id, spec.id).items() if k not in context.run.tags}
         if missing:  # started from the Dagster UI: tag it so the API's run history shows it
             context.instance.add_run_tags(context.run_id, missing)
@@ -102,17 +113,17 @@ def dbt_definitions(spec: DbtProjectSpec) -> dg.Definitions:
 def dbt_events(
     spec: DbtProjectSpec,
     nodes: Mapping[str, Any],
-    context,
+    context: RunContext,
     iceberg: IcebergCatalogResource,
     *,
     command: str,
     full_refresh: bool,
     variables: Mapping[str, Any],
-    run_dir,
+    run_dir: Path,
     select: str | None = None,
     exclude: str | None = None,
     assets: DbtAssetSpecs | None = None,
-):
+) -> Iterator[Any]:
     """Runs one dbt command and yields its Dagster events; models marked for publishing are published to
     Iceberg once dbt exits (their events held back until then). Raises when dbt or a publish failed.
 
@@ -121,7 +132,6 @@ def dbt_events(
     `select`/`exclude` passed to dbt; asset materializations and check evaluations).
     """
     # dagster-dbt imports dbt-core: only a run pays for it, never the code location's load.
-    from rime_dagster.dbt.duckdb_plugin import VIEWS_FILE_ENV, connector_views
     from rime_dagster.dbt.translator import translator_for
 
     # dbt reads the password through env_var() in the generated profile: it goes to that dbt process only,
@@ -133,28 +143,9 @@ def dbt_events(
         if assets is not None
         else None
     )
-    args = [command]
-    if full_refresh and command in ("build", "run", "seed"):
-        args.append("--full-refresh")
-    if variables:
-        args += ["--vars", json.dumps(dict(variables))]
-    if select:
-        args += ["--select", select]
-    if exclude:
-        args += ["--exclude", exclude]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tables: list[str] = []
-    if spec.adapter == "duckdb":
-        # The connector tables dbt reads as views: looked up here, since dbt's sandbox keeps it from the catalog.
-        views = connector_views(spec.namespace)
-        (run_dir / "connector_views.json").write_text(json.dumps(views))
-        env[VIEWS_FILE_ENV] = str(run_dir / "connector_views.json")
-        tables = [location for _, _, location in views]
-    # Start from the revision's parse: dbt re-parses only what differs (e.g. other vars), not every file.
-    partial = spec.files.target_dir / "partial_parse.msgpack"
-    if partial.is_file():
-        shutil.copy2(partial, run_dir / partial.name)
-    held: list[Any] = []  # events of models to publish, yielded once published
+    args = _dbt_args(command, full_refresh=full_refresh, variables=variables, select=select, exclude=exclude)
+    tables = _prepare_run_dir(spec, run_dir, env)
+    held: list[ModelEvent] = []  # events of models to publish, yielded once published
     failure: BaseException | None = None
     publish_errors: list[str] = []
     with _warehouse_lock(spec, context), _selected(spec, selection) as (project_dir, selection_args):
@@ -172,12 +163,12 @@ def dbt_events(
             manifest=manifest,
             translator=translator_for(spec),
         )
-        events = invocation.stream()
+        events: Iterator[Any] = invocation.stream()
         if assets is not None:
             events = _asset_events(events, context, assets, nodes)
         try:
             for event in events:
-                if isinstance(event, (dg.Output, dg.AssetMaterialization)) and _publishes(nodes, event, context):
+                if isinstance(event, (dg.Output, dg.AssetMaterialization)) and _publishes(nodes, event):
                     held.append(event)
                     continue
                 yield event
@@ -194,8 +185,43 @@ def dbt_events(
         raise dg.Failure(description="; ".join(publish_errors))
 
 
+def _dbt_args(
+    command: str, *, full_refresh: bool, variables: Mapping[str, Any], select: str | None, exclude: str | None
+) -> list[str]:
+    args = [command]
+    if full_refresh and command in ("build", "run", "seed"):
+        args.append("--full-refresh")
+    if variables:
+        args += ["--vars", json.dumps(dict(variables))]
+    if select:
+        args += ["--select", select]
+    if exclude:
+        args += ["--exclude", exclude]
+    return args
+
+
+def _prepare_run_dir(spec: DbtProjectSpec, run_dir: Path, env: dict[str, str]) -> list[str]:
+    """Makes the run's folder, with the project's partial parse and (DuckDB) the connector views file that `env`
+    points dbt at. Returns the current metadata files of the connector tables dbt reads."""
+    from rime_dagster.dbt.duckdb_plugin import VIEWS_FILE_ENV, connector_views
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tables: list[str] = []
+    if spec.adapter == "duckdb":
+        # The connector tables dbt reads as views: looked up here, since dbt's sandbox keeps it from the catalog.
+        views = connector_views(spec.namespace)
+        (run_dir / "connector_views.json").write_text(json.dumps(views))
+        env[VIEWS_FILE_ENV] = str(run_dir / "connector_views.json")
+        tables = [location for _, _, location in views]
+    # Start from the revision's parse: dbt re-parses only what differs (e.g. other vars), not every file.
+    partial = spec.files.target_dir / "partial_parse.msgpack"
+    if partial.is_file():
+        shutil.copy2(partial, run_dir / partial.name)
+    return tables
+
+
 def _asset_events(
-    events: Iterable[Any], context: dg.AssetExecutionContext, assets: DbtAssetSpecs, nodes: Mapping[str, Any]
+    events: Iterable[Any], context: RunContext, assets: DbtAssetSpecs, nodes: Mapping[str, Any]
 ) -> Iterator[Any]:
     """dagster-dbt's events for an op (asset materializations, check evaluations, observations) as the
     events of the project's multi-asset: an output per selected asset, a check result per selected check.
@@ -261,8 +287,8 @@ def _start_dbt(
     profiles_dir: Path,
     target_path: Path,
     manifest: Mapping[str, Any],
-    translator,
-):
+    translator: "DagsterDbtTranslator",
+) -> "DbtCliInvocation":
     """Starts `dbt <args>` as dagster-dbt's `DbtCliResource.cli` does, but in the environment `env` alone:
     `cli` hands dbt a copy of this worker's os.environ (platform secrets included) and takes no environment.
     Without `cli`'s in-process dbt adapter, used only for column metadata we do not fetch."""
@@ -301,11 +327,11 @@ class _warehouse_lock:
     """One dbt process at a time per DuckDB file (DuckDB allows one writer process); waits, with a log line,
     for at most RIME_DBT_LOCK_TIMEOUT_SECONDS, then fails the run."""
 
-    def __init__(self, spec: DbtProjectSpec, context: dg.AssetExecutionContext):
+    def __init__(self, spec: DbtProjectSpec, context: RunContext) -> None:
         self.lock = FileLock(str(spec.duckdb_file) + ".lock") if spec.adapter == "duckdb" else None
         self.context = context
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         if self.lock is None:
             return self
         os.makedirs(os.path.dirname(self.lock.lock_file), exist_ok=True)
@@ -324,31 +350,31 @@ class _warehouse_lock:
                 ) from None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self.lock is not None:
             self.lock.release()
 
 
-def _node_for(nodes: Mapping[str, Any], event: dg.Output, context: dg.AssetExecutionContext) -> Mapping[str, Any]:
+def _node_for(nodes: Mapping[str, Any], event: ModelEvent) -> Mapping[str, Any]:
     unique_id = _metadata_text(event.metadata, "unique_id")
     return nodes.get(unique_id, {}) if unique_id else {}
 
 
-def _publishes(nodes: Mapping[str, Any], event: dg.Output, context: dg.AssetExecutionContext) -> bool:
-    node = _node_for(nodes, event, context)
+def _publishes(nodes: Mapping[str, Any], event: ModelEvent) -> bool:
+    node = _node_for(nodes, event)
     return node.get("resource_type") == "model" and publish_requested(node)
 
 
 def _publish(
     spec: DbtProjectSpec,
     nodes: Mapping[str, Any],
-    event: dg.Output,
-    context: dg.AssetExecutionContext,
+    event: ModelEvent,
+    context: RunContext,
     iceberg: IcebergCatalogResource,
-) -> tuple[dg.Output, str | None]:
+) -> tuple[ModelEvent, str | None]:
     from rime_dagster.dbt.publish import publish_model
 
-    node = _node_for(nodes, event, context)
+    node = _node_for(nodes, event)
     postgres = None
     if spec.adapter == "postgres":
         postgres = {

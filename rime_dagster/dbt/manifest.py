@@ -76,7 +76,9 @@ class ConnectorIndex:
     def match(self, source: Mapping[str, Any]) -> ConnectorTable | None:
         table_name = source.get("identifier") or source.get("name") or ""
         meta = {**(source.get("source_meta") or {}), **(source.get("meta") or {})}
-        rime = meta.get("rime") if isinstance(meta.get("rime"), dict) else {}
+        rime = meta.get("rime")
+        if not isinstance(rime, dict):
+            rime = {}
         if rime.get("connector"):
             connector = str(rime["connector"])
             tables = self.by_connector.get(connector) or self.by_connector.get(connector.lower()) or {}

@@ -238,7 +238,8 @@ def dbt_policy(settings, *, folders: Sequence[Path], tables: Sequence[str] = (),
         folder.mkdir(parents=True, exist_ok=True)
     read = [*SYSTEM_ROOTS, *ETC_FILES, *PROC_FILES, *SYS_ROOTS, *_python_roots(), *_package_dirs()]
     # RIME_HOME inside a folder dbt may read or write is a configuration error, not something to hand out.
-    for root in (*read, *own):
+    roots: list[str | Path] = [*read, *own]
+    for root in roots:
         resolved = Path(root).resolve()
         if _inside(home, resolved):
             raise SandboxUnavailable(f"RIME_HOME ({home}) lies inside {resolved}, which dbt may read; move it.")

@@ -317,7 +317,7 @@ def _checked_remote(location: GitLocation, rules: GitRules) -> list[str]:
         infos = socket.getaddrinfo(location.host, location.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise DbtProjectError(f"source.url: the host {location.host} cannot be resolved.") from None
-    addresses = sorted({info[4][0] for info in infos})
+    addresses = sorted({str(info[4][0]) for info in infos})  # IPv4/IPv6 sockaddr: (host, port, ...)
     if not rules.allow_local_hosts and any(_local_address(a) for a in addresses):
         raise DbtProjectError(
             "source.url points at a loopback or link-local address, which git sources may not reach "
