@@ -9,9 +9,10 @@ run in the same Dagster run and show in the same graph. Op definitions are named
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster._core.types.dagster_type import resolve_dagster_type
@@ -26,6 +27,7 @@ from rime_dagster.pipelines.spec import (
     DbtStepConfig,
     PipelineStepConfig,
     StepBody,
+    StepConfig,
     TableMaintenanceConfig,
     parse_step_config,
     validate_dag,
@@ -35,6 +37,9 @@ from rime_dagster.platform.names import dagster_name
 from rime_dagster.platform.pools import log_pool_wait, table_pool
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
 
 START, RESULT = "start", "result"
 NOTHING = resolve_dagster_type(dg.Nothing)  # graph input/output mappings want the DagsterType itself
@@ -48,18 +53,18 @@ class Resources:
         connectors: Mapping[str, ConnectorSpec],
         dbt_projects: Mapping[str, DbtProjectSpec],
         pipelines: Mapping[str, PipelineSpec],
-    ):
+    ) -> None:
         self.connectors = connectors
         self.dbt_projects = dbt_projects
         self.pipelines = pipelines
         self.graphs: dict[str, dg.GraphDefinition] = {}
 
 
-def _run_variables(context, pipeline: PipelineSpec) -> dict[str, Any]:
+def _run_variables(context: dg.OpExecutionContext, pipeline: PipelineSpec) -> dict[str, Any]:
     return {**pipeline.variables, **run_tags.variables_of(context.run.tags)}
 
 
-def _step_pool(pipeline: PipelineSpec, config, resources: Resources) -> tuple[str | None, str]:
+def _step_pool(pipeline: PipelineSpec, config: StepConfig, resources: Resources) -> tuple[str | None, str]:
     """The pool of a step that writes Iceberg tables (rime_dagster/platform/pools.py), and who it may wait for.
 
     Maintenance of a connector's table shares the connector's pool with its syncs: a connector's sync step
@@ -78,7 +83,7 @@ def _step_pool(pipeline: PipelineSpec, config, resources: Resources) -> tuple[st
     return None, ""
 
 
-def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resources) -> dg.OpDefinition:
+def _step_op(pipeline: PipelineSpec, step: StepBody, config: StepConfig, resources: Resources) -> dg.OpDefinition:
     retry = dg.RetryPolicy(max_retries=pipeline.retries, delay=5) if pipeline.retries else None
     pool, waited_for = _step_pool(pipeline, config, resources)
 
@@ -92,72 +97,101 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config, resources: Resource
         required_resource_keys={"iceberg"},
         pool=pool,
     )
-    def run_step(context: dg.OpExecutionContext):
+    def run_step(context: dg.OpExecutionContext) -> Iterator[Any]:
         if pool:
             log_pool_wait(context, waited_for)
         full_refresh = run_tags.is_set(context.run.tags, run_tags.FULL_REFRESH)
-        iceberg = context.resources.iceberg
         rows = 0
         if isinstance(config, ConnectorSyncConfig):
-            connector = resources.connectors.get(config.connector_id)
-            if connector is None:
-                raise dg.Failure(description=f"Connector {config.connector_id} no longer exists.")
-            tables = config.tables or connector.tables
-            for landed in sync_tables(connector, tables, iceberg.catalog(), context, full_refresh=full_refresh):
-                rows += landed.metadata["rows"]
-                yield dg.AssetMaterialization(asset_key=landed.asset_key, metadata=landed.metadata)
+            rows = yield from _sync_step(context, config, resources, full_refresh=full_refresh)
         elif isinstance(config, DbtStepConfig):
-            project = resources.dbt_projects.get(config.dbt_project_id)
-            if project is None:
-                raise dg.Failure(description=f"dbt project {config.dbt_project_id} no longer exists.")
-            run_dir = project.files.run_dir(f"{context.run_id}-{step.id}")
-            for event in dbt_events(
-                project,
-                load_manifest(project.files.manifest_path).get("nodes", {}),
-                context,
-                iceberg,
-                command=config.command,
-                full_refresh=full_refresh,
-                variables={**project.vars, **_run_variables(context, pipeline)},
-                run_dir=run_dir,
-                select=config.select,
-                exclude=config.exclude,
-            ):
-                if isinstance(event, dg.Output):  # an op context gets materializations, not outputs
-                    continue
-                if isinstance(event, dg.AssetMaterialization):
-                    published = event.metadata.get(run_tags.PUBLISHED_ROWS)
-                    rows += int(getattr(published, "value", published) or 0)
-                yield event
-            # Rows published to Iceberg, plus what the adapter says the models wrote (DuckDB says nothing).
-            rows += dbt_rows(run_dir)
-        elif isinstance(config, TableMaintenanceConfig) and config.operation == "compact":
-            # pyarrow and pyiceberg: only a run pays for them, never the code location's load.
-            from rime_dagster.connectors.landing import compact_table
-
-            result = compact_table(
-                iceberg.catalog(),
-                (pipeline.namespace, config.table),
-                run_id=context.run_id,
-                target_file_rows=config.target_file_rows,
-                min_files=config.min_files,
-            )
-            if result.snapshot_id is None:
-                context.log.info(f"{config.table}: {result.files_before} data file(s), nothing to compact")
-            else:
-                context.log.info(
-                    f"{config.table}: {result.files_before} data files rewritten into {result.files_after} "
-                    f"({result.rows} rows, snapshot {result.snapshot_id})"
-                )
+            rows = yield from _dbt_step(context, pipeline, step, config, resources, full_refresh=full_refresh)
         elif isinstance(config, TableMaintenanceConfig):
-            expired = expire_snapshots(iceberg.catalog(), pipeline.namespace, config)
-            context.log.info(f"{config.table}: expired {expired} snapshots")
+            _maintenance_step(context, pipeline.namespace, config)
         yield dg.Output(None, RESULT, metadata={"rows": rows})
 
     return run_step
 
 
-def dbt_rows(run_dir) -> int:
+def _sync_step(
+    context: dg.OpExecutionContext, config: ConnectorSyncConfig, resources: Resources, *, full_refresh: bool
+) -> Generator[dg.AssetMaterialization, None, int]:
+    """Syncs the connector's tables (all, or the step's); returns the rows landed."""
+    connector = resources.connectors.get(config.connector_id)
+    if connector is None:
+        raise dg.Failure(description=f"Connector {config.connector_id} no longer exists.")
+    rows = 0
+    tables = config.tables or connector.tables
+    catalog = context.resources.iceberg.catalog()
+    for landed in sync_tables(connector, tables, catalog, context, full_refresh=full_refresh):
+        rows += landed.metadata["rows"]
+        yield dg.AssetMaterialization(asset_key=landed.asset_key, metadata=landed.metadata)
+    return rows
+
+
+def _dbt_step(
+    context: dg.OpExecutionContext,
+    pipeline: PipelineSpec,
+    step: StepBody,
+    config: DbtStepConfig,
+    resources: Resources,
+    *,
+    full_refresh: bool,
+) -> Generator[Any, None, int]:
+    """Runs the step's dbt command; returns the rows published to Iceberg plus those the adapter says the
+    models wrote (DuckDB says nothing)."""
+    project = resources.dbt_projects.get(config.dbt_project_id)
+    if project is None:
+        raise dg.Failure(description=f"dbt project {config.dbt_project_id} no longer exists.")
+    rows = 0
+    run_dir = project.files.run_dir(f"{context.run_id}-{step.id}")
+    for event in dbt_events(
+        project,
+        load_manifest(project.files.manifest_path).get("nodes", {}),
+        context,
+        context.resources.iceberg,
+        command=config.command,
+        full_refresh=full_refresh,
+        variables={**project.vars, **_run_variables(context, pipeline)},
+        run_dir=run_dir,
+        select=config.select,
+        exclude=config.exclude,
+    ):
+        if isinstance(event, dg.Output):  # an op context gets materializations, not outputs
+            continue
+        if isinstance(event, dg.AssetMaterialization):
+            # Dagster holds metadata as MetadataValues: the count is the value of one.
+            rows += int(getattr(event.metadata.get(run_tags.PUBLISHED_ROWS), "value", None) or 0)
+        yield event
+    return rows + dbt_rows(run_dir)
+
+
+def _maintenance_step(context: dg.OpExecutionContext, namespace: str, config: TableMaintenanceConfig) -> None:
+    catalog = context.resources.iceberg.catalog()
+    if config.operation == "compact":
+        # pyarrow and pyiceberg: only a run pays for them, never the code location's load.
+        from rime_dagster.connectors.landing import compact_table
+
+        result = compact_table(
+            catalog,
+            (namespace, config.table),
+            run_id=context.run_id,
+            target_file_rows=config.target_file_rows,
+            min_files=config.min_files,
+        )
+        if result.snapshot_id is None:
+            context.log.info(f"{config.table}: {result.files_before} data file(s), nothing to compact")
+        else:
+            context.log.info(
+                f"{config.table}: {result.files_before} data files rewritten into {result.files_after} "
+                f"({result.rows} rows, snapshot {result.snapshot_id})"
+            )
+    else:
+        expired = expire_snapshots(catalog, namespace, config)
+        context.log.info(f"{config.table}: expired {expired} snapshots")
+
+
+def dbt_rows(run_dir: Path) -> int:
     """Rows the models, seeds and snapshots of a dbt run wrote, as the adapter reported them."""
     results = read_run_results(run_dir) or {}
     return sum(
@@ -167,7 +201,7 @@ def dbt_rows(run_dir) -> int:
     )
 
 
-def expire_snapshots(catalog, namespace: str, config: TableMaintenanceConfig) -> int:
+def expire_snapshots(catalog: "Catalog", namespace: str, config: TableMaintenanceConfig) -> int:
     """Expires snapshots older than `older_than_days`, keeping the newest `retain_last` and the current one."""
     table = catalog.load_table((namespace, config.table))
     snapshots = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
@@ -187,7 +221,7 @@ def _join_op(pipeline: PipelineSpec) -> dg.OpDefinition:
         ins={START: dg.In(dg.Nothing)},
         out={RESULT: dg.Out(dg.Nothing)},
     )
-    def done():
+    def done() -> None:
         return None
 
     return done
@@ -205,6 +239,7 @@ def pipeline_graph(pipeline: PipelineSpec, resources: Resources, depth: int = 0)
     dependencies: dict[dg.NodeInvocation, dict[str, Any]] = {}
     for i, step in enumerate(steps):
         config = parse_step_config(step, i)
+        definition: dg.NodeDefinition
         if isinstance(config, PipelineStepConfig):
             inner = resources.pipelines.get(config.pipeline_id)
             if inner is None:

@@ -55,7 +55,8 @@ class PipelineStepConfig(_Config):
     pipeline_id: str = Field(min_length=1, max_length=40)
 
 
-CONFIG_MODELS: dict[str, type[_Config]] = {
+StepConfig = ConnectorSyncConfig | DbtStepConfig | TableMaintenanceConfig | PipelineStepConfig
+CONFIG_MODELS: dict[str, type[StepConfig]] = {
     "connector_sync": ConnectorSyncConfig,
     "dbt": DbtStepConfig,
     "table_maintenance": TableMaintenanceConfig,
@@ -75,13 +76,13 @@ class StepBody(_Config):
 class DagError(ValueError):
     """An invalid pipeline graph; `step` is the offending step's id (or None for the whole graph)."""
 
-    def __init__(self, message: str, *, step: str | None = None, field: str = "steps"):
+    def __init__(self, message: str, *, step: str | None = None, field: str = "steps") -> None:
         super().__init__(message)
         self.step = step
         self.field = field
 
 
-def parse_step_config(step: StepBody, index: int) -> _Config:
+def parse_step_config(step: StepBody, index: int) -> StepConfig:
     try:
         return CONFIG_MODELS[step.type].model_validate(step.config)
     except ValidationError as exc:
@@ -103,6 +104,15 @@ def validate_dag(steps: list[StepBody]) -> list[str]:
         raise DagError("A pipeline needs at least one step.")
     if len(steps) > MAX_STEPS:
         raise DagError(f"A pipeline has at most {MAX_STEPS} steps.")
+    position = _positions(steps)
+    for i, step in enumerate(steps):
+        _check_dependencies(step, i, position)
+        parse_step_config(step, i)
+    return _execution_order(steps, position)
+
+
+def _positions(steps: list[StepBody]) -> dict[str, int]:
+    """Each step's index, once its id is checked (well formed, not used twice)."""
     position: dict[str, int] = {}
     for i, step in enumerate(steps):
         if not STEP_ID.match(step.id):
@@ -114,17 +124,22 @@ def validate_dag(steps: list[StepBody]) -> list[str]:
         if step.id in position:
             raise DagError(f"Step id '{step.id}' is used twice.", step=step.id, field=f"steps.{i}.id")
         position[step.id] = i
-    for i, step in enumerate(steps):
-        for dep in step.depends_on:
-            if dep == step.id:
-                raise DagError(f"Step '{step.id}' depends on itself.", step=step.id, field=f"steps.{i}.depends_on")
-            if dep not in position:
-                raise DagError(
-                    f"Step '{step.id}' depends on unknown step '{dep}'.", step=step.id, field=f"steps.{i}.depends_on"
-                )
-        if len(set(step.depends_on)) != len(step.depends_on):
-            raise DagError(f"Step '{step.id}' lists a dependency twice.", step=step.id, field=f"steps.{i}.depends_on")
-        parse_step_config(step, i)
+    return position
+
+
+def _check_dependencies(step: StepBody, index: int, position: dict[str, int]) -> None:
+    field = f"steps.{index}.depends_on"
+    for dep in step.depends_on:
+        if dep == step.id:
+            raise DagError(f"Step '{step.id}' depends on itself.", step=step.id, field=field)
+        if dep not in position:
+            raise DagError(f"Step '{step.id}' depends on unknown step '{dep}'.", step=step.id, field=field)
+    if len(set(step.depends_on)) != len(step.depends_on):
+        raise DagError(f"Step '{step.id}' lists a dependency twice.", step=step.id, field=field)
+
+
+def _execution_order(steps: list[StepBody], position: dict[str, int]) -> list[str]:
+    """A topological order, ties broken by the steps' order in the body; a cycle is refused."""
     sorter = TopologicalSorter({s.id: s.depends_on for s in steps})
     try:
         sorter.prepare()
