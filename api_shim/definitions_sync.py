@@ -23,10 +23,12 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, cast
 
-from sqlalchemy import or_, update
+from sqlalchemy import CursorResult, or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim import metrics
@@ -70,7 +72,7 @@ class DefinitionsSync:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._remove_listener = None
+        self._remove_listener: Callable[[], None] | None = None
         self.stored: int | None = None
         self.loaded: int | None = None
         self.problem: str | None = None
@@ -197,6 +199,8 @@ class DefinitionsSync:
             self._wake.set()  # writes made during the reload: look again at once
 
     def _observe(self) -> None:
+        seen_generation: int | None
+        problem: str | None
         try:
             seen = self.dagster.loaded_definitions()
         except ServiceUnavailable as exc:
@@ -233,7 +237,7 @@ class DefinitionsSync:
                 )
                 .values(reload_owner=self.owner, reload_lease_until=now + lease)
             )
-            return taken.rowcount == 1
+            return cast(CursorResult[Any], taken).rowcount == 1  # an UPDATE's result is a CursorResult
 
     def _release_lease(self) -> None:
         state = DefinitionsState.__table__

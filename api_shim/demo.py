@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api_shim.schemas.connectors import ConnectorCreate
 from api_shim.services import connectors, pipelines, projects, uploads
@@ -70,40 +71,43 @@ def _upload_demo_data(settings: Settings, connector: Connector) -> None:
             uploads.store(directory, path.name, handle)
 
 
-def _register_demo_pipeline(session, project: Project, connector_id: str, dbt_id: str) -> None:
+def _register_demo_pipeline(session: Session, project: Project, connector_id: str, dbt_id: str) -> None:
     from api_shim.schemas.pipelines import PipelineCreate
 
-    body = PipelineCreate(
-        name="Shop nightly",
-        description="Sync the Demo Shop files, then build the Shop Models marts.",
-        schedule="0 3 * * *",
-        steps=[
-            {
-                "id": "sync",
-                "name": "Sync Demo Shop",
-                "type": "connector_sync",
-                "config": {"connector_id": connector_id},
-            },
-            {
-                "id": "models",
-                "name": "Build Shop Models",
-                "type": "dbt",
-                "config": {"dbt_project_id": dbt_id, "command": "build"},
-                "depends_on": ["sync"],
-            },
-        ],
+    # The body a client would POST, validated as the route would.
+    body = PipelineCreate.model_validate(
+        {
+            "name": "Shop nightly",
+            "description": "Sync the Demo Shop files, then build the Shop Models marts.",
+            "schedule": "0 3 * * *",
+            "steps": [
+                {
+                    "id": "sync",
+                    "name": "Sync Demo Shop",
+                    "type": "connector_sync",
+                    "config": {"connector_id": connector_id},
+                },
+                {
+                    "id": "models",
+                    "name": "Build Shop Models",
+                    "type": "dbt",
+                    "config": {"dbt_project_id": dbt_id, "command": "build"},
+                    "depends_on": ["sync"],
+                },
+            ],
+        }
     )
     pipelines.create_pipeline(session, project, body)
 
 
-def _register_demo_dbt(session, settings: Settings, project: Project) -> None:
+def _register_demo_dbt(session: Session, settings: Settings, project: Project) -> None:
     """Parses dbt_projects/demo_shop (a few seconds of `dbt parse`) and records it."""
     from api_shim.schemas.dbt import DbtProjectCreate
     from api_shim.services import dbt
     from rime_dagster.dbt import workspace
     from rime_dagster.store.ids import new_id
 
-    body = DbtProjectCreate(name="Shop Models", source={"type": "path", "path": str(DEMO_DBT)})
+    body = DbtProjectCreate.model_validate({"name": "Shop Models", "source": {"type": "path", "path": str(DEMO_DBT)}})
     target, password = dbt.target_settings(None)
     dbt_id = new_id("dbt_project")
     files = workspace.ProjectFiles(workspace.project_root(settings.dbt_home, project.id, dbt_id), 1)

@@ -2,7 +2,7 @@
 
 # No `from __future__ import annotations`: pagination() builds a runtime Literal type.
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
@@ -84,8 +84,9 @@ def get_cursor_codec(request: Request) -> CursorCodec:
 CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 
 
-def pagination(*sortable: str, default_sort: str = "created_at"):
+def pagination(*sortable: str, default_sort: str = "created_at") -> Callable[..., PageRequest]:
     """A dependency parsing limit/cursor/sort/order; `sort` is limited to `sortable`."""
+    # A Literal of run-time values, so that FastAPI checks and documents them; to mypy, `sort` is a str.
     sort_type = Literal[sortable]  # type: ignore[valid-type]
 
     def page_request(
@@ -93,7 +94,7 @@ def pagination(*sortable: str, default_sort: str = "created_at"):
             int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (1-{MAX_LIMIT}).")
         ] = DEFAULT_LIMIT,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
-        sort: Annotated[sort_type, Query(description="Field to order by.")] = default_sort,  # type: ignore[valid-type]
+        sort: Annotated[sort_type, Query(description="Field to order by.")] = default_sort,
         order: Annotated[
             Literal["asc", "desc"] | None,
             Query(description="Default: newest first for time fields, A-Z otherwise."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,7 +38,14 @@ def error_payload(code: str, message: str, details: list[dict[str, Any]] | None 
     return {"error": body}
 
 
-def error_response(status: int, code: str, message: str, *, details=None, headers=None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(error_payload(code, message, details), status_code=status, headers=headers)
 
 
@@ -66,14 +74,14 @@ def _detail(error: dict[str, Any]) -> dict[str, str]:
     return {"field": field, "message": message if message.endswith(".") else message + "."}
 
 
-async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
     details = [_detail(e) for e in exc.errors()]
     if details and details[0]["message"].startswith("Malformed JSON"):
         return error_response(400, "validation_error", "The request body is not valid JSON.", details=details[:1])
     return error_response(400, "validation_error", "Request validation failed.", details=details)
 
 
-async def _rime(request: Request, exc: RimeError) -> JSONResponse:
+async def _rime(_request: Request, exc: RimeError) -> JSONResponse:
     if exc.status >= 500:
         log.warning("%s: %s", exc.code, exc.message)
     return error_response(exc.status, exc.code, exc.message, details=exc.details, headers=exc.headers)
@@ -89,7 +97,7 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
-async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
     # Connection-level failures mean the store is down (503); anything else is a bug (500).
     # Neither message nor SQL reaches the client.
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
@@ -100,7 +108,8 @@ async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
 
 
 def install_exception_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(RimeError, _rime)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(DBAPIError, _database)
+    # The decorator form: Starlette types add_exception_handler's handler as taking any Exception.
+    app.exception_handler(RequestValidationError)(_validation)
+    app.exception_handler(RimeError)(_rime)
+    app.exception_handler(StarletteHTTPException)(_http)
+    app.exception_handler(DBAPIError)(_database)

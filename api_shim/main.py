@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -138,11 +139,12 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
     app.add_middleware(RateLimitMiddleware, settings=settings, limits=app.state.rate_limits, readers=app.state.readers)
     app.add_middleware(AuditMiddleware, settings=settings, sessions=app.state.sessions, limits=app.state.rate_limits)
     app.add_middleware(RequestContextMiddleware)
-    app.openapi = lambda: _openapi(app)
+    # FastAPI's documented hook for a custom schema (FastAPIOffline builds a plain FastAPI: no subclass to override).
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # mypy forbids assigning a method
     return app
 
 
-def _openapi(app: FastAPI) -> dict:
+def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         # FastAPI documents its own 422 body for request validation; Rime answers those

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from enum import Enum
 from typing import Annotated, Any
 
 import yaml
@@ -15,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import Message
 
 from api_shim.deps import RequireRole
 from api_shim.errors import PayloadTooLarge, RimeError, ValidationFailed
@@ -219,7 +221,7 @@ def _yaml_to_json(handler: Callable[[Request], Any], guard: RequireRole | None) 
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         sent = False
 
-        async def receive() -> dict[str, Any]:
+        async def receive() -> Message:
             nonlocal sent
             if sent:
                 return await request.receive()
@@ -250,7 +252,7 @@ async def uploaded_files(request: Request, field: str) -> AsyncIterator[list[Upl
         yield files
 
 
-def rime_router(*, tags: list[str], prefix: str = "") -> APIRouter:
+def rime_router(*, tags: list[str | Enum], prefix: str = "") -> APIRouter:
     """Every Rime router: under /api/v1, RimeRoute, the common error responses documented.
 
     The /api/v1 prefix belongs to the router itself (not to include_router) so that
