@@ -23,6 +23,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from api_shim.errors import ValidationFailed
 
 T = TypeVar("T")
+P = TypeVar("P", bound=BaseModel)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
@@ -49,6 +50,10 @@ class PageResult(Generic[T]):
     items: list[T]
     next_cursor: str | None
     has_more: bool
+
+    def as_page(self, model: type[P], convert: Callable[[T], Any]) -> P:
+        """This page as the list response `model` (`{data, next_cursor, has_more}`), each item through `convert`."""
+        return model(data=[convert(item) for item in self.items], next_cursor=self.next_cursor, has_more=self.has_more)
 
 
 class CursorCodec:

@@ -12,11 +12,7 @@ from api_shim.pagination import Listing, Page, PageRequest, PageResult
 
 
 def to_page(result: PageResult, model: type[BaseModel]) -> Page:
-    return Page[model](
-        data=[model.model_validate(row) for row in result.items],
-        next_cursor=result.next_cursor,
-        has_more=result.has_more,
-    )
+    return result.as_page(Page[model], model.model_validate)
 
 
 def page_params(listing: Listing):

@@ -129,7 +129,7 @@ def list_tokens(
 def create_token(userId: str, body: TokenCreate, principal: PrincipalDep, session: SessionDep):
     user = _token_owner(session, principal, userId)
     issued = service.create_token(session, user, name=body.name, expires_at=body.expires_at)
-    return TokenCreated(**TokenResponse.model_validate(issued.token).model_dump(), token=issued.secret)
+    return TokenCreated.of(issued.token, token=issued.secret)
 
 
 @router.delete(

@@ -63,8 +63,7 @@ def run_history(
         limit=limit,
         cursor=cursor,
     )
-    runs = [connector_run(connector, project.namespace, run_view(dagster, r)) for r in page.records]
-    return ConnectorRunList(data=runs, next_cursor=page.next_cursor, has_more=page.has_more)
+    return page.as_page(ConnectorRunList, lambda r: connector_run(connector, project.namespace, run_view(dagster, r)))
 
 
 def connector_run(connector: Connector, namespace: str, view: RunView) -> ConnectorRun:

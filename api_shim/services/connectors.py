@@ -404,11 +404,7 @@ def list_page(
     result = CONNECTORS.page(
         session, select(Connector).where(Connector.project_id == project.id), page, codec, {"project": project.id}
     )
-    return ConnectorList(
-        data=[connector_response(c, last_sync(dagster, c)) for c in result.items],
-        next_cursor=result.next_cursor,
-        has_more=result.has_more,
-    )
+    return result.as_page(ConnectorList, lambda c: connector_response(c, last_sync(dagster, c)))
 
 
 def create(

@@ -353,11 +353,7 @@ def list_page(
     result = DBT_PROJECTS.page(
         session, select(DbtProject).where(DbtProject.project_id == project.id), page, codec, {"project": project.id}
     )
-    return DbtProjectList(
-        data=[dbt_project_response(r, last_run(dagster, r)) for r in result.items],
-        next_cursor=result.next_cursor,
-        has_more=result.has_more,
-    )
+    return result.as_page(DbtProjectList, lambda r: dbt_project_response(r, last_run(dagster, r)))
 
 
 def describe(

@@ -119,8 +119,7 @@ def run_history(
     tags = {run_tags.DBT_PROJECT_ID: row.id}
     page = run_page(dagster, codec, scope=f"dbt-runs:{row.id}", tags=tags, limit=limit, cursor=cursor)
     manifest = manifest_of(settings, row)
-    runs = [dbt_run(settings, row, manifest, run_view(dagster, r)) for r in page.records]
-    return DbtRunList(data=runs, next_cursor=page.next_cursor, has_more=page.has_more)
+    return page.as_page(DbtRunList, lambda r: dbt_run(settings, row, manifest, run_view(dagster, r)))
 
 
 def _latest_statuses(settings: Settings, dagster: DagsterClient, row: DbtProject) -> dict[str, str]:
@@ -182,5 +181,4 @@ def models_page(
     )
     tests = manifests.tests_by_node(manifest)
     statuses = _latest_statuses(settings, dagster, row) if nodes.items else {}
-    models = [_model(project.namespace, row, node, tests, statuses) for node in nodes.items]
-    return DbtModelList(data=models, next_cursor=nodes.next_cursor, has_more=nodes.has_more)
+    return nodes.as_page(DbtModelList, lambda node: _model(project.namespace, row, node, tests, statuses))

@@ -253,8 +253,7 @@ def run_history(
         limit=limit,
         cursor=cursor,
     )
-    runs = [pipeline_run(dagster, row, r) for r in page.records]
-    return PipelineRunList(data=runs, next_cursor=page.next_cursor, has_more=page.has_more)
+    return page.as_page(PipelineRunList, lambda r: pipeline_run(dagster, row, r))
 
 
 def run_detail(session: Session, dagster: DagsterClient, project: Project, pipeline_id: str, run_id: str):

@@ -192,9 +192,7 @@ def list_page(session: Session, codec: CursorCodec, project: Project, page: Page
     result = PIPELINES.page(
         session, select(Pipeline).where(Pipeline.project_id == project.id), page, codec, {"project": project.id}
     )
-    return PipelineList(
-        data=[pipeline_response(r) for r in result.items], next_cursor=result.next_cursor, has_more=result.has_more
-    )
+    return result.as_page(PipelineList, pipeline_response)
 
 
 def create(session: Session, project: Project, body) -> PipelineDetail:

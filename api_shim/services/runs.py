@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api_shim.dagster_client import RUN_STATUS, DagsterClient, RunEvents, to_rime_run_id
+from api_shim.errors import ValidationFailed
+from api_shim.pagination import CursorCodec, PageResult
 from rime_dagster.platform import run_tags
 
 
@@ -74,17 +76,10 @@ def launch_summary(client: DagsterClient, launched) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class RunPage:
-    records: list[Any]
-    next_cursor: str | None
-    has_more: bool
-
-
-def run_page(client: DagsterClient, codec, *, scope: str, tags: dict[str, str], limit: int, cursor: str | None):
-    """One page of the runs carrying `tags`, newest first; cursors are signed and bound to `scope`."""
-    from api_shim.errors import ValidationFailed
-
+def run_page(
+    client: DagsterClient, codec: CursorCodec, *, scope: str, tags: dict[str, str], limit: int, cursor: str | None
+) -> PageResult:
+    """One page of the run records carrying `tags`, newest first; cursors are signed and bound to `scope`."""
     after = None
     if cursor:
         payload = codec.decode(cursor)
@@ -95,4 +90,4 @@ def run_page(client: DagsterClient, codec, *, scope: str, tags: dict[str, str], 
     has_more = len(records) > limit
     records = records[:limit]
     next_cursor = codec.encode({"s": scope, "r": records[-1].dagster_run.run_id}) if has_more else None
-    return RunPage(records=records, next_cursor=next_cursor, has_more=has_more)
+    return PageResult(items=records, next_cursor=next_cursor, has_more=has_more)

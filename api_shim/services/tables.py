@@ -76,11 +76,7 @@ def list_tables(
     result = paginate_items(
         names, lambda name: (name,), request=page, codec=codec, scope=scope_of("table.list", {"project": project_id})
     )
-    return TableList(
-        data=[_describe(catalog, namespace, name) for name in result.items],
-        next_cursor=result.next_cursor,
-        has_more=result.has_more,
-    )
+    return result.as_page(TableList, lambda name: _describe(catalog, namespace, name))
 
 
 def table_schema(
