@@ -383,12 +383,12 @@ class DagsterClient:
             if event is None:
                 continue
             if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
-                materialization = event.event_specific_data.materialization
+                materialization = event.step_materialization_data.materialization
                 events.materialized[tuple(materialization.asset_key.path)] = {
                     key: getattr(value, "value", value) for key, value in materialization.metadata.items()
                 }
             elif event.event_type == DagsterEventType.STEP_FAILURE:
-                error = event.event_specific_data.error
+                error = event.step_failure_data.error
                 events.errors.append(error.message.strip() if error else event.message or "step failed")
             elif not events.errors:  # RUN_FAILURE: only when no step said why
                 events.errors.append(event.message or "run failed")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 
@@ -12,7 +14,7 @@ from rime_dagster.pipelines.jobs import Resources as PipelineResources
 from rime_dagster.pipelines.jobs import pipeline_definitions
 from rime_dagster.platform.housekeeping import housekeeping_definitions
 from rime_dagster.resources import IcebergCatalogResource, MetadataStoreResource
-from rime_dagster.specs import PlatformSpecs, load_specs
+from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec, PlatformSpecs, load_specs
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 def build_definitions(specs: PlatformSpecs, store: MetadataStoreResource) -> dg.Definitions:
     # Domain factories (connectors, dbt, pipelines, sensors) each turn specs into Definitions.
     platform = housekeeping_definitions(specs.generation)
-    by_project: dict[str, list] = {}
+    by_project: dict[str, list[ConnectorSpec]] = {}
     for connector in specs.connectors:
         by_project.setdefault(connector.project_id, []).append(connector)
     connectors = [
@@ -39,7 +41,7 @@ def build_definitions(specs: PlatformSpecs, store: MetadataStoreResource) -> dg.
     )
 
 
-def _pipeline_resources(specs: PlatformSpecs, pipeline) -> PipelineResources:
+def _pipeline_resources(specs: PlatformSpecs, pipeline: PipelineSpec) -> PipelineResources:
     """What a pipeline's steps may refer to: its own project's connectors, dbt projects and pipelines."""
     same = pipeline.project_id
     return PipelineResources(
@@ -49,7 +51,9 @@ def _pipeline_resources(specs: PlatformSpecs, pipeline) -> PipelineResources:
     )
 
 
-def _isolated(factory, spec, *args) -> dg.Definitions:
+def _isolated(
+    factory: Callable[..., dg.Definitions], spec: DbtProjectSpec | PipelineSpec, *args: Any
+) -> dg.Definitions:
     """One broken spec (say, a dbt manifest deleted from disk) must not take the whole location down."""
     try:
         return factory(spec, *args)

@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -170,7 +170,7 @@ class Settings(BaseSettings):
 
     @field_validator("dbt_project_roots", "connector_path_roots", "connector_hosts_deny", mode="before")
     @classmethod
-    def _json_list(cls, value: Any) -> Any:
+    def _json_list(cls, value: object) -> object:
         if isinstance(value, str):
             return (
                 json.loads(value)
@@ -181,7 +181,7 @@ class Settings(BaseSettings):
 
     @field_validator("rate_limits", "iceberg_catalog_properties", mode="before")
     @classmethod
-    def _json_mapping(cls, value: Any) -> Any:
+    def _json_mapping(cls, value: object) -> object:
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value

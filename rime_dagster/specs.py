@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -17,6 +17,9 @@ from rime_dagster.dbt.workspace import ProjectFiles, duckdb_path, project_root
 from rime_dagster.resources import MetadataStoreResource, settings
 from rime_dagster.store.generation import current_generation
 from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project
+
+if TYPE_CHECKING:
+    from rime_dagster.connectors.sources import Source  # imported by build_source: only a run pays for the plug-ins
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class ConnectorSpec:
     table_prefix: str
     upload_dir: Path
 
-    def build_source(self):
+    def build_source(self) -> Source:
         """The configured source plug-in, credentials decrypted only now, inside the run, confined by the
         deployment's access rules (RIME_CONNECTOR_* settings) as in the API."""
         from rime_dagster.connectors.sources import source_class

@@ -1,7 +1,9 @@
 """Connectors -> Dagster definitions: one asset per table, a sync job per project, a schedule per connector."""
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -24,10 +26,14 @@ from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import ConnectorSpec, ProjectSpec
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyiceberg.catalog import Catalog
+
 log = logging.getLogger(__name__)
 
 
-def _column_schema(schema) -> dg.TableSchema:
+def _column_schema(schema: "pa.Schema") -> dg.TableSchema:
     return dg.TableSchema(
         columns=[
             dg.TableColumn(name=f.name, type=str(f.type), constraints=dg.TableColumnConstraints(nullable=f.nullable))
@@ -39,10 +45,17 @@ def _column_schema(schema) -> dg.TableSchema:
 @dataclass(frozen=True)
 class LandedTable:
     asset_key: dg.AssetKey
-    metadata: dict
+    metadata: dict[str, Any]
 
 
-def sync_tables(spec: ConnectorSpec, tables: list[str], catalog, context, *, full_refresh: bool):
+def sync_tables(
+    spec: ConnectorSpec,
+    tables: list[str],
+    catalog: "Catalog",
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    *,
+    full_refresh: bool,
+) -> Iterator[LandedTable]:
     """Syncs `tables` of the connector one by one, yielding each landed table; one failing table does not
     stop the others, and a dg.Failure naming every failed table is raised at the end.
 
@@ -118,7 +131,7 @@ def connector_assets(spec: ConnectorSpec) -> dg.AssetsDefinition | None:
         # One run at a time writes the connector's tables: a second sync waits here for the first one's step.
         pool=connector_pool(spec.id),
     )
-    def sync(context: dg.AssetExecutionContext, iceberg: IcebergCatalogResource):
+    def sync(context: dg.AssetExecutionContext, iceberg: IcebergCatalogResource) -> Iterator[dg.MaterializeResult]:
         log_pool_wait(context, f"another sync of connector '{spec.name}'")
         # Runs started from the Dagster UI's asset graph carry no Rime tags: add them so the
         # API's run history shows every sync, whoever started it.
@@ -134,7 +147,9 @@ def connector_assets(spec: ConnectorSpec) -> dg.AssetsDefinition | None:
 
 
 def project_connector_definitions(
-    project: ProjectSpec, connectors: list[ConnectorSpec], build=connector_assets
+    project: ProjectSpec,
+    connectors: list[ConnectorSpec],
+    build: Callable[[ConnectorSpec], dg.AssetsDefinition | None] = connector_assets,
 ) -> dg.Definitions:
     """The project's connectors: their assets, the project's sync job and each connector's schedule.
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rime_dagster.connectors.landing import LandResult, land_table, read_cursor_state
 from rime_dagster.connectors.prefetch import prefetched
 from rime_dagster.connectors.sources import Source
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,7 @@ class TableSync:
     properties: dict[str, str]
 
 
-def sync_table(source: Source, catalog: Any, spec: TableSync, *, run_id: str, full_refresh: bool) -> LandResult:
+def sync_table(source: Source, catalog: Catalog, spec: TableSync, *, run_id: str, full_refresh: bool) -> LandResult:
     """Lands `spec.table`; incremental reads only rows past the cursor stored with the Iceberg table."""
     identifier = (spec.namespace, spec.iceberg_table)
     incremental = spec.mode == "incremental" and spec.cursor_field is not None and not full_refresh

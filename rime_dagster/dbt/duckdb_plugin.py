@@ -20,11 +20,16 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbt.adapters.duckdb.plugins import BasePlugin
+from typing_extensions import override
 
 from rime_dagster.connectors.sources._sql import quote_ident, quote_literal
+
+if TYPE_CHECKING:
+    from dbt.adapters.duckdb.credentials import DuckDBCredentials
+    from duckdb import DuckDBPyConnection
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ def connector_views(namespace: str) -> list[tuple[str, str, str]]:
     return views
 
 
-def sync_views(conn: Any, wanted: list[tuple[str, str, str]]) -> int:
+def sync_views(conn: DuckDBPyConnection, wanted: list[tuple[str, str, str]]) -> int:
     """Makes the connection's database hold exactly the connector views `wanted`; returns their count."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS rime_meta")
     conn.execute(f"CREATE TABLE IF NOT EXISTS {VIEWS_TABLE} (schema_name VARCHAR, view_name VARCHAR)")
@@ -79,17 +84,20 @@ def sync_views(conn: Any, wanted: list[tuple[str, str, str]]) -> int:
 
 
 class Plugin(BasePlugin):
+    @override
     def initialize(self, plugin_config: dict[str, Any]) -> None:
         self.namespace = plugin_config.get("namespace")  # kept: older generated profiles name it
 
-    def update_connection_config(self, creds, config: dict[str, Any]) -> None:
+    @override
+    def update_connection_config(self, creds: DuckDBCredentials, config: dict[str, Any]) -> None:
         from rime_dagster.connectors.sources._duckdb import extension_directory
 
         config["extension_directory"] = extension_directory()
         config["autoinstall_known_extensions"] = False
         config["autoload_known_extensions"] = False
 
-    def configure_connection(self, conn) -> None:
+    @override
+    def configure_connection(self, conn: DuckDBPyConnection) -> None:
         conn.execute("LOAD avro")
         conn.execute("LOAD iceberg")
         views_file = os.environ.get(VIEWS_FILE_ENV)

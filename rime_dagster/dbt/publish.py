@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -14,6 +14,9 @@ from rime_dagster.connectors.landing import LandResult, land_table
 from rime_dagster.connectors.prefetch import prefetched
 from rime_dagster.connectors.sources._sql import quote_ident
 from rime_dagster.dbt.manifest import published_table_name
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
 
 BATCH_ROWS = 100_000
 
@@ -49,7 +52,7 @@ def _duckdb_batches(duckdb_file: Path, relation: str) -> tuple[pa.Schema, Iterat
 
 
 def publish_model(
-    catalog: Any,
+    catalog: Catalog,
     *,
     namespace: str,
     slug: str,

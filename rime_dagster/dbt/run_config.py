@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rime_dagster.platform import run_tags
+
+if TYPE_CHECKING:
+    from rime_dagster.dbt.assets import DbtRunConfig  # its module imports this one
 
 DEFAULT_COMMAND = "build"
 
@@ -44,7 +47,7 @@ class DbtRunOptions:
         return tags
 
     @classmethod
-    def from_op_config(cls, config: Any) -> DbtRunOptions:
+    def from_op_config(cls, config: DbtRunConfig) -> DbtRunOptions:
         """The options as the job's op got them (`config`: its `DbtRunConfig`)."""
         return cls(command=config.command, full_refresh=config.full_refresh, vars=json.loads(config.vars_json or "{}"))
 

@@ -35,8 +35,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from rime_dagster.settings import Settings
 
 # Landlock's kernel interface (include/uapi/linux/landlock.h); the syscall numbers are the same on every
 # architecture that has them.
@@ -155,27 +158,12 @@ def restrict(policy: Policy) -> int:
             "Set RIME_DBT_SANDBOX=off to run dbt unconfined (data engineers can then read the platform's files)."
         )
     libc = ctypes.CDLL(None, use_errno=True)
-    handled_fs = _fs_rights(abi)
-    attr = _RulesetAttr(handled_access_fs=handled_fs)
-    size = 8
-    if abi >= 4 and policy.tcp_connect is not None:
-        attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP
-        size = 16
-    if abi >= 6:
-        attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
-        size = 24
+    attr, size = _ruleset_attr(abi, policy)
     ruleset = libc.syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if ruleset < 0:
         raise _os_error("landlock_create_ruleset")
     try:
-        for paths, rights in ((policy.read, READ), (policy.list_only, READ_DIR), (policy.write, WRITE)):
-            for path in paths:
-                _allow_path(libc, ruleset, path, rights & handled_fs)
-        if attr.handled_access_net:
-            for port in policy.tcp_connect or ():
-                rule = _NetPortAttr(allowed_access=NET_CONNECT_TCP, port=port)
-                if libc.syscall(_ADD_RULE, ruleset, _RULE_NET_PORT, ctypes.byref(rule), ctypes.c_uint32(0)) < 0:
-                    raise _os_error(f"landlock_add_rule(port {port})")
+        _add_rules(libc, ruleset, policy, attr)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0:
             raise _os_error("prctl(PR_SET_NO_NEW_PRIVS)")
         if libc.syscall(_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) < 0:
@@ -185,7 +173,31 @@ def restrict(policy: Policy) -> int:
     return abi
 
 
-def _allow_path(libc, ruleset: int, path: str, rights: int) -> None:
+def _ruleset_attr(abi: int, policy: Policy) -> tuple[_RulesetAttr, int]:
+    """The ruleset's handled rights for this ABI, and the size of the attribute struct that ABI reads."""
+    attr = _RulesetAttr(handled_access_fs=_fs_rights(abi))
+    size = 8
+    if abi >= 4 and policy.tcp_connect is not None:
+        attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP
+        size = 16
+    if abi >= 6:
+        attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+        size = 24
+    return attr, size
+
+
+def _add_rules(libc: ctypes.CDLL, ruleset: int, policy: Policy, attr: _RulesetAttr) -> None:
+    for paths, rights in ((policy.read, READ), (policy.list_only, READ_DIR), (policy.write, WRITE)):
+        for path in paths:
+            _allow_path(libc, ruleset, path, rights & attr.handled_access_fs)
+    if attr.handled_access_net:
+        for port in policy.tcp_connect or ():
+            rule = _NetPortAttr(allowed_access=NET_CONNECT_TCP, port=port)
+            if libc.syscall(_ADD_RULE, ruleset, _RULE_NET_PORT, ctypes.byref(rule), ctypes.c_uint32(0)) < 0:
+                raise _os_error(f"landlock_add_rule(port {port})")
+
+
+def _allow_path(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> None:
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -228,7 +240,9 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def dbt_policy(settings, *, folders: Sequence[Path], tables: Sequence[str] = (), target: Mapping[str, Any]) -> Policy:
+def dbt_policy(
+    settings: Settings, *, folders: Sequence[Path], tables: Sequence[str] = (), target: Mapping[str, Any]
+) -> Policy:
     """The sandbox of a dbt process that works in `folders` (the dbt project's, then its DuckDB warehouse's: both
     under `RIME_HOME/dbt/<project id>`) and reads the Iceberg tables whose current metadata files are `tables`
     (its project's connector tables, as the run worker found them in the catalog)."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings
+from typing_extensions import override
 
 from rime_dagster.dbt.asset_specs import asset_key
 from rime_dagster.dbt.manifest import ConnectorIndex
@@ -25,9 +26,11 @@ class RimeDbtTranslator(DagsterDbtTranslator):
         self.slug = slug
         self.index = index
 
+    @override
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         return asset_key(self.namespace, self.slug, self.index, dbt_resource_props)
 
+    @override
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return self.namespace
 

@@ -171,50 +171,61 @@ def copy_project(src: Path, dest: Path, *, within: Path, max_bytes: int) -> None
     repository's checkout); a link out of it (`models/x.sql -> /etc/passwd`, `-> /dev/zero`), a link loop and
     anything but files and folders are refused, and so is a project past `max_bytes`.
     """
-    within = within.resolve()
-    budget = max_bytes
+    copy = _ProjectCopy(within.resolve(), max_bytes)
+    copy.folder(src.resolve(), dest, PurePosixPath("."), (src.resolve(),))
 
-    def refuse(relative: PurePosixPath, why: str) -> DbtProjectError:
-        return DbtProjectError(f"{relative} {why}; links must stay inside the project.")
 
-    def copy_file(source: Path, target: Path, relative: PurePosixPath) -> None:
-        nonlocal budget
+class _ProjectCopy:
+    """One copy_project: what its links may point into, and how many bytes it may still copy."""
+
+    def __init__(self, within: Path, max_bytes: int) -> None:
+        self.within = within
+        self.max_bytes = max_bytes
+        self.budget = max_bytes
+
+    def file(self, source: Path, target: Path, relative: PurePosixPath) -> None:
         with open(source, "rb") as reader, open(target, "xb") as writer:
-            while chunk := reader.read(min(1 << 20, budget + 1)):
-                budget -= len(chunk)
-                if budget < 0:
+            while chunk := reader.read(min(1 << 20, self.budget + 1)):
+                self.budget -= len(chunk)
+                if self.budget < 0:
                     raise DbtProjectError(
-                        f"The dbt project is larger than {max_bytes} bytes (RIME_DBT_PROJECT_MAX_BYTES) at {relative}."
+                        f"The dbt project is larger than {self.max_bytes} bytes (RIME_DBT_PROJECT_MAX_BYTES) "
+                        f"at {relative}."
                     )
                 writer.write(chunk)
 
-    def copy_folder(source: Path, target: Path, relative: PurePosixPath, chain: tuple[Path, ...]) -> None:
-        nonlocal budget
-        budget -= FOLDER_BYTES
-        if budget < 0:
-            raise DbtProjectError(f"The dbt project is larger than {max_bytes} bytes (RIME_DBT_PROJECT_MAX_BYTES).")
+    def folder(self, source: Path, target: Path, relative: PurePosixPath, chain: tuple[Path, ...]) -> None:
+        self.budget -= FOLDER_BYTES
+        if self.budget < 0:
+            raise DbtProjectError(
+                f"The dbt project is larger than {self.max_bytes} bytes (RIME_DBT_PROJECT_MAX_BYTES)."
+            )
         target.mkdir(parents=True)
         for entry in sorted(os.scandir(source), key=lambda e: e.name):
-            if any(fnmatch.fnmatch(entry.name, pattern) for pattern in _IGNORED):
-                continue
-            path, inner = Path(entry.path), relative / entry.name
-            real = path.resolve() if entry.is_symlink() else path
-            if not real.is_relative_to(within):
-                raise refuse(inner, "links outside the project")
-            try:
-                mode = real.stat().st_mode
-            except OSError:
-                raise refuse(inner, "is a broken link") from None
-            if stat.S_ISDIR(mode):
-                if real in chain:
-                    raise refuse(inner, "is a link loop")
-                copy_folder(real, target / entry.name, inner, (*chain, real))
-            elif stat.S_ISREG(mode):
-                copy_file(real, target / entry.name, inner)
-            else:
-                raise DbtProjectError(f"{inner} is neither a file nor a folder.")
+            if not any(fnmatch.fnmatch(entry.name, pattern) for pattern in _IGNORED):
+                self.entry(entry, target, relative, chain)
 
-    copy_folder(src.resolve(), dest, PurePosixPath("."), (src.resolve(),))
+    def entry(self, entry: os.DirEntry[str], target: Path, relative: PurePosixPath, chain: tuple[Path, ...]) -> None:
+        path, inner = Path(entry.path), relative / entry.name
+        real = path.resolve() if entry.is_symlink() else path
+        if not real.is_relative_to(self.within):
+            raise _refused(inner, "links outside the project")
+        try:
+            mode = real.stat().st_mode
+        except OSError:
+            raise _refused(inner, "is a broken link") from None
+        if stat.S_ISDIR(mode):
+            if real in chain:
+                raise _refused(inner, "is a link loop")
+            self.folder(real, target / entry.name, inner, (*chain, real))
+        elif stat.S_ISREG(mode):
+            self.file(real, target / entry.name, inner)
+        else:
+            raise DbtProjectError(f"{inner} is neither a file nor a folder.")
+
+
+def _refused(relative: PurePosixPath, why: str) -> DbtProjectError:
+    return DbtProjectError(f"{relative} {why}; links must stay inside the project.")
 
 
 def _git(args: list[str], *, cwd: Path | None, timeout: float, rules: GitRules, config: Sequence[str] = ()) -> str:

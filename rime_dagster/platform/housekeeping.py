@@ -44,7 +44,7 @@ def housekeeping_definitions(generation: int) -> dg.Definitions:
         tags={run_tags.KIND: run_tags.KIND_HOUSEKEEPING},
         metadata={run_tags.DEFINITIONS_GENERATION: dg.MetadataValue.int(generation)},
     )
-    def housekeeping_job():
+    def housekeeping_job() -> None:
         purge_idempotency_keys()
         prune_dbt_run_artifacts()
 

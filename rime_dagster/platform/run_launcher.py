@@ -25,7 +25,9 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from dagster import MetadataValue
 from dagster import _check as check
@@ -35,6 +37,7 @@ from dagster._core.origin import get_python_environment_entry_point
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
+from typing_extensions import override
 
 from rime_dagster.platform.run_tags import RUN_WORKER_HOST, RUN_WORKER_PID
 
@@ -57,7 +60,8 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         return {}
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: dict) -> ProcessRunLauncher:
+    @override
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> ProcessRunLauncher:
         return cls(inst_data=inst_data)
 
     def launch_run(self, context: LaunchRunContext) -> None:

@@ -1,8 +1,14 @@
 """The Dagster schedule behind a Rime `schedule` field (connectors, dbt projects, pipelines)."""
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import dagster as dg
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from rime_dagster.platform.run_tags import TRIGGER, TRIGGER_SCHEDULE
 
@@ -10,7 +16,7 @@ SCHEDULE_TAGS = {TRIGGER: TRIGGER_SCHEDULE}
 
 
 def rime_schedule(
-    job,
+    job: dg.JobDefinition | UnresolvedAssetJobDefinition,
     cron: str | None,
     *,
     paused: bool,

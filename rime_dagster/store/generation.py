@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 
 from sqlalchemy import event, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 
 from rime_dagster.store.models import Connector, DbtProject, DefinitionsState, Pipeline, Project
 from rime_dagster.store.types import utcnow
@@ -55,12 +55,12 @@ def current_generation(session: Session) -> int:
     return session.scalar(select(DefinitionsState.generation).where(DefinitionsState.id == STATE_ID)) or 0
 
 
-def _project_of(obj) -> str | None:
+def _project_of(obj: object) -> str | None:
     return obj.id if isinstance(obj, Project) else getattr(obj, "project_id", None)
 
 
 @event.listens_for(Session, "after_flush")
-def _collect(session: Session, _flush_context) -> None:
+def _collect(session: Session, _flush_context: UOWTransaction) -> None:
     # new/dirty/deleted still hold the pre-flush state here.
     touched: set[str] = session.info.setdefault(_TOUCHED, set())
     for obj in (*session.new, *session.deleted):
@@ -109,6 +109,6 @@ def _announce(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _forget(session: Session, _previous_transaction) -> None:
+def _forget(session: Session, _previous_transaction: SessionTransaction) -> None:
     session.info.pop(_TOUCHED, None)
     session.info.pop(_BUMPED, None)

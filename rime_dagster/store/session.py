@@ -8,18 +8,20 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 # Registers the session hooks that bump the definitions generation on every commit that changes
 # what Dagster builds; every session of the metadata store is made here.
 from rime_dagster.store import generation as _generation  # noqa: F401
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the Dagster code location read while the API writes; foreign keys make
     # project deletion cascade; busy_timeout waits out a concurrent writer.
@@ -83,8 +85,9 @@ class _GatedConnection(sqlite3.Connection):
             self.leave_write()
 
 
-def _begin_immediate(conn) -> None:
-    dbapi = conn.connection.dbapi_connection
+def _begin_immediate(conn: Connection) -> None:
+    # Listened for only on engines whose connections are _GatedConnections (sqlite3's factory).
+    dbapi = cast(_GatedConnection, conn.connection.dbapi_connection)
     try:
         dbapi.enter_write()
     except sqlite3.OperationalError as exc:  # as SQLite's own "database is locked" would reach callers
@@ -126,7 +129,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         else:
             gate = sqlite_write_gate(url)
 
-            def attach_gate(dbapi_connection, _record) -> None:
+            def attach_gate(dbapi_connection: _GatedConnection, _record: ConnectionPoolEntry) -> None:
                 dbapi_connection.gate = gate
 
             event.listen(engine, "connect", attach_gate)
