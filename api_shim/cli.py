@@ -21,7 +21,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 import httpx
 
@@ -87,7 +90,7 @@ def write_workspace(settings: Settings) -> Path:
     return path
 
 
-def process_env(settings: Settings, dagster_home: Path, *, environ=None) -> dict[str, str]:
+def process_env(settings: Settings, dagster_home: Path, *, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of the processes `rime up` starts: an allow-list (platform/environment.py), DAGSTER_* and RIME_*.
 
     All four read the metadata store, so they get the RIME_* settings (the secret key and the store's URL among
@@ -133,7 +136,7 @@ def webserver_command(settings: Settings, bin_dir: Path, workspace: Path, *, rea
     return [*command, "--read-only"] if read_only else command
 
 
-def wait_for_code_server(settings: Settings, timeout: float, alive=lambda: True) -> bool:
+def wait_for_code_server(settings: Settings, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
     """Whether the code server answers within `timeout` s. It listens only once its location has loaded."""
     from dagster._grpc.client import DagsterGrpcClient
 
@@ -157,7 +160,7 @@ def initialize_dagster_storage(dagster_home: Path) -> None:
 
 
 class Supervisor:
-    def __init__(self):
+    def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = False
 
@@ -235,7 +238,7 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     workspace = write_workspace(settings)
     supervisor = Supervisor()
 
-    def on_signal(signum, _frame):
+    def on_signal(_signum: int, _frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     # SIGINT too: a shell that starts us in the background leaves SIGINT ignored.

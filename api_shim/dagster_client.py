@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -25,12 +26,16 @@ from rime_dagster.platform.names import HOUSEKEEPING_JOB
 from rime_dagster.settings import Settings
 
 if TYPE_CHECKING:
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, RunsFilter
     from dagster._core.storage.dagster_run import RunRecord
+    from dagster_graphql import DagsterGraphQLClient
 
     from api_shim.definitions_sync import DefinitionsSync
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 RUN_PREFIX = "run_"
 # Dagster run status -> Rime run status
@@ -134,7 +139,7 @@ class LaunchedRun:
 
 
 class DagsterClient:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.location = settings.dagster_location
         self._instance: DagsterInstance | None = None
@@ -153,7 +158,7 @@ class DagsterClient:
         return client
 
     # GraphQL ------------------------------------------------------------
-    def _graphql(self, timeout: float | None = None):
+    def _graphql(self, timeout: float | None = None) -> DagsterGraphQLClient:
         """A new GraphQL client per call: gql's transport holds one connection and refuses a second
         concurrent call ("Transport is already connected"), and route handlers and background
         reloads call from several threads at once. Building one is cheap (no schema fetch)."""
@@ -169,7 +174,7 @@ class DagsterClient:
             path_prefix=prefix,
         )
 
-    def _call(self, operation: str, fn, *args, **kwargs):
+    def _call(self, operation: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         from dagster_graphql import DagsterGraphQLClientError
 
         try:
@@ -343,7 +348,7 @@ class DagsterClient:
         except Exception as exc:
             log.warning("Dagster run storage not opened at start: %s", exc)
 
-    def _run_records(self, filters, limit: int, cursor: str | None = None) -> list[RunRecord]:
+    def _run_records(self, filters: RunsFilter, limit: int, cursor: str | None = None) -> list[RunRecord]:
         try:
             return list(self.instance().get_run_records(filters=filters, limit=limit, cursor=cursor))
         except ServiceUnavailable:
@@ -416,7 +421,7 @@ class DagsterClient:
             raise ServiceUnavailable("Dagster event log is unavailable; retry shortly.") from None
         return list(page.records), page.has_more
 
-    def execution_plan_steps(self, record) -> set[str] | None:
+    def execution_plan_steps(self, record: RunRecord) -> set[str] | None:
         """The step keys a run planned to execute (None when Dagster has no plan snapshot)."""
         run = record.dagster_run
         if not run.execution_plan_snapshot_id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
     settings = settings or get_settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_dagster_home(settings)
         try:
             bootstrap(settings)

@@ -18,10 +18,12 @@ from limits import parse as parse_limit
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -225,7 +227,7 @@ class RateLimitMiddleware:
     KNOWN_TOKEN_SECONDS = 30.0
     MAX_KNOWN_TOKENS = 4096
 
-    def __init__(self, app: ASGIApp, settings: Settings, limits: RateLimits, readers):
+    def __init__(self, app: ASGIApp, settings: Settings, limits: RateLimits, readers: sessionmaker[Session]):
         self.app = app
         self.tenant = settings.tenant
         self.limits = limits
@@ -340,7 +342,7 @@ class AuditMiddleware:
     can always find it in the trail.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings, sessions, limits: RateLimits):
+    def __init__(self, app: ASGIApp, settings: Settings, sessions: sessionmaker[Session], limits: RateLimits):
         self.app = app
         self.tenant = settings.tenant
         self.sessions = sessions
@@ -388,7 +390,7 @@ class AuditMiddleware:
         with self.sessions.begin() as session:
             audit.record(session, entry)
 
-    def _entry(self, scope: Scope, route, status: int, body: bytes) -> audit.AuditEntry:
+    def _entry(self, scope: Scope, route: Route | WebSocketRoute, status: int, body: bytes) -> audit.AuditEntry:
         state = scope.get("state", {})
         principal = state.get("principal")
         path_params: dict[str, str] = scope.get("path_params", {})

@@ -81,11 +81,11 @@ def scope_of(list_name: str, filters: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _dump(value: Any) -> Any:
+def _dump(value: object) -> object:
     return {"dt": value.isoformat()} if isinstance(value, datetime) else value
 
 
-def _load(value: Any) -> Any:
+def _load(value: object) -> object:
     if isinstance(value, dict) and "dt" in value:
         return datetime.fromisoformat(value["dt"])
     return value

@@ -5,18 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from enum import Enum
+from types import TracebackType
 from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import Message
+from typing_extensions import override
 
 from api_shim.deps import RequireRole
 from api_shim.errors import PayloadTooLarge, RimeError, ValidationFailed
@@ -45,15 +49,14 @@ def idempotency_key(
 Idempotent = Depends(idempotency_key)
 
 
-def _dependency(dependant, match: Callable[[Any], bool]) -> Any:
-    """The first callable in a route's dependency tree that `match`es, or None."""
+def _dependencies(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    """The callables of a route's dependency tree, depth first."""
     stack = [dependant]
     while stack:
         current = stack.pop()
-        if match(current.call):
-            return current.call
+        if current.call is not None:
+            yield current.call
         stack.extend(current.dependencies)
-    return None
 
 
 def _bearer(request: Request) -> str | None:
@@ -80,11 +83,12 @@ class RimeRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = self._idempotent_handler(super().get_route_handler())
         if (self.openapi_extra or {}).get(ACCEPTS_YAML):
-            return _yaml_to_json(handler, _dependency(self.dependant, lambda call: isinstance(call, RequireRole)))
+            guard = next((call for call in _dependencies(self.dependant) if isinstance(call, RequireRole)), None)
+            return _yaml_to_json(handler, guard)
         return handler
 
     def _idempotent_handler(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
-        if _dependency(self.dependant, lambda call: call is idempotency_key) is None:
+        if not any(call is idempotency_key for call in _dependencies(self.dependant)):
             return handler
 
         async def idempotent_handler(request: Request) -> Response:
@@ -118,7 +122,9 @@ class RimeRoute(APIRoute):
             # and before the response leaves. A failed commit therefore releases the key.
             outcome: dict[str, Response] = {}
 
-            async def finish(exc_type, exc, tb) -> bool:
+            async def finish(
+                _exc_type: type[BaseException] | None, exc: BaseException | None, _tb: TracebackType | None
+            ) -> bool:
                 await _finish(sessions, ref, outcome.get("response") if exc is None else None)
                 return False
 
@@ -130,7 +136,7 @@ class RimeRoute(APIRoute):
         return idempotent_handler
 
 
-async def _finish(sessions, ref: idempotency.KeyRef, response: Response | None) -> None:
+async def _finish(sessions: sessionmaker[Session], ref: idempotency.KeyRef, response: Response | None) -> None:
     """Store a 2xx as the key's answer; forget the key otherwise so the client can retry (unless the request
     launched a run: the retry then answers with that run)."""
     try:
@@ -159,7 +165,7 @@ def yaml_body(model_name: str) -> dict[str, Any]:
 
 
 class _AliasRefused(yaml.YAMLError):
-    def __init__(self, mark):
+    def __init__(self, mark: yaml.Mark | None) -> None:
         self.problem_mark = mark
 
 
@@ -167,7 +173,8 @@ class _PlainYamlLoader(yaml.SafeLoader):
     """SafeLoader without anchors and aliases: an alias repeats a whole subtree, so a few hundred bytes of
     nested aliases expand to gigabytes of JSON (the "billion laughs"). A pipeline never needs them."""
 
-    def compose_node(self, parent, index):
+    @override
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise _AliasRefused(event.start_mark)
