@@ -16,9 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from rime_dagster.pipelines.names import DONE_NODE, step_node_name
 from rime_dagster.pipelines.spec import StepBody
+
+if TYPE_CHECKING:  # only the types: the module imports no Dagster
+    from dagster import DagsterEvent, EventLogEntry, EventLogRecord
 
 TERMINAL_RUN = {"succeeded", "failed", "canceled"}
 _RUN_EVENTS = {
@@ -73,8 +77,26 @@ class _DagsterStep:
     attempts: int = 0
     changed_at: datetime | None = None
 
+    def apply(self, kind: str, event: DagsterEvent, at: datetime | None) -> None:
+        """A STEP_* event of this step."""
+        self.changed_at = at
+        if kind == "STEP_START":
+            self.status, self.attempts = "running", self.attempts + 1
+            self.started_at = self.started_at or at
+        elif kind == "STEP_RESTARTED":
+            self.status, self.attempts = "running", self.attempts + 1
+        elif kind == "STEP_UP_FOR_RETRY":
+            self.status = "running"
+            self.error = failure_text(event)
+        elif kind == "STEP_SUCCESS":
+            self.status, self.finished_at, self.error = "completed", at, None
+        elif kind == "STEP_FAILURE":
+            self.status, self.finished_at, self.error = "failed", at, failure_text(event)
+        elif kind == "STEP_SKIPPED":
+            self.status, self.finished_at = "skipped", at
 
-def failure_text(event) -> str:
+
+def failure_text(event: DagsterEvent) -> str:
     """What went wrong in a failed step's event: the user's own description, else the error's root message."""
     data = event.event_specific_data
     user = getattr(data, "user_failure_data", None)
@@ -90,7 +112,7 @@ def failure_text(event) -> str:
     return event.message or "step failed"
 
 
-def _metadata_rows(data) -> int | None:
+def _metadata_rows(data: object) -> int | None:
     value = (getattr(data, "metadata", None) or {}).get("rows")
     value = getattr(value, "value", value)
     return int(value) if isinstance(value, int | float) else None
@@ -112,7 +134,7 @@ class RunFold:
         self._nodes = {step_node_name(s.id): s for s in self.steps}
 
     # Folding -----------------------------------------------------------------
-    def apply(self, records: Iterable) -> list[StepState]:
+    def apply(self, records: Iterable[EventLogRecord]) -> list[StepState]:
         """Folds records; returns every step status transition they made, in order.
 
         Records are folded one by one, so a step that started and finished between two reads
@@ -130,22 +152,14 @@ class RunFold:
                     transitions.append(state)
         return transitions
 
-    def _apply_entry(self, entry) -> bool:
+    def _apply_entry(self, entry: EventLogEntry) -> bool:
         event = entry.dagster_event
         if event is None:
             return False
         kind = event.event_type_value
         at = _time(entry.timestamp)
         if kind in _RUN_EVENTS:
-            status = _RUN_EVENTS[kind]
-            if kind in ("PIPELINE_START", "PIPELINE_STARTING") and self.started_at is None:
-                self.started_at = at
-            if status in TERMINAL_RUN:
-                self.finished_at = at
-                if status == "failed" and event.message:
-                    self.run_error = event.message
-            if self.status not in TERMINAL_RUN:
-                self.status = status
+            self._apply_run_event(kind, event, at)
             return True
         key = event.step_key
         if not key:
@@ -158,22 +172,19 @@ class RunFold:
             return False
         if kind not in _STEP_EVENTS:
             return False
-        step.changed_at = at
-        if kind == "STEP_START":
-            step.status, step.attempts = "running", step.attempts + 1
-            step.started_at = step.started_at or at
-        elif kind == "STEP_RESTARTED":
-            step.status, step.attempts = "running", step.attempts + 1
-        elif kind == "STEP_UP_FOR_RETRY":
-            step.status = "running"
-            step.error = failure_text(event)
-        elif kind == "STEP_SUCCESS":
-            step.status, step.finished_at, step.error = "completed", at, None
-        elif kind == "STEP_FAILURE":
-            step.status, step.finished_at, step.error = "failed", at, failure_text(event)
-        elif kind == "STEP_SKIPPED":
-            step.status, step.finished_at = "skipped", at
+        step.apply(kind, event, at)
         return True
+
+    def _apply_run_event(self, kind: str, event: DagsterEvent, at: datetime | None) -> None:
+        status = _RUN_EVENTS[kind]
+        if kind in ("PIPELINE_START", "PIPELINE_STARTING") and self.started_at is None:
+            self.started_at = at
+        if status in TERMINAL_RUN:
+            self.finished_at = at
+            if status == "failed" and event.message:
+                self.run_error = event.message
+        if self.status not in TERMINAL_RUN:
+            self.status = status
 
     def set_run_status(self, status: str, started_at: datetime | None, finished_at: datetime | None) -> None:
         """Takes the run record's word (e.g. a run canceled before it ever started logs no step)."""
