@@ -87,7 +87,7 @@ CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 def pagination(*sortable: str, default_sort: str = "created_at") -> Callable[..., PageRequest]:
     """A dependency parsing limit/cursor/sort/order; `sort` is limited to `sortable`."""
     # A Literal of run-time values, so that FastAPI checks and documents them; to mypy, `sort` is a str.
-    sort_type = Literal[sortable]  # type: ignore[valid-type]
+    sort_type = Literal[sortable]  # type: ignore[valid-type]  # mypy needs a Literal's values in the source
 
     def page_request(
         limit: Annotated[
