@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from api_shim.dagster_client import DagsterClient
 from tests.conftest import make_settings
+from tests.support.waiting import running, wait_until
 
 LAUNCH_TIMEOUT = 3
 
@@ -52,7 +54,7 @@ def test_writes_go_on_while_a_launch_waits_on_dagster(clients):
     for kind, url in launches.items():
         with ThreadPoolExecutor(1) as pool:
             launching = pool.submit(admin.post, url)
-            time.sleep(0.7)  # the launch is waiting on Dagster now
+            wait_until(lambda: running(DagsterClient.launch_run), timeout=10, what=f"the {kind} launch")
             started = time.monotonic()
             # A write with no Dagster call of its own (creating a project would reload the code location).
             created = clients.admin.post(

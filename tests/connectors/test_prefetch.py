@@ -1,11 +1,11 @@
 """The read-ahead iterator: order, bounded look-ahead, errors and early stop."""
 
 import threading
-import time
 
 import pytest
 
-from rime_dagster.connectors.prefetch import prefetched
+from rime_dagster.connectors.prefetch import _Producer, prefetched
+from tests.support.waiting import running, wait_until
 
 
 def test_yields_everything_in_order():
@@ -22,9 +22,10 @@ def test_reads_at_most_depth_items_ahead():
 
     reader = prefetched(source(), depth=2)
     assert next(reader) == 0
-    time.sleep(0.2)
-    # one handed out, two queued, one blocked in put()
-    assert len(produced) <= 4
+    # One handed out, two queued, and the producer blocked putting the fourth: it reads no further.
+    producer = next(t for t in threading.enumerate() if t.name == "rime-prefetch")
+    wait_until(lambda: len(produced) == 4 and running(_Producer.put, producer), timeout=5, what="four items read")
+    assert len(produced) == 4
     reader.close()
 
 

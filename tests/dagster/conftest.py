@@ -253,6 +253,9 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
         # Run workers confine connectors as the API does.
         RIME_CONNECTOR_PATH_ROOTS=json.dumps([str(root) for root in settings.connector_path_roots]),
         DAGSTER_DISABLE_TELEMETRY="1",
+        # A cancelled dbt step gets 5 s, not dagster-dbt's 25, to stop on SIGINT before it is killed: dbt does not
+        # stop while a model runs (the slow fixture's sleeps), so each cancel of one waited the full 25 s.
+        DAGSTER_DBT_TERMINATION_TIMEOUT_SECONDS="5",
         **({"RIME_DATABASE_URL": database_url} if database_url else {}),
     )
     env_marker = f"DAGSTER_HOME={dagster_home}"

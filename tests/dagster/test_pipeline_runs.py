@@ -12,13 +12,25 @@ import pytest
 from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
+from rime_dagster.dbt import workspace
 from tests.dagster.conftest import DEMO_DBT, Webserver, create_demo_shop_connector
 from tests.dagster.test_pipeline_jobs import _wait_for_job
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.dagster
 
 SLOW_DBT = Path(__file__).resolve().parents[1] / "fixtures" / "dbt" / "slow"
 TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def _dbt_executing(dbt_root: Path, model: str) -> bool:
+    """Whether a run's dbt log (runs/<run id>/dbt.log, JSON lines) says `model` is executing."""
+    for log in dbt_root.glob("runs/*/dbt.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            node = json.loads(line).get("data", {}).get("node_info", {}) if line.startswith("{") else {}
+            if node.get("node_name") == model and node.get("node_status") == "executing":
+                return True
+    return False
 
 
 def wait_for_pipeline_run(api, base: str, run_id: str, timeout: float = 240) -> dict:
@@ -295,11 +307,10 @@ def test_cancel_stops_the_running_step_and_skips_the_rest(api, dagster_webserver
     ).json()
     base = f"/api/v1/projects/{pid}/pipelines/{pipeline['id']}"
     run_id = api.post(f"{base}/run").json()["run_id"]
-    deadline = time.monotonic() + 120
-    while api.get(f"{base}/runs/{run_id}").json()["steps"][0]["status"] != "running":
-        assert time.monotonic() < deadline, "the step never started"
-        time.sleep(0.5)
-    time.sleep(2)  # dbt is inside the model now
+    # dbt is inside the model (its log says the node executes): the cancel has a busy dbt process to stop.
+    root = workspace.project_root(dagster_webserver.settings.dbt_home, pid, dbt.json()["id"])
+    wait_until(lambda: _dbt_executing(root, "nap"), timeout=120, what="dbt executing the model")
+    assert api.get(f"{base}/runs/{run_id}").json()["steps"][0]["status"] == "running"
     canceled = api.post(f"{base}/runs/{run_id}/cancel")
     assert canceled.status_code == 202 and canceled.json() == {"run_id": run_id, "status": "canceling"}
     run = wait_for_pipeline_run(api, base, run_id, timeout=90)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import time
 import uuid
 
 import psycopg
@@ -114,8 +113,7 @@ def test_worked_example_verbatim_then_row_for_row(api, crm, dagster_webserver: W
     schema = {t["name"]: t for t in api.get(f"{base}/schema").json()["tables"]}
     assert schema["customers"]["primary_key"] == ["id"] and schema["orders"]["row_estimate"] is not None
 
-    time.sleep(1)  # the create's background reload
-    started = api.post(f"{base}/sync")
+    started = api.post(f"{base}/sync")  # it waits for Dagster to load the new connector's job
     assert started.status_code == 202, started.text
     assert started.json()["status"] in ("queued", "running") and started.json()["run_id"].startswith("run_")
     run = wait_for_run(api, base, started.json()["run_id"])
@@ -145,7 +143,6 @@ def test_wrong_credentials_fail_cleanly_and_keep_data(api, crm, dagster_webserve
     }
     connector = api.post(f"/api/v1/projects/{project['id']}/connectors", json=body).json()
     base = f"/api/v1/projects/{project['id']}/connectors/{connector['id']}"
-    time.sleep(1)
     first = wait_for_run(api, base, api.post(f"{base}/sync").json()["run_id"])
     assert first["status"] == "succeeded"
 

@@ -33,6 +33,7 @@ from api_shim.main import create_app
 from api_shim.services.auth import Role
 from tests.conftest import ADMIN_TOKEN, Clients, make_settings
 from tests.dagster.conftest import uvicorn_api
+from tests.support.waiting import wait_until
 
 YAML = {"Content-Type": "application/yaml"}
 PIPELINES = "/api/v1/projects/proj_x/pipelines"
@@ -83,24 +84,24 @@ def test_yaml_alias_bomb_is_refused_while_the_api_keeps_answering(served: Served
         headers["Authorization"] = f"Bearer {served.token}"
     bomb, stop = alias_bomb(9), threading.Event()
     assert len(bomb) < 600
+    answers: list[list[int]] = [[], []]
 
-    def attack() -> list[int]:
-        codes: list[int] = []
+    def attack(codes: list[int]) -> list[int]:
         with httpx.Client(timeout=60) as client:
             while not codes or not stop.is_set():
                 codes.append(client.post(f"{served.url}{PIPELINES}", content=bomb, headers=headers).status_code)
-                time.sleep(0.01)
         return codes
 
     with ThreadPoolExecutor(2) as pool:
-        attacks = [pool.submit(attack) for _ in range(2)]
+        attacks = [pool.submit(attack, codes) for codes in answers]
         try:
-            time.sleep(0.2)  # the attack is in flight
+            # Both attackers have had an answer and sent their next bomb: the attack is in flight.
+            wait_until(lambda: all(answers), timeout=60, what="an answer to each attacker")
             for _ in range(10):
                 started = time.monotonic()
                 assert httpx.get(f"{served.url}/health", timeout=1.0).status_code == 200
                 assert time.monotonic() - started < 1.0
-                time.sleep(0.1)
+                time.sleep(0.1)  # ten probes spread over a second of the attack
         finally:
             stop.set()
         codes = {code for attack in attacks for code in attack.result(timeout=120)}

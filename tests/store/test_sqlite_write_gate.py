@@ -12,7 +12,8 @@ from sqlalchemy.exc import OperationalError
 from rime_dagster.store import session as db_session
 from rime_dagster.store.migrate import upgrade_to_head
 from rime_dagster.store.models import User
-from rime_dagster.store.session import engine_for, session_factory, session_scope
+from rime_dagster.store.session import _GatedConnection, engine_for, session_factory, session_scope
+from tests.support.waiting import running, wait_until
 
 
 @pytest.fixture
@@ -59,24 +60,23 @@ def test_a_writer_waits_for_the_one_before_and_gets_the_database_at_once(url):
     holder = session_factory(url)()
     holder.add(_user(1))
     holder.flush()
-    waited: list[float] = []
+    finished: list[float] = []
 
     def second() -> None:
-        started = time.monotonic()
         _write(url, 2)
-        waited.append(time.monotonic() - started)
+        finished.append(time.monotonic())
 
     thread = threading.Thread(target=second)
     thread.start()
-    time.sleep(0.3)
-    assert not waited  # queued behind the open transaction
+    wait_until(lambda: running(_GatedConnection.enter_write, thread), timeout=5, what="the second writer at the gate")
+    assert not finished  # queued behind the open transaction
     released = time.monotonic()
     holder.commit()
     holder.close()
     thread.join(5)
-    assert waited and waited[0] >= 0.3
+    assert finished and finished[0] >= released  # it wrote only once the first had committed
     # Handed over on commit, not on SQLite's next busy poll.
-    assert time.monotonic() - released < 0.2
+    assert finished[0] - released < 0.2
 
 
 def test_a_writer_that_cannot_get_the_gate_fails_like_a_locked_database(url, monkeypatch):
