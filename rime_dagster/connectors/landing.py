@@ -36,7 +36,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationError
 from pyiceberg.expressions import AlwaysTrue
-from pyiceberg.io import FileIO
+from pyiceberg.io import FileIO, OutputStream
 
 # The two private helpers are the ones pyiceberg's own append path uses (schema check, projection onto the table
 # schema with field ids); reusing them keeps our files identical to pyiceberg's. Pinned by pyproject (<0.13).
@@ -60,10 +60,11 @@ from pyiceberg.io.pyarrow import (
     pyarrow_to_schema,
 )
 from pyiceberg.manifest import DataFile, ManifestContent
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties, Transaction
-from pyiceberg.table.locations import load_location_provider
+from pyiceberg.table.locations import LocationProvider, load_location_provider
 
-from rime_dagster.connectors.landing_types import is_orderable
+from rime_dagster.connectors.landing_types import CursorValue, is_orderable
 
 __all__ = [
     "CURSOR_PROPERTY_PREFIX",
@@ -101,6 +102,10 @@ _ROW_GROUP_MAX_ROWS = 262_144
 _ROW_GROUP_MAX_BYTES = 64 * 1024 * 1024
 
 
+# A cursor as LandResult reports it (see `_jsonable`).
+JsonCursor = int | float | str | None
+
+
 class SchemaMismatchError(ValueError):
     """The source's schema cannot be reconciled with the table's (e.g. a column changed from string to int)."""
 
@@ -113,7 +118,7 @@ class ConcurrentCommitError(RuntimeError):
 class StoredCursor:
     """An incremental cursor as read from its table, with the snapshot it was read at."""
 
-    value: Any  # typed as stored; None: no table or no cursor yet
+    value: CursorValue | None  # typed as stored; None: no table or no cursor yet
     snapshot_id: int | None  # None: no table, or a table without snapshots
 
 
@@ -124,7 +129,7 @@ class LandResult:
     snapshot_id: int | None
     # The cursor stored after the sync, JSON-able: ISO-8601 for dates/times, str for Decimal, base64 for bytes.
     # `read_cursor` returns the typed value.
-    cursor_value: Any
+    cursor_value: JsonCursor
     files: int
     # The existing table's schema evolved (columns added or types widened). A newly created table reports False.
     schema_changed: bool
@@ -152,39 +157,13 @@ def land_table(
     selected the batches with (`read_cursor_state`): an incremental sync raises `ConcurrentCommitError`, before
     reading a batch, if the table's snapshot is no longer the one that cursor was read at.
     """
-    if mode not in ("full_refresh", "incremental"):
-        raise ValueError(f"mode must be 'full_refresh' or 'incremental', not {mode!r}")
-    if target_file_rows < 1:
-        raise ValueError("target_file_rows must be positive")
-    if cursor_field is not None:
-        _check_cursor_field(schema, cursor_field)
-    wanted_properties = {**(properties or {}), **_NO_COMMIT_RETRY}
+    _check_arguments(mode, target_file_rows, schema, cursor_field)
     incoming = _nullable_schema(schema)
-
-    table = _load_table(catalog, identifier)
-    if table is not None and any(table.properties.get(k) != v for k, v in _NO_COMMIT_RETRY.items()):
-        # A table landed before retries were turned off: pyiceberg reads the retry count from the table as loaded,
-        # so it is turned off in a commit of its own, before this sync's.
-        table = table.transaction().set_properties(_NO_COMMIT_RETRY).commit_transaction()
-    if mode == "incremental" and read_at is not None and _current_snapshot_id(table) != read_at.snapshot_id:
-        raise ConcurrentCommitError(
-            f"{_name(identifier)} moved from snapshot {read_at.snapshot_id} to {_current_snapshot_id(table)} since "
-            "its cursor was read: another sync landed meanwhile. Nothing was written; the next sync goes on from "
-            "the cursor that sync stored."
-        )
+    table = _table_for_sync(catalog, identifier, mode, read_at)
     table_created = table is None
-    if table is None:
-        ensure_namespace(catalog, identifier[0])
-        # The table is created by the same commit that lands its first data: a failed first sync leaves no table.
-        tx: Transaction = catalog.create_table_transaction(
-            identifier, incoming, properties={**_DEFAULT_TABLE_PROPERTIES, **wanted_properties}
-        )
-        schema_changed = False
-    else:
-        tx = table.transaction()
-        schema_changed = _evolve_schema(tx, table, incoming, identifier)
-        if changed := {k: v for k, v in wanted_properties.items() if table.properties.get(k) != v}:
-            tx.set_properties(changed)
+    tx, schema_changed = _sync_transaction(
+        catalog, identifier, table, incoming, {**(properties or {}), **_NO_COMMIT_RETRY}
+    )
 
     table_schema = tx.table_metadata.schema()
     try:
@@ -203,34 +182,17 @@ def land_table(
     commit_started = False
     snapshot_id: int | None = None
     try:
-        rows = 0
-        batch_max: Any = None
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if batch.schema.names != schema.names:
-                raise SchemaMismatchError(
-                    f"{_name(identifier)}: batch columns {batch.schema.names} differ from the declared {schema.names}"
-                )
-            if cursor_field is not None:
-                batch_max = _max(batch_max, pc.max(batch.column(cursor_field)).as_py())
-            # Adds the table's field ids, NULL-fills table columns the source lacks and widens promoted types,
-            # exactly as pyiceberg's own writer does.
-            writer.write(
-                _to_requested_schema(
-                    requested_schema=table_schema,
-                    file_schema=source_schema,
-                    batch=batch,
-                    include_field_ids=True,
-                    format_model=ParquetFormatModel(),
-                )
-            )
-            rows += batch.num_rows
+        rows, batch_max = _write_batches(
+            writer,
+            batches,
+            schema,
+            cursor_field,
+            identifier=identifier,
+            table_schema=table_schema,
+            source_schema=source_schema,
+        )
         paths = writer.close()
-
-        new_cursor = batch_max
-        if mode == "incremental" and previous_cursor is not None:
-            new_cursor = _max(previous_cursor, batch_max) if batch_max is not None else previous_cursor
+        new_cursor = _max(previous_cursor, batch_max) if mode == "incremental" else batch_max
 
         if mode == "incremental" and rows == 0:
             # Nothing to append: leave the table untouched (a brand-new table is still created, empty).
@@ -248,20 +210,7 @@ def land_table(
         # Footers are read back (as `add_files` does): this validates each file against the table schema and
         # collects the column statistics the manifests need.
         data_files = list(parquet_files_to_data_files(io, tx.table_metadata, iter(paths)))
-        snapshot_properties = {RUN_ID_PROPERTY: run_id}
-        if mode == "full_refresh":
-            producer = _replace_all(tx, _live_data_files(tx, io), data_files, snapshot_properties)
-            # The old rows are gone, so are the cursors that described them.
-            stale = [k for k in tx.table_metadata.properties if k.startswith(CURSOR_PROPERTY_PREFIX)]
-            if stale:
-                tx.remove_properties(*stale)
-        else:
-            update = tx.update_snapshot(snapshot_properties=snapshot_properties)
-            merge = tx.table_metadata.properties.get("commit.manifest-merge.enabled", "false").lower() == "true"
-            with update.merge_append() if merge else update.fast_append() as producer:
-                for data_file in data_files:
-                    producer.append_data_file(data_file)
-        snapshot_id = producer.snapshot_id
+        snapshot_id = _stage_snapshot(tx, io, mode, data_files, {RUN_ID_PROPERTY: run_id})
         if cursor_key is not None and new_cursor is not None:
             tx.set_properties({cursor_key: _encode_cursor(new_cursor)})
 
@@ -288,7 +237,118 @@ def land_table(
     )
 
 
-def read_cursor(catalog: Catalog, identifier: tuple[str, str], cursor_field: str | None) -> Any | None:
+def _check_arguments(mode: str, target_file_rows: int, schema: pa.Schema, cursor_field: str | None) -> None:
+    if mode not in ("full_refresh", "incremental"):
+        raise ValueError(f"mode must be 'full_refresh' or 'incremental', not {mode!r}")
+    if target_file_rows < 1:
+        raise ValueError("target_file_rows must be positive")
+    if cursor_field is not None:
+        _check_cursor_field(schema, cursor_field)
+
+
+def _table_for_sync(
+    catalog: Catalog, identifier: tuple[str, str], mode: str, read_at: StoredCursor | None
+) -> Table | None:
+    """The table a sync lands in (None: not created yet), its commit retries off; ConcurrentCommitError when an
+    incremental sync's cursor was read at another snapshot than the current one."""
+    table = _load_table(catalog, identifier)
+    if table is not None and any(table.properties.get(k) != v for k, v in _NO_COMMIT_RETRY.items()):
+        # A table landed before retries were turned off: pyiceberg reads the retry count from the table as loaded,
+        # so it is turned off in a commit of its own, before this sync's.
+        table = table.transaction().set_properties(_NO_COMMIT_RETRY).commit_transaction()
+    if mode == "incremental" and read_at is not None and _current_snapshot_id(table) != read_at.snapshot_id:
+        raise ConcurrentCommitError(
+            f"{_name(identifier)} moved from snapshot {read_at.snapshot_id} to {_current_snapshot_id(table)} since "
+            "its cursor was read: another sync landed meanwhile. Nothing was written; the next sync goes on from "
+            "the cursor that sync stored."
+        )
+    return table
+
+
+def _sync_transaction(
+    catalog: Catalog,
+    identifier: tuple[str, str],
+    table: Table | None,
+    incoming: pa.Schema,
+    wanted_properties: dict[str, str],
+) -> tuple[Transaction, bool]:
+    """The transaction a sync commits, with the table's creation or its schema change and properties staged; and
+    whether an existing table's schema changes (a newly created table reports False)."""
+    if table is None:
+        ensure_namespace(catalog, identifier[0])
+        # The table is created by the same commit that lands its first data: a failed first sync leaves no table.
+        created = catalog.create_table_transaction(
+            identifier, incoming, properties={**_DEFAULT_TABLE_PROPERTIES, **wanted_properties}
+        )
+        return created, False
+    tx = table.transaction()
+    schema_changed = _evolve_schema(tx, table, incoming, identifier)
+    if changed := {k: v for k, v in wanted_properties.items() if table.properties.get(k) != v}:
+        tx.set_properties(changed)
+    return tx, schema_changed
+
+
+def _write_batches(
+    writer: _RollingParquetWriter,
+    batches: Iterable[pa.RecordBatch],
+    declared: pa.Schema,
+    cursor_field: str | None,
+    *,
+    identifier: tuple[str, str],
+    table_schema: Schema,
+    source_schema: Schema,
+) -> tuple[int, CursorValue | None]:
+    """Writes the non-empty `batches` (of the `declared` schema) onto the table's schema; returns the rows written
+    and the max of `cursor_field` over them (None without a cursor or a row)."""
+    rows = 0
+    batch_max: CursorValue | None = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        if batch.schema.names != declared.names:
+            raise SchemaMismatchError(
+                f"{_name(identifier)}: batch columns {batch.schema.names} differ from the declared {declared.names}"
+            )
+        if cursor_field is not None:
+            batch_max = _max(batch_max, pc.max(batch.column(cursor_field)).as_py())
+        writer.write(_with_field_ids(batch, table_schema, source_schema))
+        rows += batch.num_rows
+    return rows, batch_max
+
+
+def _with_field_ids(batch: pa.RecordBatch, table_schema: Schema, file_schema: Schema) -> pa.RecordBatch:
+    """`batch` projected onto the table's schema: adds the table's field ids, NULL-fills table columns the batch
+    lacks and widens promoted types, exactly as pyiceberg's own writer does."""
+    return _to_requested_schema(
+        requested_schema=table_schema,
+        file_schema=file_schema,
+        batch=batch,
+        include_field_ids=True,
+        format_model=ParquetFormatModel(),
+    )
+
+
+def _stage_snapshot(
+    tx: Transaction, io: FileIO, mode: str, data_files: list[DataFile], snapshot_properties: dict[str, str]
+) -> int:
+    """Stages a sync's one snapshot and returns its id: a full refresh replaces every live data file (and drops
+    the cursors of the rows it removes), an incremental sync appends."""
+    if mode == "full_refresh":
+        snapshot_id = _replace_all(tx, _live_data_files(tx, io), data_files, snapshot_properties)
+        # The old rows are gone, so are the cursors that described them.
+        stale = [k for k in tx.table_metadata.properties if k.startswith(CURSOR_PROPERTY_PREFIX)]
+        if stale:
+            tx.remove_properties(*stale)
+        return snapshot_id
+    update = tx.update_snapshot(snapshot_properties=snapshot_properties)
+    merge = tx.table_metadata.properties.get("commit.manifest-merge.enabled", "false").lower() == "true"
+    with update.merge_append() if merge else update.fast_append() as producer:
+        for data_file in data_files:
+            producer.append_data_file(data_file)
+    return producer.snapshot_id
+
+
+def read_cursor(catalog: Catalog, identifier: tuple[str, str], cursor_field: str | None) -> CursorValue | None:
     """The cursor stored for `cursor_field`, typed as it was stored (int, float, str, Decimal, date, time,
     datetime aware or naive, bytes); None if there is no table or no cursor."""
     return read_cursor_state(catalog, identifier, cursor_field).value
@@ -313,8 +373,9 @@ def table_stats(catalog: Catalog, identifier: tuple[str, str]) -> dict[str, Any]
     if snapshot is None:
         return {"row_count": 0, "snapshot_id": None, "updated_at": None, "run_id": None}
     summary = snapshot.summary
+    total_records = summary.get("total-records") if summary else None
     return {
-        "row_count": int(summary["total-records"]) if summary and "total-records" in summary else None,
+        "row_count": int(total_records) if total_records is not None else None,
         "snapshot_id": snapshot.snapshot_id,
         "updated_at": datetime.fromtimestamp(snapshot.timestamp_ms / 1000, tz=UTC),
         "run_id": summary.get(RUN_ID_PROPERTY) if summary else None,
@@ -337,7 +398,7 @@ def preview(catalog: Catalog, identifier: tuple[str, str], limit: int) -> pa.Tab
 class _RollingParquetWriter:
     """Writes Arrow batches to Parquet files of at most `target_file_rows` rows, buffering one row group."""
 
-    def __init__(self, io: FileIO, location: Any, target_file_rows: int, prefix: str):
+    def __init__(self, io: FileIO, location: LocationProvider, target_file_rows: int, prefix: str):
         self._io = io
         self._location = location
         self._target_file_rows = target_file_rows
@@ -345,7 +406,7 @@ class _RollingParquetWriter:
         self._prefix = prefix
         self.paths: list[str] = []  # every file started, so a failure can delete them
         self._closed_paths: list[str] = []
-        self._stream: Any = None
+        self._stream: OutputStream | None = None
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self._file_rows = 0  # rows in the open file, buffered ones included
@@ -406,7 +467,7 @@ class _RollingParquetWriter:
 
     def _close_file(self) -> None:
         self._flush()
-        if self._writer is not None:
+        if self._writer is not None and self._stream is not None:  # opened together by _flush
             self._writer.close()
             self._stream.close()
             self._closed_paths.append(self.paths[-1])
@@ -414,9 +475,11 @@ class _RollingParquetWriter:
         self._file_rows = 0
 
 
-def _replace_all(tx: Transaction, live: list[DataFile], data_files: list[DataFile], snapshot_properties: dict):
-    """Stages ONE overwrite snapshot: every live data file out, `data_files` in. (A `tx.delete(AlwaysTrue())`
-    followed by an append would put two snapshots, DELETE then APPEND, in the commit.)"""
+def _replace_all(
+    tx: Transaction, live: list[DataFile], data_files: list[DataFile], snapshot_properties: dict[str, str]
+) -> int:
+    """Stages ONE overwrite snapshot: every live data file out, `data_files` in; returns its id. (A
+    `tx.delete(AlwaysTrue())` followed by an append would put two snapshots, DELETE then APPEND, in the commit.)"""
     with tx.update_snapshot(snapshot_properties=snapshot_properties).overwrite() as producer:
         # The predicate makes the producer open every manifest; the explicit files are what it removes.
         producer.delete_by_predicate(AlwaysTrue())
@@ -424,7 +487,7 @@ def _replace_all(tx: Transaction, live: list[DataFile], data_files: list[DataFil
             producer.delete_data_file(data_file)
         for data_file in data_files:
             producer.append_data_file(data_file)
-    return producer
+    return producer.snapshot_id
 
 
 @dataclass(frozen=True)
@@ -463,33 +526,24 @@ def compact_table(
     location = load_location_provider(tx.table_metadata.location, tx.table_metadata.properties)
     writer = _RollingParquetWriter(io, location, target_file_rows, _file_prefix(run_id))
     commit_started = False
-    producer = None
+    snapshot_id: int | None = None
     try:
         rows = 0
         for batch in table.scan(snapshot_id=snapshot.snapshot_id).to_arrow_batch_reader():
             if batch.num_rows:
-                writer.write(
-                    _to_requested_schema(
-                        requested_schema=table_schema,
-                        file_schema=table_schema,
-                        batch=batch,
-                        include_field_ids=True,
-                        format_model=ParquetFormatModel(),
-                    )
-                )
+                writer.write(_with_field_ids(batch, table_schema, table_schema))
                 rows += batch.num_rows
         paths = writer.close()
         data_files = list(parquet_files_to_data_files(io, tx.table_metadata, iter(paths)))
-        producer = _replace_all(tx, live, data_files, {RUN_ID_PROPERTY: run_id, "rime.operation": "compact"})
+        snapshot_id = _replace_all(tx, live, data_files, {RUN_ID_PROPERTY: run_id, "rime.operation": "compact"})
         commit_started = True
         tx.commit_transaction()
     except BaseException:
         writer.abort()
-        snapshot_id = producer.snapshot_id if producer is not None else None
         if not commit_started or not _commit_landed(catalog, identifier, snapshot_id):
             _delete_files(io, writer.paths)
         raise
-    return CompactResult(len(live), len(paths), rows, producer.snapshot_id)
+    return CompactResult(len(live), len(paths), rows, snapshot_id)
 
 
 def ensure_namespace(catalog: Catalog, namespace: str) -> None:
@@ -599,7 +653,7 @@ def _check_cursor_field(schema: pa.Schema, cursor_field: str) -> None:
 # --- cursor ----------------------------------------------------------------------------------------------------
 
 
-def _max(a: Any, b: Any) -> Any:
+def _max(a: CursorValue | None, b: CursorValue | None) -> CursorValue | None:
     if a is None:
         return b
     if b is None:
@@ -612,9 +666,10 @@ def _max(a: Any, b: Any) -> Any:
         return b
 
 
-def _encode_cursor(value: Any) -> str:
+def _encode_cursor(value: CursorValue) -> str:
     # Type-tagged so that read_cursor returns what was stored, not a string: datetimes keep their (lack of)
     # timezone and microseconds, decimals keep every digit.
+    raw: bool | int | float | str
     if isinstance(value, bool):
         kind, raw = "bool", value
     elif isinstance(value, int):
@@ -638,12 +693,12 @@ def _encode_cursor(value: Any) -> str:
     return json.dumps({"type": kind, "value": raw})
 
 
-def _decode_cursor(encoded: str | None) -> Any:
+def _decode_cursor(encoded: str | None) -> CursorValue | None:
     if encoded is None:
         return None
     stored = json.loads(encoded)
     kind, raw = stored["type"], stored["value"]
-    decoders = {
+    decoders: dict[str, Callable[[Any], CursorValue]] = {
         "bool": bool,
         "int": int,
         "float": float,
@@ -657,7 +712,7 @@ def _decode_cursor(encoded: str | None) -> Any:
     return decoders[kind](raw)
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: CursorValue | None) -> JsonCursor:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Decimal):

@@ -21,9 +21,14 @@ Conversions (`landing_type`; values follow with `conform`):
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date, time
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+# A cursor's value as Python holds it: what a column of an orderable type reads as (a datetime is a date).
+CursorValue = int | float | Decimal | str | bytes | date | time
 
 # Types whose order a cursor can follow (`cursor > stored value`). Landing takes the large string and binary
 # variants too, which pyiceberg stores; booleans, nested types and the rest have no usable order.
@@ -90,13 +95,25 @@ def is_list_like(t: pa.DataType) -> bool:
 def landing_type(t: pa.DataType, *, keep_null: bool = False, where: str = "A column") -> pa.DataType:
     """The landing type `t` converts to; `keep_null` leaves null-typed columns null (a file inferred before
     another file types them). LandingTypeError, saying `where` the type is, when it has none."""
-    types = pa.types
-    if types.is_null(t):
+    if pa.types.is_null(t):
         return t if keep_null else pa.string()
     if isinstance(t, pa.ExtensionType):
         return landing_type(t.storage_type, keep_null=keep_null, where=where)
-    if types.is_dictionary(t):
+    if pa.types.is_dictionary(t):
         return landing_type(t.value_type, keep_null=keep_null, where=where)
+    converted = _numeric_landing_type(t)
+    if converted is None:
+        converted = _text_or_temporal_landing_type(t)
+    if converted is None:
+        converted = _nested_landing_type(t, keep_null=keep_null, where=where)
+    if converted is None:
+        raise LandingTypeError(f"{where} has type {t}, which can't be stored in Iceberg.")
+    return converted
+
+
+def _numeric_landing_type(t: pa.DataType) -> pa.DataType | None:
+    """Booleans, integers, floats and decimals; None for any other type."""
+    types = pa.types
     if types.is_boolean(t):
         return t
     if types.is_integer(t):
@@ -107,6 +124,12 @@ def landing_type(t: pa.DataType, *, keep_null: bool = False, where: str = "A col
         return pa.float32() if t.bit_width <= 32 else pa.float64()
     if types.is_decimal(t):
         return pa.decimal128(t.precision, t.scale) if t.precision <= 38 else pa.string()
+    return None
+
+
+def _text_or_temporal_landing_type(t: pa.DataType) -> pa.DataType | None:
+    """Strings, binaries, dates, times, timestamps and durations; None for any other type."""
+    types = pa.types
     if types.is_string(t) or types.is_large_string(t) or types.is_string_view(t):
         return pa.string()
     if types.is_binary(t) or types.is_large_binary(t) or types.is_binary_view(t) or types.is_fixed_size_binary(t):
@@ -119,17 +142,22 @@ def landing_type(t: pa.DataType, *, keep_null: bool = False, where: str = "A col
         return pa.timestamp("us", "UTC" if t.tz else None)
     if types.is_duration(t):
         return pa.int64()
-    if types.is_map(t):
+    return None
+
+
+def _nested_landing_type(t: pa.DataType, *, keep_null: bool, where: str) -> pa.DataType | None:
+    """Maps, lists and structs, their items converted; None for any other type."""
+    if pa.types.is_map(t):
         entry = pa.struct([pa.field("key", t.key_type, nullable=False), t.item_field])
         return pa.list_(pa.field("entries", landing_type(entry, keep_null=keep_null, where=where), nullable=False))
     if is_list_like(t):
         item = t.value_field
         return pa.list_(item.with_type(landing_type(item.type, keep_null=keep_null, where=where)).remove_metadata())
-    if types.is_struct(t):
+    if pa.types.is_struct(t):
         return pa.struct(
             [f.with_type(landing_type(f.type, keep_null=keep_null, where=where)).remove_metadata() for f in t]
         )
-    raise LandingTypeError(f"{where} has type {t}, which can't be stored in Iceberg.")
+    return None
 
 
 def landing_schema(schema: pa.Schema, *, where: str, keep_null: bool = False) -> pa.Schema:
