@@ -20,17 +20,14 @@ import uuid
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import duckdb
 import duckdb_ext  # namespace package installed by the duckdb-ext-* distributions
 import pyarrow as pa
+from duckdb.sqltypes import DuckDBPyType
 
 from rime_dagster.connectors.landing_types import landing_type as arrow_landing_type
 from rime_dagster.connectors.sources._sql import quote_ident
-
-if TYPE_CHECKING:
-    from duckdb.sqltypes import DuckDBPyType
 
 REDACTED = "***"
 
@@ -146,11 +143,18 @@ def landing_type(dtype: DuckDBPyType) -> str:
         return f"DECIMAL({target.precision},{target.scale})" if pa.types.is_decimal(target) else _SPELLING[target]
     if kind in ("list", "array"):  # fixed-size arrays land as plain lists
         child = dict(dtype.children)["child"]
-        return f"{landing_type(child)}[]"
+        return f"{landing_type(_child_type(child))}[]"
     if kind == "struct":
-        fields = ", ".join(f"{quote_ident(name)} {landing_type(child)}" for name, child in dtype.children)
+        fields = ", ".join(f"{quote_ident(name)} {landing_type(_child_type(child))}" for name, child in dtype.children)
         return f"STRUCT({fields})"
     return "VARCHAR"
+
+
+def _child_type(child: object) -> DuckDBPyType:
+    """A list's or struct's child type (DuckDB's `children` also hold a decimal's precision, an enum's values)."""
+    if not isinstance(child, DuckDBPyType):
+        raise TypeError(f"expected a DuckDB type, got {child!r}")
+    return child
 
 
 def landing_select(columns: list[tuple[str, DuckDBPyType]], relation_alias: str) -> str:

@@ -37,7 +37,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
-from rime_dagster.connectors.landing_types import LandingTypeError, conform_batch, is_orderable, landing_schema
+from rime_dagster.connectors.landing_types import (
+    CursorValue,
+    LandingTypeError,
+    conform_batch,
+    is_orderable,
+    landing_schema,
+)
 
 if TYPE_CHECKING:
     from rime_dagster.connectors.sources._access import SourceAccess
@@ -105,7 +111,7 @@ class Cursor:
     """An incremental read: only rows with `field` > `value` (`value` None: the first sync, every row)."""
 
     field: str
-    value: Any
+    value: CursorValue | None
 
 
 @dataclass(frozen=True)
@@ -205,7 +211,7 @@ class Source(ABC):
         table: str,
         *,
         cursor_field: str | None = None,
-        cursor_value: Any = None,
+        cursor_value: CursorValue | None = None,
         batch_rows: int = DEFAULT_BATCH_ROWS,
     ) -> Iterator[pa.RecordBatch]:
         """Streams `table` as record batches of `arrow_schema(table)`, bounded memory: `batch_rows` rows each
@@ -249,9 +255,10 @@ class Source(ABC):
         of the table's columns; a cursor naming no column is the base's to refuse.
         """
 
-    def _early_schema(self, table: str) -> pa.Schema | None:
-        """`table`'s schema when the plug-in knows it without connecting (files: from the files' samples), so
-        that `read` refuses a missing table or a bad cursor when called; None: once the read starts."""
+    def _early_schema(self, _table: str) -> pa.Schema | None:
+        """The table's schema when the plug-in knows it without connecting (files: from the files' samples), so
+        that `read` refuses a missing table or a bad cursor when called; None (this default): once the read
+        starts."""
         return None
 
     def _translate(self, exc: Exception, action: Action, table: str | None) -> SourceError:
@@ -334,7 +341,7 @@ class Source(ABC):
         return keep
 
 
-def _cursor_scalar(value: Any, t: pa.DataType, column: str, table: str) -> pa.Scalar:
+def _cursor_scalar(value: CursorValue, t: pa.DataType, column: str, table: str) -> pa.Scalar:
     """The stored cursor `value` as a scalar of the column's type `t` (text without an offset is UTC)."""
     errors = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError)
     try:

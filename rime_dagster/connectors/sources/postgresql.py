@@ -224,8 +224,16 @@ def _server_expression(column: _PgColumn) -> tuple[str | None, bool]:
     return None, False
 
 
-def _pg_literal(value: Any) -> str:
+def _pg_literal(value: object) -> str:
     return sql.Literal(value).as_string(None)
+
+
+def _one_row(conn: psycopg.Connection, query: str) -> tuple[Any, ...]:
+    """The row of a query that returns exactly one (an aggregate, an EXPLAIN)."""
+    row = conn.execute(query).fetchone()
+    if row is None:
+        raise psycopg.ProgrammingError(f"no row from {query}")
+    return row
 
 
 @dataclass
@@ -321,18 +329,18 @@ class PostgresSource(Source):
         return options
 
     def _psycopg(self, timeout: float | None) -> psycopg.Connection:
-        target = self._target()
+        # The host and its resolved addresses, then libpq's options: keyword arguments psycopg passes on to libpq.
+        options: dict[str, Any] = {**self._target(), **self._options(timeout)}
         return self._guarded(
             "connect",
             None,
             lambda: psycopg.connect(
-                **target,
                 port=self.config.port,
                 dbname=self.config.database,
                 user=self.credentials.username,
                 password=self.credentials.password.get_secret_value(),
                 autocommit=True,
-                **self._options(timeout),
+                **options,
             ),
         )
 
@@ -465,8 +473,9 @@ class PostgresSource(Source):
         relation = f"{quote_ident(self.config.schema_)}.{quote_ident(table)}"
         try:
             if kind in ("r", "m") and heap_bytes <= _COUNT_BELOW_BYTES:  # small: counting is as cheap as guessing
-                return int(conn.execute(f"SELECT count(*) FROM {relation}").fetchone()[0])
-            plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT * FROM {relation}").fetchone()[0]
+                (count,) = _one_row(conn, f"SELECT count(*) FROM {relation}")
+                return int(count)
+            (plan,) = _one_row(conn, f"EXPLAIN (FORMAT JSON) SELECT * FROM {relation}")
             return int(plan[0]["Plan"]["Plan Rows"])
         except psycopg.Error:
             return None
@@ -500,8 +509,11 @@ class PostgresSource(Source):
         if not rows:
             raise SourceError(f"Table '{table}' not found in schema '{schema}'.")
         columns = [_PgColumn(*row) for row in rows]
+        # The cursor is compared in the query when it names a column (else the base refuses it).
         filtered = (
-            cursor is not None and cursor.value is not None and cursor.field in {column.name for column in columns}
+            cursor
+            if cursor is not None and cursor.value is not None and cursor.field in {column.name for column in columns}
+            else None
         )
         expressions = [_server_expression(column) for column in columns]
         params: list[Any] = []
@@ -512,22 +524,22 @@ class PostgresSource(Source):
                 for column, (expression, _) in zip(columns, expressions, strict=True)
             )
             pg_sql = f"SELECT {select} FROM {qi(schema)}.{qi(table)}"
-            if filtered:
-                pg_sql += f" WHERE {qi(cursor.field)} > {self._cursor_literal(cursor)}"
+            if filtered is not None:
+                pg_sql += f" WHERE {qi(filtered.field)} > {self._cursor_literal(filtered)}"
             if limit0:
                 pg_sql += " LIMIT 0"
             relation = f"postgres_query({quote_literal(alias)}, {quote_literal(pg_sql)}) AS t"
         else:
             relation = f"{alias}.{qi(schema)}.{qi(table)} AS t"
-            if filtered:
-                where = f" WHERE t.{qi(cursor.field)} > ?"
-                params.append(cursor.value)
+            if filtered is not None:
+                where = f" WHERE t.{qi(filtered.field)} > ?"
+                params.append(filtered.value)
         described = con.sql(f"SELECT * FROM {relation}")
         select_list = _duckdb.landing_select(list(zip(described.columns, described.types, strict=True)), "t")
         query = f"SELECT {select_list} FROM {relation}{where}"
         if limit0:
             query += " LIMIT 0"
-        return _Query(query, params, cursor_applied=filtered)
+        return _Query(query, params, cursor_applied=filtered is not None)
 
     @staticmethod
     def _cursor_literal(cursor: Cursor) -> str:

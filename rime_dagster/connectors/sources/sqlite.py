@@ -55,10 +55,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 from pydantic import Field, field_validator
+from typing_extensions import override
 
 from rime_dagster.connectors.sources._sql import quote_ident
 from rime_dagster.connectors.sources.base import (
@@ -73,6 +73,9 @@ from rime_dagster.connectors.sources.base import (
     TableInfo,
     register,
 )
+
+# A non-NULL value as sqlite3 returns it: SQLite's storage classes INTEGER, REAL, TEXT and BLOB.
+SqliteValue = int | float | str | bytes
 
 _DECIMAL = re.compile(r"^(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)$")
 _TRUE = {"1", "true", "t"}
@@ -100,23 +103,23 @@ class _Unfit(Exception):
 # -- value converters (slow path: one Python value at a time) ---------------------------------
 
 
-def _kind(value: Any) -> str:
+def _kind(value: SqliteValue) -> str:
     return {int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB"}.get(type(value), type(value).__name__)
 
 
-def _to_int(value: Any) -> int:
+def _to_int(value: SqliteValue) -> int:
     if isinstance(value, int):
         return value
     raise _Unfit
 
 
-def _to_float(value: Any) -> float:
+def _to_float(value: SqliteValue) -> float:
     if isinstance(value, int | float):
         return float(value)
     raise _Unfit
 
 
-def _to_str(value: Any) -> str:
+def _to_str(value: SqliteValue) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, int | float):
@@ -124,7 +127,7 @@ def _to_str(value: Any) -> str:
     raise _Unfit
 
 
-def _to_bytes(value: Any) -> bytes:
+def _to_bytes(value: SqliteValue) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -132,7 +135,7 @@ def _to_bytes(value: Any) -> bytes:
     raise _Unfit
 
 
-def _to_bool(value: Any) -> bool:
+def _to_bool(value: SqliteValue) -> bool:
     if isinstance(value, int | float) and value in (0, 1):
         return bool(value)
     if isinstance(value, str):
@@ -144,10 +147,10 @@ def _to_bool(value: Any) -> bool:
     raise _Unfit
 
 
-def _decimal_converter(precision: int, scale: int) -> Callable[[Any], Decimal]:
+def _decimal_converter(precision: int, scale: int) -> Callable[[SqliteValue], Decimal]:
     quantum = Decimal(1).scaleb(-scale)
 
-    def convert(value: Any) -> Decimal:
+    def convert(value: SqliteValue) -> Decimal:
         if isinstance(value, bytes) or value is True or value is False:
             raise _Unfit
         try:
@@ -162,7 +165,7 @@ def _decimal_converter(precision: int, scale: int) -> Callable[[Any], Decimal]:
     return convert
 
 
-def _to_timestamp(value: Any) -> datetime:
+def _to_timestamp(value: SqliteValue) -> datetime:
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
             return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
@@ -179,7 +182,7 @@ def _to_timestamp(value: Any) -> datetime:
     return parsed
 
 
-def _to_date(value: Any) -> date:
+def _to_date(value: SqliteValue) -> date:
     if not isinstance(value, str):
         raise _Unfit
     try:
@@ -192,7 +195,7 @@ def _to_date(value: Any) -> date:
     return parsed.date()
 
 
-def _to_time(value: Any) -> time:
+def _to_time(value: SqliteValue) -> time:
     if not isinstance(value, str):
         raise _Unfit
     try:
@@ -207,7 +210,7 @@ class _Column:
     name: str
     declared: str
     type: pa.DataType
-    convert: Callable[[Any], Any]
+    convert: Callable[[SqliteValue], object]
     fast_types: frozenset[type] = frozenset()  # Python types Arrow converts exactly as `convert` would
     arrow_cast: bool = False  # the fast path parses text with Arrow (dates, timestamps)
 
@@ -220,8 +223,15 @@ _BYTES = frozenset({bytes, str, _NONE})
 
 
 def _landing(name: str, declared: str) -> _Column:
-    """The landing type of a column from its declared type (rules in the module docstring)."""
+    """The landing type of a column from its declared type (rules in the module docstring): a well-known type
+    name first, then SQLite's affinity rules."""
     upper = " ".join(declared.upper().split())
+    column = _by_type_name(name, declared, upper)
+    return column if column is not None else _by_affinity(name, declared, upper)
+
+
+def _by_type_name(name: str, declared: str, upper: str) -> _Column | None:
+    """The column of a well-known type name (`upper`: the declared type, upper case); None for any other."""
     base = upper.split("(")[0].strip()
     if base in ("BOOLEAN", "BOOL"):
         return _Column(name, declared, pa.bool_(), _to_bool)
@@ -239,6 +249,11 @@ def _landing(name: str, declared: str) -> _Column:
         return _Column(name, declared, pa.float64(), _to_float, _NUMBERS)
     if base == "JSON":
         return _Column(name, declared, pa.string(), _to_str, _TEXTS)
+    return None
+
+
+def _by_affinity(name: str, declared: str, upper: str) -> _Column:
+    """The column by SQLite's type affinity rules (https://www.sqlite.org/datatype3.html#determination_of_column_affinity)."""
     if "INT" in upper:
         return _Column(name, declared, pa.int64(), _to_int, _INTS)
     if "CHAR" in upper or "CLOB" in upper or "TEXT" in upper:
@@ -268,6 +283,7 @@ class SqliteSource(Source):
     def __repr__(self) -> str:
         return f"SqliteSource(path={self.config.path!r})"
 
+    @override
     def _translate(self, exc: Exception, action: Action, table: str | None) -> SourceError:
         if action == "connect":
             return SourceError(f"Could not open {self.config.path}: {exc}.")
@@ -353,21 +369,15 @@ class SqliteSource(Source):
         with closing(self._open()) as conn:
             columns = self._landing_columns(conn, table)
             query = f"SELECT {', '.join(quote_ident(column.name) for column in columns)} FROM {quote_ident(table)}"
-            params: list[Any] = []
-            # Numbers compare the same in SQLite: the filter goes into the query. Other types are compared
-            # by the base on the converted values, since SQLite would compare the stored text or numbers.
-            by_name = {column.name: column for column in columns}
-            pushed = (
-                cursor is not None
-                and cursor.value is not None
-                and cursor.field in by_name
-                and by_name[cursor.field].type in (pa.int64(), pa.float64())
-            )
-            if pushed:
-                query += f" WHERE {quote_ident(cursor.field)} > ?"
-                params.append(cursor.value)
+            params: list[object] = []
+            pushed = _pushed_cursor(cursor, columns)
+            if pushed is not None:
+                query += f" WHERE {quote_ident(pushed.field)} > ?"
+                params.append(pushed.value)
             rows = conn.execute(query, params)
-            yield Scan(_schema(columns), self._batches(table, columns, rows, batch_rows), cursor_applied=pushed)
+            yield Scan(
+                _schema(columns), self._batches(table, columns, rows, batch_rows), cursor_applied=pushed is not None
+            )
 
     def _batches(
         self, table: str, columns: list[_Column], rows: sqlite3.Cursor, batch_rows: int
@@ -381,7 +391,7 @@ class SqliteSource(Source):
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     @staticmethod
-    def _array(table: str, column: _Column, values: tuple[Any, ...], offset: int) -> pa.Array:
+    def _array(table: str, column: _Column, values: tuple[SqliteValue | None, ...], offset: int) -> pa.Array:
         """One column of a batch in its landing type; fast paths first, then value by value."""
         # Arrow converts a whole list at C speed, but silently truncates floats to ints and takes BLOBs as
         # text: only columns holding nothing but the expected Python types take the fast path.
@@ -392,7 +402,7 @@ class SqliteSource(Source):
                 return pa.array(values, type=column.type)
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
                 pass  # e.g. an integer too big for a double, a text Arrow cannot parse: value by value
-        converted = []
+        converted: list[object] = []
         for position, value in enumerate(values):
             if value is None:
                 converted.append(None)
@@ -406,6 +416,16 @@ class SqliteSource(Source):
                     f"{column.declared or '(none)'} (landing type {column.type})."
                 ) from None
         return pa.array(converted, type=column.type)
+
+
+def _pushed_cursor(cursor: Cursor | None, columns: list[_Column]) -> Cursor | None:
+    """`cursor` when its filter goes into the query: numbers (int64, float64 columns) compare the same in SQLite.
+    None: the base compares other types on the converted values, since SQLite would compare the stored text or
+    numbers."""
+    if cursor is None or cursor.value is None:
+        return None
+    column = {column.name: column for column in columns}.get(cursor.field)
+    return cursor if column is not None and column.type in (pa.int64(), pa.float64()) else None
 
 
 def _schema(columns: list[_Column]) -> pa.Schema:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+from typing_extensions import override
 
 from rime_dagster.connectors.sources.base import SourceError
 from rime_dagster.connectors.sources.files.config import CsvOptions
@@ -29,6 +30,7 @@ from rime_dagster.connectors.sources.files.folder import DataFile
 from rime_dagster.connectors.sources.files.schema import (
     INFER_SAMPLE_BYTES,
     READ_BLOCK_BYTES,
+    FileReader,
     FileSchema,
     estimate_rows,
     file_schema,
@@ -41,10 +43,11 @@ _COLUMN_ERROR = re.compile(r"In CSV column #(\d+): (.*)", re.S)
 _CsvArrowOptions = tuple[pa_csv.ReadOptions, pa_csv.ParseOptions, pa_csv.ConvertOptions]
 
 
-class CsvReader:
+class CsvReader(FileReader):
     def __init__(self, options: CsvOptions):
         self.options = options
 
+    @override
     def infer(self, file: DataFile, *, count_rows: bool) -> FileSchema | None:
         # Arrow's streaming CSV reader reads up to 32 blocks ahead in the background: hand it a
         # bounded prefix, not the file. Its first block (INFER_SAMPLE_BYTES, cut at a row end by
@@ -67,6 +70,7 @@ class CsvReader:
             rows = _sample_rows(file, reader, whole) if count_rows else None
         return FileSchema(file, schema, rows, parse_types=parse_types)
 
+    @override
     def batches(self, fs: FileSchema, target: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
         # Every column's type is explicit: the reader never re-infers, so each block has the
         # schema reported by arrow_schema (once conformed) or the read fails loudly.

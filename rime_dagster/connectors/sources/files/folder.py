@@ -113,31 +113,12 @@ def find_tables(folder: Path, config: FilesConfig, confine: Confine) -> dict[str
     except OSError as e:
         raise SourceError(f"Can't list {where(config)}: {e.strerror or e}.") from None
 
-    tables: dict[str, list[DataFile]] = {}
-    claimed: set[str] = set()
-    for name, pattern in (config.tables or {}).items():
-        files = []
-        for p in sorted(folder.glob(pattern)):
-            rel = p.relative_to(folder).as_posix()
-            if not p.is_file() or any(_hidden(part) for part in PurePosixPath(rel).parts):
-                continue
-            fmt = _split_name(p.name, forced)[1]
-            if fmt is None:
-                raise SourceError(f"Table '{name}': can't tell the format of '{rel}' from its extension; set `format`.")
-            files.append(DataFile(confine(p, field="path", shown=f"File '{rel}'"), rel, fmt))
-            claimed.add(rel)
-        if not files:
-            raise SourceError(f"Table '{name}': glob '{pattern}' matches no files in {where(config)}.")
-        tables[name] = files
-
-    auto: dict[str, list[DataFile]] = {}
-    for entry in entries:
-        if entry in claimed:
-            continue
-        stem, fmt = _split_name(entry, forced)
-        if fmt is not None:
-            path = confine(folder / entry, field="path", shown=f"File '{entry}'")
-            auto.setdefault(table_name(stem), []).append(DataFile(path, entry, fmt))
+    tables = {
+        name: _glob_table(folder, name, pattern, forced, config, confine)
+        for name, pattern in (config.tables or {}).items()
+    }
+    claimed = {file.rel for files in tables.values() for file in files}
+    auto = _file_tables(folder, [entry for entry in entries if entry not in claimed], forced, confine)
     clashes = [
         f"{n} ({', '.join([f.rel for f in files] + ([f'`tables` entry {n!r}'] if n in tables else []))})"
         for n, files in auto.items()
@@ -151,3 +132,32 @@ def find_tables(folder: Path, config: FilesConfig, confine: Confine) -> dict[str
         )
     tables.update(auto)
     return dict(sorted(tables.items()))
+
+
+def _glob_table(
+    folder: Path, name: str, pattern: str, forced: str | None, config: FilesConfig, confine: Confine
+) -> list[DataFile]:
+    """The files of the `tables` entry `name`: what `pattern` matches, in name order; SourceError for none."""
+    files = []
+    for p in sorted(folder.glob(pattern)):
+        rel = p.relative_to(folder).as_posix()
+        if not p.is_file() or any(_hidden(part) for part in PurePosixPath(rel).parts):
+            continue
+        fmt = _split_name(p.name, forced)[1]
+        if fmt is None:
+            raise SourceError(f"Table '{name}': can't tell the format of '{rel}' from its extension; set `format`.")
+        files.append(DataFile(confine(p, field="path", shown=f"File '{rel}'"), rel, fmt))
+    if not files:
+        raise SourceError(f"Table '{name}': glob '{pattern}' matches no files in {where(config)}.")
+    return files
+
+
+def _file_tables(folder: Path, entries: list[str], forced: str | None, confine: Confine) -> dict[str, list[DataFile]]:
+    """The data files among `entries` by the table name of their stem (two files of one name: a clash)."""
+    tables: dict[str, list[DataFile]] = {}
+    for entry in entries:
+        stem, fmt = _split_name(entry, forced)
+        if fmt is not None:
+            path = confine(folder / entry, field="path", shown=f"File '{entry}'")
+            tables.setdefault(table_name(stem), []).append(DataFile(path, entry, fmt))
+    return tables

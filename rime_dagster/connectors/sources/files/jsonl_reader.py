@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
+from typing_extensions import override
 
 from rime_dagster.connectors.landing_types import is_list_like
 from rime_dagster.connectors.sources.base import SourceError
@@ -26,6 +26,7 @@ from rime_dagster.connectors.sources.files.folder import DataFile
 from rime_dagster.connectors.sources.files.schema import (
     INFER_SAMPLE_BYTES,
     READ_BLOCK_BYTES,
+    FileReader,
     FileSchema,
     estimate_rows,
     file_schema,
@@ -37,7 +38,8 @@ _TS_NAIVE_RE = rf"^\d{{4}}-\d{{2}}-\d{{2}}({_TIME_OF_DAY})?$"  # a bare date is 
 _TS_ZONED_RE = rf"^\d{{4}}-\d{{2}}-\d{{2}}{_TIME_OF_DAY}(Z|[+-]\d{{2}}:?\d{{2}})$"
 
 
-class JsonLinesReader:
+class JsonLinesReader(FileReader):
+    @override
     def infer(self, file: DataFile, *, count_rows: bool) -> FileSchema | None:
         sample = next(_line_chunks(file, INFER_SAMPLE_BYTES, first_only=True), None)
         if sample is None:
@@ -66,6 +68,7 @@ class JsonLinesReader:
             rows = table.num_rows if whole else estimate_rows(file, table.num_rows, len(chunk))
         return FileSchema(file, schema, rows, frozenset(textual))
 
+    @override
     def batches(self, fs: FileSchema, target: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
         fields = []
         for f in fs.schema:
@@ -126,19 +129,6 @@ def _parse(chunk: bytes, schema: pa.Schema | None) -> pa.Table:
 
 def _diagnose(chunk: bytes, first_line: int, schema: pa.Schema) -> str:
     """Best effort: the first line whose keys aren't in `schema` (Arrow doesn't name them)."""
-
-    def unknown(obj: Any, t: pa.DataType, prefix: str) -> str | None:
-        if not isinstance(obj, dict) or not pa.types.is_struct(t):
-            return None
-        known = {f.name: f.type for f in t}
-        for k, v in obj.items():
-            if k not in known:
-                return prefix + k
-            hit = unknown(v, known[k], f"{prefix}{k}.")
-            if hit:
-                return hit
-        return None
-
     for i, raw in enumerate(chunk.split(b"\n")):
         if not raw.strip():
             continue
@@ -148,10 +138,25 @@ def _diagnose(chunk: bytes, first_line: int, schema: pa.Schema) -> str:
             return f"line {first_line + i} is not valid JSON"
         if not isinstance(obj, dict):
             return f"line {first_line + i} is not a JSON object"
-        key = unknown(obj, pa.struct(list(schema)), "")
+        key = _unknown_key(obj, pa.struct(list(schema)), "")
         if key:
             return f"line {first_line + i} has field '{key}', which is not in the sampled rows"
     return ""
+
+
+def _unknown_key(obj: object, t: pa.DataType, prefix: str) -> str | None:
+    """The first key of the JSON object `obj`, nested ones too (`prefix` their path), that the struct type `t`
+    lacks; None when there is none."""
+    if not isinstance(obj, dict) or not pa.types.is_struct(t):
+        return None
+    known = {f.name: f.type for f in t}
+    for k, v in obj.items():
+        if k not in known:
+            return prefix + k
+        hit = _unknown_key(v, known[k], f"{prefix}{k}.")
+        if hit:
+            return hit
+    return None
 
 
 def _has_null(t: pa.DataType) -> bool:

@@ -7,13 +7,15 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from typing_extensions import override
 
 from rime_dagster.connectors.sources.base import SourceError
 from rime_dagster.connectors.sources.files.folder import DataFile
-from rime_dagster.connectors.sources.files.schema import FileSchema, file_schema
+from rime_dagster.connectors.sources.files.schema import FileReader, FileSchema, file_schema
 
 
-class ParquetReader:
+class ParquetReader(FileReader):
+    @override
     def infer(self, file: DataFile, *, count_rows: bool) -> FileSchema:
         try:
             pf = pq.ParquetFile(file.path)
@@ -21,6 +23,7 @@ class ParquetReader:
             raise SourceError(f"File '{file.rel}' is not a readable Parquet file: {e}") from None
         return FileSchema(file, file_schema(pf.schema_arrow, file.rel), pf.metadata.num_rows)
 
+    @override
     def batches(self, fs: FileSchema, target: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
         try:
             pf = pq.ParquetFile(fs.file.path)

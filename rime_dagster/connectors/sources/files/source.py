@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from functools import cached_property
 
 import pyarrow as pa
+from typing_extensions import override
 
 from rime_dagster.connectors.landing_types import conform_batch
 from rime_dagster.connectors.sources.base import (
@@ -59,6 +60,7 @@ class FilesSource(Source):
         except SourceError:
             pass  # not readable yet, or not a valid set of tables: the test and the reads say so
 
+    @override
     def _translate(self, exc: Exception, action: Action, table: str | None) -> SourceError:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         return SourceError(f"Can't read {folder.where(self.config)}: {reason}.")
@@ -133,6 +135,7 @@ class FilesSource(Source):
     def _early_schema(self, table: str) -> pa.Schema:
         return self._plan(table).schema
 
+    @override
     @contextmanager
     def _scan(self, table: str, cursor: Cursor | None, batch_rows: int) -> Iterator[Scan]:
         plan = self._plan(table)
