@@ -52,7 +52,7 @@ def list_connectors(
     name="connector.create",
     status_code=status.HTTP_201_CREATED,
     response_model=ConnectorResponse,
-    responses=error_responses(404, 409),
+    responses=error_responses(404, 409, 422),
     summary="Create a connector",
 )
 def create_connector(
@@ -78,7 +78,7 @@ def get_connector(id: str, connectorId: str, principal: Viewer, session: Session
     "/{connectorId}",
     name="connector.update",
     response_model=ConnectorResponse,
-    responses=error_responses(404, 409),
+    responses=error_responses(404, 409, 422),
     summary="Update connector configuration",
 )
 def update_connector(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from api_shim.pagination import Page
 from api_shim.schemas.common import RequestModel, ResponseModel, Timestamp
@@ -21,25 +21,33 @@ class _ScheduleMixin:
         return validate_cron(value) if value is not None else None
 
 
+def _some_distinct(tables: list[str]) -> list[str]:
+    if not tables:
+        raise ValueError("Must name at least one table, or be null for all tables")
+    if len(set(tables)) != len(tables):
+        raise ValueError("Tables must not repeat")
+    return tables
+
+
+# At least one table, each named once (null, not [], selects every table), on create and update alike.
+SelectedTables = Annotated[
+    list[Annotated[str, Field(min_length=1)]],
+    Field(json_schema_extra={"minItems": 1, "uniqueItems": True}),
+    AfterValidator(_some_distinct),
+]
+
+
 class ConnectorCreate(_ScheduleMixin, RequestModel):
     name: str = Field(min_length=1, max_length=200)
     connector_type: str = Field(description="`postgresql`, `sqlite` or `files`.", examples=["postgresql"])
     config: dict[str, Any] = Field(description="Validated by the connector type's own schema; unknown keys are errors.")
     credentials: dict[str, Any] | None = Field(None, description="Encrypted at rest; never returned.")
-    selected_tables: list[str] | None = Field(None, description="Tables to sync; null means every discovered table.")
+    selected_tables: SelectedTables | None = Field(
+        None, description="Tables to sync; null means every discovered table."
+    )
     schedule: str | None = Field(None, description="5-field cron, run by a Dagster schedule; null = manual only.")
     sync_mode: SyncMode = "full_refresh"
     cursor_fields: dict[str, str] | None = Field(None, description="Incremental cursor column per table.")
-
-    @field_validator("selected_tables")
-    @classmethod
-    def _tables(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            if not value:
-                raise ValueError("Must name at least one table, or be null for all tables")
-            if len(set(value)) != len(value):
-                raise ValueError("Tables must not repeat")
-        return value
 
 
 class ConnectorUpdate(_ScheduleMixin, RequestModel):
@@ -48,7 +56,7 @@ class ConnectorUpdate(_ScheduleMixin, RequestModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     config: dict[str, Any] | None = None
     credentials: dict[str, Any] | None = None
-    selected_tables: list[str] | None = None
+    selected_tables: SelectedTables | None = None
     schedule: str | None = None
     sync_mode: SyncMode | None = None
     cursor_fields: dict[str, str | None] | None = None

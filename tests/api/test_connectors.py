@@ -64,6 +64,8 @@ class TestCreate:
             ({"schedule": "61 2 * * *"}, "schedule"),
             ({"sync_mode": "incremental"}, "cursor_fields"),
             ({"selected_tables": []}, "selected_tables"),
+            ({"selected_tables": ["orders", "orders"]}, "selected_tables"),
+            ({"selected_tables": ["orders", " "]}, "selected_tables.1"),
             ({"name": ""}, "name"),
         ],
     )
@@ -107,6 +109,18 @@ class TestUpdate:
         created = admin.post(_url(project), json=WORKED_EXAMPLE).json()
         bad = admin.patch(_url(project, f"/{created['id']}"), json={"config": {"port": "x"}, "name": "new"})
         assert bad.status_code == 400
+        assert admin.get(_url(project, f"/{created['id']}")).json() == created
+
+    @pytest.mark.parametrize(
+        ("tables", "field"),
+        [([], "selected_tables"), (["orders", "orders"], "selected_tables"), (["", "orders"], "selected_tables.0")],
+    )
+    def test_selected_tables_checked_as_on_create(self, admin, project, tables, field):
+        """Found by schemathesis: PATCH took [] and repeated or empty names (then a 422 or an empty selection)."""
+        created = admin.post(_url(project), json=WORKED_EXAMPLE).json()
+        bad = admin.patch(_url(project, f"/{created['id']}"), json={"selected_tables": tables})
+        assert bad.status_code == 400, bad.text
+        assert [d["field"] for d in bad.json()["error"]["details"]] == [field]
         assert admin.get(_url(project, f"/{created['id']}")).json() == created
 
     def test_pause(self, admin, project):
