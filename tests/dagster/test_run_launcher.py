@@ -34,6 +34,11 @@ def test_worker_health_follows_the_process_that_runs_the_run():
         worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", run_id])
         other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         try:
+            # Until the child has exec'd, its /proc cmdline is still the forking test's (a busy machine shows it).
+            deadline = time.monotonic() + 30
+            while run_id not in Path(f"/proc/{worker.pid}/cmdline").read_bytes().decode(errors="replace"):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
             assert launcher.check_run_worker_health(_run(run_id, worker.pid)).status == WorkerStatus.RUNNING
             # A pid that another process holds now (the number was reused) is not this run's worker.
             assert launcher.check_run_worker_health(_run(run_id, other.pid)).status == WorkerStatus.FAILED
