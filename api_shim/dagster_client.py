@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -26,7 +26,7 @@ from rime_dagster.platform.names import HOUSEKEEPING_JOB
 from rime_dagster.settings import Settings
 
 if TYPE_CHECKING:
-    from dagster import DagsterInstance, RunsFilter
+    from dagster import DagsterInstance, EventLogRecord, RunsFilter
     from dagster._core.storage.dagster_run import RunRecord
     from dagster_graphql import DagsterGraphQLClient
 
@@ -38,8 +38,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 RUN_PREFIX = "run_"
+# A run's status in Rime's words.
+RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 # Dagster run status -> Rime run status
-RUN_STATUS = {
+RUN_STATUS: dict[str, RunStatus] = {
     "QUEUED": "queued",
     "NOT_STARTED": "queued",
     "MANAGED": "queued",
@@ -318,7 +320,7 @@ class DagsterClient:
             log.exception("could not tie Dagster run %s to its Idempotency-Key", run_id)
         return LaunchedRun(dagster_run_id=run_id)
 
-    def run_status(self, dagster_run_id: str) -> str:
+    def run_status(self, dagster_run_id: str) -> RunStatus:
         status = self._call("status", self._graphql().get_run_status, dagster_run_id)
         return RUN_STATUS.get(status.value, "running")
 
@@ -401,7 +403,7 @@ class DagsterClient:
 
     def run_event_records(
         self, dagster_run_id: str, *, after: int = 0, limit: int = 1000, of_type: set[str] | None = None
-    ) -> tuple[list, bool]:
+    ) -> tuple[list[EventLogRecord], bool]:
         """Event-log records of a run with storage id above `after`, oldest first, and whether more follow.
 
         `of_type`: only these Dagster event types (values such as "STEP_START").

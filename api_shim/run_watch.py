@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api_shim import metrics
 from api_shim.dagster_client import RUN_STATUS, DagsterClient
@@ -27,6 +27,10 @@ from api_shim.services.pipeline_runs import log_line, run_message, step_message
 from api_shim.services.runs import when
 from rime_dagster.pipelines.run_fold import TERMINAL_RUN, RunFold
 from rime_dagster.pipelines.spec import StepBody
+
+if TYPE_CHECKING:
+    from dagster import EventLogRecord
+    from dagster._core.storage.dagster_run import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +99,7 @@ class RunWatch:
                 continue
             sub.offer(item)
 
-    def _read(self) -> tuple[list, bool, Any]:
+    def _read(self) -> tuple[list[EventLogRecord], bool, RunRecord | None]:
         metrics.RUN_WATCH_READS.inc()
         self.reads += 1
         records, more = self.client.run_event_records(self.dagster_run_id, after=self.fold.cursor, limit=PAGE)
@@ -106,7 +110,7 @@ class RunWatch:
             record = self.client.run_record(self.dagster_run_id)
         return records, more, record
 
-    def _fold(self, records: list, record) -> None:
+    def _fold(self, records: list[EventLogRecord], record: RunRecord | None) -> None:
         for transition in self.fold.apply(records):
             self._broadcast(("step", step_message(transition)))
         if self.subscribers and any(s.logs for s in self.subscribers):

@@ -68,7 +68,7 @@ def audit_query(*, tenant_id: str, project_id: str | None, filters: AuditFilters
 
 
 def record_refused_websocket(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     *,
     tenant_id: str,
     principal: Principal | None,

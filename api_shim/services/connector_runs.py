@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from sqlalchemy.orm import Session
 
 from api_shim.dagster_client import DagsterClient
@@ -16,7 +18,7 @@ from rime_dagster.store.models import Connector, Project
 from rime_dagster.store.session import release
 
 # A table the run did not land is still on its way while the run goes on, else it failed.
-_NOT_LANDED = {"queued": "pending", "running": "running"}
+_NOT_LANDED: dict[str, Literal["pending", "running"]] = {"queued": "pending", "running": "running"}
 
 
 def launch_sync(

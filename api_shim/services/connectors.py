@@ -19,8 +19,10 @@ from api_shim.errors import Conflict, NotFound, ServiceUnavailable, Unprocessabl
 from api_shim.pagination import CursorCodec, Listing, PageRequest
 from api_shim.schemas.connectors import (
     ConnectionTestResult,
+    ConnectorCreate,
     ConnectorList,
     ConnectorResponse,
+    ConnectorUpdate,
     DiscoveredSchema,
     LastSync,
 )
@@ -159,8 +161,8 @@ def left_out_tables_note(connector: Connector) -> str | None:
     return f"Not synced: {' '.join(sentences)} Select one of them in selected_tables to sync it."
 
 
-def _ensure_name_free(session: Session, project: Project, name: str, *, except_id: str | None = None) -> None:
-    clash = session.scalar(select(Connector.id).where(Connector.project_id == project.id, Connector.name == name))
+def _ensure_name_free(session: Session, project_id: str, name: str, *, except_id: str | None = None) -> None:
+    clash = session.scalar(select(Connector.id).where(Connector.project_id == project_id, Connector.name == name))
     if clash is not None and clash != except_id:
         raise Conflict(f"A connector named '{name}' already exists in this project.")
 
@@ -180,7 +182,7 @@ def landed_prefixes(catalog_provider: CatalogProvider, namespace: str) -> set[st
     except Exception:
         log.exception("could not list the Iceberg tables of %s", namespace)
         raise ServiceUnavailable("The Iceberg catalog did not answer; try again.") from None
-    prefixes = set()
+    prefixes: set[str] = set()
     for name in names:
         parts = name.split("__")
         prefixes.update("__".join(parts[:i]) for i in range(1, len(parts)))
@@ -190,7 +192,7 @@ def landed_prefixes(catalog_provider: CatalogProvider, namespace: str) -> set[st
 def create_connector(
     session: Session,
     project: Project,
-    body,
+    body: ConnectorCreate,
     cipher: CredentialCipher,
     *,
     settings: Settings,
@@ -204,7 +206,7 @@ def create_connector(
     _check_access(plugin.from_dicts(config, body.credentials, upload_dir=access.own_area, access=access))
     cursor_fields = body.cursor_fields or {}
     _check_sync_mode(body.sync_mode, body.selected_tables, cursor_fields)
-    _ensure_name_free(session, project, body.name)
+    _ensure_name_free(session, project.id, body.name)
     # Never a prefix whose tables a deleted connector left behind: a new connector lands in fresh tables.
     table_prefix = slugs.new_slug(
         session, project.id, body.name, fallback="c", also_taken=landed_prefixes(catalog, project.namespace)
@@ -277,8 +279,7 @@ def update_connector(
     if "selected_tables" in changes:
         _check_distinct_landing(connector.table_prefix, selected)
     if "name" in changes:
-        project = session.get(Project, connector.project_id)
-        _ensure_name_free(session, project, changes["name"], except_id=connector.id)
+        _ensure_name_free(session, connector.project_id, changes["name"], except_id=connector.id)
         connector.name = changes["name"]  # table_prefix stays: renames never move data
     connector.config = config
     connector.credentials_encrypted = cipher.encrypt(credentials) if credentials else None
@@ -360,7 +361,7 @@ def store_known_tables(connector: Connector, names: list[str] | None) -> None:
         connector.known_tables = names
 
 
-def purge_connector_data(catalog_provider, namespace: str, table_prefix: str) -> None:
+def purge_connector_data(catalog_provider: CatalogProvider, namespace: str, table_prefix: str) -> None:
     try:
         dropped = drop_tables(catalog_provider.catalog(), namespace, prefix=table_prefix)
         log.info("purged Iceberg tables %s", ", ".join(dropped) or "(none)")
@@ -408,7 +409,13 @@ def list_page(
 
 
 def create(
-    session: Session, project: Project, body, cipher: CredentialCipher, *, settings: Settings, catalog: CatalogProvider
+    session: Session,
+    project: Project,
+    body: ConnectorCreate,
+    cipher: CredentialCipher,
+    *,
+    settings: Settings,
+    catalog: CatalogProvider,
 ) -> ConnectorResponse:
     """Creates the connector; one that syncs whatever it discovers stores what it finds now (if it can)."""
     connector = create_connector(session, project, body, cipher, settings=settings, catalog=catalog)
@@ -426,7 +433,7 @@ def update(
     dagster: DagsterClient,
     project: Project,
     connector_id: str,
-    body,
+    body: ConnectorUpdate,
     cipher: CredentialCipher,
     *,
     settings: Settings,
@@ -452,7 +459,7 @@ def _connector_in(session: Session, *, tenant_id: str, project_id: str, connecto
 
 
 def test_connection(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     cipher: CredentialCipher,
     settings: Settings,
     *,
@@ -474,16 +481,16 @@ def test_connection(
     if result.success and discovers:
         names = discovered_names(source, timeout=CONNECTION_TIMEOUT_SECONDS, connector_id=connector_id)
         with sessions.begin() as session:
-            connector = session.get(Connector, connector_id)
-            if connector is not None:
-                store_known_tables(connector, names)
-                left_out = left_out_tables_note(connector)
+            current = session.get(Connector, connector_id)
+            if current is not None:  # not deleted meanwhile
+                store_known_tables(current, names)
+                left_out = left_out_tables_note(current)
     message = f"{result.message} {left_out}" if result.success and left_out else result.message
     return ConnectionTestResult(success=result.success, message=message)
 
 
 def discover_schema(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     cipher: CredentialCipher,
     settings: Settings,
     *,

@@ -23,7 +23,17 @@ from api_shim.dagster_client import DagsterClient
 from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
 from api_shim.pagination import CursorCodec, Listing, PageRequest
 from api_shim.schemas.common import active_or_paused
-from api_shim.schemas.dbt import DbtLastRun, DbtProjectDetail, DbtProjectList, DbtProjectResponse, Lineage
+from api_shim.schemas.dbt import (
+    DbtLastRun,
+    DbtProjectCreate,
+    DbtProjectDetail,
+    DbtProjectList,
+    DbtProjectResponse,
+    DbtProjectUpdate,
+    DuckDBTarget,
+    Lineage,
+    PostgresTarget,
+)
 from api_shim.services import runs
 from api_shim.services.projects import get_project
 from api_shim.services.runs import RunView
@@ -38,7 +48,7 @@ from rime_dagster.dbt.manifest import (
 from rime_dagster.dbt.manifest import lineage as manifest_lineage
 from rime_dagster.dbt.workspace import DbtProjectError, ProjectFiles
 from rime_dagster.platform import run_tags
-from rime_dagster.platform.iceberg import drop_tables
+from rime_dagster.platform.iceberg import CatalogProvider, drop_tables
 from rime_dagster.settings import Settings
 from rime_dagster.specs import connector_tables_of
 from rime_dagster.store import slugs
@@ -83,7 +93,7 @@ class Revision:
     models_count: int
 
 
-def target_settings(target: Any | None) -> tuple[dict[str, Any], str | None]:
+def target_settings(target: DuckDBTarget | PostgresTarget | None) -> tuple[dict[str, Any], str | None]:
     """(target without secrets as stored, password or None) from a validated target body."""
     if target is None:
         return {"adapter": "duckdb", "schema": "main"}, None
@@ -201,7 +211,7 @@ def record_new(
     *,
     dbt_id: str,
     project: Project,
-    body,
+    body: DbtProjectCreate,
     slug: str,
     target: dict[str, Any],
     password: str | None,
@@ -239,7 +249,7 @@ def delete_files(settings: Settings, row: DbtProject) -> None:
     shutil.rmtree(workspace.project_root(settings.dbt_home, row.project_id, row.id), ignore_errors=True)
 
 
-def purge_published(catalog_provider, namespace: str, slug: str) -> None:
+def purge_published(catalog_provider: CatalogProvider, namespace: str, slug: str) -> None:
     try:
         dropped = drop_tables(catalog_provider.catalog(), namespace, prefix=slug)
         log.info("purged published Iceberg tables %s", ", ".join(dropped) or "(none)")
@@ -343,7 +353,9 @@ def lineage(session: Session, settings: Settings, project: Project, row: DbtProj
     return Lineage.model_validate(manifest_lineage(manifest_of(settings, row), connector_index(session, project)))
 
 
-def _detail(session: Session, settings: Settings, project: Project, row: DbtProject, last: RunView | None):
+def _detail(
+    session: Session, settings: Settings, project: Project, row: DbtProject, last: RunView | None
+) -> DbtProjectDetail:
     return DbtProjectDetail.of(dbt_project_response(row, last), lineage=lineage(session, settings, project, row))
 
 
@@ -364,10 +376,10 @@ def describe(
 
 
 def create(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     settings: Settings,
     cipher: CredentialCipher,
-    body,
+    body: DbtProjectCreate,
     *,
     tenant_id: str,
     project_id: str,
@@ -409,15 +421,15 @@ def create(
         raise
     with sessions() as session:
         project = get_project(session, project_id, tenant_id=tenant_id)
-        return _detail(session, settings, project, session.get(DbtProject, dbt_id), None)
+        return _detail(session, settings, project, get_dbt_project(session, project, dbt_id), None)
 
 
 def update(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     settings: Settings,
     cipher: CredentialCipher,
     dagster: DagsterClient,
-    body,
+    body: DbtProjectUpdate,
     *,
     tenant_id: str,
     project_id: str,
@@ -431,50 +443,104 @@ def update(
             raise ValidationFailed.field(field, "Cannot be null.")
     with sessions() as session:
         project = get_project(session, project_id, tenant_id=tenant_id)
-        row = get_dbt_project(session, project, dbt_project_id)
-        if "name" in changes:
-            ensure_name_free(session, project.id, changes["name"], except_id=row.id)
-        source = body.source.model_dump(mode="json") if body.source else source_to_fetch(row.source, cipher)
-        target, password = target_settings(body.target) if body.target else (dict(row.target), None)
-        if body.target is not None:
-            ensure_password_for_new_address(row, target, password)
-        variables = body.vars if body.vars is not None else dict(row.vars)
-        previous_revision = row.revision
-        next_files = files_of(settings, row, row.revision + 1)
-        namespace = project.namespace
+        planned = _plan_update(
+            session, settings, cipher, project, get_dbt_project(session, project, dbt_project_id), body
+        )
     revision = None
     if bool({"source", "target", "vars"} & changes.keys()) or body.refresh:
         revision = prepare_revision(
-            settings, files=next_files, source=source, target=target, namespace=namespace, vars=variables
+            settings,
+            files=planned.next_files,
+            source=planned.source,
+            target=planned.target,
+            namespace=planned.namespace,
+            vars=planned.variables,
         )
     try:
         with sessions.begin() as session:
             project = get_project(session, project_id, tenant_id=tenant_id)
             row = get_dbt_project(session, project, dbt_project_id)
-            if revision is not None and row.revision != previous_revision:
-                raise Conflict("The dbt project changed meanwhile; retry.")
-            if "name" in changes:
-                ensure_name_free(session, project.id, changes["name"], except_id=row.id)
-                row.name = changes["name"]  # the slug stays: renames never move assets or tables
-            if "schedule" in changes:
-                row.schedule = changes["schedule"]
-            if body.status is not None:
-                row.paused = body.status == "paused"
-            if revision is not None:
-                _record_revision(row, revision, source=source, target=target, variables=variables, cipher=cipher)
-                if body.target is not None:
-                    _record_password(row, target, password, cipher)
+            _apply_update(session, project, row, body, planned, revision, cipher=cipher)
             session.flush()
     except BaseException:
         if revision is not None:
             discard_revision(revision)
         raise
     if revision is not None:  # the previous revision stays for runs that may still use it
-        workspace.prune_revisions(revision.files.root, {revision.files.revision, previous_revision})
+        workspace.prune_revisions(revision.files.root, {revision.files.revision, planned.previous_revision})
     with sessions() as session:
         project = get_project(session, project_id, tenant_id=tenant_id)
         row = get_dbt_project(session, project, dbt_project_id)
         return _detail(session, settings, project, row, last_run(dagster, row))
+
+
+@dataclass(frozen=True)
+class _PlannedUpdate:
+    """What an update sets, read from the body and the stored project before any revision is prepared."""
+
+    source: dict[str, Any]  # to fetch from: the stored one has its git URL's credentials decrypted
+    target: dict[str, Any]
+    password: str | None  # given with a new target
+    variables: dict[str, Any]
+    previous_revision: int
+    next_files: ProjectFiles
+    namespace: str
+
+
+def _plan_update(
+    session: Session,
+    settings: Settings,
+    cipher: CredentialCipher,
+    project: Project,
+    row: DbtProject,
+    body: DbtProjectUpdate,
+) -> _PlannedUpdate:
+    """The update's settings (the body's, else the stored ones); Conflict for a taken name, Unprocessable for a
+    target that would send the stored password to another server."""
+    if body.name is not None:
+        ensure_name_free(session, project.id, body.name, except_id=row.id)
+    source = body.source.model_dump(mode="json") if body.source else source_to_fetch(row.source, cipher)
+    target, password = target_settings(body.target) if body.target else (dict(row.target), None)
+    if body.target is not None:
+        ensure_password_for_new_address(row, target, password)
+    return _PlannedUpdate(
+        source=source,
+        target=target,
+        password=password,
+        variables=body.vars if body.vars is not None else dict(row.vars),
+        previous_revision=row.revision,
+        next_files=files_of(settings, row, row.revision + 1),
+        namespace=project.namespace,
+    )
+
+
+def _apply_update(
+    session: Session,
+    project: Project,
+    row: DbtProject,
+    body: DbtProjectUpdate,
+    planned: _PlannedUpdate,
+    revision: Revision | None,
+    *,
+    cipher: CredentialCipher,
+) -> None:
+    """Sets the update on the stored project, with the prepared `revision` (if any); Conflict when the project
+    moved to another revision meanwhile."""
+    if revision is not None and row.revision != planned.previous_revision:
+        raise Conflict("The dbt project changed meanwhile; retry.")
+    if body.name is not None:
+        ensure_name_free(session, project.id, body.name, except_id=row.id)
+        row.name = body.name  # the slug stays: renames never move assets or tables
+    if "schedule" in body.model_fields_set:
+        row.schedule = body.schedule
+    if body.status is not None:
+        row.paused = body.status == "paused"
+    if revision is not None:
+        _record_revision(
+            row, revision, source=planned.source, target=planned.target, variables=planned.variables, cipher=cipher
+        )
+        if body.target is not None:
+            _record_password(row, planned.target, planned.password, cipher)
 
 
 def _record_revision(
@@ -495,7 +561,9 @@ def _record_revision(
     row.parsed_at = datetime.now(UTC)
 
 
-def _record_password(row: DbtProject, target: Mapping[str, Any], password: str | None, cipher: CredentialCipher):
+def _record_password(
+    row: DbtProject, target: Mapping[str, Any], password: str | None, cipher: CredentialCipher
+) -> None:
     """A new target keeps its password only if it is postgres; a password given with it replaces the stored one."""
     if target["adapter"] != "postgres":
         row.target_credentials_encrypted = None

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from api_shim.dagster_client import DagsterClient
 from api_shim.pagination import CursorCodec, PageRequest, paginate_items, scope_of
 from api_shim.schemas.dbt import (
+    DbtColumn,
     DbtModel,
     DbtModelList,
     DbtNodeResult,
@@ -133,7 +134,13 @@ def _latest_statuses(settings: Settings, dagster: DagsterClient, row: DbtProject
     return statuses
 
 
-def _model(namespace: str, row: DbtProject, node: dict[str, Any], tests, statuses: dict[str, str]) -> DbtModel:
+def _model(
+    namespace: str,
+    row: DbtProject,
+    node: dict[str, Any],
+    tests: dict[str, list[dict[str, Any]]],
+    statuses: dict[str, str],
+) -> DbtModel:
     node_tests = [
         DbtTest(**manifests.test_summary(t), last_status=statuses.get(t["unique_id"]))
         for t in sorted(tests.get(node["unique_id"], []), key=lambda t: t["name"])
@@ -149,7 +156,7 @@ def _model(namespace: str, row: DbtProject, node: dict[str, Any], tests, statuse
         description=node.get("description") or None,
         depends_on=list((node.get("depends_on") or {}).get("nodes", [])),
         columns=[
-            {"name": c["name"], "data_type": c.get("data_type"), "description": c.get("description") or None}
+            DbtColumn(name=c["name"], data_type=c.get("data_type"), description=c.get("description") or None)
             for c in (node.get("columns") or {}).values()
         ],
         tests=node_tests,

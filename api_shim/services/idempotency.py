@@ -78,9 +78,11 @@ def _claim(
                 raise Unprocessable("This Idempotency-Key was already used with a different request.")
             if row.state == "launched":  # a request that failed after its launch: do it again, without launching
                 return Claimed(dagster_run_id=row.response_body)
-            if row.state != "done":
+            status, body = row.response_status, row.response_body
+            # A done key holds its response (`complete` stores both with the state).
+            if row.state != "done" or status is None or body is None:
                 raise Conflict("A request with this Idempotency-Key is still being processed; retry shortly.")
-            return StoredResponse(status=row.response_status, body=row.response_body)
+            return StoredResponse(status=status, body=body)
         session.add(
             IdempotencyKey(
                 tenant_id=ref.tenant_id,

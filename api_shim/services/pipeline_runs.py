@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -49,8 +49,11 @@ from rime_dagster.store.models import Pipeline, Project
 from rime_dagster.store.session import release
 
 if TYPE_CHECKING:
+    from dagster import EventLogRecord
+    from dagster._core.storage.dagster_run import RunRecord
+
     from api_shim.middleware import RateLimits
-    from api_shim.run_watch import RunWatchHub
+    from api_shim.run_watch import RunWatchHub, Subscription
 
 # A log stream with nothing to say sends a keep-alive this often (proxies close idle connections).
 SSE_KEEPALIVE_SECONDS = 15.0
@@ -93,7 +96,7 @@ def run_message(fold: RunFold, run_id: str) -> dict[str, Any]:
     }
 
 
-def log_line(record, fold: RunFold | None = None) -> dict[str, Any]:
+def log_line(record: EventLogRecord, fold: RunFold | None = None) -> dict[str, Any]:
     """One event-log record as a log line of the logs endpoint."""
     entry = record.event_log_entry
     event = entry.dagster_event
@@ -113,7 +116,7 @@ def log_line(record, fold: RunFold | None = None) -> dict[str, Any]:
     }
 
 
-def trigger_of(tags: dict[str, str]) -> str:
+def trigger_of(tags: Mapping[str, str]) -> str:
     if tags.get("dagster/schedule_name"):
         return "schedule"
     if tags.get("dagster/sensor_name"):
@@ -121,7 +124,7 @@ def trigger_of(tags: dict[str, str]) -> str:
     return "api" if tags.get(run_tags.TRIGGERED_BY) else "dagster"
 
 
-def fold_run(client: DagsterClient, record, steps: Sequence[StepBody]) -> RunFold:
+def fold_run(client: DagsterClient, record: RunRecord, steps: Sequence[StepBody]) -> RunFold:
     """The run's state from its step and run events (all of them, page by page)."""
     run = record.dagster_run
     fold = RunFold(run_steps(steps, client.execution_plan_steps(record)))
@@ -195,7 +198,7 @@ def launch(
 # Reading -------------------------------------------------------------------------------------------------------
 
 
-def run_record(dagster: DagsterClient, row: Pipeline, run_id: str):
+def run_record(dagster: DagsterClient, row: Pipeline, run_id: str) -> RunRecord:
     """The run's record, if it is a run of this pipeline (by its tags); else NotFound."""
     dagster_run_id = to_dagster_run_id(run_id)
     record = dagster.run_record(dagster_run_id) if dagster_run_id else None
@@ -205,7 +208,7 @@ def run_record(dagster: DagsterClient, row: Pipeline, run_id: str):
     return record
 
 
-def pipeline_run(dagster: DagsterClient, row: Pipeline, record) -> PipelineRun:
+def pipeline_run(dagster: DagsterClient, row: Pipeline, record: RunRecord) -> PipelineRun:
     view = run_view(dagster, record, with_events=False)
     fold = fold_run(dagster, record, steps_of(row))
     tags = record.dagster_run.tags
@@ -256,7 +259,9 @@ def run_history(
     return page.as_page(PipelineRunList, lambda r: pipeline_run(dagster, row, r))
 
 
-def run_detail(session: Session, dagster: DagsterClient, project: Project, pipeline_id: str, run_id: str):
+def run_detail(
+    session: Session, dagster: DagsterClient, project: Project, pipeline_id: str, run_id: str
+) -> PipelineRun:
     row = _pipeline_then_release(session, project, pipeline_id)
     return pipeline_run(dagster, row, run_record(dagster, row, run_id))
 
@@ -320,32 +325,48 @@ async def _log_events(
 ) -> AsyncIterator[tuple[str, Any] | None]:
     """Backlog from storage up to the shared reader's cursor, then its live feed, until the run ends."""
     async with hub.watch(dagster_run_id, run_id, steps, logs=True) as (sub, watch):
-        cursor = after
-        while cursor < sub.log_cursor:
-            records, more = await asyncio.to_thread(dagster.run_event_records, dagster_run_id, after=cursor)
-            for r in records:
-                if r.storage_id > sub.log_cursor:
-                    break
-                yield "log", log_line(r, watch.fold)
-            if not records or not more:
+        async for line in _stored_log_lines(dagster, dagster_run_id, watch.fold, after=after, until=sub.log_cursor):
+            yield "log", line
+        async for event in _live_log_events(sub, run_id, after=after):
+            yield event
+
+
+async def _stored_log_lines(
+    dagster: DagsterClient, dagster_run_id: str, fold: RunFold, *, after: int, until: int
+) -> AsyncIterator[dict[str, Any]]:
+    """The log lines from storage after `after`, up to `until` (the storage id past which the shared reader
+    sends them live)."""
+    cursor = after
+    while cursor < until:
+        records, more = await asyncio.to_thread(dagster.run_event_records, dagster_run_id, after=cursor)
+        for r in records:
+            if r.storage_id > until:
                 break
-            cursor = records[-1].storage_id
-        while True:
-            try:
-                kind, payload = await asyncio.wait_for(sub.queue.get(), SSE_KEEPALIVE_SECONDS)
-            except TimeoutError:
-                yield None
-                continue
-            if kind == "log":
-                if payload["id"] > after:
-                    yield "log", payload
-            elif kind == "run":
-                yield "status", {"run_id": run_id, "status": payload["status"], "timestamp": payload["timestamp"]}
-            elif kind == "error":
-                yield "error", {"message": payload}
-                return
-            elif kind == "end":
-                return
+            yield log_line(r, fold)
+        if not records or not more:
+            break
+        cursor = records[-1].storage_id
+
+
+async def _live_log_events(sub: Subscription, run_id: str, *, after: int) -> AsyncIterator[tuple[str, Any] | None]:
+    """The shared reader's feed as `log`, `status` and `error` events (None: a keep-alive is due), until the run
+    ends or the feed fails."""
+    while True:
+        try:
+            kind, payload = await asyncio.wait_for(sub.queue.get(), SSE_KEEPALIVE_SECONDS)
+        except TimeoutError:
+            yield None
+            continue
+        if kind == "log":
+            if payload["id"] > after:
+                yield "log", payload
+        elif kind == "run":
+            yield "status", {"run_id": run_id, "status": payload["status"], "timestamp": payload["timestamp"]}
+        elif kind == "error":
+            yield "error", {"message": payload}
+            return
+        elif kind == "end":
+            return
 
 
 # Watching over a WebSocket -------------------------------------------------------------------------------------
@@ -367,7 +388,7 @@ class WatchRefused(Exception):
 
 
 def watch_target(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     dagster: DagsterClient,
     rate_limits: RateLimits,
     token: str | None,

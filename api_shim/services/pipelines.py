@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
 from api_shim.pagination import CursorCodec, Listing, PageRequest
 from api_shim.schemas.common import active_or_paused
-from api_shim.schemas.pipelines import Dag, PipelineDetail, PipelineList, PipelineResponse
+from api_shim.schemas.pipelines import (
+    Dag,
+    PipelineCreate,
+    PipelineDetail,
+    PipelineList,
+    PipelineResponse,
+    PipelineUpdate,
+)
 from rime_dagster.pipelines.spec import (
     ConnectorSyncConfig,
     DagError,
@@ -56,25 +63,35 @@ def check_steps(session: Session, project: Project, steps: list[StepBody], *, pi
         config = parse_step_config(step, i)
         field = f"steps.{i}.config"
         if isinstance(config, ConnectorSyncConfig):
-            connector = connectors.get(config.connector_id)
-            if connector is None:
-                raise _refused(f"Step '{step.id}': no connector {config.connector_id} in this project.", field)
-            unknown = sorted(set(config.tables or []) - set(connector.tables))
-            if unknown:
-                raise _refused(f"Step '{step.id}': connector has no table(s) {', '.join(unknown)}.", field)
+            _check_sync_step(step, config, connectors, field)
         elif isinstance(config, DbtStepConfig):
             if config.dbt_project_id not in dbt_projects:
                 raise _refused(f"Step '{step.id}': no dbt project {config.dbt_project_id} in this project.", field)
         elif isinstance(config, TableMaintenanceConfig):
-            prefix = config.table.split("__", 1)[0] if "__" in config.table else None
-            if prefix not in prefixes:
-                raise _refused(
-                    f"Step '{step.id}': '{config.table}' is not a table of this project's connectors or dbt projects.",
-                    field,
-                )
+            _check_maintenance_step(step, config, prefixes, field)
         elif isinstance(config, PipelineStepConfig):
             _check_sub_pipeline(session, project, step, config.pipeline_id, pipeline_id, field)
     return order
+
+
+def _check_sync_step(step: StepBody, config: ConnectorSyncConfig, connectors: dict[str, Connector], field: str) -> None:
+    """The connector is the project's and has every table the step syncs."""
+    connector = connectors.get(config.connector_id)
+    if connector is None:
+        raise _refused(f"Step '{step.id}': no connector {config.connector_id} in this project.", field)
+    unknown = sorted(set(config.tables or []) - set(connector.tables))
+    if unknown:
+        raise _refused(f"Step '{step.id}': connector has no table(s) {', '.join(unknown)}.", field)
+
+
+def _check_maintenance_step(step: StepBody, config: TableMaintenanceConfig, prefixes: set[str], field: str) -> None:
+    """The table is one of the project's connectors' or dbt projects' (`<prefix>__<table>`)."""
+    prefix = config.table.split("__", 1)[0] if "__" in config.table else None
+    if prefix not in prefixes:
+        raise _refused(
+            f"Step '{step.id}': '{config.table}' is not a table of this project's connectors or dbt projects.",
+            field,
+        )
 
 
 def _check_sub_pipeline(
@@ -98,7 +115,8 @@ def _check_sub_pipeline(
                 child = (s.get("config") or {}).get("pipeline_id")
                 if child == pipeline_id and pipeline_id is not None:
                     raise _refused(f"Step '{step.id}': pipeline {target} runs this pipeline again (a cycle).", field)
-                stack.append(child)
+                if isinstance(child, str):  # anything else names no stored pipeline
+                    stack.append(child)
 
 
 def _ensure_name_free(session: Session, project_id: str, name: str, *, except_id: str | None = None) -> None:
@@ -111,7 +129,7 @@ def _dump(steps: list[StepBody]) -> list[dict[str, Any]]:
     return [s.model_dump(mode="json") for s in steps]
 
 
-def create_pipeline(session: Session, project: Project, body) -> Pipeline:
+def create_pipeline(session: Session, project: Project, body: PipelineCreate) -> Pipeline:
     _ensure_name_free(session, project.id, body.name)
     check_steps(session, project, body.steps, pipeline_id=None)
     row = Pipeline(
@@ -134,15 +152,16 @@ def create_pipeline(session: Session, project: Project, body) -> Pipeline:
     return row
 
 
-def update_pipeline(session: Session, project: Project, row: Pipeline, body) -> Pipeline:
+def update_pipeline(session: Session, project: Project, row: Pipeline, body: PipelineUpdate) -> Pipeline:
     changes = body.model_dump(exclude_unset=True)
     for field in ("name", "steps", "retries"):
         if field in changes and changes[field] is None:
             raise ValidationFailed.field(field, "Cannot be null.")
-    if "name" in changes:
+    # Past the check above, a name or steps not None is one the body sets.
+    if body.name is not None:
         _ensure_name_free(session, project.id, body.name, except_id=row.id)
         row.name = body.name
-    if "steps" in changes:
+    if body.steps is not None:
         check_steps(session, project, body.steps, pipeline_id=row.id)
         row.steps = _dump(body.steps)
     for field in ("description", "schedule", "retries", "timeout_seconds"):
@@ -195,7 +214,7 @@ def list_page(session: Session, codec: CursorCodec, project: Project, page: Page
     return result.as_page(PipelineList, pipeline_response)
 
 
-def create(session: Session, project: Project, body) -> PipelineDetail:
+def create(session: Session, project: Project, body: PipelineCreate) -> PipelineDetail:
     return pipeline_detail(create_pipeline(session, project, body))
 
 
@@ -203,7 +222,7 @@ def describe(session: Session, project: Project, pipeline_id: str) -> PipelineDe
     return pipeline_detail(get_pipeline(session, project, pipeline_id))
 
 
-def update(session: Session, project: Project, pipeline_id: str, body) -> PipelineDetail:
+def update(session: Session, project: Project, pipeline_id: str, body: PipelineUpdate) -> PipelineDetail:
     return pipeline_detail(update_pipeline(session, project, get_pipeline(session, project, pipeline_id), body))
 
 

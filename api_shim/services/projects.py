@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_shim.errors import Conflict, NotFound
-from rime_dagster.platform.iceberg import drop_tables
+from rime_dagster.platform.iceberg import CatalogProvider, drop_tables
 from rime_dagster.platform.naming import unique_identifier
 from rime_dagster.settings import Settings
 from rime_dagster.store.ids import new_id
@@ -74,7 +74,7 @@ def delete_project(session: Session, project: Project, *, settings: Settings) ->
     shutil.rmtree(settings.dbt_home / project.id, ignore_errors=True)
 
 
-def purge_project_data(catalog_provider, namespace: str) -> None:
+def purge_project_data(catalog_provider: CatalogProvider, namespace: str) -> None:
     try:
         dropped = drop_tables(catalog_provider.catalog(), namespace, drop_namespace=True)
         log.info("purged %d Iceberg tables of namespace %s", len(dropped), namespace)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from api_shim.dagster_client import RUN_STATUS, DagsterClient, RunEvents, to_rime_run_id
+from api_shim.dagster_client import RUN_STATUS, DagsterClient, LaunchedRun, RunEvents, RunStatus, to_rime_run_id
 from api_shim.errors import ValidationFailed
 from api_shim.pagination import CursorCodec, PageResult
 from rime_dagster.platform import run_tags
+
+if TYPE_CHECKING:
+    from dagster._core.storage.dagster_run import RunRecord
 
 
 def when(epoch: float | None) -> datetime | None:
@@ -21,19 +24,19 @@ class RunView:
     run_id: str
     dagster_run_id: str
     dagster_url: str
-    status: str
+    status: RunStatus
     started_at: datetime | None
     finished_at: datetime | None
     duration_seconds: float | None
     events: RunEvents
-    record: Any
+    record: RunRecord
 
     @property
     def error(self) -> str | None:
         return "\n".join(dict.fromkeys(self.events.errors)) or None
 
 
-def run_view(client: DagsterClient, record, *, with_events: bool = True) -> RunView:
+def run_view(client: DagsterClient, record: RunRecord, *, with_events: bool = True) -> RunView:
     run = record.dagster_run
     started, finished = when(record.start_time), when(record.end_time)
     if started is None:
@@ -63,7 +66,7 @@ def launch_tags(triggered_by: str, *, full_refresh: bool) -> dict[str, str]:
     return {run_tags.FULL_REFRESH: run_tags.flag(full_refresh), run_tags.TRIGGERED_BY: triggered_by}
 
 
-def launch_summary(client: DagsterClient, launched) -> dict[str, Any]:
+def launch_summary(client: DagsterClient, launched: LaunchedRun) -> dict[str, Any]:
     """The common fields of a 202 for a run just launched: ids, link, queued/running, start time."""
     record = client.run_record(launched.dagster_run_id)
     view = run_view(client, record, with_events=False) if record else None
@@ -78,7 +81,7 @@ def launch_summary(client: DagsterClient, launched) -> dict[str, Any]:
 
 def run_page(
     client: DagsterClient, codec: CursorCodec, *, scope: str, tags: dict[str, str], limit: int, cursor: str | None
-) -> PageResult:
+) -> PageResult[RunRecord]:
     """One page of the run records carrying `tags`, newest first; cursors are signed and bound to `scope`."""
     after = None
     if cursor:

@@ -10,23 +10,35 @@ import base64
 import datetime as dt
 import decimal
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.errors import NotFound
 from api_shim.pagination import CursorCodec, PageRequest, paginate_items, scope_of
-from api_shim.schemas.tables import TableColumn, TableList, TablePreview, TableResponse, TableSchemaResponse
+from api_shim.schemas.tables import (
+    ModelSource,
+    TableColumn,
+    TableList,
+    TablePreview,
+    TableResponse,
+    TableSchemaResponse,
+    TableSource,
+)
 from api_shim.services.projects import get_project
 from rime_dagster.platform.iceberg import CatalogProvider
 
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
 
-def _namespace(sessions: sessionmaker, *, tenant_id: str, project_id: str) -> str:
+
+def _namespace(sessions: sessionmaker[Session], *, tenant_id: str, project_id: str) -> str:
     with sessions() as session:
         return get_project(session, project_id, tenant_id=tenant_id).namespace
 
 
-def _load(catalog, namespace: str, table: str):
+def _load(catalog: Catalog, namespace: str, table: str) -> Table:
     from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
     try:
@@ -35,16 +47,16 @@ def _load(catalog, namespace: str, table: str):
         raise NotFound.of("Table", table, " in this project") from None
 
 
-def _describe(catalog, namespace: str, name: str) -> TableResponse:
+def _describe(catalog: Catalog, namespace: str, name: str) -> TableResponse:
     from rime_dagster.connectors.landing import table_stats
 
     stats = table_stats(catalog, (namespace, name))
     props = _load(catalog, namespace, name).properties
-    source = None
+    source: TableSource | ModelSource | None = None
     if "rime.connector_id" in props:
-        source = {"connector_id": props["rime.connector_id"], "table": props.get("rime.source_table", name)}
+        source = TableSource(connector_id=props["rime.connector_id"], table=props.get("rime.source_table", name))
     elif "rime.dbt_project_id" in props:
-        source = {"dbt_project_id": props["rime.dbt_project_id"], "model": props.get("rime.dbt_model", name)}
+        source = ModelSource(dbt_project_id=props["rime.dbt_project_id"], model=props.get("rime.dbt_model", name))
     return TableResponse(
         name=name,
         namespace=namespace,
@@ -56,7 +68,7 @@ def _describe(catalog, namespace: str, name: str) -> TableResponse:
 
 
 def list_tables(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     catalogs: CatalogProvider,
     *,
     tenant_id: str,
@@ -80,7 +92,7 @@ def list_tables(
 
 
 def table_schema(
-    sessions: sessionmaker, catalogs: CatalogProvider, *, tenant_id: str, project_id: str, table: str
+    sessions: sessionmaker[Session], catalogs: CatalogProvider, *, tenant_id: str, project_id: str, table: str
 ) -> TableSchemaResponse:
     namespace = _namespace(sessions, tenant_id=tenant_id, project_id=project_id)
     fields = _load(catalogs.catalog(), namespace, table).schema().fields
@@ -88,7 +100,7 @@ def table_schema(
     return TableSchemaResponse(name=table, columns=columns)
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: object) -> object:
     if isinstance(value, decimal.Decimal):
         return str(value)  # exact: a float would round
     if isinstance(value, dt.datetime | dt.date | dt.time):
@@ -105,7 +117,13 @@ def _json_value(value: Any) -> Any:
 
 
 def preview_table(
-    sessions: sessionmaker, catalogs: CatalogProvider, *, tenant_id: str, project_id: str, table: str, limit: int
+    sessions: sessionmaker[Session],
+    catalogs: CatalogProvider,
+    *,
+    tenant_id: str,
+    project_id: str,
+    table: str,
+    limit: int,
 ) -> TablePreview:
     """The table's first `limit` rows as JSON values: decimals as strings (exact), binary as base64."""
     from rime_dagster.connectors.landing import preview

@@ -83,7 +83,7 @@ def list_files(directory: Path) -> list[StoredFile]:
 
 
 def save_uploads(
-    sessions: sessionmaker,
+    sessions: sessionmaker[Session],
     cipher: CredentialCipher,
     settings: Settings,
     files: Sequence[Any],
@@ -111,7 +111,8 @@ def save_uploads(
     if connector.selected_tables is None:
         with sessions.begin() as session:
             fresh = session.get(Connector, connector.id)
-            connectors.refresh_known_tables(fresh, cipher, settings, timeout=connectors.CONNECTION_TIMEOUT_SECONDS)
+            if fresh is not None:  # not deleted meanwhile
+                connectors.refresh_known_tables(fresh, cipher, settings, timeout=connectors.CONNECTION_TIMEOUT_SECONDS)
     return UploadedFiles(files=[UploadedFile.of(s) for s in stored])
 
 

@@ -124,15 +124,15 @@ def ensure_bootstrap_admin(session: Session, *, tenant_id: str, email: str, secr
     """Make sure an active admin holds `secret` (RIME_ADMIN_TOKEN): scripts and tests bootstrap with it."""
     token = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
     if token is not None:
-        user = token.user
-        if user.tenant_id != tenant_id:
+        owner = token.user
+        if owner.tenant_id != tenant_id:
             raise ValueError("RIME_ADMIN_TOKEN is already used by another tenant")
-        if user.role != Role.admin.value or user.status == "disabled" or token.revoked_at or token.expires_at:
+        if owner.role != Role.admin.value or owner.status == "disabled" or token.revoked_at or token.expires_at:
             log.warning("RIME_ADMIN_TOKEN's user or token was changed; restoring it as an active admin token")
-        user.role, user.status = Role.admin.value, "active"
+        owner.role, owner.status = Role.admin.value, "active"
         token.revoked_at = token.expires_at = None
         session.flush()
-        return user
+        return owner
     user = session.scalar(select(User).where(User.tenant_id == tenant_id, User.email == email.lower()))
     if user is None:
         user = User(
