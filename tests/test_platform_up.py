@@ -1,4 +1,5 @@
-"""`rime up` end to end: the whole platform becomes ready, and SIGINT/SIGTERM leave no process behind."""
+"""`rime up` end to end: the whole platform becomes ready and runs the demo, and SIGINT/SIGTERM leave no process
+behind. One full boot serves the platform's tests; SIGTERM is checked on a platform still starting."""
 
 from __future__ import annotations
 
@@ -17,16 +18,18 @@ from tests.conftest import closed_port
 pytestmark = pytest.mark.dagster
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
+    children: dict[int | None, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
+        if entry.name.isdigit():
+            children.setdefault(_parent(int(entry.name)), []).append(int(entry.name))
     found, stack = set(), [pid]
     while stack:
         for child in children.get(stack.pop(), []):
@@ -115,10 +118,8 @@ def _dagster_run(dagster_port: int, rime_run_id: str) -> tuple[dict[str, str], s
     return {t["key"]: t["value"] for t in run["tags"]}, run["jobName"]
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_up_ready_then_stops_everything(tmp_path, stop_signal):
-    """`rime up` as a newcomer runs it: ready, the demo loaded, (once) the demo pipeline run end to end, each process
-    holding only the secrets it needs (issue 11, item 3), and nothing left after Ctrl-C or SIGTERM."""
+def _rime_up(tmp_path, *options: str) -> tuple[subprocess.Popen, int, int]:
+    """`rime up` as a newcomer runs it, on free ports; returns the process, the API's port and the webserver's."""
     api_port, dagster_port, code_server_port = closed_port(), closed_port(), closed_port()
     env = {
         **os.environ,
@@ -132,12 +133,41 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
     }
     env.pop("DAGSTER_HOME", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api_shim.cli", "up"],
+        [sys.executable, "-m", "api_shim.cli", "up", *options],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return proc, api_port, dagster_port
+
+
+def _stops_everything(proc: subprocess.Popen, stop_signal: int, family: set[int]) -> None:
+    """`stop_signal` makes `rime up` stop its processes and exit 0 (its own handler ran, not the signal's default);
+    none of `family` outlives it."""
+    proc.send_signal(stop_signal)
+    assert proc.wait(timeout=30) == 0, proc.stdout.read() if proc.stdout else ""
+    deadline = time.monotonic() + 5  # killed processes are gone once the kernel has reaped them
+    while (survivors := [pid for pid in family if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert survivors == [], f"left behind: {survivors}"
+
+
+def _kill_leftovers(proc: subprocess.Popen, family: set[int]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    for pid in family | _descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_up_ready_runs_the_demo_then_ctrl_c_stops_everything(tmp_path):
+    """`rime up` as a newcomer runs it: ready, the demo loaded, the demo pipeline run end to end, each process
+    holding only the secrets it needs (issue 11, item 3), and nothing left after Ctrl-C (SIGINT)."""
+    proc, api_port, dagster_port = _rime_up(tmp_path)
+    family: set[int] = set()
     try:
         deadline = time.monotonic() + 120
         ready = None
@@ -148,7 +178,7 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
                     break
             except httpx.HTTPError:
                 pass
-            time.sleep(1)
+            time.sleep(0.5)
         assert ready is not None and ready.status_code == 200, ready.text if ready else "API never answered"
         assert {d["status"] for d in ready.json()["dependencies"].values()} == {"ok"}
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -173,31 +203,39 @@ def test_up_ready_then_stops_everything(tmp_path, stop_signal):
         # holds the admin token or anything else of the shell.
         assert all(s == {"key"} for role in ("api", "code-server", "webserver", "daemon") for s in held[role]), held
 
-        if stop_signal == signal.SIGINT:
-            # The demo pipeline, as the README's first five minutes run it: a sync, then dbt in its sandbox, each
-            # in a run worker that the webserver starts.
-            nightly = f"/projects/{demo['id']}/pipelines/{pipelines[0]['id']}"
-            started = httpx.post(f"{api}{nightly}/run", headers=headers, timeout=120)
-            assert started.status_code == 202, started.text
-            run = _wait_for_pipeline_run(api, headers, f"{nightly}/runs/{started.json()['run_id']}")
-            assert run["status"] == "succeeded", run
-            assert [s["status"] for s in run["steps"]] == ["completed", "completed"], run["steps"]
-            # The Dagster UI shows the demo's jobs by readable names, and who launched the API's run.
-            assert {"sync_demo", "demo__shop_models", "demo__shop_nightly"} <= _dagster_jobs(dagster_port)
-            tags, job_name = _dagster_run(dagster_port, run["run_id"])
-            assert job_name == "demo__shop_nightly"
-            assert tags["user"] == tags["rime/triggered_by"] == run["triggered_by"] != "", tags
-            family = _descendants(proc.pid)
-        proc.send_signal(stop_signal)
-        proc.wait(timeout=30)
-        time.sleep(0.5)
-        survivors = [pid for pid in family if _alive(pid)]
-        assert survivors == [], f"left behind: {survivors}"
+        # The demo pipeline, as the README's first five minutes run it: a sync, then dbt in its sandbox, each in a
+        # run worker that the webserver starts.
+        nightly = f"/projects/{demo['id']}/pipelines/{pipelines[0]['id']}"
+        started = httpx.post(f"{api}{nightly}/run", headers=headers, timeout=120)
+        assert started.status_code == 202, started.text
+        run = _wait_for_pipeline_run(api, headers, f"{nightly}/runs/{started.json()['run_id']}")
+        assert run["status"] == "succeeded", run
+        assert [s["status"] for s in run["steps"]] == ["completed", "completed"], run["steps"]
+        # The Dagster UI shows the demo's jobs by readable names, and who launched the API's run.
+        assert {"sync_demo", "demo__shop_models", "demo__shop_nightly"} <= _dagster_jobs(dagster_port)
+        tags, job_name = _dagster_run(dagster_port, run["run_id"])
+        assert job_name == "demo__shop_nightly"
+        assert tags["user"] == tags["rime/triggered_by"] == run["triggered_by"] != "", tags
+        family = _descendants(proc.pid)
+        _stops_everything(proc, signal.SIGINT, family)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        for pid in _descendants(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_leftovers(proc, family)
+
+
+def test_sigterm_while_starting_stops_everything(tmp_path):
+    """SIGTERM (what a service manager sends) stops `rime up` as Ctrl-C does, here while the platform is still
+    starting: its code server is loading the code location. One handler serves every stop signal, so the full
+    platform's stop is the test above; this one needs no second full boot."""
+    proc, _, _ = _rime_up(tmp_path, "--no-demo")  # the demo's set-up (a dbt parse) is the test above's
+    family: set[int] = set()
+    try:
+        # The code server's own child (`dagster api grpc`) is loading the definitions: by then `rime up` has
+        # recorded the code server it started and is waiting for it to listen.
+        deadline = time.monotonic() + 120
+        while not any(_role(pid) == "code-server" and _parent(pid) != proc.pid for pid in _descendants(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the code server never started its child"
+            time.sleep(0.1)
+        family = _descendants(proc.pid)
+        _stops_everything(proc, signal.SIGTERM, family)
+    finally:
+        _kill_leftovers(proc, family)
