@@ -1,20 +1,13 @@
-"""Turns a keyset page of ORM rows into the `{data, next_cursor, has_more}` response."""
+"""The `limit/cursor/sort/order` query parameters of a keyset-paged list, as a route's dependency."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends
-from pydantic import BaseModel
+from fastapi import Depends, params
 
 from api_shim.deps import pagination
-from api_shim.pagination import Listing, Page, PageRequest, PageResult
+from api_shim.pagination import Listing
 
 
-def to_page(result: PageResult, model: type[BaseModel]) -> Page:
-    return result.as_page(Page[model], model.model_validate)
-
-
-def page_params(listing: Listing):
-    """The `limit/cursor/sort/order` query parameters of `listing`, as an annotated dependency."""
-    return Annotated[PageRequest, Depends(pagination(*listing.sort_columns, default_sort=listing.default_sort))]
+def page_params(listing: Listing) -> params.Depends:
+    """The dependency parsing `listing`'s page parameters: `Annotated[PageRequest, page_params(LISTING)]`."""
+    return Depends(pagination(*listing.sort_columns, default_sort=listing.default_sort))

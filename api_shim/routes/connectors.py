@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.dagster_client import DagsterClientDep
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, SettingsDep, Viewer
+from api_shim.pagination import PageRequest
 from api_shim.routes._paging import page_params
 from api_shim.routing import Idempotent, files_body, rime_router, uploaded_files
 from api_shim.schemas.common import error_responses
@@ -29,7 +30,7 @@ from api_shim.services import connectors as service
 from api_shim.services.projects import get_project
 
 router = rime_router(prefix="/projects/{id}/connectors", tags=["Connectors"])
-ConnectorPage = page_params(service.CONNECTORS)
+ConnectorPage = Annotated[PageRequest, page_params(service.CONNECTORS)]
 
 
 @router.get(
@@ -42,7 +43,7 @@ def list_connectors(
     codec: CursorCodecDep,
     dagster: DagsterClientDep,
     page: ConnectorPage,
-):
+) -> ConnectorList:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return service.list_page(session, dagster, codec, project, page)
 
@@ -57,7 +58,7 @@ def list_connectors(
 )
 def create_connector(
     id: str, body: ConnectorCreate, request: Request, principal: Engineer, session: SessionDep, settings: SettingsDep
-):
+) -> ConnectorResponse:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     state = request.app.state
     return service.create(session, project, body, state.cipher, settings=settings, catalog=state.iceberg)
@@ -70,7 +71,9 @@ def create_connector(
     responses=error_responses(404),
     summary="Get connector details",
 )
-def get_connector(id: str, connectorId: str, principal: Viewer, session: SessionDep, dagster: DagsterClientDep):
+def get_connector(
+    id: str, connectorId: str, principal: Viewer, session: SessionDep, dagster: DagsterClientDep
+) -> ConnectorResponse:
     return service.describe(session, dagster, get_project(session, id, tenant_id=principal.tenant_id), connectorId)
 
 
@@ -90,7 +93,7 @@ def update_connector(
     session: SessionDep,
     settings: SettingsDep,
     dagster: DagsterClientDep,
-):
+) -> ConnectorResponse:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return service.update(session, dagster, project, connectorId, body, request.app.state.cipher, settings=settings)
 
@@ -111,7 +114,7 @@ def delete_connector(
     settings: SettingsDep,
     background: BackgroundTasks,
     purge_data: Annotated[bool, Query(description="Also drop the connector's Iceberg tables.")] = False,
-):
+) -> None:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     connector = service.delete(session, project, connectorId, settings=settings)
     if purge_data:  # after the commit; a failed purge is logged
@@ -126,7 +129,9 @@ def delete_connector(
     responses=error_responses(404),
     summary="Test the connection (and refresh the tables a connector without selected_tables syncs)",
 )
-async def test_connector(id: str, connectorId: str, request: Request, principal: Engineer, settings: SettingsDep):
+async def test_connector(
+    id: str, connectorId: str, request: Request, principal: Engineer, settings: SettingsDep
+) -> ConnectionTestResult:
     state = request.app.state
     return await run_in_threadpool(
         service.test_connection,
@@ -146,7 +151,9 @@ async def test_connector(id: str, connectorId: str, request: Request, principal:
     responses=error_responses(404, 422),
     summary="Get discovered schema (live; stores nothing)",
 )
-async def connector_schema(id: str, connectorId: str, request: Request, principal: Viewer, settings: SettingsDep):
+async def connector_schema(
+    id: str, connectorId: str, request: Request, principal: Viewer, settings: SettingsDep
+) -> DiscoveredSchema:
     state = request.app.state
     return await run_in_threadpool(
         service.discover_schema,
@@ -175,7 +182,7 @@ def sync_connector(
     session: SessionDep,
     dagster: DagsterClientDep,
     body: Annotated[SyncRequest | None, Body()] = None,
-):
+) -> RunStarted:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     full_refresh = bool(body and body.full_refresh)
     return connector_runs.launch_sync(
@@ -199,7 +206,7 @@ def connector_runs_list(
     dagster: DagsterClientDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query()] = None,
-):
+) -> ConnectorRunList:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return connector_runs.run_history(session, dagster, codec, project, connectorId, limit=limit, cursor=cursor)
 
@@ -213,7 +220,9 @@ def connector_runs_list(
     summary="Upload files to a `files` connector's upload area (32 MB per file)",
     openapi_extra=files_body("files", "CSV, Parquet or JSON-lines files."),
 )
-async def upload_files(id: str, connectorId: str, request: Request, principal: Engineer, settings: SettingsDep):
+async def upload_files(
+    id: str, connectorId: str, request: Request, principal: Engineer, settings: SettingsDep
+) -> UploadedFiles:
     state = request.app.state
     async with uploaded_files(request, "files") as files:  # read only now that the caller passed the guard
         return await run_in_threadpool(
@@ -235,6 +244,8 @@ async def upload_files(id: str, connectorId: str, request: Request, principal: E
     responses=error_responses(404),
     summary="List the files in a connector's upload area",
 )
-def list_uploaded_files(id: str, connectorId: str, principal: Viewer, session: SessionDep, settings: SettingsDep):
+def list_uploaded_files(
+    id: str, connectorId: str, principal: Viewer, session: SessionDep, settings: SettingsDep
+) -> UploadedFiles:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return uploads.uploaded_files(session, project, connectorId, settings=settings)

@@ -29,7 +29,7 @@ from api_shim.services import dbt_runs
 from api_shim.services.projects import get_project
 
 router = rime_router(prefix="/projects/{id}/dbt-projects", tags=["Transformations"])
-DbtProjectPage = page_params(service.DBT_PROJECTS)
+DbtProjectPage = Annotated[PageRequest, page_params(service.DBT_PROJECTS)]
 ModelPage = Annotated[PageRequest, Depends(pagination("name", default_sort="name"))]
 
 
@@ -43,7 +43,7 @@ def list_dbt_projects(
     codec: CursorCodecDep,
     dagster: DagsterClientDep,
     page: DbtProjectPage,
-):
+) -> DbtProjectList:
     return service.list_page(session, dagster, codec, get_project(session, id, tenant_id=principal.tenant_id), page)
 
 
@@ -59,7 +59,7 @@ def list_dbt_projects(
 )
 async def create_dbt_project(
     id: str, body: DbtProjectCreate, request: Request, principal: Engineer, settings: SettingsDep
-):
+) -> DbtProjectDetail:
     state = request.app.state
     return await run_in_threadpool(
         service.create, state.sessions, settings, state.cipher, body, tenant_id=principal.tenant_id, project_id=id
@@ -75,7 +75,7 @@ async def create_dbt_project(
 )
 def get_dbt_project(
     id: str, dbtId: str, principal: Viewer, session: SessionDep, settings: SettingsDep, dagster: DagsterClientDep
-):
+) -> DbtProjectDetail:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return service.describe(session, settings, dagster, project, dbtId)
 
@@ -97,7 +97,7 @@ async def update_dbt_project(
     principal: Engineer,
     settings: SettingsDep,
     dagster: DagsterClientDep,
-):
+) -> DbtProjectDetail:
     state = request.app.state
     return await run_in_threadpool(
         service.update,
@@ -128,7 +128,7 @@ def delete_dbt_project(
     settings: SettingsDep,
     background: BackgroundTasks,
     purge_data: Annotated[bool, Query(description="Also drop the Iceberg tables its models published.")] = False,
-):
+) -> None:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     row = service.delete(session, project, dbtId)
     background.add_task(service.delete_files, settings, row)  # after the commit
@@ -155,7 +155,7 @@ def run_dbt_project(
     settings: SettingsDep,
     dagster: DagsterClientDep,
     body: Annotated[DbtRunRequest | None, Body()] = None,
-):
+) -> DbtRunStarted:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     body = body or DbtRunRequest()
     return dbt_runs.launch(session, dagster, settings, project, dbtId, body, triggered_by=principal.email)
@@ -178,7 +178,7 @@ def dbt_runs_list(
     dagster: DagsterClientDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query()] = None,
-):
+) -> DbtRunList:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return dbt_runs.run_history(session, dagster, settings, codec, project, dbtId, limit=limit, cursor=cursor)
 
@@ -200,7 +200,7 @@ def dbt_models(
     dagster: DagsterClientDep,
     codec: CursorCodecDep,
     page: ModelPage,
-):
+) -> DbtModelList:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return dbt_runs.models_page(session, dagster, settings, codec, project, dbtId, page)
 
@@ -213,6 +213,6 @@ def dbt_models(
     summary="Get the lineage DAG",
     description="Sources, seeds, models, snapshots and tests, with the connector tables that feed sources upstream.",
 )
-def dbt_lineage(id: str, dbtId: str, principal: Viewer, session: SessionDep, settings: SettingsDep):
+def dbt_lineage(id: str, dbtId: str, principal: Viewer, session: SessionDep, settings: SettingsDep) -> Lineage:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return service.lineage(session, settings, project, service.get_dbt_project(session, project, dbtId))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Query
+from sqlalchemy.orm import Session
 
 from api_shim.deps import Auditor, CursorCodecDep, SessionDep
 from api_shim.errors import ValidationFailed
-from api_shim.pagination import Listing
-from api_shim.routes._paging import page_params, to_page
+from api_shim.pagination import CursorCodec, Listing, PageRequest
+from api_shim.routes._paging import page_params
 from api_shim.routing import rime_router
 from api_shim.schemas.common import DateTimeText, error_responses
 from api_shim.schemas.governance import AuditLogList, AuditLogResponse
@@ -20,7 +21,7 @@ from rime_dagster.store.models import AuditLog
 router = rime_router(tags=["Governance"])
 
 AUDIT_LOGS = Listing("audit", {"timestamp": AuditLog.timestamp}, AuditLog.id, default_sort="timestamp")
-AuditPage = page_params(AUDIT_LOGS)
+AuditPage = Annotated[PageRequest, page_params(AUDIT_LOGS)]
 
 
 def audit_filters(
@@ -44,10 +45,18 @@ def audit_filters(
 AuditFiltersDep = Annotated[audit.AuditFilters, Depends(audit_filters)]
 
 
-def _list(session, codec, page, *, tenant_id: str, project_id: str | None, filters: audit.AuditFilters):
+def _list(
+    session: Session,
+    codec: CursorCodec,
+    page: PageRequest,
+    *,
+    tenant_id: str,
+    project_id: str | None,
+    filters: audit.AuditFilters,
+) -> AuditLogList:
     stmt = audit.audit_query(tenant_id=tenant_id, project_id=project_id, filters=filters)
     result = AUDIT_LOGS.page(session, stmt, page, codec, {"project": project_id, **filters.__dict__})
-    return to_page(result, AuditLogResponse)
+    return result.as_page(AuditLogList, AuditLogResponse.model_validate)
 
 
 @router.get(
@@ -59,7 +68,7 @@ def _list(session, codec, page, *, tenant_id: str, project_id: str | None, filte
 )
 def list_project_audit_logs(
     id: str, principal: Auditor, session: SessionDep, codec: CursorCodecDep, page: AuditPage, filters: AuditFiltersDep
-):
+) -> AuditLogList:
     get_project(session, id, tenant_id=principal.tenant_id)
     return _list(session, codec, page, tenant_id=principal.tenant_id, project_id=id, filters=filters)
 
@@ -72,5 +81,5 @@ def list_project_audit_logs(
 )
 def list_tenant_audit_logs(
     principal: Auditor, session: SessionDep, codec: CursorCodecDep, page: AuditPage, filters: AuditFiltersDep
-):
+) -> AuditLogList:
     return _list(session, codec, page, tenant_id=principal.tenant_id, project_id=None, filters=filters)

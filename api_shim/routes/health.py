@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -58,7 +59,7 @@ def _check_definitions(request: Request) -> str:
     return f"generation {sync.loaded} served" if sync.loaded is not None else "not checked yet"
 
 
-CHECKS = {
+CHECKS: dict[str, Callable[[Request], str]] = {
     "metadata_db": _check_database,
     "dagster": _check_dagster,
     "dagster_definitions": _check_definitions,
@@ -66,9 +67,10 @@ CHECKS = {
 }
 
 
-async def _run_check(request: Request, check) -> DependencyStatus:
+async def _run_check(request: Request, check: Callable[[Request], str]) -> DependencyStatus:
     started = time.perf_counter()
     timeout = request.app.state.settings.health_timeout_seconds
+    status: Literal["ok", "error"]
     try:
         detail = await asyncio.wait_for(run_in_threadpool(check, request), timeout=timeout)
         status, message = "ok", detail
@@ -80,8 +82,8 @@ async def _run_check(request: Request, check) -> DependencyStatus:
 
 
 @router.get("/health", response_model=Liveness, summary="Liveness: the API process is up")
-def health():
-    return {"status": "ok"}
+def health() -> Liveness:
+    return Liveness(status="ok")
 
 
 @router.get(
@@ -90,7 +92,7 @@ def health():
     responses={503: {"model": Readiness, "description": "A dependency is down; see `dependencies`."}},
     summary="Readiness: metadata store, Dagster GraphQL and the Iceberg catalog all answer",
 )
-async def ready(request: Request):
+async def ready(request: Request) -> JSONResponse:
     results = await asyncio.gather(*(_run_check(request, check) for check in CHECKS.values()))
     report = dict(zip(CHECKS, results, strict=True))
     healthy = all(r.status == "ok" for r in results)
@@ -99,5 +101,5 @@ async def ready(request: Request):
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def prometheus_metrics():
+def prometheus_metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

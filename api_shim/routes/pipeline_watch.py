@@ -59,7 +59,7 @@ async def _refuse(websocket: WebSocket, refused: pipeline_runs.WatchRefused, run
 
 
 @router.websocket("/pipelines/{pipelineId}/runs/{runId}", name="pipeline.run_watch")
-async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, token: str | None = None):
+async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, token: str | None = None) -> None:
     """Live step transitions of a run: `step_update` per transition and `run_update` per run status.
 
     On connect: one `step_update` per step (its current state), then a `run_update` (the run's
@@ -69,6 +69,17 @@ async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, 
     pipeline or run.
     """
     token, subprotocol = _ws_credentials(websocket, token)
+    target = await _target_or_refuse(websocket, token, pipeline_id=pipelineId, run_id=runId)
+    if target is None:
+        return
+    await websocket.accept(subprotocol=subprotocol)
+    await _relay(websocket, target, runId)
+
+
+async def _target_or_refuse(
+    websocket: WebSocket, token: str | None, *, pipeline_id: str, run_id: str
+) -> pipeline_runs.WatchTarget | None:
+    """The run the caller may watch; None once the socket is refused (see `_refuse`)."""
     state = websocket.app.state
     try:
         target = await run_in_threadpool(
@@ -78,15 +89,20 @@ async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, 
             state.rate_limits,
             token,
             tenant_id=state.settings.tenant,
-            pipeline_id=pipelineId,
-            run_id=runId,
+            pipeline_id=pipeline_id,
+            run_id=run_id,
         )
         if not target.principal.has(Role.viewer):  # every role may watch; kept for when roles narrow
             raise pipeline_runs.WatchRefused(Forbidden("Not allowed."), target.principal)
     except pipeline_runs.WatchRefused as refused:
-        await _refuse(websocket, refused, runId)
-        return
-    await websocket.accept(subprotocol=subprotocol)
+        await _refuse(websocket, refused, run_id)
+        return None
+    return target
+
+
+async def _relay(websocket: WebSocket, target: pipeline_runs.WatchTarget, run_id: str) -> None:
+    """Sends the run's step and run updates over the accepted socket until the run ends (close 1000), its feed
+    fails (an `error` message, close 1011) or the client leaves."""
 
     async def until_client_leaves() -> None:
         while (await websocket.receive())["type"] != "websocket.disconnect":
@@ -94,7 +110,7 @@ async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, 
 
     leaving = asyncio.create_task(until_client_leaves())
     try:
-        async with state.run_watch.watch(target.dagster_run_id, runId, target.steps) as (sub, _watch):
+        async with websocket.app.state.run_watch.watch(target.dagster_run_id, run_id, target.steps) as (sub, _watch):
             while True:
                 getting = asyncio.create_task(sub.queue.get())
                 done, _ = await asyncio.wait({getting, leaving}, return_when=asyncio.FIRST_COMPLETED)

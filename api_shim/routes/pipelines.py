@@ -14,6 +14,7 @@ from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from api_shim.dagster_client import DagsterClientDep
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, Viewer
+from api_shim.pagination import PageRequest
 from api_shim.routes._paging import page_params
 from api_shim.routing import Idempotent, rime_router, yaml_body
 from api_shim.schemas.common import error_responses
@@ -35,13 +36,15 @@ from api_shim.services import pipelines as service
 from api_shim.services.projects import get_project
 
 router = rime_router(prefix="/projects/{id}/pipelines", tags=["Pipelines"])
-PipelinePage = page_params(service.PIPELINES)
+PipelinePage = Annotated[PageRequest, page_params(service.PIPELINES)]
 
 
 @router.get(
     "", name="pipeline.list", response_model=PipelineList, responses=error_responses(404), summary="List pipelines"
 )
-def list_pipelines(id: str, principal: Viewer, session: SessionDep, codec: CursorCodecDep, page: PipelinePage):
+def list_pipelines(
+    id: str, principal: Viewer, session: SessionDep, codec: CursorCodecDep, page: PipelinePage
+) -> PipelineList:
     return service.list_page(session, codec, get_project(session, id, tenant_id=principal.tenant_id), page)
 
 
@@ -56,7 +59,7 @@ def list_pipelines(id: str, principal: Viewer, session: SessionDep, codec: Curso
     "unknown resource, another project's resource) is a 422 naming the step.",
     openapi_extra=yaml_body("PipelineCreate"),
 )
-def create_pipeline(id: str, body: PipelineCreate, principal: Engineer, session: SessionDep):
+def create_pipeline(id: str, body: PipelineCreate, principal: Engineer, session: SessionDep) -> PipelineDetail:
     return service.create(session, get_project(session, id, tenant_id=principal.tenant_id), body)
 
 
@@ -67,7 +70,7 @@ def create_pipeline(id: str, body: PipelineCreate, principal: Engineer, session:
     responses=error_responses(404),
     summary="Get pipeline details and DAG",
 )
-def get_pipeline(id: str, pipelineId: str, principal: Viewer, session: SessionDep):
+def get_pipeline(id: str, pipelineId: str, principal: Viewer, session: SessionDep) -> PipelineDetail:
     return service.describe(session, get_project(session, id, tenant_id=principal.tenant_id), pipelineId)
 
 
@@ -79,7 +82,9 @@ def get_pipeline(id: str, pipelineId: str, principal: Viewer, session: SessionDe
     summary="Update pipeline configuration",
     openapi_extra=yaml_body("PipelineUpdate"),
 )
-def update_pipeline(id: str, pipelineId: str, body: PipelineUpdate, principal: Engineer, session: SessionDep):
+def update_pipeline(
+    id: str, pipelineId: str, body: PipelineUpdate, principal: Engineer, session: SessionDep
+) -> PipelineDetail:
     return service.update(session, get_project(session, id, tenant_id=principal.tenant_id), pipelineId, body)
 
 
@@ -91,7 +96,7 @@ def update_pipeline(id: str, pipelineId: str, body: PipelineUpdate, principal: E
     summary="Delete a pipeline",
     description="Refused with 409 while another pipeline of the project has a step that runs it.",
 )
-def delete_pipeline(id: str, pipelineId: str, principal: Engineer, session: SessionDep):
+def delete_pipeline(id: str, pipelineId: str, principal: Engineer, session: SessionDep) -> None:
     service.delete(session, get_project(session, id, tenant_id=principal.tenant_id), pipelineId)
 
 
@@ -120,7 +125,7 @@ def run_pipeline(
     dagster: DagsterClientDep,
     response: Response,
     body: Annotated[PipelineRunRequest | None, Body()] = None,
-):
+) -> PipelineRunStarted | PipelineRunPlan:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     body = body or PipelineRunRequest()
     result = pipeline_runs.launch(session, dagster, project, pipelineId, body, triggered_by=principal.email)
@@ -146,7 +151,7 @@ def pipeline_runs_list(
     dagster: DagsterClientDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query()] = None,
-):
+) -> PipelineRunList:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return pipeline_runs.run_history(session, dagster, codec, project, pipelineId, limit=limit, cursor=cursor)
 
@@ -160,7 +165,7 @@ def pipeline_runs_list(
 )
 def pipeline_run_detail(
     id: str, pipelineId: str, runId: str, principal: Viewer, session: SessionDep, dagster: DagsterClientDep
-):
+) -> PipelineRun:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return pipeline_runs.run_detail(session, dagster, project, pipelineId, runId)
 
@@ -177,7 +182,7 @@ def pipeline_run_detail(
 )
 def cancel_pipeline_run(
     id: str, pipelineId: str, runId: str, principal: Engineer, session: SessionDep, dagster: DagsterClientDep
-):
+) -> PipelineRunCanceled:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return pipeline_runs.cancel(session, dagster, project, pipelineId, runId)
 
@@ -210,7 +215,7 @@ def pipeline_run_logs(
     dagster: DagsterClientDep,
     after: Annotated[int, Query(ge=0, description="Only lines after this `id`.")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-):
+) -> PipelineRunLogs | EventSourceResponse:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return pipeline_runs.run_logs(session, dagster, project, pipelineId, runId, after=after, limit=limit)

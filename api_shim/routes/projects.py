@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from api_shim.deps import Admin, CursorCodecDep, Lead, SessionDep, SettingsDep, Viewer
 from api_shim.errors import ValidationFailed
-from api_shim.pagination import Listing
-from api_shim.routes._paging import page_params, to_page
+from api_shim.pagination import Listing, PageRequest
+from api_shim.routes._paging import page_params
 from api_shim.routing import Idempotent, rime_router
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.projects import ProjectCreate, ProjectList, ProjectResponse, ProjectUpdate
@@ -24,7 +24,7 @@ PROJECTS = Listing(
     {"created_at": Project.created_at, "updated_at": Project.updated_at, "name": Project.name},
     Project.id,
 )
-ProjectPage = page_params(PROJECTS)
+ProjectPage = Annotated[PageRequest, page_params(PROJECTS)]
 
 
 @router.get("", name="project.list", response_model=ProjectList, summary="List all projects in the tenant")
@@ -33,9 +33,9 @@ def list_projects(
     session: SessionDep,
     codec: CursorCodecDep,
     page: ProjectPage,
-):
+) -> ProjectList:
     stmt = select(Project).where(Project.tenant_id == principal.tenant_id)
-    return to_page(PROJECTS.page(session, stmt, page, codec), ProjectResponse)
+    return PROJECTS.page(session, stmt, page, codec).as_page(ProjectList, ProjectResponse.model_validate)
 
 
 @router.post(
@@ -47,7 +47,7 @@ def list_projects(
     dependencies=[Idempotent],
     summary="Create a new project",
 )
-def create_project(body: ProjectCreate, principal: Admin, session: SessionDep):
+def create_project(body: ProjectCreate, principal: Admin, session: SessionDep) -> Project:
     # The commit bumps the definitions generation; Dagster reloads in the background (definitions_sync).
     return service.create_project(session, tenant_id=principal.tenant_id, name=body.name, description=body.description)
 
@@ -59,7 +59,7 @@ def create_project(body: ProjectCreate, principal: Admin, session: SessionDep):
     responses=error_responses(404),
     summary="Get project details",
 )
-def get_project(id: str, principal: Viewer, session: SessionDep):
+def get_project(id: str, principal: Viewer, session: SessionDep) -> Project:
     return service.get_project(session, id, tenant_id=principal.tenant_id)
 
 
@@ -70,7 +70,7 @@ def get_project(id: str, principal: Viewer, session: SessionDep):
     responses=error_responses(404, 409),
     summary="Update project settings",
 )
-def update_project(id: str, body: ProjectUpdate, principal: Lead, session: SessionDep):
+def update_project(id: str, body: ProjectUpdate, principal: Lead, session: SessionDep) -> Project:
     project = service.get_project(session, id, tenant_id=principal.tenant_id)
     changes = body.model_dump(exclude_unset=True)
     if "name" in changes and changes["name"] is None:
@@ -93,7 +93,7 @@ def delete_project(
     settings: SettingsDep,
     background: BackgroundTasks,
     purge_data: Annotated[bool, Query(description="Also drop the project's Iceberg tables.")] = False,
-):
+) -> None:
     project = service.get_project(session, id, tenant_id=principal.tenant_id)
     service.delete_project(session, project, settings=settings)
     if purge_data:

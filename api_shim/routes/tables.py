@@ -28,7 +28,9 @@ TablePage = Annotated[PageRequest, Depends(pagination("name", default_sort="name
     responses=error_responses(404),
     summary="List the project's Iceberg tables",
 )
-async def list_tables(id: str, request: Request, principal: Viewer, codec: CursorCodecDep, page: TablePage):
+async def list_tables(
+    id: str, request: Request, principal: Viewer, codec: CursorCodecDep, page: TablePage
+) -> TableList:
     state = request.app.state
     return await run_in_threadpool(
         service.list_tables,
@@ -48,7 +50,7 @@ async def list_tables(id: str, request: Request, principal: Viewer, codec: Curso
     responses=error_responses(404),
     summary="Get a table's current schema",
 )
-async def table_schema(id: str, table: str, request: Request, principal: Viewer):
+async def table_schema(id: str, table: str, request: Request, principal: Viewer) -> TableSchemaResponse:
     state = request.app.state
     return await run_in_threadpool(
         service.table_schema, state.sessions, state.iceberg, tenant_id=principal.tenant_id, project_id=id, table=table
@@ -68,7 +70,7 @@ async def table_preview(
     request: Request,
     principal: Viewer,
     limit: Annotated[int, Query(ge=1, le=MAX_PREVIEW_ROWS)] = 100,
-):
+) -> TablePreview:
     state = request.app.state
     return await run_in_threadpool(
         service.preview_table,
