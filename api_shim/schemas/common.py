@@ -22,7 +22,7 @@ Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?)?")
 
 
-def _date_time_text(value: Any) -> Any:
+def _date_time_text(value: object) -> object:
     if isinstance(value, str) and not _DATE_TIME.fullmatch(value.strip()):
         raise ValueError("Must be an RFC 3339 date-time, e.g. 2026-01-01T00:00:00Z.")
     return value
@@ -57,7 +57,7 @@ class _Overlay:
     def __init__(self, source: object, derived: dict[str, Any]):
         self._source, self._derived = source, derived
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return self._derived[name] if name in self._derived else getattr(self._source, name)
 
 
