@@ -28,6 +28,14 @@ from tests.support.postgres import fresh_database, throwaway_postgres
 ADMIN_TOKEN = "rime_test_admin_token_0123456789abcdef"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that start Dagster or PostgreSQL are slow tests too: `-m "not slow"` runs the fast layer alone."""
+    for item in items:
+        if item.get_closest_marker("dagster") or item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.slow)
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on: Dagster calls to it fail fast."""
     with socket.socket() as sock:

@@ -199,6 +199,7 @@ class TestDistinctLandingTables:
         assert "Not synced" not in admin.post(f"{base}/test").json()["message"]
 
 
+@pytest.mark.slow
 class TestPrefixesSharedWithDbtProjects:
     """`<namespace>.<connector prefix>__<table>` and `<namespace>.<dbt slug>__<model>` share one namespace."""
 

@@ -65,6 +65,7 @@ def test_unusable_paths_are_422_and_change_nothing(clients, project, settings, p
     assert not list((settings.dbt_home / project["id"]).glob("*/rev-*"))
 
 
+@pytest.mark.slow
 def test_project_roots_setting_confines_paths(clients, project, settings, tmp_path):
     settings.dbt_project_roots = [tmp_path / "allowed"]
     try:
@@ -77,6 +78,7 @@ def test_project_roots_setting_confines_paths(clients, project, settings, tmp_pa
     assert "outside the folders" in response.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_register_update_and_delete(clients, project, settings, tmp_path):
     folder = _copy(tmp_path)
     created = clients.admin.post(
@@ -146,6 +148,7 @@ def _git_repo(tmp_path: Path) -> tuple[Path, str]:
     return repo, sha.stdout.strip()
 
 
+@pytest.mark.slow
 def test_git_source_checks_out_a_ref(clients, project, tmp_path):
     repo, sha = _git_repo(tmp_path)
     source = {"type": "git", "url": repo.as_uri(), "ref": "v1", "subdirectory": "transform"}
@@ -163,6 +166,7 @@ def test_git_source_checks_out_a_ref(clients, project, tmp_path):
     assert no_project.status_code == 422 and "No dbt_project.yml" in no_project.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_postgres_target_password_is_never_returned_or_written(clients, project, settings, tmp_path):
     password = "s3cret-dbt-pw"
     target = {"adapter": "postgres", "host": "db.internal", "user": "dbt", "password": password, "dbname": "wh"}

@@ -33,6 +33,7 @@ def settings(tmp_path, hung_port):
     )
 
 
+@pytest.mark.slow
 def test_writes_go_on_while_a_launch_waits_on_dagster(clients):
     admin = clients.admin
     project = admin.post("/api/v1/projects", json={"name": "locking"}).json()

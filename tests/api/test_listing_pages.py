@@ -4,6 +4,7 @@ the catalog) and a dbt project's models (read from its manifest)."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 
 from rime_dagster.platform.iceberg import open_catalog
 
@@ -44,6 +45,7 @@ def test_tables_page_by_name(admin, settings, project):
     assert admin.get(url, params={"cursor": first["next_cursor"], "order": "desc"}).status_code == 400
 
 
+@pytest.mark.slow
 def test_models_page_by_name(admin, settings, project, tmp_path):
     source = tmp_path / "allowed" / "five"
     (source / "models").mkdir(parents=True)

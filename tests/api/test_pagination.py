@@ -51,6 +51,7 @@ def _walk(client, params: dict, *, on_page=None, max_pages: int = 500) -> list[d
     sort=st.sampled_from(["created_at", "name", "updated_at"]),
     order=st.sampled_from([None, "asc", "desc"]),
 )
+@pytest.mark.slow
 def test_no_duplicates_no_gaps_while_creating(clients, settings, initial, limit, created_per_page, sort, order):
     existing = {p["id"] for p in _walk(clients.admin, {"limit": 100})}
     existing |= _seed(settings, initial)

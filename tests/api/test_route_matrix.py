@@ -25,6 +25,8 @@ from api_shim.services.auth import Role
 from rime_dagster.settings import Settings
 from tests.conftest import Clients, make_settings, role_clients
 
+pytestmark = pytest.mark.slow  # its set-up parses a dbt project
+
 _counter = itertools.count()
 
 

@@ -46,6 +46,8 @@ from rime_dagster.connectors.landing import land_table
 from rime_dagster.settings import Settings
 from tests.conftest import ADMIN_TOKEN, make_settings
 
+pytestmark = pytest.mark.slow  # every operation, fuzzed
+
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance, negative_data_rejection]
 TINY_DBT = Path(__file__).resolve().parents[1] / "fixtures" / "dbt" / "tiny"
 NO_RUN = "run_" + "0" * 32  # well-formed; no run exists without Dagster

@@ -35,6 +35,7 @@ def test_compaction_rewrites_small_files_and_keeps_rows_and_cursor(catalog):
     assert catalog.load_table(IDENT).current_snapshot().snapshot_id == result.snapshot_id
 
 
+@pytest.mark.slow
 def test_a_sync_landing_during_compaction_wins(catalog, monkeypatch):
     for i in range(3):
         land(catalog, orders(i * 10, 10), mode="incremental", cursor_field="id", run_id=f"sync-{i}")

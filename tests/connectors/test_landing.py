@@ -564,6 +564,7 @@ _BIG_SYNC = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_landing_3m_rows_keeps_memory_bounded(tmp_path):
     # A fresh interpreter, so the Arrow pool's high-water mark is this sync's alone.
     proc = subprocess.run(

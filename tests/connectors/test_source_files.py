@@ -198,6 +198,7 @@ def test_csv_unparseable_later_row_names_file_and_column(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_csv_reading_is_streamed_in_bounded_batches(tmp_path):
     path = tmp_path / "events.csv"
     n = 300_000

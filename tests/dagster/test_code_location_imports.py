@@ -9,10 +9,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from rime_dagster.dbt.workspace import ProjectFiles, project_root
 from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project
 from rime_dagster.store.session import session_scope
 from tests.conftest import make_settings
+
+pytestmark = pytest.mark.slow  # loads the code location in a fresh interpreter
 
 HEAVY = ("dagster_dbt", "dbt", "duckdb", "pyiceberg", "pyarrow", "psycopg", "fastapi", "dagster_graphql")
 

@@ -237,6 +237,7 @@ CALLS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["closed", "hung"])
 @pytest.mark.parametrize("call", list(CALLS))
 def test_dagster_down_is_service_unavailable_quickly(tmp_path, request, mode, call):
@@ -247,6 +248,7 @@ def test_dagster_down_is_service_unavailable_quickly(tmp_path, request, mode, ca
     assert time.monotonic() - started < FAST
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["closed", "hung"])
 def test_a_launch_waiting_for_definitions_fails_fast_when_dagster_is_down(tmp_path, request, mode):
     client = _down_client(tmp_path, request, "hung_port" if mode == "hung" else None)

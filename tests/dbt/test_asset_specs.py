@@ -20,6 +20,8 @@ from rime_dagster.dbt.asset_specs import DbtAssetSpecs, build_asset_specs, subse
 from rime_dagster.dbt.manifest import ConnectorIndex, ConnectorTable, load_manifest
 from rime_dagster.dbt.translator import RimeDbtTranslator
 
+pytestmark = pytest.mark.slow  # dbt parses every fixture project
+
 NAMESPACE = "shop"
 PROJECTS = {
     "demo_shop": REPO_ROOT / "dbt_projects" / "demo_shop",

@@ -13,6 +13,8 @@ from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import DbtProjectSpec
 from tests.support.dbt import parsed_spec
 
+pytestmark = pytest.mark.slow  # dbt runs
+
 NS, SLUG = "shop", "models"
 A, B = dg.AssetKey([NS, SLUG, "a"]), dg.AssetKey([NS, SLUG, "b"])
 SCHEMA = """

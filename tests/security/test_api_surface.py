@@ -77,6 +77,7 @@ def alias_bomb(levels: int = 9) -> bytes:
 # Item 1: YAML ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("authenticated", [False, True], ids=["without-token", "with-token"])
 def test_yaml_alias_bomb_is_refused_while_the_api_keeps_answering(served: Served, authenticated: bool):
     headers = dict(YAML)
@@ -143,6 +144,7 @@ class TestYamlBodies:
 # Item 5: tokens in logs, WebSocket subprotocol auth ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tokens_in_urls_never_reach_the_logs(served: Served):
     ws_base = served.url.replace("http://", "ws://", 1)
     with pytest.raises(InvalidStatus) as refused:
@@ -258,6 +260,7 @@ class TestAnonymousTraffic:
         assert [denial_status(first, f"{WATCH}?token={ADMIN_TOKEN}") for _ in range(3)] == [404] * 3
         assert denial_status(second, f"{WATCH}?token={ADMIN_TOKEN}") == 429
 
+    @pytest.mark.slow
     def test_an_upload_is_refused_before_its_body_is_read(self, served: Served):
         """Headers that announce 10 MB and a first part: the 401 must come without waiting for the rest."""
         url = urlsplit(served.url)

@@ -268,6 +268,7 @@ def password_catcher() -> Iterator[tuple[int, list[bytes]]]:
         thread.join(5)
 
 
+@pytest.mark.slow
 class TestCredentialsFollowTheirDestination:
     @pytest.mark.parametrize(
         ("patch", "changed"),
@@ -525,6 +526,7 @@ def test_a_connector_recreated_under_a_deleted_ones_name_does_not_inherit_its_ta
 # --- the demo under item 2's default: no folder but the upload area ------------------------------------
 
 
+@pytest.mark.slow
 def test_the_demo_connector_needs_no_path_root(tmp_path):
     from sqlalchemy import select
 

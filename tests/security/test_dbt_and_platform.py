@@ -38,6 +38,8 @@ from rime_dagster.store.session import engine_for, session_scope
 from tests.conftest import ADMIN_TOKEN
 from tests.support.dbt import parsed_spec
 
+pytestmark = pytest.mark.slow  # most of these parse or run dbt
+
 # What `rime up` and the tests' Dagster put in the environment of the platform's processes.
 PLATFORM_SECRETS = {
     "RIME_ADMIN_TOKEN": "rime_sentinel_admin_token_4f1c",

@@ -25,7 +25,10 @@ from rime_dagster.specs import DbtProjectSpec
 from tests.security.test_dbt_and_platform import _dbt_project, _materialize
 from tests.support.dbt import parsed_spec
 
-pytestmark = pytest.mark.skipif(sandbox.abi_version() < 1, reason="this kernel has no Landlock")
+pytestmark = [
+    pytest.mark.skipif(sandbox.abi_version() < 1, reason="this kernel has no Landlock"),
+    pytest.mark.slow,  # dbt parses and runs
+]
 
 # What a Python model tries; each line of its table is (target, outcome).
 PYTHON_PROBE = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from alembic import command
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 from sqlalchemy import select, text
@@ -91,6 +92,7 @@ def test_slugs_are_fixed_at_creation(clients, project, settings):
     assert slugs == {first["id"]: "shop_nightly", second["id"]: "shop_nightly_2"}  # the rename kept its slug
 
 
+@pytest.mark.slow
 def test_a_migrated_pipelines_earlier_runs_stay_in_its_history(clients, project, settings):
     """Runs are found by their rime/ tags, not by job name: a run of the job's old name is still listed."""
     api = clients.admin
