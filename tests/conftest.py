@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import itertools
 import shutil
 import socket
@@ -26,6 +27,17 @@ from rime_dagster.store.session import engine_for, session_scope
 from tests.support.postgres import fresh_database, throwaway_postgres
 
 ADMIN_TOKEN = "rime_test_admin_token_0123456789abcdef"
+
+
+def pytest_collection_finish(session) -> None:
+    """Imports pyiceberg's SQL catalog, which the API imports on first use (the readiness check gives it 2 s in the
+    tests, too little for a first import on a busy machine), then freezes what is imported (Dagster, dbt,
+    pyiceberg: millions of objects), as the API does at start: Python's full garbage collections, which the
+    tests' allocations trigger, then skip all of it."""
+    import pyiceberg.catalog.sql  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.hookimpl(tryfirst=True)
