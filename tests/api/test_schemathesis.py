@@ -44,6 +44,7 @@ from api_shim.main import create_app
 from api_shim.schemas.dbt import DbtProjectUpdate
 from rime_dagster.connectors.landing import land_table
 from rime_dagster.settings import Settings
+from rime_dagster.store.session import engine_for
 from tests.conftest import ADMIN_TOKEN, make_settings
 
 pytestmark = pytest.mark.slow  # every operation, fuzzed
@@ -165,10 +166,11 @@ def _sync(connector_id: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def world_base(tmp_path_factory) -> Iterator[World]:
     tmp_path = tmp_path_factory.mktemp("schemathesis")
-    app = create_app(
-        # Many cases a second from one address: the anonymous limit would answer some with 429.
-        make_settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'rime.db'}", rate_limit_anonymous="100000/minute")
+    # Many cases a second from one address: the anonymous limit would answer some with 429.
+    settings = make_settings(
+        tmp_path, database_url=f"sqlite:///{tmp_path / 'rime.db'}", rate_limit_anonymous="100000/minute"
     )
+    app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:  # runs the lifespan (bootstrap admin)
         client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
         world = World(client=client, http=HttpOnly(app))
@@ -200,6 +202,8 @@ def world_base(tmp_path_factory) -> Iterator[World]:
             "tokenId": world.post(f"/api/v1/users/{user['id']}/tokens", json={"name": "ci"})["id"],
         }
         yield world
+    for read_only in (False, True):  # schemathesis' client holds on to the app until the process ends
+        engine_for(settings.metadata_url, read_only=read_only).dispose()
 
 
 @pytest.fixture
