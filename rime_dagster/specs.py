@@ -16,7 +16,7 @@ from rime_dagster.dbt.manifest import ConnectorTable
 from rime_dagster.dbt.workspace import ProjectFiles, duckdb_path, project_root
 from rime_dagster.resources import MetadataStoreResource, settings
 from rime_dagster.store.generation import current_generation
-from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project
+from rime_dagster.store.models import AlertRule, Connector, DbtProject, Pipeline, Project
 
 if TYPE_CHECKING:
     from rime_dagster.connectors.sources import Source  # imported by build_source: only a run pays for the plug-ins
@@ -111,6 +111,21 @@ class PipelineSpec:
     paused: bool
     retries: int
     timeout_seconds: int | None
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AlertRuleSpec:
+    """What an alert rule's sensor is built from. Only its existence and name: the sensor reads the rule's
+    condition, channels and cursor from the store at each evaluation, so edits need no reload."""
+
+    id: str
+    project_id: str
+    namespace: str
+    name: str
+    slug: str
+    condition_type: str
+    enabled: bool
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,7 @@ class PlatformSpecs:
     connectors: list[ConnectorSpec] = field(default_factory=list)
     dbt_projects: list[DbtProjectSpec] = field(default_factory=list)
     pipelines: list[PipelineSpec] = field(default_factory=list)
+    alert_rules: list[AlertRuleSpec] = field(default_factory=list)
 
 
 def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
@@ -198,11 +214,28 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
                 paused=p.paused,
                 retries=p.retries,
                 timeout_seconds=p.timeout_seconds,
+                triggers=list(p.triggers or []),
             )
             for p in session.scalars(
                 select(Pipeline)
                 .where(Pipeline.project_id.in_(tenant_projects))
                 .order_by(Pipeline.created_at, Pipeline.id)
+            )
+        ]
+        alert_rules = [
+            AlertRuleSpec(
+                id=r.id,
+                project_id=r.project_id,
+                namespace=projects[r.project_id].namespace,
+                name=r.name,
+                slug=r.slug,
+                condition_type=str(r.condition.get("type")),
+                enabled=r.enabled,
+            )
+            for r in session.scalars(
+                select(AlertRule)
+                .where(AlertRule.project_id.in_(tenant_projects))
+                .order_by(AlertRule.created_at, AlertRule.id)
             )
         ]
     return PlatformSpecs(
@@ -211,6 +244,7 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
         connectors=connectors,
         dbt_projects=dbt_projects,
         pipelines=pipelines,
+        alert_rules=alert_rules,
     )
 
 

@@ -1,6 +1,7 @@
 """The definitions generation: a counter that every committed change to what Dagster builds moves on.
 
-A transaction that adds, changes or deletes a project, connector, dbt project or pipeline bumps
+A transaction that adds, changes or deletes a project, connector, dbt project or pipeline (or adds or deletes
+an alert rule) bumps
 `definitions_state.generation` by one just before it commits, and stamps the new value on each
 project it touched (`projects.definitions_generation`). The code location reports the generation it
 was built from, so "has Dagster caught up with this change?" is one integer comparison, across any
@@ -22,12 +23,15 @@ from collections.abc import Callable
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 
-from rime_dagster.store.models import Connector, DbtProject, DefinitionsState, Pipeline, Project
+from rime_dagster.store.models import AlertRule, Connector, DbtProject, DefinitionsState, Pipeline, Project
 from rime_dagster.store.types import utcnow
 
 STATE_ID = 1
-# The rows the code location builds definitions from.
+# The rows the code location builds definitions from: any change to one of these needs a reload.
 TRACKED = (Project, Connector, DbtProject, Pipeline)
+# Rows whose definitions depend only on their existence (an alert rule's sensor reads the rule's row at each
+# evaluation): adding or deleting one needs a reload, editing it does not.
+TRACKED_EXISTENCE = (AlertRule,)
 _TOUCHED = "rime.definitions.touched_projects"
 _BUMPED = "rime.definitions.generation"
 
@@ -64,7 +68,7 @@ def _collect(session: Session, _flush_context: UOWTransaction) -> None:
     # new/dirty/deleted still hold the pre-flush state here.
     touched: set[str] = session.info.setdefault(_TOUCHED, set())
     for obj in (*session.new, *session.deleted):
-        if isinstance(obj, TRACKED) and (project_id := _project_of(obj)):
+        if isinstance(obj, (*TRACKED, *TRACKED_EXISTENCE)) and (project_id := _project_of(obj)):
             touched.add(project_id)
     for obj in session.dirty:
         modified = isinstance(obj, TRACKED) and session.is_modified(obj, include_collections=False)

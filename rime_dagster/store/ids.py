@@ -21,6 +21,7 @@ PREFIXES = {
     "token": "tok",
     "audit": "aud",
     "request": "req",
+    "delivery": "dlv",
 }
 
 

@@ -172,6 +172,155 @@ class Pipeline(TimestampedMixin, Base):
     paused: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     retries: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    # [{type: on_upload, connector_id} | {type: on_success, pipeline_id} | {type: on_table_update, table}]:
+    # each is a Dagster sensor that starts a run per event (rime_dagster/pipelines/triggers.py).
+    triggers: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+
+
+class NotificationChannel(TimestampedMixin, Base):
+    """Where alerts are sent: a webhook, a Slack incoming webhook or an SMTP mailbox."""
+
+    __tablename__ = "notification_channels"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_notification_channels_project_name"),
+        Index("ix_notification_channels_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    channel_type: Mapped[str] = mapped_column(String(20), nullable=False)  # webhook | slack | email
+    # What may be shown: never a secret (a webhook's signing secret, a Slack URL's token, an SMTP password).
+    config: Mapped[dict] = mapped_column(JSON, nullable=False)
+    # Fernet token of the secrets JSON (rime_dagster.store.crypto), like connector credentials.
+    secrets_encrypted: Mapped[str | None] = mapped_column(Text)
+
+
+class EscalationPolicy(TimestampedMixin, Base):
+    """Steps `[{after_minutes, channel_ids}]`: an alert still firing after a step's delay goes to its channels."""
+
+    __tablename__ = "escalation_policies"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_escalation_policies_project_name"),
+        Index("ix_escalation_policies_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    steps: Mapped[list] = mapped_column(JSON, nullable=False)
+
+
+class AlertRule(TimestampedMixin, Base):
+    """A condition watched by a Dagster sensor (rime_dagster/monitoring): the sensor is named from `slug`,
+    fixed at creation; it reads the rule's condition, channels and cursor from this row at each evaluation,
+    so editing a rule needs no reload of the code location (only creating or deleting one does)."""
+
+    __tablename__ = "alert_rules"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_alert_rules_project_name"),
+        UniqueConstraint("project_id", "slug", name="uq_alert_rules_project_slug"),
+        Index("ix_alert_rules_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    slug: Mapped[str] = mapped_column(String(100), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(String(16), nullable=False)
+    # {type: run_failed | run_duration_exceeded | freshness | row_count | dbt_test_failed, ...}
+    condition: Mapped[dict] = mapped_column(JSON, nullable=False)
+    channel_ids: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    escalation_policy_id: Mapped[str | None] = mapped_column(ForeignKey("escalation_policies.id", ondelete="RESTRICT"))
+    # What the rule's sensor should be when Dagster has no state of its own for it; once the sensor is
+    # started or stopped (from the API or the Dagster UI), Dagster's instigator state is the truth.
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    only_final_retry: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # The evaluation cursor, written in the transaction that writes the alerts it led to: a sensor tick
+    # replayed after a daemon restart finds the events already handled and raises nothing twice.
+    cursor: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+
+
+class Alert(Base):
+    """A rule's finding about one target (a run's pipeline, a table, a dbt test).
+
+    `open_key` is `<rule_id>|<target>` while the alert is firing or acknowledged and NULL once resolved:
+    its unique index makes "one open alert per rule and target" hold across sensors and API processes.
+    `rule_id` has no foreign key: an alert outlives its rule, as the audit trail does."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_project_fired", "project_id", "fired_at", "id"),
+        Index("ix_alerts_project_status_fired", "project_id", "status", "fired_at", "id"),
+        Index("ix_alerts_rule_status", "rule_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    rule_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    severity: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="firing")
+    target: Mapped[str] = mapped_column(String(300), nullable=False)
+    open_key: Mapped[str | None] = mapped_column(String(400), unique=True)
+    title: Mapped[str] = mapped_column(String(300), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    # {run_id?, dagster_run_id?, table?, pipeline_id?, connector_id?, dbt_project_id?, check?, ...}
+    context: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    # Times the condition was seen again while the alert was open (a second failing run of the same pipeline).
+    occurrences: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(320))
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_by: Mapped[str | None] = mapped_column(String(320))
+    # Escalation steps already sent (0: none); each step is sent once.
+    escalation_step: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False)
+
+
+class AlertDelivery(Base):
+    """One message of one alert to one channel (the outbox): sent at once, retried with backoff if it fails.
+
+    `reason` is `fired`, `escalation:<step>`, `acknowledged` or `resolved`; the unique key makes each one
+    at most one row, so an escalation step or a replayed tick never sends twice."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "channel_id", "reason", name="uq_alert_deliveries_alert_channel_reason"),
+        Index("ix_alert_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False)
+    channel_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    reason: Mapped[str] = mapped_column(String(40), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    # A sender claims a row until this time, so two senders (a tick and a retry pass) never send it twice.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AlertEvent(Base):
+    """What the alert stream (`/api/v1/ws/alerts`) pushes: written in the transaction that changes the alert,
+    read by one reader per API process, so every process's clients see every change."""
+
+    __tablename__ = "alert_events"
+    __table_args__ = (Index("ix_alert_events_tenant_id", "tenant_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    project_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    alert_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(32), nullable=False)  # alert_fired|alert_acknowledged|alert_resolved
+    # The alert as it was at this event (rime_dagster.monitoring.alerts.alert_payload), as the stream sends it.
+    payload: Mapped[dict] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False, index=True)
 
 
 class AuditLog(Base):

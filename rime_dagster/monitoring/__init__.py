@@ -1,0 +1,1 @@
+"""Monitoring: alert rules evaluated by Dagster sensors, alerts, notification deliveries and escalation."""
