@@ -157,6 +157,37 @@ class Settings(BaseSettings):
     default_run_timeout_seconds: int = Field(
         6 * 3600, ge=0, description="dagster/max_runtime of connector syncs and dbt runs (0: no limit)."
     )
+    # Issue 13: alert notifications (rime_dagster/monitoring/notify.py, delivery.py).
+    alert_delivery_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="Connect and read timeout of one notification (webhook, Slack, each SMTP step): a dead "
+        "channel costs its own delivery this long, never the others'.",
+    )
+    alert_delivery_max_attempts: int = Field(
+        6, ge=1, le=50, description="Attempts of one notification before its delivery is marked failed."
+    )
+    alert_delivery_backoff_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Delay before the second attempt of a failed notification; each further one doubles it "
+        "(with jitter), up to RIME_ALERT_DELIVERY_BACKOFF_MAX_SECONDS.",
+    )
+    alert_delivery_backoff_max_seconds: float = Field(
+        900.0, gt=0, description="Longest delay between two attempts of a failed notification."
+    )
+    alert_ca_file: Path | None = Field(
+        None,
+        description="PEM file of further certificate authorities trusted by HTTPS webhooks and SMTP STARTTLS, "
+        "besides the public ones (certifi): for a company CA.",
+    )
+    alert_sensor_interval_seconds: int = Field(
+        5,
+        ge=1,
+        description="Least time between two evaluations of an alert rule's sensor (and of the escalation "
+        "sensor). Dagster's daemon looks at its sensors at most every 5 s, so lower values change nothing.",
+    )
     env_passthrough: list[str] = Field(
         default_factory=list,
         description='Further environment variables (JSON list of names or "PREFIX_*") that the processes '
