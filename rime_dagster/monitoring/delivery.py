@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+import traceback
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +48,11 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 ESCALATION_PREFIX = "escalation:"
 # Rows claimed by one pass at most: a backlog is worked off over several passes, each of bounded length.
 BATCH = 200
+# A pass starts no send after this long; the rows it claimed but did not start are released for the next pass.
+# It keeps a sensor tick (a rule's, which sends right after evaluating, or the delivery sensor's) well inside
+# Dagster's 60 s limit on one evaluation even when many channels hang at once.
+PASS_SECONDS = 20.0
+RELEASED = "released"
 CHANNEL_DELETED = "The notification channel was deleted."
 
 
@@ -113,9 +120,12 @@ def deliver_due(
     alert_ids: Collection[str] | None = None,
     now: datetime | None = None,
     max_workers: int = 8,
+    budget_seconds: float = PASS_SECONDS,
 ) -> DeliveryReport:
     """Claims the due pending deliveries (of `alert_ids` only, when given), sends each on its own thread and
-    records attempts, outcome, last_error and next_attempt_at. `now`: the clock (tests inject it)."""
+    records attempts, outcome, last_error and next_attempt_at. `now`: the clock (tests inject it);
+    `budget_seconds`: no send starts after this long (the rest waits for the next pass)."""
+    deadline = time.monotonic() + budget_seconds
     clock = now or utcnow()
     if alert_ids is not None and not alert_ids:
         return DeliveryReport()
@@ -126,7 +136,7 @@ def deliver_due(
         with ThreadPoolExecutor(
             max_workers=max(1, min(max_workers, len(jobs))), thread_name_prefix="rime-notify"
         ) as pool:
-            outcomes = list(pool.map(lambda job: _attempt(sessions, settings, job, now), jobs))
+            outcomes = list(pool.map(lambda job: _attempt(sessions, settings, job, now, deadline), jobs))
     waiting = _count_pending(sessions, alert_ids)
     return DeliveryReport(
         sent=outcomes.count(DELIVERED),
@@ -224,8 +234,14 @@ def _job(
     return _Job(delivery.id, claimed_until, delivery.attempts, channel_type, config, secrets, notification, problem)
 
 
-def _attempt(sessions: sessionmaker[Session], settings: Settings, job: _Job, now: datetime | None) -> str:
-    """Sends one claimed row and writes its outcome at once; returns the row's new status."""
+def _attempt(
+    sessions: sessionmaker[Session], settings: Settings, job: _Job, now: datetime | None, deadline: float
+) -> str:
+    """Sends one claimed row and writes its outcome at once; returns the row's new status (RELEASED: the pass
+    ran out of time before this row's turn, so it is left for the next pass, unattempted)."""
+    if time.monotonic() > deadline:
+        _release(sessions, job)
+        return RELEASED
     error: str | None = job.problem
     if error is None and job.channel_type is not None:
         try:
@@ -234,9 +250,21 @@ def _attempt(sessions: sessionmaker[Session], settings: Settings, job: _Job, now
         except DeliveryFailed as exc:
             error = str(exc)
         except Exception as exc:  # a bug must not leave the row claimed and unexplained
-            log.exception("notification %s: unexpected error", job.delivery_id)
             error = scrub(f"Unexpected error: {type(exc).__name__}: {exc}", map(str, job.secrets.values()))
+            # The frames, not the exception's text: that could quote a secret (the message is scrubbed).
+            trace = "".join(traceback.format_tb(exc.__traceback__))
+            log.error("notification %s: %s\n%s", job.delivery_id, error, trace)
     return _record(sessions, settings, job, error, now or utcnow())
+
+
+def _release(sessions: sessionmaker[Session], job: _Job) -> None:
+    with unit_of_work(sessions) as session:
+        session.execute(
+            update(AlertDelivery)
+            .where(AlertDelivery.id == job.delivery_id, AlertDelivery.claimed_until == job.claimed_until)
+            .values(claimed_until=None)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _record(sessions: sessionmaker[Session], settings: Settings, job: _Job, error: str | None, now: datetime) -> str:

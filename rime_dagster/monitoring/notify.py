@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import html
 import json
+import logging
 import smtplib
 import socket
 import ssl
@@ -51,6 +52,8 @@ from rime_dagster.store.models import NotificationChannel, Project
 
 if TYPE_CHECKING:
     from rime_dagster.settings import Settings
+
+log = logging.getLogger(__name__)
 
 CHANNEL_TYPES = ("webhook", "slack", "email")
 # The config keys each type keeps encrypted (NotificationChannel.secrets_encrypted), never shown.
@@ -142,6 +145,9 @@ def send_test(channel: NotificationChannel, *, settings: Settings) -> tuple[bool
         outcome = send(channel.channel_type, channel.config, secrets, notification, settings=settings)
     except DeliveryFailed as exc:
         return False, str(exc)
+    except Exception as exc:  # the API answers {success: false}, never a 500, whatever went wrong
+        log.error("test message to channel %s: unexpected %s", channel.id, type(exc).__name__)
+        return False, scrub(f"Unexpected error: {type(exc).__name__}: {exc}", map(str, secrets.values()))
     return True, f"Test message delivered ({outcome})."
 
 
@@ -250,7 +256,7 @@ def slack_payload(notification: Notification) -> dict[str, Any]:
     ]
     if notification.alert is None:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_escape(_test_text(notification))}})
-        return {"text": text, "blocks": blocks}
+        return {"text": _slack_escape(text), "blocks": blocks}
     fields = [
         {"type": "mrkdwn", "text": f"*{label}*\n{_slack_escape(value)}"[:2000]}
         for label, value in _details(notification)
@@ -263,13 +269,13 @@ def slack_payload(notification: Notification) -> dict[str, Any]:
     if url:
         button = {"type": "button", "text": {"type": "plain_text", "text": "Open the run in Dagster"}, "url": url}
         blocks.append({"type": "actions", "elements": [button]})
-    return {"text": text, "blocks": blocks}
+    return {"text": _slack_escape(text), "blocks": blocks}
 
 
 def email_message(notification: Notification, *, sender: str, recipients: list[str]) -> EmailMessage:
     """Plain text, with a simple HTML alternative."""
     message = EmailMessage()
-    message["Subject"] = f"[Rime] {headline(notification)}"[:250]
+    message["Subject"] = " ".join(f"[Rime] {headline(notification)}".split())[:250]  # one line, whatever the title
     message["From"] = sender
     message["To"] = ", ".join(recipients)
     message["Date"] = format_datetime(datetime.now(UTC))
@@ -450,15 +456,30 @@ class _CheckedSMTP(smtplib.SMTP):
         return super()._get_socket(self._address or host, port, timeout)  # type: ignore[misc]
 
 
+def _email_route(config: Mapping[str, Any]) -> tuple[str, int, str, list[str]]:
+    """(host, port, from address, recipients) of an email channel; DeliveryFailed when they are unusable
+    (the API validates them; this guards against a row changed behind its back)."""
+    host, port, sender, recipients = (
+        config.get("host"),
+        config.get("port", 587),
+        config.get("from_address"),
+        config.get("to"),
+    )
+    if isinstance(recipients, str):
+        recipients = [recipients]
+    if not isinstance(host, str) or not host or not isinstance(sender, str) or not sender or not recipients:
+        raise DeliveryFailed("The email channel needs host, from_address and to.")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise DeliveryFailed("The email channel's port must be a number from 1 to 65535.")
+    if any(not isinstance(address, str) or not address for address in recipients):
+        raise DeliveryFailed("The email channel's recipients must be email addresses.")
+    return host, port, sender, list(recipients)
+
+
 def _send_email(
     config: Mapping[str, Any], secrets: Mapping[str, Any], notification: Notification, settings: Settings
 ) -> str:
-    host = str(config.get("host") or "")
-    port = int(config.get("port") or 587)
-    recipients = [str(address) for address in config.get("to") or []]
-    sender = str(config.get("from_address") or "")
-    if not host or not recipients or not sender:
-        raise DeliveryFailed("The email channel needs host, from_address and to.")
+    host, port, sender, recipients = _email_route(config)
     username, password = config.get("username"), secrets.get("password")
     starttls = bool(config.get("starttls", True))
     if (username or password) and not starttls:

@@ -273,6 +273,40 @@ class TestRetries:
 
 
 class TestClaims:
+    @pytest.mark.slow
+    def test_a_pass_past_its_budget_leaves_the_rest_for_the_next(self, settings, sessions):
+        with http_receiver() as live, silent_server() as hanging_port:
+            # Queued in this order (delivery ids are time-ordered): the hanging channel's row is sent first.
+            hanging_id, live_id = fire_to(
+                settings, [("webhook", {"url": f"http://127.0.0.1:{hanging_port}/x"}), ("webhook", {"url": live.url})]
+            )[0]
+            report = deliver_due(sessions, settings=settings, max_workers=1, budget_seconds=0.5)
+            assert (report.sent, report.retrying, report.waiting) == (0, 1, 2)
+            rows = by_channel(settings)
+            assert (rows[live_id].attempts, rows[live_id].claimed_until, rows[live_id].status) == (0, None, "pending")
+            assert live.received() == []
+            assert deliver_due(sessions, settings=settings).sent == 1
+        assert len(live.received()) == 1
+
+    def test_an_outcome_is_not_written_over_a_claim_taken_meanwhile(self, settings, sessions):
+        """A send outlived its claim and another dispatcher claimed the row: the late outcome is dropped (the
+        other dispatcher's own outcome counts)."""
+        with http_receiver(delay=0.5) as webhook:
+            fire_to(settings, [("webhook", {"url": webhook.url})])
+            passing = threading.Thread(target=deliver_due, args=(sessions,), kwargs={"settings": settings})
+            passing.start()
+            wait_until(webhook.received, timeout=10, what="the request")
+            other_claim = utcnow() + timedelta(minutes=5)
+            with session_scope(settings.metadata_url) as session:
+                session.execute(update(AlertDelivery).values(claimed_until=other_claim))
+            passing.join()
+        [row] = deliveries(settings)
+        assert (row.status, row.attempts, row.claimed_until) == (
+            "pending",
+            0,
+            other_claim.replace(tzinfo=row.claimed_until.tzinfo),
+        )
+
     def test_a_row_claimed_by_another_dispatcher_is_left_alone_until_its_claim_expires(self, settings, sessions):
         with http_receiver() as webhook:
             fire_to(settings, [("webhook", {"url": webhook.url})])
@@ -314,6 +348,7 @@ class TestClaims:
 
 
 class TestSensor:
+    @pytest.mark.slow
     def test_delivery_sensor_sends_what_is_due(self, settings, monkeypatch):
         monkeypatch.setenv("RIME_HOME", str(settings.home))
         monkeypatch.setenv("RIME_SECRET_KEY", "test-secret-key")

@@ -119,13 +119,14 @@ class TestWebhook:
             send("webhook", {"url": f"http://127.0.0.1:{port}/hook"}, {}, notification, settings=settings)
         assert time.monotonic() - started < 1.5
 
-    def test_server_that_never_answers_costs_the_timeout(self, settings, notification):
+    def test_server_that_never_answers_costs_the_timeout(self, tmp_path, notification):
+        settings = make_settings(tmp_path, alert_delivery_timeout_seconds=0.5)
         with silent_server() as port:
             started = time.monotonic()
-            with pytest.raises(DeliveryFailed, match="did not answer within 2 s"):
+            with pytest.raises(DeliveryFailed, match="did not answer within 0.5 s"):
                 send("webhook", {"url": f"http://127.0.0.1:{port}/hook"}, {}, notification, settings=settings)
             elapsed = time.monotonic() - started
-        assert 1.9 < elapsed < 4
+        assert 0.45 < elapsed < 2
 
     def test_only_http_urls(self, settings, notification):
         with pytest.raises(DeliveryFailed, match="http:// or https://"):
@@ -201,7 +202,7 @@ class TestSlack:
         assert button["url"].endswith("/runs/0f3c2a-1111-2222-3333-444455556666")
 
     def test_markup_in_alert_text_is_escaped(self, settings, notification):
-        alert = {**notification.alert, "message": "a <b> & <!channel>", "dagster_url": None}
+        alert = {**notification.alert, "title": "<!here> x", "message": "a <b> & <!channel>", "dagster_url": None}
         with http_receiver() as receiver:
             send(
                 "slack",
@@ -210,7 +211,9 @@ class TestSlack:
                 Notification(**{**notification.__dict__, "alert": alert}),
                 settings=settings,
             )
-        blocks = receiver.received()[0].json()["blocks"]
+        payload = receiver.received()[0].json()
+        blocks = payload["blocks"]
+        assert payload["text"] == "[HIGH] Alert: &lt;!here&gt; x"
         assert blocks[2]["text"]["text"] == "a &lt;b&gt; &amp; &lt;!channel&gt;"
         assert [block["type"] for block in blocks] == ["header", "section", "section"]  # no button without a URL
 
@@ -262,6 +265,16 @@ class TestEmail:
         assert "relation &quot;orders&quot; does not exist" in html
         assert f"href='{notification.alert['dagster_url']}'" in html
 
+    def test_a_title_on_several_lines_is_one_subject_line(self, settings, notification):
+        alert = {**notification.alert, "title": "first\r\nBcc: someone@evil.example"}
+        with smtp_server(tls=None) as server:
+            config = self.config(server, starttls=False, username=None)
+            send("email", config, {}, Notification(**{**notification.__dict__, "alert": alert}), settings=settings)
+        [message] = server.messages
+        assert message["Subject"] == "[Rime] [HIGH] Alert: first Bcc: someone@evil.example"
+        assert message["Bcc"] is None
+        assert server.envelopes[0][1] == ["oncall@example.com", "data@example.com"]
+
     def test_wrong_password_fails_without_showing_it(self, tmp_path, notification, certificates):
         settings = make_settings(tmp_path, alert_ca_file=certificates.ca_file)
         with smtp_server(tls=certificates.server_context(), credentials=("rime", "the-right-one")) as server:
@@ -308,13 +321,14 @@ class TestEmail:
         with pytest.raises(DeliveryFailed, match=f"Could not send through SMTP server 127.0.0.1:{port}"):
             send("email", config, {}, notification, settings=settings)
 
-    def test_silent_smtp_server_costs_the_timeout(self, settings, notification):
+    def test_silent_smtp_server_costs_the_timeout(self, tmp_path, notification):
+        settings = make_settings(tmp_path, alert_delivery_timeout_seconds=0.5)
         with silent_server() as port:
             config = {"host": "127.0.0.1", "port": port, "from_address": "a@x.io", "to": ["b@x.io"]}
             started = time.monotonic()
-            with pytest.raises(DeliveryFailed, match="did not answer within 2 s"):
+            with pytest.raises(DeliveryFailed, match="did not answer within 0.5 s"):
                 send("email", config, {}, notification, settings=settings)
-            assert 1.9 < time.monotonic() - started < 4
+            assert 0.45 < time.monotonic() - started < 2
 
 
 class TestChannelConfig:
@@ -403,6 +417,24 @@ class TestSendTest:
             ok, message = send_test(channel, settings=settings)
         assert not ok
         assert message.startswith(f"Could not connect to http://127.0.0.1:{port}")
+
+    @pytest.mark.parametrize(
+        ("config", "message"),
+        [
+            ({"host": "smtp.example.com", "port": "x", "from_address": "a@x.io", "to": ["b@x.io"]}, "port must be"),
+            ({"host": "smtp.example.com", "port": 25, "from_address": "a@x.io", "to": []}, "needs host, from_address"),
+            (
+                {"host": "smtp.example.com", "port": 25, "from_address": "a@x.io", "to": [None]},
+                "must be email addresses",
+            ),
+        ],
+    )
+    def test_a_broken_email_config_is_reported(self, settings, config, message):
+        with session_scope(settings.metadata_url) as session:
+            channel = add_channel(session, settings, add_project(session), "email", config)
+            ok, said = send_test(channel, settings=settings)
+        assert not ok
+        assert message in said
 
     def test_secrets_encrypted_with_another_key(self, tmp_path, settings):
         other = make_settings(tmp_path / "other", secret_key="another-key")

@@ -93,7 +93,7 @@ def http_receiver(
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     scheme = "https" if tls is not None else "http"
     receiver = HttpReceiver(url=f"{scheme}://{host_in_url}:{server.server_port}{path}", **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield receiver
