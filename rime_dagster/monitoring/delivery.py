@@ -90,8 +90,8 @@ class _Job:
 
 
 def lease(settings: Settings) -> timedelta:
-    """How long a claim lasts: longer than the slowest send (SMTP makes about ten round trips, each with its
-    own timeout), so a live dispatcher's claim never expires under it."""
+    """How long a claim lasts: well past the longest send (notify's deadlines end a webhook after 3 timeouts and
+    an SMTP exchange after its connection plus 4), so a live dispatcher's claim never expires under it."""
     return timedelta(seconds=30 + 12 * settings.alert_delivery_timeout_seconds)
 
 

@@ -33,6 +33,7 @@ import logging
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -307,6 +308,65 @@ def email_message(notification: Notification, *, sender: str, recipients: list[s
 
 # -- HTTP -------------------------------------------------------------------------------------------
 
+# A whole send (every connection, wait and answer of it) ends after this many timeouts: the timeout bounds each
+# wait, not a server that answers a byte at a time. Below the outbox's claim (delivery.lease).
+HTTP_DEADLINE_TIMEOUTS = 3
+SMTP_DEADLINE_TIMEOUTS = 4
+
+
+class Deadline:
+    """Ends a send that runs past `seconds` in all: a timer shuts the watched socket down, which wakes a read
+    blocked on it at once (the reader then fails as on a dropped connection, and `expired` says why).
+
+    Once it is done (`with` left) it touches no socket. While it runs, a socket it shuts down may be being
+    closed by the sending thread: socket.socket then has no descriptor (OSError, ignored)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._done = False
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._done, self._socket = True, None
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._socket = sock
+            if self.expired and not self._done:
+                _shut(sock)
+
+    def trace(self, event_name: str, info: Mapping[str, Any]) -> None:
+        """httpcore's trace hook: watches each socket it connects, then the TLS socket that takes its place."""
+        if event_name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.watch(info["return_value"].get_extra_info("socket"))
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if not self._done:
+                _shut(self._socket)
+
+
+def _shut(sock: socket.socket | None) -> None:
+    # socket.socket's own shutdown, also for a TLS socket: ssl.SSLSocket.shutdown would unwrap it under the
+    # reading thread's feet. A socket closed meanwhile has no descriptor any more: OSError, nothing to do.
+    if sock is None:
+        return
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
 
 @functools.lru_cache(maxsize=8)
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -361,37 +421,46 @@ def post(url: str, body: bytes, headers: Mapping[str, str], settings: Settings) 
         "Host": target.netloc.decode("ascii"),
         **headers,
     }
-    with httpx.Client(
-        timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False, verify=_tls(settings)
-    ) as client:
+    deadline = Deadline(HTTP_DEADLINE_TIMEOUTS * timeout)
+    with (
+        httpx.Client(
+            timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False, verify=_tls(settings)
+        ) as client,
+        deadline,
+    ):
         for index, address in enumerate(addresses):
+            extensions: dict[str, Any] = {"trace": deadline.trace}
+            if target.scheme == "https":
+                extensions["sni_hostname"] = target.host
             request = client.build_request(
                 "POST",
                 target.copy_with(host=address) if address else target,
                 content=body,
                 headers=request_headers,
-                extensions={"sni_hostname": target.host} if target.scheme == "https" else {},
+                extensions=extensions,
             )
             try:
-                return _answer(client.send(request, stream=True), where)
+                return _answer(client.send(request, stream=True), where, deadline)
             except httpx.ConnectError as exc:  # refused or unreachable: fast, so try the name's next address
-                if index == len(addresses) - 1:
+                if index == len(addresses) - 1 or deadline.expired:
                     raise DeliveryFailed(f"Could not connect to {where}: {_reason(exc)}.") from None
             except httpx.TimeoutException:
                 raise DeliveryFailed(f"{where} did not answer within {timeout:g} s.") from None
             except httpx.HTTPError as exc:
+                if deadline.expired:
+                    raise DeliveryFailed(f"{where} did not finish answering within {deadline.seconds:g} s.") from None
                 raise DeliveryFailed(f"Sending to {where} failed: {_reason(exc)}.") from None
     raise DeliveryFailed(f"Could not connect to {where}.")  # no addresses: checked_addresses raised already
 
 
-def _answer(response: httpx.Response, where: str) -> str:
+def _answer(response: httpx.Response, where: str, deadline: Deadline) -> str:
     try:
         status = response.status_code
         if 200 <= status < 300:
             return f"HTTP {status}"
         if 300 <= status < 400:
             raise DeliveryFailed(f"HTTP {status} from {where}: redirects are not followed.")
-        quoted = _first_bytes(response).decode("utf-8", "replace").strip()
+        quoted = "" if deadline.expired else _first_bytes(response).decode("utf-8", "replace").strip()
         said = f": {quoted[:_QUOTED_BYTES]}" if quoted else ""
         raise DeliveryFailed(f"HTTP {status} from {where}{said}")
     finally:
@@ -448,12 +517,15 @@ class _CheckedSMTP(smtplib.SMTP):
     """smtplib's client, connected to an address checked against the deny list; the server's name is still
     what STARTTLS verifies the certificate against."""
 
-    def __init__(self, host: str, port: int, address: str | None, *, timeout: float):
+    def __init__(self, host: str, port: int, address: str | None, *, timeout: float, deadline: Deadline):
         self._address = address
+        self._deadline = deadline
         super().__init__(host, port, local_hostname=socket.gethostname() or "localhost", timeout=timeout)
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        return super()._get_socket(self._address or host, port, timeout)  # type: ignore[misc]
+        sock = super()._get_socket(self._address or host, port, timeout)  # type: ignore[misc]
+        self._deadline.watch(sock)
+        return sock
 
 
 def _email_route(config: Mapping[str, Any]) -> tuple[str, int, str, list[str]]:
@@ -487,31 +559,37 @@ def _send_email(
     message = email_message(notification, sender=sender, recipients=recipients)
     where = f"{host}:{port}"
     addresses = checked_addresses(host, port, settings, field="host")
+    deadline = Deadline(SMTP_DEADLINE_TIMEOUTS * settings.alert_delivery_timeout_seconds)
     try:
-        with _connect_smtp(host, port, addresses, settings) as smtp:
+        with deadline, _connect_smtp(host, port, addresses, settings, deadline) as smtp:
             if starttls:  # smtplib refuses (SMTPNotSupportedError) when the server does not offer it
                 smtp.starttls(context=_tls(settings))
+                deadline.watch(smtp.sock)
                 smtp.ehlo()
             if username or password:
                 smtp.login(str(username or ""), str(password or ""))
             refused = smtp.send_message(message)
     except OSError as exc:  # smtplib's errors, timeouts, TLS errors and refused connections are all OSErrors
+        if deadline.expired:
+            raise DeliveryFailed(f"SMTP server {where} did not finish within {deadline.seconds:g} s.") from None
         raise DeliveryFailed(_smtp_reason(exc, where, settings)) from None
     accepted = len(recipients) - len(refused)
     note = f"; refused: {', '.join(sorted(refused))}" if refused else ""
     return f"250 OK: accepted for {accepted} recipient{'s' if accepted != 1 else ''}{note}"
 
 
-def _connect_smtp(host: str, port: int, addresses: list[str | None], settings: Settings) -> _CheckedSMTP:
+def _connect_smtp(
+    host: str, port: int, addresses: list[str | None], settings: Settings, deadline: Deadline
+) -> _CheckedSMTP:
     """Connects to the first address that takes the connection (a refused one is quick to try past)."""
     timeout = settings.alert_delivery_timeout_seconds
     for address in addresses[:-1]:
         try:
-            return _CheckedSMTP(host, port, address, timeout=timeout)
+            return _CheckedSMTP(host, port, address, timeout=timeout, deadline=deadline)
         except OSError as exc:
             if isinstance(exc, TimeoutError | smtplib.SMTPException):  # slow to try again; or it answered
                 raise
-    return _CheckedSMTP(host, port, addresses[-1], timeout=timeout)
+    return _CheckedSMTP(host, port, addresses[-1], timeout=timeout, deadline=deadline)
 
 
 def _smtp_reason(exc: BaseException, where: str, settings: Settings) -> str:

@@ -22,7 +22,13 @@ from rime_dagster.monitoring.notify import (
 from rime_dagster.store.session import session_scope
 from tests.conftest import closed_port, make_settings
 from tests.monitoring.outbox import add_channel, add_project, add_rule, fire
-from tests.support.receivers import http_receiver, make_certificates, silent_server, smtp_server
+from tests.support.receivers import (
+    http_receiver,
+    make_certificates,
+    silent_server,
+    smtp_server,
+    trickling_server,
+)
 
 SECRET = "whsec_0123456789abcdef"
 SLACK_TOKEN_PATH = "/services/T0AAA/B0BBB/xoxbSuperSecretToken42"
@@ -127,6 +133,26 @@ class TestWebhook:
                 send("webhook", {"url": f"http://127.0.0.1:{port}/hook"}, {}, notification, settings=settings)
             elapsed = time.monotonic() - started
         assert 0.45 < elapsed < 2
+
+    @pytest.mark.slow
+    def test_a_server_trickling_its_answer_is_cut_off(self, tmp_path, notification):
+        """Each byte comes within the timeout, so only the deadline of the whole send (3 timeouts) ends it."""
+        settings = make_settings(tmp_path, alert_delivery_timeout_seconds=0.5)
+        with trickling_server(b"HTTP/1.1 200 OK\r\nX-Slow: ") as port:
+            started = time.monotonic()
+            with pytest.raises(DeliveryFailed, match="did not finish answering within 1.5 s"):
+                send("webhook", {"url": f"http://127.0.0.1:{port}/hook"}, {}, notification, settings=settings)
+            assert 1.4 < time.monotonic() - started < 3
+
+    @pytest.mark.slow
+    def test_a_tls_server_trickling_its_answer_is_cut_off(self, tmp_path, notification, certificates):
+        settings = make_settings(tmp_path, alert_delivery_timeout_seconds=0.5, alert_ca_file=certificates.ca_file)
+        with http_receiver(tls=certificates.server_context(), host_in_url="localhost", trickle=0.1) as receiver:
+            started = time.monotonic()
+            with pytest.raises(DeliveryFailed, match="did not finish answering within 1.5 s"):
+                send("webhook", {"url": receiver.url}, {}, notification, settings=settings)
+            assert 1.4 < time.monotonic() - started < 3
+        assert len(receiver.received()) == 1
 
     def test_only_http_urls(self, settings, notification):
         with pytest.raises(DeliveryFailed, match="http:// or https://"):
@@ -274,6 +300,16 @@ class TestEmail:
         assert message["Subject"] == "[Rime] [HIGH] Alert: first Bcc: someone@evil.example"
         assert message["Bcc"] is None
         assert server.envelopes[0][1] == ["oncall@example.com", "data@example.com"]
+
+    @pytest.mark.slow
+    def test_a_server_trickling_its_greeting_is_cut_off(self, tmp_path, notification):
+        settings = make_settings(tmp_path, alert_delivery_timeout_seconds=0.5)
+        with trickling_server(b"220 ") as port:
+            config = {"host": "127.0.0.1", "port": port, "from_address": "a@x.io", "to": ["b@x.io"]}
+            started = time.monotonic()
+            with pytest.raises(DeliveryFailed, match="did not finish within 2 s"):
+                send("email", config, {}, notification, settings=settings)
+            assert 1.9 < time.monotonic() - started < 3.5
 
     def test_wrong_password_fails_without_showing_it(self, tmp_path, notification, certificates):
         settings = make_settings(tmp_path, alert_ca_file=certificates.ca_file)

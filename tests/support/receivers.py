@@ -48,6 +48,7 @@ class HttpReceiver:
     delay: float = 0.0
     answer_body: bytes = b"ok"
     location: str | None = None  # the Location header of a 3xx answer
+    trickle: float | None = None  # answer with a header line that gains a byte every `trickle` seconds, forever
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -77,12 +78,25 @@ def http_receiver(
                 receiver.requests.append(Received(self.path, dict(self.headers.items()), body, time.monotonic()))
             if receiver.delay:
                 time.sleep(receiver.delay)
+            if receiver.trickle is not None:
+                self.trickle_forever(receiver.trickle)
+                return
             self.send_response(status)
             if receiver.location and 300 <= status < 400:
                 self.send_header("Location", receiver.location)
             self.send_header("Content-Length", str(len(receiver.answer_body)))
             self.end_headers()
             self.wfile.write(receiver.answer_body)
+
+        def trickle_forever(self, every: float) -> None:
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while True:
+                    self.wfile.flush()
+                    time.sleep(every)
+                    self.wfile.write(b"x")
+            except OSError:  # the client gave up
+                self.close_connection = True
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -109,6 +123,40 @@ def silent_server() -> Iterator[int]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)
         yield listener.getsockname()[1]
+
+
+@contextmanager
+def trickling_server(first: bytes, *, every: float = 0.1) -> Iterator[int]:
+    """A port whose server answers each connection with `first`, then one more byte every `every` seconds,
+    never finishing (a header line or an SMTP greeting that never ends); yields the port."""
+    stop = threading.Event()
+
+    def trickle(connection: socket.socket) -> None:
+        with connection:
+            try:
+                connection.sendall(first)
+                while not stop.wait(every):
+                    connection.sendall(b"x")
+            except OSError:  # the client gave up and closed
+                pass
+
+    def serve(listener: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=trickle, args=(connection,), daemon=True).start()
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        threading.Thread(target=serve, args=(listener,), daemon=True).start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            stop.set()
+            listener.shutdown(socket.SHUT_RDWR)
 
 
 # -- certificates -------------------------------------------------------------------------------------
