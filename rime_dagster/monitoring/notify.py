@@ -11,7 +11,16 @@ escalation) with the headers
 (the signature only when the channel has a secret). A receiver recomputes the HMAC over the timestamp header, a
 dot and the raw body bytes, compares it in constant time, and rejects a timestamp more than a few minutes from
 its own clock: a captured request cannot be replayed later, and the body cannot be changed (the scheme of
-Stripe's and Slack's signatures). A 2xx answer is delivered; redirects are not followed (a 3xx fails).
+Stripe's and Slack's signatures). In Python:
+
+    signed = timestamp.encode() + b"." + raw_body
+    expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    ok = hmac.compare_digest(expected, signature_header) and abs(time.time() - int(timestamp)) < 300
+
+A 2xx answer is delivered; redirects are not followed (a 3xx fails).
+
+How long a send takes. RIME_ALERT_DELIVERY_TIMEOUT_SECONDS bounds each connect and each wait for an answer, and
+a Deadline ends a whole send after 3 of them (webhook, Slack) or 4 (SMTP), however the server trickles its answer.
 
 Where messages go. The host of a URL (or an SMTP server) is resolved at send time and refused when any of its
 addresses is in RIME_CONNECTOR_HOSTS_DENY, as connector hosts are; the connection then goes to the address that
