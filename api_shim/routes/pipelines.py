@@ -56,7 +56,9 @@ def list_pipelines(
     responses=error_responses(404, 409, 422),
     summary="Create a pipeline",
     description="JSON, or YAML with `Content-Type: application/yaml`. An invalid DAG (cycle, unknown step, "
-    "unknown resource, another project's resource) is a 422 naming the step.",
+    "unknown resource, another project's resource) is a 422 naming the step; a trigger that cannot start this "
+    "pipeline (unknown or unfit connector, pipeline or table, a loop of `on_success` triggers) a 422 naming "
+    "`triggers[i]`.",
     openapi_extra=yaml_body("PipelineCreate"),
 )
 def create_pipeline(id: str, body: PipelineCreate, principal: Engineer, session: SessionDep) -> PipelineDetail:
@@ -94,7 +96,8 @@ def update_pipeline(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(404, 409),
     summary="Delete a pipeline",
-    description="Refused with 409 while another pipeline of the project has a step that runs it.",
+    description="Refused with 409 while another pipeline of the project has a step that runs it, or an "
+    "`on_success` trigger on it.",
 )
 def delete_pipeline(id: str, pipelineId: str, principal: Engineer, session: SessionDep) -> None:
     service.delete(session, get_project(session, id, tenant_id=principal.tenant_id), pipelineId)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -11,6 +11,14 @@ from api_shim.pagination import Page
 from api_shim.schemas.common import RequestModel, ResponseModel, Timestamp
 from api_shim.schemas.connectors import _ScheduleMixin
 from rime_dagster.pipelines.spec import MAX_STEPS, StepBody
+from rime_dagster.pipelines.trigger_spec import MAX_TRIGGERS, TriggerBody
+
+TRIGGERS_DESCRIPTION = (
+    "What starts a run besides the schedule, each a Dagster sensor: `on_upload` (each new or changed file in a "
+    "`files` connector's upload area starts one run; a `connector_sync` step of the pipeline must sync that "
+    "connector), `on_success` (each successful run of another pipeline), `on_table_update` (a new snapshot of a "
+    "table of the project; not one the pipeline writes itself). Events before a trigger was added start nothing."
+)
 
 
 class PipelineCreate(_ScheduleMixin, RequestModel):
@@ -21,6 +29,7 @@ class PipelineCreate(_ScheduleMixin, RequestModel):
     schedule: str | None = Field(None, description="5-field cron, run by a Dagster schedule; null = manual only.")
     retries: int = Field(0, ge=0, le=10, description="Retries of a failed step.")
     timeout_seconds: int | None = Field(None, ge=1, le=7 * 24 * 3600, description="The whole run's limit.")
+    triggers: list[TriggerBody] = Field(default_factory=list, max_length=MAX_TRIGGERS, description=TRIGGERS_DESCRIPTION)
 
 
 class PipelineUpdate(_ScheduleMixin, RequestModel):
@@ -33,7 +42,14 @@ class PipelineUpdate(_ScheduleMixin, RequestModel):
     schedule: str | None = None
     retries: int | None = Field(None, ge=0, le=10)
     timeout_seconds: int | None = Field(None, ge=1, le=7 * 24 * 3600)
-    status: Literal["active", "paused"] | None = Field(None, description="`paused` stops the schedule.")
+    status: Literal["active", "paused"] | None = Field(
+        None, description="`paused` stops the schedule and the triggers' sensors."
+    )
+    triggers: list[TriggerBody] | None = Field(
+        None,
+        max_length=MAX_TRIGGERS,
+        description="Replaces the triggers; one kept (same type and target) keeps its `since` and its sensor.",
+    )
 
 
 class Step(ResponseModel):
@@ -62,6 +78,31 @@ class Dag(ResponseModel):
     edges: list[DagEdge]
 
 
+class _TriggerInfo(ResponseModel):
+    since: Timestamp = Field(description="When the trigger was added: earlier events start no run.")
+    sensor_name: str = Field(description="Its Dagster sensor, `<namespace>__<pipeline slug>__<type>[_<n>]`.")
+
+
+class OnUploadTriggerInfo(_TriggerInfo):
+    type: Literal["on_upload"]
+    connector_id: str
+
+
+class OnSuccessTriggerInfo(_TriggerInfo):
+    type: Literal["on_success"]
+    pipeline_id: str
+
+
+class OnTableUpdateTriggerInfo(_TriggerInfo):
+    type: Literal["on_table_update"]
+    table: str
+
+
+PipelineTrigger = Annotated[
+    OnUploadTriggerInfo | OnSuccessTriggerInfo | OnTableUpdateTriggerInfo, Field(discriminator="type")
+]
+
+
 class PipelineResponse(ResponseModel):
     id: str
     name: str
@@ -72,6 +113,7 @@ class PipelineResponse(ResponseModel):
     status: Literal["active", "paused"]
     retries: int
     timeout_seconds: int | None
+    triggers: list[PipelineTrigger] = Field(description=TRIGGERS_DESCRIPTION)
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -153,6 +195,19 @@ class PipelineStepRun(ResponseModel):
     attempts: int = Field(description="Times Dagster started the step (retries included).")
 
 
+class TriggerEvent(ResponseModel):
+    """What started a triggered run; the fields of its `type` are set, the others null."""
+
+    type: Literal["on_upload", "on_success", "on_table_update"]
+    connector_id: str | None = Field(None, description="on_upload: the connector whose upload area got the file.")
+    file: str | None = Field(None, description="on_upload: the file's name in the upload area.")
+    pipeline_id: str | None = Field(None, description="on_success: the pipeline whose run succeeded.")
+    run_id: str | None = Field(None, description="on_success: that run (`run_...`, as its run history names it).")
+    dagster_run_id: str | None = Field(None, description="on_success: that run's Dagster id.")
+    table: str | None = Field(None, description="on_table_update: the table.")
+    snapshot_id: str | None = Field(None, description="on_table_update: its new snapshot.")
+
+
 class PipelineRun(ResponseModel):
     run_id: str
     dagster_run_id: str
@@ -163,6 +218,9 @@ class PipelineRun(ResponseModel):
         description="Who started it: the API, the pipeline's schedule, a sensor, or Dagster (UI, CLI, GraphQL)."
     )
     triggered_by: str | None = Field(description="The API user who started it.")
+    trigger_event: TriggerEvent | None = Field(
+        description="A run a pipeline trigger started (`trigger: sensor`): the event that started it."
+    )
     full_refresh: bool
     variables: dict[str, Any]
     started_at: Timestamp | None

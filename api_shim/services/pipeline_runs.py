@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_shim.dagster_client import RUN_STATUS, DagsterClient, to_dagster_run_id
+from api_shim.dagster_client import RUN_STATUS, DagsterClient, to_dagster_run_id, to_rime_run_id
 from api_shim.errors import Conflict, NotFound, RateLimited, RimeError
 from api_shim.pagination import CursorCodec
 from api_shim.schemas.pipelines import (
@@ -30,6 +30,7 @@ from api_shim.schemas.pipelines import (
     PipelineRunStarted,
     PipelineStepRun,
     PlannedStep,
+    TriggerEvent,
 )
 from api_shim.services.auth import Principal, authenticate
 from api_shim.services.pipelines import check_steps, get_pipeline, steps_of
@@ -119,9 +120,22 @@ def log_line(record: EventLogRecord, fold: RunFold | None = None) -> dict[str, A
 def trigger_of(tags: Mapping[str, str]) -> str:
     if tags.get("dagster/schedule_name"):
         return "schedule"
-    if tags.get("dagster/sensor_name"):
+    if tags.get("dagster/sensor_name") or tags.get(run_tags.TRIGGER) == run_tags.TRIGGER_SENSOR:
         return "sensor"
     return "api" if tags.get(run_tags.TRIGGERED_BY) else "dagster"
+
+
+def trigger_event(tags: Mapping[str, str]) -> TriggerEvent | None:
+    """The event a pipeline trigger's sensor started the run for (rime_dagster/pipelines/triggers.py)."""
+    event = run_tags.trigger_event_of(tags)
+    if event is None:
+        return None
+    if event.get("type") == "on_success" and isinstance(event.get("run_id"), str):
+        event = {**event, "run_id": to_rime_run_id(event["run_id"]), "dagster_run_id": event["run_id"]}
+    try:
+        return TriggerEvent.model_validate(event)
+    except ValueError:  # a tag edited by hand in the Dagster UI: no event, rather than a failed list
+        return None
 
 
 def fold_run(client: DagsterClient, record: RunRecord, steps: Sequence[StepBody]) -> RunFold:
@@ -222,6 +236,7 @@ def pipeline_run(dagster: DagsterClient, row: Pipeline, record: RunRecord) -> Pi
         pipeline_id=row.id,
         trigger=trigger_of(tags),
         triggered_by=tags.get(run_tags.TRIGGERED_BY),
+        trigger_event=trigger_event(tags),
         full_refresh=run_tags.is_set(tags, run_tags.FULL_REFRESH),
         variables=variables,
         error=(failed[0] if failed else fold.run_error) if view.status == "failed" else None,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -19,6 +21,7 @@ from api_shim.schemas.pipelines import (
     PipelineResponse,
     PipelineUpdate,
 )
+from rime_dagster.connectors.sources.files.config import FilesConfig
 from rime_dagster.pipelines.spec import (
     ConnectorSyncConfig,
     DagError,
@@ -30,6 +33,17 @@ from rime_dagster.pipelines.spec import (
     parse_step_config,
     validate_dag,
 )
+from rime_dagster.pipelines.trigger_spec import (
+    TARGET_FIELD,
+    OnSuccessTrigger,
+    OnTableUpdateTrigger,
+    OnUploadTrigger,
+    TriggerBody,
+    TriggerError,
+    sensor_suffixes,
+    stored_triggers,
+)
+from rime_dagster.platform.names import dagster_name
 from rime_dagster.store import slugs
 from rime_dagster.store.ids import new_id
 from rime_dagster.store.models import Connector, DbtProject, Pipeline, Project
@@ -119,6 +133,162 @@ def _check_sub_pipeline(
                     stack.append(child)
 
 
+# Triggers ------------------------------------------------------------------------------------------------------
+
+Trigger = OnUploadTrigger | OnSuccessTrigger | OnTableUpdateTrigger
+_TRIGGERS: TypeAdapter[list[Trigger]] = TypeAdapter(list[TriggerBody])
+
+
+class _ProjectIndex:
+    """The project's connectors, dbt projects and pipelines, read once for checking a pipeline's triggers."""
+
+    def __init__(self, session: Session, project: Project) -> None:
+        self.connectors = {
+            c.id: c for c in session.scalars(select(Connector).where(Connector.project_id == project.id))
+        }
+        self.dbt_slugs = {
+            d.slug: d.id for d in session.scalars(select(DbtProject).where(DbtProject.project_id == project.id))
+        }
+        self.pipelines = {p.id: p for p in session.scalars(select(Pipeline).where(Pipeline.project_id == project.id))}
+
+    def steps_run_by(self, steps: Sequence[StepBody]) -> Iterator[StepBody]:
+        """The steps a run executes: these, and those of the pipelines they embed (each pipeline once)."""
+        stack, seen = list(steps), set[str]()
+        while stack:
+            step = stack.pop()
+            yield step
+            target = step.config.get("pipeline_id") if step.type == "pipeline" else None
+            if isinstance(target, str) and target not in seen and target in self.pipelines:
+                seen.add(target)
+                stack.extend(steps_of(self.pipelines[target]))
+
+    def table_owner(self, table: str) -> tuple[str, str] | None:
+        """("connector" | "dbt", its id) for a table of the project's connectors or dbt projects, else None."""
+        prefix, _, name = table.partition("__")
+        connector = next((c for c in self.connectors.values() if c.table_prefix == prefix), None)
+        if connector is not None:
+            return ("connector", connector.id) if name in connector.tables else None
+        return ("dbt", self.dbt_slugs[prefix]) if name and prefix in self.dbt_slugs else None
+
+
+def stored_trigger_bodies(row: Pipeline) -> list[Trigger]:
+    return _TRIGGERS.validate_python([{k: t[k] for k in ("type", TARGET_FIELD[t["type"]])} for t in row.triggers])
+
+
+def check_triggers(
+    session: Session,
+    project: Project,
+    triggers: Sequence[Trigger],
+    steps: Sequence[StepBody],
+    *,
+    pipeline_id: str | None,
+) -> None:
+    """Each trigger names a resource of the project that can start this pipeline (422 naming `triggers[i]`)."""
+    if not triggers:
+        return
+    index = _ProjectIndex(session, project)
+    run_steps = list(index.steps_run_by(steps))
+    for i, trigger in enumerate(triggers):
+        field = f"triggers.{i}.{TARGET_FIELD[trigger.type]}"
+        if isinstance(trigger, OnUploadTrigger):
+            message = _upload_trigger_problem(trigger, index, run_steps)
+        elif isinstance(trigger, OnSuccessTrigger):
+            message = _success_trigger_problem(trigger, index, pipeline_id)
+        else:
+            message = _table_trigger_problem(trigger, index, run_steps)
+        if message:
+            raise _refused(f"triggers[{i}]: {message}", field)
+
+
+def _upload_trigger_problem(trigger: OnUploadTrigger, index: _ProjectIndex, run_steps: list[StepBody]) -> str | None:
+    connector = index.connectors.get(trigger.connector_id)
+    if connector is None:
+        return f"no connector {trigger.connector_id} in this project."
+    if connector.connector_type != "files" or FilesConfig.model_validate(connector.config).path is not None:
+        return f"connector '{connector.name}' has no upload area (only a `files` connector without a `path` has one)."
+    synced = {
+        s.config.get("connector_id") for s in run_steps if s.type == "connector_sync" and isinstance(s.config, dict)
+    }
+    if connector.id not in synced:
+        return (
+            f"no connector_sync step of this pipeline syncs connector '{connector.name}': the run an upload "
+            "starts would not sync the file."
+        )
+    return None
+
+
+def _success_trigger_problem(trigger: OnSuccessTrigger, index: _ProjectIndex, pipeline_id: str | None) -> str | None:
+    """The other pipeline exists, and its success can never come back to start it again (a loop of triggers)."""
+    upstream = trigger.pipeline_id
+    if upstream == pipeline_id:
+        return "a pipeline cannot start after its own success."
+    if upstream not in index.pipelines:
+        return f"no pipeline {upstream} in this project."
+    if pipeline_id is None:  # a new pipeline: no other pipeline's trigger can name it yet
+        return None
+    # This pipeline's success starts the pipelines with an on_success trigger on it, theirs others...
+    started_by = _success_followers(index.pipelines.values())
+    path, stack, seen = {pipeline_id: [pipeline_id]}, [pipeline_id], {pipeline_id}
+    while stack:
+        current = stack.pop()
+        for follower in started_by.get(current, []):
+            if follower == upstream:
+                names = [index.pipelines[p].name for p in [upstream, *path[current]] if p in index.pipelines]
+                return f"a loop of triggers: {' -> '.join(names)} -> {index.pipelines[upstream].name}."
+            if follower not in seen:
+                seen.add(follower)
+                path[follower] = [*path[current], follower]
+                stack.append(follower)
+    return None
+
+
+def _success_followers(pipelines: Iterable[Pipeline]) -> dict[str, list[str]]:
+    """{pipeline id: the pipelines its success starts}, from the stored on_success triggers."""
+    followers: dict[str, list[str]] = {}
+    for p in pipelines:
+        for t in p.triggers:
+            if t.get("type") == "on_success":
+                followers.setdefault(str(t.get("pipeline_id")), []).append(p.id)
+    return followers
+
+
+def _table_trigger_problem(
+    trigger: OnTableUpdateTrigger, index: _ProjectIndex, run_steps: list[StepBody]
+) -> str | None:
+    owner = index.table_owner(trigger.table)
+    if owner is None:
+        return f"'{trigger.table}' is not a table of this project's connectors or dbt projects."
+    if any(_writes(step, trigger.table, owner) for step in run_steps):
+        return f"a run of this pipeline writes {trigger.table} itself, so each run would start the next."
+    return None
+
+
+def _writes(step: StepBody, table: str, owner: tuple[str, str]) -> bool:
+    """Whether the step commits a snapshot of `table` (owned by `owner`)."""
+    config: Mapping[str, Any] = step.config if isinstance(step.config, dict) else {}
+    kind, owner_id = owner
+    if step.type == "connector_sync" and kind == "connector" and config.get("connector_id") == owner_id:
+        tables = config.get("tables")
+        return not tables or table.partition("__")[2] in tables
+    if step.type == "dbt" and kind == "dbt":
+        return config.get("dbt_project_id") == owner_id
+    return step.type == "table_maintenance" and config.get("table") == table and config.get("operation") == "compact"
+
+
+def _stored(bodies: Sequence[Trigger], previous: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The triggers to store (rime_dagster.pipelines.trigger_spec.stored_triggers); the same one twice is a 400."""
+    try:
+        return stored_triggers(bodies, previous)
+    except TriggerError as exc:
+        raise ValidationFailed.field(f"triggers.{exc.index}", str(exc)) from None
+
+
+def triggering_pipelines(session: Session, project: Project, pipeline_id: str) -> list[str]:
+    """Names of the project's pipelines with an on_success trigger on `pipeline_id`."""
+    pipelines = session.scalars(select(Pipeline).where(Pipeline.project_id == project.id))
+    return [p.name for p in pipelines if pipeline_id in _success_followers([p])]
+
+
 def _ensure_name_free(session: Session, project_id: str, name: str, *, except_id: str | None = None) -> None:
     clash = session.scalar(select(Pipeline.id).where(Pipeline.project_id == project_id, Pipeline.name == name))
     if clash is not None and clash != except_id:
@@ -132,6 +302,8 @@ def _dump(steps: list[StepBody]) -> list[dict[str, Any]]:
 def create_pipeline(session: Session, project: Project, body: PipelineCreate) -> Pipeline:
     _ensure_name_free(session, project.id, body.name)
     check_steps(session, project, body.steps, pipeline_id=None)
+    triggers = _stored(body.triggers, [])
+    check_triggers(session, project, body.triggers, body.steps, pipeline_id=None)
     row = Pipeline(
         id=new_id("pipeline"),
         project_id=project.id,
@@ -143,6 +315,7 @@ def create_pipeline(session: Session, project: Project, body: PipelineCreate) ->
         schedule=body.schedule,
         retries=body.retries,
         timeout_seconds=body.timeout_seconds,
+        triggers=triggers,
     )
     session.add(row)
     try:
@@ -154,7 +327,7 @@ def create_pipeline(session: Session, project: Project, body: PipelineCreate) ->
 
 def update_pipeline(session: Session, project: Project, row: Pipeline, body: PipelineUpdate) -> Pipeline:
     changes = body.model_dump(exclude_unset=True)
-    for field in ("name", "steps", "retries"):
+    for field in ("name", "steps", "retries", "triggers"):
         if field in changes and changes[field] is None:
             raise ValidationFailed.field(field, "Cannot be null.")
     # Past the check above, a name or steps not None is one the body sets.
@@ -164,6 +337,8 @@ def update_pipeline(session: Session, project: Project, row: Pipeline, body: Pip
     if body.steps is not None:
         check_steps(session, project, body.steps, pipeline_id=row.id)
         row.steps = _dump(body.steps)
+    if body.steps is not None or body.triggers is not None:
+        _update_triggers(session, project, row, body.triggers)
     for field in ("description", "schedule", "retries", "timeout_seconds"):
         if field in changes:
             setattr(row, field, changes[field])
@@ -173,6 +348,19 @@ def update_pipeline(session: Session, project: Project, row: Pipeline, body: Pip
         row.paused = body.status == "paused"
     session.flush()
     return row
+
+
+def _update_triggers(session: Session, project: Project, row: Pipeline, triggers: list[Trigger] | None) -> None:
+    """Stores new triggers (kept ones keep their `since`), and checks them, or the stored ones against new steps."""
+    if triggers is not None:
+        row.triggers = _stored(triggers, row.triggers or [])
+    check_triggers(
+        session,
+        project,
+        triggers if triggers is not None else stored_trigger_bodies(row),
+        steps_of(row),
+        pipeline_id=row.id,
+    )
 
 
 def referencing_pipelines(session: Session, project: Project, pipeline_id: str) -> list[str]:
@@ -194,16 +382,20 @@ PIPELINES = Listing(
 )
 
 
-def pipeline_response(row: Pipeline) -> PipelineResponse:
+def pipeline_response(row: Pipeline, project: Project) -> PipelineResponse:
     steps = [{**s.model_dump(), "name": s.name or s.id} for s in steps_of(row)]
-    return PipelineResponse.of(row, steps=steps, status=active_or_paused(row.paused))
+    triggers = [
+        {**t, "sensor_name": dagster_name(project.namespace, row.slug, suffix)}
+        for t, suffix in zip(row.triggers, sensor_suffixes(row.triggers), strict=True)
+    ]
+    return PipelineResponse.of(row, steps=steps, status=active_or_paused(row.paused), triggers=triggers)
 
 
-def pipeline_detail(row: Pipeline) -> PipelineDetail:
+def pipeline_detail(row: Pipeline, project: Project) -> PipelineDetail:
     """The pipeline with its DAG and the order a run takes its steps."""
     steps = steps_of(row)
     return PipelineDetail.of(
-        pipeline_response(row), dag=Dag.model_validate(dag_of(steps)), execution_order=validate_dag(steps)
+        pipeline_response(row, project), dag=Dag.model_validate(dag_of(steps)), execution_order=validate_dag(steps)
     )
 
 
@@ -211,26 +403,34 @@ def list_page(session: Session, codec: CursorCodec, project: Project, page: Page
     result = PIPELINES.page(
         session, select(Pipeline).where(Pipeline.project_id == project.id), page, codec, {"project": project.id}
     )
-    return result.as_page(PipelineList, pipeline_response)
+    return result.as_page(PipelineList, lambda row: pipeline_response(row, project))
 
 
 def create(session: Session, project: Project, body: PipelineCreate) -> PipelineDetail:
-    return pipeline_detail(create_pipeline(session, project, body))
+    return pipeline_detail(create_pipeline(session, project, body), project)
 
 
 def describe(session: Session, project: Project, pipeline_id: str) -> PipelineDetail:
-    return pipeline_detail(get_pipeline(session, project, pipeline_id))
+    return pipeline_detail(get_pipeline(session, project, pipeline_id), project)
 
 
 def update(session: Session, project: Project, pipeline_id: str, body: PipelineUpdate) -> PipelineDetail:
-    return pipeline_detail(update_pipeline(session, project, get_pipeline(session, project, pipeline_id), body))
+    row = update_pipeline(session, project, get_pipeline(session, project, pipeline_id), body)
+    return pipeline_detail(row, project)
 
 
 def delete(session: Session, project: Project, pipeline_id: str) -> None:
-    """Deletes the pipeline, unless another pipeline of the project has a step that runs it (Conflict)."""
+    """Deletes the pipeline, unless another pipeline of the project has a step that runs it, or starts after its
+    success (Conflict)."""
     row = get_pipeline(session, project, pipeline_id)
     users = referencing_pipelines(session, project, row.id)
     if users:
         raise Conflict(f"Pipeline(s) {', '.join(sorted(users))} run this pipeline; change them first.")
+    followers = triggering_pipelines(session, project, row.id)
+    if followers:
+        raise Conflict(
+            f"Pipeline(s) {', '.join(sorted(followers))} start after this pipeline succeeds (an on_success "
+            "trigger); change them first."
+        )
     session.delete(row)
     session.flush()

@@ -32,6 +32,7 @@ from rime_dagster.pipelines.spec import (
     parse_step_config,
     validate_dag,
 )
+from rime_dagster.pipelines.triggers import trigger_sensors
 from rime_dagster.platform import run_tags
 from rime_dagster.platform.names import dagster_name
 from rime_dagster.platform.pools import log_pool_wait, table_pool
@@ -329,4 +330,5 @@ def pipeline_definitions(pipeline: PipelineSpec, resources: Resources) -> dg.Def
         config=execution_config(parallel=not is_chain(pipeline, resources)),
     )
     schedules = rime_schedule(job, pipeline.schedule, paused=pipeline.paused)
-    return dg.Definitions(jobs=[job], schedules=schedules)
+    sensors = trigger_sensors(pipeline, job, connectors=resources.connectors, pipelines=resources.pipelines)
+    return dg.Definitions(jobs=[job], schedules=schedules, sensors=sensors)

@@ -19,7 +19,10 @@ PIPELINE_ID = "rime/pipeline_id"
 KIND = "rime/kind"  # one of the KIND_* values, set by the job's own tags
 
 # Run tags: how it was started and what it does.
-TRIGGER = "rime/trigger"  # TRIGGER_SCHEDULE on runs a schedule started
+TRIGGER = "rime/trigger"  # TRIGGER_SCHEDULE on runs a schedule started, TRIGGER_SENSOR on a pipeline trigger's
+# What started a pipeline trigger's run, a JSON object (encode_trigger_event): {type, connector_id, file},
+# {type, pipeline_id, run_id} (the upstream Dagster run) or {type, table, snapshot_id}.
+TRIGGER_EVENT = "rime/trigger_event"
 TRIGGERED_BY = "rime/triggered_by"  # the email of whoever launched it through the API
 # Dagster's own tag for who launched a run (not a rime/ key): the Dagster UI shows it as the run's "Launched by".
 # The API sets it to TRIGGERED_BY's value on every run it launches.
@@ -53,6 +56,7 @@ KIND_DBT = "dbt"
 KIND_PIPELINE = "pipeline"
 KIND_HOUSEKEEPING = "housekeeping"
 TRIGGER_SCHEDULE = "schedule"
+TRIGGER_SENSOR = "sensor"
 
 
 def flag(value: bool) -> str:
@@ -68,6 +72,20 @@ def is_set(tags: Mapping[str, str], key: str) -> bool:
 def encode_variables(variables: Mapping[str, Any]) -> str:
     """A pipeline run's variables as the VARIABLES tag: compact JSON, keys sorted."""
     return json.dumps(variables, separators=(",", ":"), sort_keys=True)
+
+
+def encode_trigger_event(event: Mapping[str, Any]) -> str:
+    """A trigger's event as the TRIGGER_EVENT tag: compact JSON, keys sorted."""
+    return json.dumps(event, separators=(",", ":"), sort_keys=True)
+
+
+def trigger_event_of(tags: Mapping[str, str]) -> dict[str, Any] | None:
+    """The event that started a triggered run; None when there is none (or the tag is not a JSON object)."""
+    try:
+        event = json.loads(tags.get(TRIGGER_EVENT) or "null")
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 def variables_of(tags: Mapping[str, str]) -> dict[str, Any]:
