@@ -10,6 +10,7 @@ import dagster as dg
 
 from rime_dagster.connectors.assets import project_connector_definitions
 from rime_dagster.dbt.assets import dbt_definitions
+from rime_dagster.monitoring.definitions import monitoring_definitions
 from rime_dagster.pipelines.jobs import Resources as PipelineResources
 from rime_dagster.pipelines.jobs import pipeline_definitions
 from rime_dagster.platform.housekeeping import housekeeping_definitions
@@ -32,11 +33,13 @@ def build_definitions(specs: PlatformSpecs, store: MetadataStoreResource) -> dg.
     ]
     dbt_projects = [_isolated(dbt_definitions, spec) for spec in specs.dbt_projects]
     pipelines = [_isolated(pipeline_definitions, spec, _pipeline_resources(specs, spec)) for spec in specs.pipelines]
+    monitoring = monitoring_definitions(specs)  # isolates each rule's sensor itself
     return dg.Definitions.merge(
         platform,
         *connectors,
         *dbt_projects,
         *pipelines,
+        monitoring,
         dg.Definitions(resources={"metadata_store": store, "iceberg": IcebergCatalogResource()}),
     )
 

@@ -37,6 +37,11 @@ concurrency:
   pools:
     default_limit: 1
     granularity: op
+# Runs tagged dagster/max_retries are retried by the daemon; Dagster then tags each failed run
+# dagster/will_retry, which alert rules with only_final_retry read. Untagged runs are never retried.
+run_retries:
+  enabled: true
+  max_retries: 0
 telemetry:
   enabled: false
 """

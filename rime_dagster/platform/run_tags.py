@@ -48,6 +48,9 @@ ICEBERG_TABLE = "rime/iceberg_table"
 ICEBERG_SNAPSHOT_ID = "rime/iceberg_snapshot_id"
 PUBLISHED_ROWS = "rime/published_rows"
 
+# Tags and metadata of an alert rule's sensor: the rule it evaluates.
+ALERT_RULE_ID = "rime/alert_rule_id"
+
 # Job metadata of the housekeeping job: the definitions generation the code location was built from.
 DEFINITIONS_GENERATION = "rime/definitions_generation"
 
