@@ -125,6 +125,33 @@ mutation RimeReload($location: String!) {
 """
 
 
+SENSOR_FIELDS = """
+    __typename
+    ... on SensorNotFoundError { message }
+    ... on UnauthorizedError { message }
+    ... on PythonError { message }
+"""
+SENSOR_QUERY = (
+    "query RimeSensor($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {"
+    + SENSOR_FIELDS
+    + "... on Sensor { id } } }"
+)
+START_SENSOR_MUTATION = (
+    "mutation RimeStartSensor($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {"
+    + SENSOR_FIELDS
+    + "... on Sensor { id } } }"
+)
+STOP_SENSOR_MUTATION = """
+mutation RimeStopSensor($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on UnauthorizedError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
 @dataclass
 class RunEvents:
     materialized: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)
@@ -330,6 +357,54 @@ class DagsterClient:
     def run_url(self, dagster_run_id: str) -> str:
         return f"{self.settings.dagster_ui_base}/runs/{dagster_run_id}"
 
+    # Sensors ------------------------------------------------------------
+    def sensor_url(self, sensor_name: str) -> str:
+        # The Dagster UI names a Definitions' singleton repository by its location alone.
+        return f"{self.settings.dagster_ui_base}/locations/{self.location}/sensors/{sensor_name}"
+
+    def sensor_states(self) -> dict[str, bool]:
+        """Whether each sensor of the code location that was started or stopped by hand (the API or the
+        Dagster UI) runs, by name, read from the instance's schedule storage in one query. Sensors left to
+        their default in code are not listed; nor is anything when the storage cannot be read (logged)."""
+        from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
+
+        try:
+            states = self.instance().all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        except Exception as exc:
+            metrics.DAGSTER_ERRORS.labels("schedule_storage").inc()
+            log.warning("reading Dagster's sensor states failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return {}
+        running = {InstigatorStatus.RUNNING: True, InstigatorStatus.STOPPED: False}
+        return {
+            state.name: running[state.status]
+            for state in states
+            if state.status in running
+            and state.origin.repository_origin.code_location_origin.location_name == self.location
+        }
+
+    def set_sensor_running(self, sensor_name: str, running: bool, *, generation: int | None = None) -> None:
+        """Starts or stops a sensor of the code location, as the Dagster UI's toggle does.
+
+        `generation`: the definitions generation that has the sensor; waits, as launches do, for Dagster to
+        serve it. ServiceUnavailable when Dagster does not answer, Unprocessable when it has no such sensor.
+        """
+        if generation is not None and self.definitions is not None:
+            self.definitions.wait_for(generation)
+        selector = {
+            "repositoryLocationName": self.location,
+            "repositoryName": "__repository__",
+            "sensorName": sensor_name,
+        }
+        timeout = self.settings.dagster_timeout_seconds
+        if running:
+            data = self._query("sensor start", START_SENSOR_MUTATION, {"selector": selector}, timeout=timeout)
+            _sensor_answer(data.get("startSensor") or {}, sensor_name, "start")
+            return
+        data = self._query("sensor lookup", SENSOR_QUERY, {"selector": selector}, timeout=timeout)
+        sensor = _sensor_answer(data.get("sensorOrError") or {}, sensor_name, "stop")
+        data = self._query("sensor stop", STOP_SENSOR_MUTATION, {"id": sensor["id"]}, timeout=timeout)
+        _sensor_answer(data.get("stopSensor") or {}, sensor_name, "stop")
+
     # Run storage --------------------------------------------------------
     def instance(self) -> DagsterInstance:
         """The Dagster instance under DAGSTER_HOME, opened once, for run-storage reads."""
@@ -442,6 +517,20 @@ class DagsterClient:
             if self._instance is not None:
                 self._instance.dispose()
                 self._instance = None
+
+
+def _sensor_answer(answer: dict[str, Any], sensor_name: str, action: str) -> dict[str, Any]:
+    """A sensor query's or mutation's answer, or Unprocessable saying why Dagster refused."""
+    kind = answer.get("__typename")
+    if kind == "SensorNotFoundError":
+        raise Unprocessable(
+            f"Dagster's code location has no sensor {sensor_name!r}: its definitions failed to build. "
+            "The code server's log says why."
+        )
+    if kind in ("UnauthorizedError", "PythonError") or kind is None:
+        log.warning("Dagster refused to %s sensor %s: %s", action, sensor_name, answer.get("message", answer))
+        raise Unprocessable(f"Dagster refused to {action} the sensor {sensor_name!r}.")
+    return answer
 
 
 def get_dagster_client(request: Request) -> DagsterClient:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError as PydanticValidationError
 
 
 class RimeError(Exception):
@@ -26,6 +29,18 @@ class ValidationFailed(RimeError):
     @classmethod
     def field(cls, field: str, message: str) -> ValidationFailed:
         return cls("Request validation failed.", details=[{"field": field, "message": message}])
+
+    @classmethod
+    def of_pydantic(cls, exc: PydanticValidationError, prefix: str) -> ValidationFailed:
+        """A body part validated by a service (a channel's config, a merged condition): one detail per error,
+        each field under `prefix`, as the request validator reports a body's. Never echoes the input."""
+        details = []
+        for error in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(part) for part in (prefix, *error["loc"]))
+            message = "Unknown field." if error["type"] == "extra_forbidden" else error["msg"]
+            message = message.removeprefix("Value error, ")
+            details.append({"field": field, "message": message if message.endswith(".") else message + "."})
+        return cls("Request validation failed.", details=details)
 
 
 class Unauthorized(RimeError):

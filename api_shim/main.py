@@ -26,7 +26,18 @@ from api_shim.middleware import (
     RequestContextMiddleware,
 )
 from api_shim.pagination import CursorCodec
-from api_shim.routes import connectors, dbt, governance, health, pipeline_watch, pipelines, projects, tables, users
+from api_shim.routes import (
+    connectors,
+    dbt,
+    governance,
+    health,
+    monitoring,
+    pipeline_watch,
+    pipelines,
+    projects,
+    tables,
+    users,
+)
 from api_shim.run_watch import RunWatchHub
 from api_shim.services.users import ensure_bootstrap_admin
 from rime_dagster.connectors.sources import known_types
@@ -127,6 +138,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         dbt.router,
         pipelines.router,
         pipeline_watch.router,
+        monitoring.router,
         tables.router,
         users.router,
         governance.router,

@@ -23,7 +23,7 @@ from api_shim.deps import RequireRole
 from api_shim.main import create_app
 from api_shim.services.auth import Role
 from rime_dagster.settings import Settings
-from tests.conftest import Clients, make_settings, role_clients
+from tests.conftest import Clients, closed_port, make_settings, role_clients
 
 pytestmark = pytest.mark.slow  # its set-up parses a dbt project
 
@@ -69,6 +69,10 @@ class Ctx:
     admin_token_ids: dict[str, str]
     clients: Clients
     dbt_template: Path
+    rule_id: str = ""
+    channel_id: str = ""
+    policy_id: str = ""
+    alert_id: str = ""
 
     def created(self, url: str, body: dict) -> str:
         response = self.clients.admin.post(url, json=body)
@@ -98,6 +102,30 @@ class Ctx:
         body = {"email": f"{unique('doomed')}@example.com", "name": "D", "role": "viewer"}
         return self.created("/api/v1/users", body)
 
+    def spare_rule(self) -> str:
+        url = f"/api/v1/projects/{self.project_id}/alert-rules"
+        return self.created(url, {"name": unique("doomed"), "severity": "low", "condition": {"type": "run_failed"}})
+
+    def spare_channel(self) -> str:
+        url = f"/api/v1/projects/{self.project_id}/notification-channels"
+        return self.created(url, {"name": unique("doomed"), "type": "webhook", "config": {"url": DEAD_HOOK}})
+
+    def spare_policy(self) -> str:
+        url = f"/api/v1/projects/{self.project_id}/escalation-policies"
+        steps = [{"after_minutes": 5, "channel_ids": [self.channel_id]}]
+        return self.created(url, {"name": unique("doomed"), "steps": steps})
+
+    def spare_alert(self) -> str:
+        """A firing alert of the module's rule, raised as its sensor raises one."""
+        from rime_dagster.monitoring import alerts
+        from rime_dagster.store.models import AlertRule
+
+        with self.clients.app.state.sessions.begin() as session:
+            rule = session.get(AlertRule, self.rule_id)
+            alert = alerts.fire(session, rule, target=unique("pipeline"), title="failed", message="m", context={})
+            assert alert is not None
+            return alert.id
+
 
 Case = Callable[[Ctx, Role], dict]
 
@@ -111,6 +139,17 @@ DBT = "/api/v1/projects/{id}/dbt-projects"
 PIPE = "/api/v1/projects/{id}/pipelines"
 NO_RUN = "run_" + "0" * 32  # well-formed, but no such run: past auth, these routes answer 404
 TINY_DBT = Path(__file__).resolve().parents[1] / "fixtures" / "dbt" / "tiny"
+
+
+RULES = "/api/v1/projects/{id}/alert-rules"
+ALERTS = "/api/v1/projects/{id}/alerts"
+CHANNELS = "/api/v1/projects/{id}/notification-channels"
+POLICIES = "/api/v1/projects/{id}/escalation-policies"
+DEAD_HOOK = f"http://127.0.0.1:{closed_port()}/hook"  # a channel test to it answers success: false
+
+
+def monitoring_url(c: Ctx, kind: str, object_id: str = "", suffix: str = "") -> str:
+    return f"/api/v1/projects/{c.project_id}/{kind}" + (f"/{object_id}" if object_id else "") + suffix
 
 
 def conn_url(c: Ctx, suffix: str = "") -> str:
@@ -184,6 +223,58 @@ CASES: dict[tuple[str, str], Case] = {
     },
     ("GET", "/api/v1/projects/{id}/tables/{table}/preview"): lambda c, r: {
         "url": f"/api/v1/projects/{c.project_id}/tables/matrix__seed/preview"
+    },
+    ("GET", RULES): lambda c, r: {"url": monitoring_url(c, "alert-rules")},
+    ("POST", RULES): lambda c, r: {
+        "url": monitoring_url(c, "alert-rules"),
+        "json": {"name": unique("rule"), "severity": "high", "condition": {"type": "run_failed"}},
+    },
+    ("GET", RULES + "/{ruleId}"): lambda c, r: {"url": monitoring_url(c, "alert-rules", c.rule_id)},
+    ("PATCH", RULES + "/{ruleId}"): lambda c, r: {
+        "url": monitoring_url(c, "alert-rules", c.rule_id),
+        "json": {"description": "changed"},
+    },
+    ("DELETE", RULES + "/{ruleId}"): lambda c, r: {"url": monitoring_url(c, "alert-rules", c.spare_rule())},
+    ("POST", RULES + "/{ruleId}/enable"): lambda c, r: {"url": monitoring_url(c, "alert-rules", c.rule_id, "/enable")},
+    ("POST", RULES + "/{ruleId}/disable"): lambda c, r: {
+        "url": monitoring_url(c, "alert-rules", c.rule_id, "/disable")
+    },
+    ("GET", ALERTS): lambda c, r: {"url": monitoring_url(c, "alerts"), "params": {"status": "firing"}},
+    ("GET", ALERTS + "/{alertId}"): lambda c, r: {"url": monitoring_url(c, "alerts", c.alert_id)},
+    ("POST", ALERTS + "/{alertId}/acknowledge"): lambda c, r: {
+        "url": monitoring_url(c, "alerts", c.alert_id, "/acknowledge")
+    },
+    ("POST", ALERTS + "/{alertId}/resolve"): lambda c, r: {
+        "url": monitoring_url(c, "alerts", c.spare_alert(), "/resolve")
+    },
+    ("GET", CHANNELS): lambda c, r: {"url": monitoring_url(c, "notification-channels")},
+    ("POST", CHANNELS): lambda c, r: {
+        "url": monitoring_url(c, "notification-channels"),
+        "json": {"name": unique("chan"), "type": "slack", "config": {"url": "https://hooks.example.com/T/B/x"}},
+    },
+    ("GET", CHANNELS + "/{channelId}"): lambda c, r: {"url": monitoring_url(c, "notification-channels", c.channel_id)},
+    ("PATCH", CHANNELS + "/{channelId}"): lambda c, r: {
+        "url": monitoring_url(c, "notification-channels", c.channel_id),
+        "json": {"config": {"secret": "rotated"}},
+    },
+    ("DELETE", CHANNELS + "/{channelId}"): lambda c, r: {
+        "url": monitoring_url(c, "notification-channels", c.spare_channel())
+    },
+    ("POST", CHANNELS + "/{channelId}/test"): lambda c, r: {
+        "url": monitoring_url(c, "notification-channels", c.channel_id, "/test")
+    },
+    ("GET", POLICIES): lambda c, r: {"url": monitoring_url(c, "escalation-policies")},
+    ("POST", POLICIES): lambda c, r: {
+        "url": monitoring_url(c, "escalation-policies"),
+        "json": {"name": unique("esc"), "steps": [{"after_minutes": 1, "channel_ids": [c.channel_id]}]},
+    },
+    ("GET", POLICIES + "/{policyId}"): lambda c, r: {"url": monitoring_url(c, "escalation-policies", c.policy_id)},
+    ("PATCH", POLICIES + "/{policyId}"): lambda c, r: {
+        "url": monitoring_url(c, "escalation-policies", c.policy_id),
+        "json": {"steps": [{"after_minutes": 2, "channel_ids": [c.channel_id]}]},
+    },
+    ("DELETE", POLICIES + "/{policyId}"): lambda c, r: {
+        "url": monitoring_url(c, "escalation-policies", c.spare_policy())
     },
     ("GET", "/api/v1/projects"): lambda c, r: {"url": "/api/v1/projects"},
     ("POST", "/api/v1/projects"): lambda c, r: {"url": "/api/v1/projects", "json": {"name": unique("p")}},
@@ -276,7 +367,7 @@ def ctx(clients, tiny_dbt_template) -> Ctx:
     user_ids = dict(clients.user_ids)
     user_ids[Role.admin] = next(u["id"] for u in me if u["role"] == "admin")
     tokens = admin.get(f"/api/v1/users/{user_ids[Role.admin]}/tokens").json()["data"]
-    return Ctx(
+    context = Ctx(
         project_id=project["id"],
         connector_id=connector["id"],
         dbt_project_id=dbt_project_id,
@@ -287,6 +378,11 @@ def ctx(clients, tiny_dbt_template) -> Ctx:
         clients=clients,
         dbt_template=tiny_dbt_template,
     )
+    context.rule_id = context.spare_rule()
+    context.channel_id = context.spare_channel()
+    context.policy_id = context.spare_policy()
+    context.alert_id = context.spare_alert()
+    return context
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +453,11 @@ def _land_seed_table(clients, namespace: str) -> None:
 
 # Routes that launch Dagster runs: the matrix runs without Dagster, so "authorized" there means
 # the request got past auth and validation to Dagster (503); tests/dagster runs them for real.
-NEEDS_DAGSTER = {("POST", CONN + "/{connectorId}/sync"), ("POST", DBT + "/{dbtId}/run")}
+NEEDS_DAGSTER = {
+    ("POST", CONN + "/{connectorId}/sync"),
+    ("POST", DBT + "/{dbtId}/run"),
+    ("POST", RULES + "/{ruleId}/disable"),  # stops the rule's sensor (enabling the enabled rule asks nothing)
+}
 NEEDS_RUN = {
     ("GET", PIPE + "/{pipelineId}/runs/{runId}"),
     ("POST", PIPE + "/{pipelineId}/runs/{runId}/cancel"),

@@ -45,7 +45,7 @@ from api_shim.schemas.dbt import DbtProjectUpdate
 from rime_dagster.connectors.landing import land_table
 from rime_dagster.settings import Settings
 from rime_dagster.store.session import engine_for
-from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.conftest import ADMIN_TOKEN, closed_port, make_settings
 
 pytestmark = pytest.mark.slow  # every operation, fuzzed
 
@@ -139,6 +139,12 @@ class World:
             made = self.post("/api/v1/users", json={"email": "victim@example.com", "name": "Victim", "role": "viewer"})
         elif last == "tokenId":
             made = self.post(f"/api/v1/users/{self.ids['userId']}/tokens", json={"name": "victim"})
+        elif last == "ruleId":
+            made = self.post(f"{project}/alert-rules", json=_rule("victim"))
+        elif last == "channelId":
+            made = self.post(f"{project}/notification-channels", json=_channel("victim"))
+        elif last == "policyId":
+            made = self.post(f"{project}/escalation-policies", json=_policy("victim", self.ids["channelId"]))
         else:
             raise AssertionError(f"no victim for DELETE {path}: add one")
         self.victims[last] = made["id"]
@@ -162,6 +168,41 @@ def _tiny_dbt() -> dict:
 
 def _sync(connector_id: str) -> list[dict]:
     return [{"id": "sync", "type": "connector_sync", "config": {"connector_id": connector_id}}]
+
+
+def _rule(name: str) -> dict:
+    return {
+        "name": name,
+        "severity": "high",
+        "condition": {"type": "freshness", "table": "shop__orders", "max_age_minutes": 60},
+    }
+
+
+def _channel(name: str) -> dict:
+    # A closed port: a channel test fails fast (success: false).
+    return {"name": name, "type": "webhook", "config": {"url": f"http://127.0.0.1:{closed_port()}/hook", "secret": "s"}}
+
+
+def _policy(name: str, channel_id: str) -> dict:
+    return {"name": name, "steps": [{"after_minutes": 5, "channel_ids": [channel_id]}]}
+
+
+def _fire(app, rule_id: str) -> str:
+    """A firing alert of the rule, raised as its sensor raises one."""
+    from rime_dagster.monitoring import alerts
+    from rime_dagster.store.models import AlertRule
+
+    with app.state.sessions.begin() as session:
+        alert = alerts.fire(
+            session,
+            session.get(AlertRule, rule_id),
+            target="table:shop__orders",
+            title="stale",
+            message="m",
+            context={},
+        )
+        assert alert is not None
+        return alert.id
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +242,14 @@ def world_base(request, tmp_path_factory) -> Iterator[World]:
             "table": "shop__orders",
             "userId": user["id"],
             "tokenId": world.post(f"/api/v1/users/{user['id']}/tokens", json={"name": "ci"})["id"],
+        }
+        channel = world.post(f"{base}/notification-channels", json=_channel("ops"))
+        rule = world.post(f"{base}/alert-rules", json={**_rule("stale orders"), "channel_ids": [channel["id"]]})
+        world.ids |= {
+            "ruleId": rule["id"],
+            "alertId": _fire(app, rule["id"]),
+            "channelId": channel["id"],
+            "policyId": world.post(f"{base}/escalation-policies", json=_policy("page", channel["id"]))["id"],
         }
         yield world
     for read_only in (False, True):  # schemathesis' client holds on to the app until the process ends
