@@ -14,6 +14,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from api_shim.alert_stream import AlertStreamHub
 from api_shim.dagster_client import DagsterClient, ensure_dagster_home
 from api_shim.definitions_sync import DefinitionsSync
 from api_shim.handlers import install_exception_handlers
@@ -27,6 +28,7 @@ from api_shim.middleware import (
 )
 from api_shim.pagination import CursorCodec
 from api_shim.routes import (
+    alert_stream,
     connectors,
     dbt,
     governance,
@@ -62,6 +64,12 @@ the run ends. Authenticate with the subprotocols `bearer, <token>` (`Sec-WebSock
 browser `new WebSocket(url, ["bearer", token])`; the server accepts `bearer`), which keeps the token out
 of URLs, or with `?token=<token>` (masked in the server's logs). A bad token is refused before the
 upgrade (401), an unknown pipeline or run with 404, too many connects with 429.
+
+`/api/v1/ws/alerts` pushes every change to an alert of the caller's tenant as
+`{"type": "alert_fired" | "alert_acknowledged" | "alert_resolved", "alert": {...}}` (the alert after the
+change), whichever API process or sensor made it, from the connect on; `{"type": "ping"}` after 30 s of
+quiet. Any role may listen. Same authentication and refusals as above; a client that falls too far behind,
+or whose token stops authenticating, gets `{"type": "error", "message"}` and a close (1011, 4401).
 """
 
 
@@ -98,6 +106,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         yield
         app.state.definitions.stop()
         await app.state.run_watch.close()
+        await app.state.alert_stream.close()
         app.state.dagster.close()
 
     # fastapi-offline: FastAPI whose Swagger UI page loads its JS and CSS from this package (DOCS_STATIC), not
@@ -125,6 +134,8 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         settings, app.state.dagster, app.state.sessions
     )
     app.state.run_watch = RunWatchHub(app.state.dagster, settings.run_watch_interval_seconds)
+    # One reader of the alert stream's events for all of this process's /ws/alerts clients.
+    app.state.alert_stream = AlertStreamHub(app.state.readers, settings.alert_stream_poll_seconds)
     app.state.iceberg = CatalogProvider(settings)
     app.state.cipher = CredentialCipher.from_settings(settings)
     # Rate limits and the failed-login audit budget: the middleware's and the WebSocket route's.
@@ -139,6 +150,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         pipelines.router,
         pipeline_watch.router,
         monitoring.router,
+        alert_stream.router,
         tables.router,
         users.router,
         governance.router,

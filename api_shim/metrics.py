@@ -21,6 +21,12 @@ DAGSTER_ERRORS = Counter("rime_dagster_errors_total", "Failed calls to Dagster",
 RUN_WATCH_READERS = Gauge("rime_run_watch_readers", "Pipeline runs whose event log a shared reader is following")
 RUN_WATCH_CLIENTS = Gauge("rime_run_watch_clients", "WebSocket and SSE clients following pipeline runs")
 RUN_WATCH_READS = Counter("rime_run_watch_reads_total", "Event-log reads made by the shared run readers")
+ALERT_STREAM_CLIENTS = Gauge("rime_alert_stream_clients", "WebSocket clients of the alert stream (/ws/alerts)")
+ALERT_STREAM_READS = Counter("rime_alert_stream_reads_total", "Reads of alert_events made by the alert stream reader")
+ALERT_STREAM_EVENTS = Counter("rime_alert_stream_events_total", "Alert events the alert stream reader passed on")
+ALERT_STREAM_DROPPED = Counter(
+    "rime_alert_stream_dropped_total", "Alert-stream clients dropped for falling too far behind"
+)
 DEFINITIONS_RELOADS = Counter(
     "rime_definitions_reloads_total", "Reloads of the Dagster code location made by this process"
 )

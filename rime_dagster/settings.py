@@ -130,6 +130,16 @@ class Settings(BaseSettings):
         le=10,
         description="How often a watched pipeline run's event log is read for WebSocket and SSE clients.",
     )
+    alert_stream_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="How often an API process reads new alert events for its alert-stream WebSocket clients "
+        "(one read per process, whatever the number of clients).",
+    )
+    alert_events_retention_hours: int = Field(
+        24, ge=1, description="How long housekeeping keeps the alert stream's events (alert_events rows)."
+    )
     dbt_keep_run_artifacts: int = Field(
         100, ge=1, description="Run artifact folders (run_results.json) kept per dbt project by housekeeping."
     )

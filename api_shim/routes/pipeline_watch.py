@@ -1,61 +1,24 @@
 """Pipelines group, live: `/ws/pipelines/{pipelineId}/runs/{runId}`, a run's step transitions over a WebSocket.
 
-Its own router: WebSocket routes live under `/ws` (no project in the path) and authenticate themselves, since a
-browser's WebSocket cannot send an Authorization header.
+Its own router: WebSocket routes live under `/ws` (no project in the path) and authenticate themselves
+(api_shim/routes/_websocket.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.errors import Forbidden
-from api_shim.middleware import refuse_websocket
+from api_shim.routes._websocket import refuse, ws_credentials
 from api_shim.routing import API_PREFIX
-from api_shim.services import audit, pipeline_runs
+from api_shim.services import pipeline_runs
 from api_shim.services.auth import Role
-
-log = logging.getLogger(__name__)
+from api_shim.services.websocket_auth import WatchRefused
 
 router = APIRouter(prefix=API_PREFIX + "/ws", tags=["Pipelines"])
-# `Sec-WebSocket-Protocol: bearer, <token>` (browsers: `new WebSocket(url, ["bearer", token])`) keeps the token
-# out of URLs, which proxies and servers log; the answer names `bearer` alone, never the token.
-BEARER_SUBPROTOCOL = "bearer"
-
-
-def _ws_credentials(websocket: WebSocket, query_token: str | None) -> tuple[str | None, str | None]:
-    """(the token, the subprotocol to accept): the entry after `bearer` in the offered subprotocols, else `?token=`."""
-    offered = list(websocket.scope.get("subprotocols") or [])
-    if BEARER_SUBPROTOCOL not in offered:
-        return query_token, None
-    after = offered.index(BEARER_SUBPROTOCOL) + 1
-    return (offered[after] if after < len(offered) else None), BEARER_SUBPROTOCOL
-
-
-async def _refuse(websocket: WebSocket, refused: pipeline_runs.WatchRefused, run_id: str) -> None:
-    # Like HTTP 429s, refused connects over the rate limit are not audited; failed logins within their budget.
-    state = websocket.app.state
-    if refused.status != 429 and state.rate_limits.audits(refused.status, websocket.scope):
-        try:
-            await run_in_threadpool(
-                audit.record_refused_websocket,
-                state.sessions,
-                tenant_id=state.settings.tenant,
-                principal=refused.principal,
-                action="pipeline.run_watch",
-                resource_type="pipeline",
-                resource_id=run_id,
-                request_id=websocket.scope.get("state", {}).get("request_id", ""),
-                path=websocket.url.path,
-                status_code=refused.status,
-                ip=websocket.client.host if websocket.client else None,
-            )
-        except Exception:
-            log.exception("could not audit a refused WebSocket")
-    await refuse_websocket(websocket, refused.status, refused.error.code, refused.error.message)
 
 
 @router.websocket("/pipelines/{pipelineId}/runs/{runId}", name="pipeline.run_watch")
@@ -68,7 +31,7 @@ async def watch_pipeline_run(websocket: WebSocket, pipelineId: str, runId: str, 
     Refused (HTTP 401/404 before the upgrade, or close codes 4401/4404): a bad or missing token, an unknown
     pipeline or run.
     """
-    token, subprotocol = _ws_credentials(websocket, token)
+    token, subprotocol = ws_credentials(websocket, token)
     target = await _target_or_refuse(websocket, token, pipeline_id=pipelineId, run_id=runId)
     if target is None:
         return
@@ -93,9 +56,9 @@ async def _target_or_refuse(
             run_id=run_id,
         )
         if not target.principal.has(Role.viewer):  # every role may watch; kept for when roles narrow
-            raise pipeline_runs.WatchRefused(Forbidden("Not allowed."), target.principal)
-    except pipeline_runs.WatchRefused as refused:
-        await _refuse(websocket, refused, run_id)
+            raise WatchRefused(Forbidden("Not allowed."), target.principal)
+    except WatchRefused as refused:
+        await refuse(websocket, refused, action="pipeline.run_watch", resource_type="pipeline", resource_id=run_id)
         return None
     return target
 

@@ -74,7 +74,7 @@ def record_refused_websocket(
     principal: Principal | None,
     action: str,
     resource_type: str,
-    resource_id: str,
+    resource_id: str | None,
     request_id: str,
     path: str,
     status_code: int,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.dagster_client import RUN_STATUS, DagsterClient, to_dagster_run_id, to_rime_run_id
-from api_shim.errors import Conflict, NotFound, RateLimited, RimeError
+from api_shim.errors import Conflict, NotFound, RimeError
 from api_shim.pagination import CursorCodec
 from api_shim.schemas.pipelines import (
     PipelineLogLine,
@@ -32,9 +32,10 @@ from api_shim.schemas.pipelines import (
     PlannedStep,
     TriggerEvent,
 )
-from api_shim.services.auth import Principal, authenticate
+from api_shim.services.auth import Principal
 from api_shim.services.pipelines import check_steps, get_pipeline, steps_of
 from api_shim.services.runs import launch_summary, launch_tags, run_page, run_view, when
+from api_shim.services.websocket_auth import WatchRefused, websocket_principal
 from rime_dagster.pipelines.names import MAX_NESTING, pipeline_job_name, pipeline_tags
 from rime_dagster.pipelines.run_fold import (
     FOLDED_EVENTS,
@@ -394,14 +395,6 @@ class WatchTarget:
     dagster_run_id: str
 
 
-class WatchRefused(Exception):
-    """A WebSocket watch refused: `error` says why (its status: 401, 404, 429), `principal` who asked, if known."""
-
-    def __init__(self, error: RimeError, principal: Principal | None, status: int | None = None):
-        super().__init__(error.message)
-        self.error, self.principal, self.status = error, principal, status or error.status
-
-
 def watch_target(
     sessions: sessionmaker[Session],
     dagster: DagsterClient,
@@ -415,12 +408,7 @@ def watch_target(
     """Who watches which run: the token's principal, within the per-user connect limit, and a run of a pipeline of
     their tenant. Raises WatchRefused."""
     with sessions.begin() as session:
-        try:
-            principal = authenticate(session, token, tenant_id=tenant_id)
-        except RimeError as exc:
-            raise WatchRefused(exc, None, status=401) from None
-        if not rate_limits.websocket_connect("user", principal.user_id):
-            raise WatchRefused(RateLimited("Too many WebSocket connects by this user; retry shortly."), principal)
+        principal = websocket_principal(session, rate_limits, token, tenant_id=tenant_id)
         row = session.get(Pipeline, pipeline_id)
         project = session.get(Project, row.project_id) if row else None
         if row is None or project is None or project.tenant_id != principal.tenant_id:

@@ -1,4 +1,5 @@
-"""Daily housekeeping job: purges idempotency keys past their replay window and old dbt run artifacts."""
+"""Daily housekeeping job: purges idempotency keys past their replay window, old alert-stream events and old dbt
+run artifacts."""
 
 from datetime import timedelta
 
@@ -7,7 +8,7 @@ import dagster as dg
 from rime_dagster.platform import run_tags
 from rime_dagster.platform.names import HOUSEKEEPING_JOB
 from rime_dagster.resources import MetadataStoreResource, settings
-from rime_dagster.store.retention import purge_expired
+from rime_dagster.store.retention import purge_alert_events, purge_expired
 
 
 @dg.op(description="Delete Idempotency-Key records past their replay window.")
@@ -16,6 +17,16 @@ def purge_idempotency_keys(context: dg.OpExecutionContext, metadata_store: Metad
     with metadata_store.session() as session:
         purged = purge_expired(session, ttl=ttl)
     context.log.info(f"purged {purged} expired idempotency keys")
+    context.add_output_metadata({"purged": purged})
+    return purged
+
+
+@dg.op(description="Delete the alert stream's events older than RIME_ALERT_EVENTS_RETENTION_HOURS.")
+def purge_old_alert_events(context: dg.OpExecutionContext, metadata_store: MetadataStoreResource) -> int:
+    ttl = timedelta(hours=settings().alert_events_retention_hours)
+    with metadata_store.session() as session:
+        purged = purge_alert_events(session, ttl=ttl)
+    context.log.info(f"purged {purged} old alert stream events")
     context.add_output_metadata({"purged": purged})
     return purged
 
@@ -46,6 +57,7 @@ def housekeeping_definitions(generation: int) -> dg.Definitions:
     )
     def housekeeping_job() -> None:
         purge_idempotency_keys()
+        purge_old_alert_events()
         prune_dbt_run_artifacts()
 
     schedule = dg.ScheduleDefinition(
