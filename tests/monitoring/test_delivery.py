@@ -4,6 +4,8 @@ and the delivery sensor evaluated by Dagster."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 import time
 from datetime import timedelta
@@ -29,7 +31,7 @@ from rime_dagster.store.session import session_factory, session_scope
 from rime_dagster.store.types import utcnow
 from tests.conftest import closed_port, make_settings
 from tests.monitoring.outbox import add_channel, add_project, add_rule, fire
-from tests.support.receivers import http_receiver, silent_server, smtp_server
+from tests.support.receivers import http_receiver, make_certificates, silent_server, smtp_server
 from tests.support.waiting import wait_until
 
 
@@ -71,18 +73,24 @@ def by_channel(settings):
 
 
 class TestSending:
-    def test_fired_alert_reaches_every_channel(self, settings, sessions):
+    def test_fired_alert_reaches_every_channel(self, tmp_path):
+        """The channels' secrets are decrypted from the store: the webhook signs, Slack's URL is found, the SMTP
+        password logs in (over STARTTLS)."""
+        certificates = make_certificates(tmp_path / "tls")
+        settings = make_settings(tmp_path, alert_ca_file=certificates.ca_file)
+        sessions = session_factory(settings.metadata_url)
         with (
             http_receiver() as webhook,
             http_receiver(path="/services/T/B/token") as slack,
-            smtp_server(tls=None) as smtp,
+            smtp_server(tls=certificates.server_context(), credentials=("rime", "smtp-password")) as smtp,
         ):
             email = {
-                "host": "127.0.0.1",
+                "host": "localhost",
                 "port": smtp.port,
+                "username": "rime",
+                "password": "smtp-password",
                 "from_address": "a@x.io",
                 "to": ["b@x.io"],
-                "starttls": False,
             }
             channel_ids, [alert_id] = fire_to(
                 settings,
@@ -104,7 +112,11 @@ class TestSending:
         body = request.json()
         assert body["type"] == "alert_fired" and body["alert"]["id"] == alert_id
         assert body["delivery_id"] == request.headers["X-Rime-Delivery"] == rows[channel_ids[0]].id
-        assert len(slack.received()) == 1 and len(smtp.messages) == 1
+        timestamp = request.headers["X-Rime-Timestamp"]
+        expected = hmac.new(b"s3cret", timestamp.encode() + b"." + request.body, hashlib.sha256).hexdigest()
+        assert request.headers["X-Rime-Signature"] == f"sha256={expected}"
+        assert len(slack.received()) == 1
+        assert (len(smtp.messages), smtp.logins, smtp.tls_sessions) == (1, ["rime"], 1)
         # Nothing is sent twice: a second pass finds nothing due.
         assert deliver_due(sessions, settings=settings) == DeliveryReport()
         assert len(webhook.received()) == 1
