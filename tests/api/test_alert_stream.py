@@ -69,6 +69,11 @@ def add_rule(url: str, *, tenant: str = "default", project: str = "analytics") -
     return rule.id
 
 
+def project_of(url: str, rule_id: str) -> str:
+    with session_scope(url) as session:
+        return session.get_one(AlertRule, rule_id).project_id
+
+
 def fire(url: str, rule_id: str, target: str) -> str:
     with session_scope(url) as session:
         alert = alerts.fire(
@@ -167,6 +172,32 @@ def test_a_client_receives_fired_acknowledged_resolved_in_order(stream_settings)
     assert cleared["alert"]["resolved_by"] == alerts.SYSTEM_ACTOR
     with session_scope(url) as session:  # the alert as the API shows it
         assert resolved["alert"] == alerts.alert_payload(session.get_one(Alert, first))
+
+
+def test_acknowledging_and_resolving_through_the_api_show_on_the_stream(sqlite_settings):
+    """Fired by a sensor, acknowledged by a data engineer and resolved by a lead through the endpoints: the stream
+    shows each change once (acknowledging again changes nothing) and the alert as the API returns it."""
+    url = sqlite_settings.metadata_url
+    rule_id = add_rule(url)
+    alerts_path = f"/api/v1/projects/{project_of(url, rule_id)}/alerts"
+    with running(sqlite_settings) as clients, listen(clients.anonymous, clients.tokens[Role.viewer]) as ws:
+        alert_id = fire(url, rule_id, "pipeline:orders")
+        engineer, lead = clients.as_role(Role.data_engineer), clients.as_role(Role.lead_data_engineer)
+        for _ in range(2):
+            assert engineer.post(f"{alerts_path}/{alert_id}/acknowledge").status_code == 200
+        resolved = lead.post(f"{alerts_path}/{alert_id}/resolve")
+        assert resolved.status_code == 200, resolved.text
+        messages = [receive(ws) for _ in range(3)]
+        fire(url, rule_id, "pipeline:next")  # what comes next is this one: nothing else was sent
+        assert receive(ws)["alert"]["target"] == "pipeline:next"
+
+    assert [summary(m) for m in messages] == [
+        ("alert_fired", alert_id, "firing"),
+        ("alert_acknowledged", alert_id, "acknowledged"),
+        ("alert_resolved", alert_id, "resolved"),
+    ]
+    assert messages[1]["alert"]["acknowledged_by"] == "data_engineer@example.com"
+    assert messages[2]["alert"] == resolved.json()
 
 
 def test_events_written_before_the_connect_are_not_sent(sqlite_settings):
@@ -298,20 +329,18 @@ def test_a_quiet_stream_sends_pings(sqlite_settings):
 
 @pytest.mark.slow
 def test_an_event_written_by_either_of_two_api_apps_reaches_the_clients_of_both(sqlite_settings):
-    """Two API processes on one store (two apps, each its own hub, loop and session factories): a change made
-    through either one's sessions, as its endpoints would make it, reaches the clients of both."""
+    """Two API processes on one store (two apps, each its own hub and event loop): an alert fired by a sensor,
+    acknowledged through the first app's endpoint and resolved through the second's reaches the clients of both."""
     url = sqlite_settings.metadata_url
     rule_id = add_rule(url)
+    alerts_path = f"/api/v1/projects/{project_of(url, rule_id)}/alerts"
     first, second = create_app(sqlite_settings), create_app(sqlite_settings)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with TestClient(first) as one, TestClient(second) as two:
         with listen(one, ADMIN_TOKEN) as on_first, listen(two, ADMIN_TOKEN) as on_second:
-            with unit_of_work(first.state.sessions) as session:
-                rule = session.get_one(AlertRule, rule_id)
-                alert_id = alerts.fire(session, rule, target="pipeline:orders", title="t", message="", context={}).id
-            with unit_of_work(second.state.sessions) as session:
-                alerts.acknowledge(session, session.get_one(Alert, alert_id), actor="b@example.com")
-            with unit_of_work(first.state.sessions) as session:
-                alerts.resolve(session, session.get_one(Alert, alert_id), actor="a@example.com")
+            alert_id = fire(url, rule_id, "pipeline:orders")
+            assert one.post(f"{alerts_path}/{alert_id}/acknowledge", headers=admin).status_code == 200
+            assert two.post(f"{alerts_path}/{alert_id}/resolve", headers=admin).status_code == 200
             for ws in (on_first, on_second):
                 assert [summary(receive(ws)) for _ in range(3)] == [
                     ("alert_fired", alert_id, "firing"),
