@@ -24,7 +24,8 @@ from rime_dagster.monitoring.alerts import run_id_of
 from rime_dagster.platform import run_tags
 
 if TYPE_CHECKING:
-    from dagster._core.event_api import EventLogRecord, RunStatusChangeEventType
+    from dagster._core.event_api import RunStatusChangeEventType
+    from dagster._core.events.log import EventLogEntry
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
     from pyiceberg.table.snapshots import Snapshot
@@ -63,8 +64,6 @@ class RuleView:
     only_final_retry: bool
     created_at: datetime
     cursor: Mapping[str, Any]
-    # The slug of the rule's dbt project (dbt_test_failed with dbt_project_id): its models' asset keys.
-    dbt_project_slug: str | None = None
 
     @property
     def condition_type(self) -> str:
@@ -91,8 +90,15 @@ class Evaluation:
 CatalogSource = Callable[[], "Catalog"]
 
 
-def evaluate(rule: RuleView, instance: dg.DagsterInstance, catalog: CatalogSource, now: datetime) -> Evaluation:
-    """The rule's findings since its cursor, and its next cursor. ValueError for an unknown condition type."""
+def evaluate(
+    rule: RuleView,
+    instance: dg.DagsterInstance,
+    catalog: CatalogSource,
+    now: datetime,
+    repository: dg.RepositoryDefinition | None = None,
+) -> Evaluation:
+    """The rule's findings since its cursor, and its next cursor. `repository`: the code location's (the dbt
+    tests' asset checks). ValueError for an unknown condition type."""
     condition = rule.condition_type
     if condition == RUN_FAILED:
         return run_failed(rule, instance, now)
@@ -103,7 +109,7 @@ def evaluate(rule: RuleView, instance: dg.DagsterInstance, catalog: CatalogSourc
     if condition == ROW_COUNT:
         return row_count(rule, catalog())
     if condition == DBT_TEST_FAILED:
-        return dbt_test_failed(rule, instance)
+        return dbt_test_failed(rule, instance, repository)
     raise ValueError(f"alert rule {rule.id}: unknown condition type {condition!r}")
 
 
@@ -473,54 +479,59 @@ def row_count(rule: RuleView, catalog: Catalog) -> Evaluation:
 # --- dbt tests ------------------------------------------------------------------------------------------------
 
 
-def dbt_test_failed(rule: RuleView, instance: dg.DagsterInstance) -> Evaluation:
-    """dbt tests are asset checks of the dbt assets (rime_dagster/dbt/assets.py; pipeline dbt steps report
-    them as check evaluations too): a failed evaluation fires for that check, a later passing one clears it.
-
-    Scope: checks of the project's assets (asset keys start with its namespace); with `dbt_project_id`,
-    those of that dbt project's models (`[namespace, slug, ...]`) or evaluated by that dbt project's runs
-    (a test of a dbt source is a check of the connector table's asset)."""
-    after = rule.cursor.get("after")
-    records = instance.get_event_records(
-        dg.EventRecordsFilter(
-            DagsterEventType.ASSET_CHECK_EVALUATION,
-            after_cursor=int(after) if after is not None else None,
-            after_timestamp=rule.created_at.timestamp() if after is None else None,
-        ),
-        limit=BATCH,
-        ascending=True,
-    )
-    if not records:
-        return Evaluation([], dict(rule.cursor))
-    runs = _runs_of(instance, records) if rule.dbt_project_slug else {}
-    findings = []
-    for record in records:
-        evaluation = _check_evaluation(record)
-        if evaluation is None or not _in_scope(rule, evaluation.asset_key, runs.get(record.run_id)):
+def dbt_check_keys(repository: dg.RepositoryDefinition | None, rule: RuleView) -> list[dg.AssetCheckKey]:
+    """The asset checks that are the rule's dbt tests: those of the dbt projects' multi-assets (their op carries
+    rime/dbt_project_id; rime_dagster/dbt/assets.py) of the rule's project, or of its `dbt_project_id`. A test of
+    a dbt source is a check of the connector table's asset, defined by the dbt project's multi-asset too."""
+    if repository is None:
+        return []
+    wanted = rule.condition.get("dbt_project_id")
+    keys: list[dg.AssetCheckKey] = []
+    for assets in repository.asset_graph.assets_defs:
+        if not assets.is_executable or not assets.check_keys:
             continue
-        findings.append(_check_finding(rule, evaluation, record.run_id))
-    return Evaluation(findings, {"after": records[-1].storage_id})
+        dbt_project_id = assets.node_def.tags.get(run_tags.DBT_PROJECT_ID)
+        if dbt_project_id is None or (wanted and dbt_project_id != wanted):
+            continue
+        keys += [k for k in assets.check_keys if k.asset_key.path[:1] == [rule.namespace]]
+    return sorted(keys, key=lambda k: k.to_user_string())
 
 
-def _check_evaluation(record: EventLogRecord) -> dg.AssetCheckEvaluation | None:
-    event = record.event_log_entry.dagster_event
+def dbt_test_failed(
+    rule: RuleView, instance: dg.DagsterInstance, repository: dg.RepositoryDefinition | None
+) -> Evaluation:
+    """dbt tests are asset checks of the dbt assets (rime_dagster/dbt/assets.py; pipeline dbt steps report the
+    same checks' evaluations): a failed evaluation fires for that check, a later passing one clears it.
+
+    Read from Dagster's index of check executions (the latest completed one per check, one query for all the
+    rule's checks): the event log of the embedded instance is sharded per run, so there is no global event
+    cursor to read evaluations after. The cursor holds, per check, the execution last looked at; executions
+    from before the rule's creation raise nothing. An evaluation replaced by the next within one interval
+    (5 s) is not looked at: the check's latest result is what the alert follows."""
+    keys = dbt_check_keys(repository, rule)
+    if not keys:
+        return Evaluation([], dict(rule.cursor))
+    summaries = instance.event_log_storage.get_asset_check_summary_records(keys)
+    seen: dict[str, int] = dict(rule.cursor.get("seen") or {})
+    findings = []
+    for key in keys:
+        summary = summaries.get(key)
+        execution = summary.last_completed_check_execution_record if summary is not None else None
+        name = key.to_user_string()
+        if execution is None or seen.get(name) == execution.id:
+            continue
+        seen[name] = execution.id
+        evaluation = _check_evaluation(execution.event)
+        if evaluation is None or execution.create_timestamp < rule.created_at.timestamp():
+            continue
+        findings.append(_check_finding(rule, evaluation, execution.run_id))
+    return Evaluation(findings, {"seen": seen})
+
+
+def _check_evaluation(entry: EventLogEntry | None) -> dg.AssetCheckEvaluation | None:
+    event = entry.dagster_event if entry is not None else None
     data = event.event_specific_data if event is not None else None
     return data if isinstance(data, dg.AssetCheckEvaluation) else None
-
-
-def _runs_of(instance: dg.DagsterInstance, records: Sequence[EventLogRecord]) -> dict[str, dg.DagsterRun]:
-    run_ids = list(dict.fromkeys(r.run_id for r in records))
-    return {run.run_id: run for run in instance.get_runs(dg.RunsFilter(run_ids=run_ids))}
-
-
-def _in_scope(rule: RuleView, key: dg.AssetKey, run: dg.DagsterRun | None) -> bool:
-    if not key.path or key.path[0] != rule.namespace:
-        return False
-    if rule.dbt_project_slug is None:
-        return True
-    if list(key.path[:2]) == [rule.namespace, rule.dbt_project_slug]:
-        return True
-    return run is not None and run.tags.get(run_tags.DBT_PROJECT_ID) == rule.condition.get("dbt_project_id")
 
 
 def _check_finding(rule: RuleView, evaluation: dg.AssetCheckEvaluation, dagster_run_id: str) -> Finding:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rime_dagster.monitoring import alerts
-from rime_dagster.monitoring.conditions import DBT_TEST_FAILED, CatalogSource, Evaluation, RuleView, evaluate
+from rime_dagster.monitoring.conditions import CatalogSource, Evaluation, RuleView, evaluate
 from rime_dagster.monitoring.delivery import deliver_due
 from rime_dagster.monitoring.names import rule_sensor_name
 from rime_dagster.platform import run_tags
@@ -30,7 +30,7 @@ from rime_dagster.platform.iceberg import CatalogProvider
 from rime_dagster.resources import MetadataStoreResource
 from rime_dagster.settings import Settings, get_settings
 from rime_dagster.specs import AlertRuleSpec
-from rime_dagster.store.models import AlertRule, DbtProject, Project
+from rime_dagster.store.models import AlertRule, Project
 from rime_dagster.store.session import read_scope, session_factory, unit_of_work
 from rime_dagster.store.types import utcnow
 
@@ -66,9 +66,6 @@ def load_rule(session: Session, rule_id: str) -> RuleView | None:
     if row is None:
         return None
     rule, namespace = row
-    slug = None
-    if rule.condition.get("type") == DBT_TEST_FAILED and rule.condition.get("dbt_project_id"):
-        slug = session.scalar(select(DbtProject.slug).where(DbtProject.id == rule.condition["dbt_project_id"]))
     return RuleView(
         id=rule.id,
         project_id=rule.project_id,
@@ -78,7 +75,6 @@ def load_rule(session: Session, rule_id: str) -> RuleView | None:
         only_final_retry=rule.only_final_retry,
         created_at=rule.created_at,
         cursor=dict(rule.cursor or {}),
-        dbt_project_slug=slug,
     )
 
 
@@ -115,16 +111,18 @@ def evaluate_rule(
     instance: dg.DagsterInstance,
     catalog: CatalogSource,
     *,
+    repository: dg.RepositoryDefinition | None = None,
     now: datetime | None = None,
 ) -> TickOutcome:
     """One evaluation of the rule: read it, evaluate it (no transaction open meanwhile), write what it found
-    and its cursor in one transaction, if the cursor is still the one it started from."""
+    and its cursor in one transaction, if the cursor is still the one it started from. `repository`: the code
+    location's definitions (dbt tests are its asset checks)."""
     now = now or utcnow()
     with read_scope(store_url) as session:  # a snapshot: no write lock while nothing is to be written
         rule = load_rule(session, rule_id)
     if rule is None:
         return TickOutcome(skipped=f"alert rule {rule_id} no longer exists")
-    evaluation = evaluate(rule, instance, catalog, now)
+    evaluation = evaluate(rule, instance, catalog, now, repository)
     if not evaluation.findings and evaluation.cursor == rule.cursor:
         return TickOutcome(cursor=evaluation.cursor)  # nothing to write: no write lock taken
     with unit_of_work(session_factory(store_url)) as session:
@@ -152,7 +150,7 @@ def deployment_catalog() -> Catalog:
 def tick(context: dg.SensorEvaluationContext, rule_id: str, store_url: str, *, settings: Settings) -> dg.SkipReason:
     """A rule sensor's tick: evaluate, mirror the store's cursor into Dagster's (shown in the UI), send the
     new alerts' notifications."""
-    outcome = evaluate_rule(store_url, rule_id, context.instance, deployment_catalog)
+    outcome = evaluate_rule(store_url, rule_id, context.instance, deployment_catalog, repository=context.repository_def)
     if outcome.cursor is not None:
         context.update_cursor(json.dumps(outcome.cursor, sort_keys=True))
     message = outcome.summary()

@@ -14,7 +14,15 @@ from sqlalchemy import select
 
 from rime_dagster.platform import run_tags
 from rime_dagster.store.ids import new_id
-from rime_dagster.store.models import Alert, AlertDelivery, AlertEvent, AlertRule, Project
+from rime_dagster.store.models import (
+    Alert,
+    AlertDelivery,
+    AlertEvent,
+    AlertRule,
+    EscalationPolicy,
+    NotificationChannel,
+    Project,
+)
 from rime_dagster.store.session import session_scope
 
 
@@ -106,6 +114,27 @@ class Store:
                 rule.created_at = created_at
             session.add(rule)
         return rule.id
+
+    def add_channel(self, url: str = "http://127.0.0.1:9/hook") -> str:
+        """A webhook channel (no secret) posting to `url`."""
+        with session_scope(self.url) as session:
+            channel = NotificationChannel(
+                id=new_id("channel"),
+                project_id=self.project_id,
+                name=f"hook {new_id('channel')[-6:]}",
+                channel_type="webhook",
+                config={"url": url},
+            )
+            session.add(channel)
+        return channel.id
+
+    def add_policy(self, steps: list[dict[str, Any]]) -> str:
+        with session_scope(self.url) as session:
+            policy = EscalationPolicy(
+                id=new_id("escalation_policy"), project_id=self.project_id, name="On call", steps=steps
+            )
+            session.add(policy)
+        return policy.id
 
     def alerts(self, rule_id: str | None = None) -> list[Alert]:
         with session_scope(self.url) as session:

@@ -26,6 +26,7 @@ from tests.monitoring.rule_support import (
     run_job,
     tiny_job,
 )
+from tests.support.receivers import http_receiver
 
 # Each test runs jobs in a Dagster instance of its own: seconds.
 pytestmark = pytest.mark.slow
@@ -172,6 +173,19 @@ class TestSensorTicks:
         replayed, _ = tick(sensor, store, instance, cursor=first_cursor)
         assert replayed.skip_message.startswith("0 fired")
         assert store.counts() == before
+
+    def test_the_tick_that_fires_sends_the_webhook(self, store, instance):
+        with http_receiver() as receiver:
+            channel = store.add_channel(receiver.url)
+            rule_id = store.add_rule({"type": "run_failed", "pipeline_id": "pipe_orders"}, channel_ids=[channel])
+            failed = run_job(instance, pipeline_tags(store, "pipe_orders"), fail=True)
+            result, _ = tick(sensor_of(store, rule_id), store, instance)
+            assert "notifications: sent 1" in result.skip_message
+            [request] = receiver.received()  # before the tick returned
+        [alert] = store.alerts(rule_id)
+        body = request.json()
+        assert body["alert"]["id"] == alert.id and body["alert"]["run_id"] == alert.context["run_id"]
+        assert body["alert"]["context"]["dagster_run_id"] == failed.run_id
 
     def test_a_tick_for_a_deleted_rule_skips(self, store, instance):
         sensor = sensor_of(store, "rule_gone")
