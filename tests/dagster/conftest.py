@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -50,6 +50,9 @@ class Webserver:
     process: subprocess.Popen
     log_path: Path
     code_server: subprocess.Popen | None = None
+    # The environment the webserver runs in and its workspace: what a daemon started beside it needs.
+    env: dict[str, str] = field(default_factory=dict)
+    workspace: Path | None = None
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -183,6 +186,24 @@ def _stop(process: subprocess.Popen, env_marker: str) -> None:
         time.sleep(0.2)
 
 
+@contextmanager
+def running_daemon(server: Webserver) -> Iterator[subprocess.Popen]:
+    """`dagster-daemon run` beside a webserver (sensors, schedules, run retries), as `rime up` runs it: the same
+    environment and workspace. Stopping it stops only its own process group (its sensor-launched run workers)."""
+    log_path = server.log_path.with_name(f"daemon-{time.monotonic_ns()}.log")
+    assert server.workspace is not None
+    daemon = _start([str(BIN / "dagster-daemon"), "run", "-w", str(server.workspace)], server.env, log_path)
+    try:
+        yield daemon
+    finally:
+        _signal_group(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            _signal_group(daemon.pid, signal.SIGKILL)
+            daemon.wait(timeout=5)
+
+
 LOCATIONS_QUERY = """
 { workspaceOrError { __typename ... on Workspace { locationEntries {
     name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
@@ -266,9 +287,16 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
     try:
         if not wait_for_code_server(settings, START_TIMEOUT, alive=lambda: code_server.poll() is None):
             pytest.fail(f"the rime code server did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
-        process = _start(webserver_command(settings, BIN, write_workspace(settings)), env, log_path)
+        workspace = write_workspace(settings)
+        process = _start(webserver_command(settings, BIN, workspace), env, log_path)
         server = Webserver(
-            settings=settings, client=client, process=process, log_path=log_path, code_server=code_server
+            settings=settings,
+            client=client,
+            process=process,
+            log_path=log_path,
+            code_server=code_server,
+            env=env,
+            workspace=workspace,
         )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
