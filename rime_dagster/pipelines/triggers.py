@@ -166,6 +166,40 @@ def upload_run_key(connector_id: str, name: str, mtime_ns: int, size: int) -> st
     return f"upload:{connector_id}:{name}:{mtime_ns}:{size}"
 
 
+_File = tuple[str, int, int]  # name, mtime_ns, size
+
+
+def upload_tables(connector: ConnectorSpec) -> dict[str, str] | None:
+    """{file name: the table the connector lands it in} for the upload area, by the `files` connector's own rules
+    (rime_dagster/connectors/sources/files/folder.py); None when they cannot say (two files for one table: the run
+    will report it)."""
+    # pyarrow comes with the connector's package: only an evaluation that found new files pays for it.
+    from rime_dagster.connectors.sources.base import SourceError
+    from rime_dagster.connectors.sources.files.config import FilesConfig
+    from rime_dagster.connectors.sources.files.folder import find_tables
+
+    try:
+        config = FilesConfig.model_validate(connector.config)
+        tables = find_tables(connector.upload_dir, config, lambda path, **_: Path(path))
+    except (SourceError, ValueError):
+        return None
+    return {file.rel: table for table, files in tables.items() for file in files}
+
+
+def _synced_now(connector: ConnectorSpec, new: list[_File]) -> tuple[list[_File], list[_File]]:
+    """(files a run would sync now, files that wait): a file waits while its table is not among the connector's
+    tables in the specs this location was built from. An upload of a new table's file stores the table the
+    upload's discovery found, which reloads the location; a run started before that reload could load specs
+    without the table and not sync the file. A file no table of the connector takes (not selected, an unknown
+    format) waits for good, and starts nothing."""
+    tables = upload_tables(connector) if new else {}
+    if tables is None:
+        return new, []
+    synced = set(connector.tables)
+    ready = [f for f in new if tables.get(f[0]) in synced]
+    return ready, [f for f in new if tables.get(f[0]) not in synced]
+
+
 def upload_evaluator(
     connector: ConnectorSpec, since: int, identity: Mapping[str, str], tags: Mapping[str, str]
 ) -> Evaluate:
@@ -178,7 +212,8 @@ def upload_evaluator(
             for name, (mtime_ns, size) in sorted(current.items(), key=lambda item: (item[1][0], item[0]))
             if mtime_ns >= since and seen.get(name) != [mtime_ns, size]
         ]
-        started, later = new[:UPLOAD_PAGE], {name for name, _, _ in new[UPLOAD_PAGE:]}
+        ready, waiting = _synced_now(connector, new)
+        started, later = ready[:UPLOAD_PAGE], {name for name, _, _ in [*ready[UPLOAD_PAGE:], *waiting]}
         requests = [
             _request(
                 upload_run_key(connector.id, name, mtime_ns, size),
@@ -187,13 +222,14 @@ def upload_evaluator(
             )
             for name, mtime_ns, size in started
         ]
-        # Files left for the next evaluation keep their old entry (or none), so they still count as new then.
+        # Files left for a later evaluation keep their old entry (or none), so they still count as new then.
         files = {name: list(stat) for name, stat in current.items() if name not in later}
         files.update({name: seen[name] for name in later if name in seen})
+        skip = "No new or changed file in the upload area."
+        if waiting:
+            skip = f"{len(waiting)} new file(s) wait until the connector syncs their table: {waiting[0][0]}, ..."
         return dg.SensorResult(
-            run_requests=requests,
-            cursor=_cursor(identity, files=files),
-            skip_reason=None if requests else "No new or changed file in the upload area.",
+            run_requests=requests, cursor=_cursor(identity, files=files), skip_reason=None if requests else skip
         )
 
     return evaluate

@@ -30,9 +30,12 @@ from rime_dagster.specs import ConnectorSpec, PipelineSpec
 from tests.pipelines import test_jobs as jobs_test
 
 
-def files_connector(upload_dir: Path, id: str = "conn_shop", prefix: str = "shop") -> ConnectorSpec:
-    """A `files` connector reading its upload area."""
-    return replace(jobs_test.connector(upload_dir, id, "."), config={}, table_prefix=prefix, upload_dir=upload_dir)
+def files_connector(
+    upload_dir: Path, id: str = "conn_shop", prefix: str = "shop", tables: tuple[str, ...] = ("orders",)
+) -> ConnectorSpec:
+    """A `files` connector reading its upload area, syncing `tables`."""
+    connector = jobs_test.connector(upload_dir, id, ".")
+    return replace(connector, config={}, table_prefix=prefix, upload_dir=upload_dir, tables=list(tables))
 
 
 def pipeline(id: str, connector_id: str, triggers: list[dict], paused: bool = False) -> PipelineSpec:
@@ -129,7 +132,7 @@ def test_files_before_since_start_nothing(home, instance):
     since = trigger_clock_ns()
     write(uploads / "old.csv", "id\n1\n", mtime_ns=since - 1_000_000)  # a millisecond before the trigger
     write(uploads / "new.csv", "id\n2\n", mtime_ns=since + 1_000_000)  # a millisecond after
-    shop = files_connector(uploads)
+    shop = files_connector(uploads, tables=("old", "new"))
     spec = pipeline("p", shop.id, [trigger("on_upload", shop.id, since=format_since(since))])
     result = evaluate(definitions(spec, connectors=[shop]), "ns__p__on_upload", instance)
     assert [json.loads(r.tags[run_tags.TRIGGER_EVENT])["file"] for r in result.run_requests] == ["new.csv"]
@@ -149,7 +152,7 @@ def test_a_file_written_right_after_the_trigger_counts(home, instance):
 def test_several_files_start_one_run_each(home, instance):
     uploads = home / "uploads"
     uploads.mkdir()
-    shop = files_connector(uploads)
+    shop = files_connector(uploads, tables=("a", "b", "c"))
     spec = pipeline("p", shop.id, [trigger("on_upload", shop.id)])
     defs = definitions(spec, connectors=[shop])
     for name in ("a.csv", "b.csv", "c.csv"):
@@ -167,7 +170,10 @@ def test_a_cursor_of_another_trigger_starts_afresh(home, instance):
     """A sensor name passes to another trigger when the trigger holding it is removed: its cursor is not reused."""
     uploads, other_uploads = home / "uploads", home / "other"
     uploads.mkdir(), other_uploads.mkdir()
-    shop, other = files_connector(uploads), files_connector(other_uploads, id="conn_other", prefix="other")
+    shop, other = (
+        files_connector(uploads),
+        files_connector(other_uploads, id="conn_other", prefix="other", tables=("x",)),
+    )
     write(other_uploads / "x.csv", "id\n1\n")
     old = evaluate(
         definitions(pipeline("p", shop.id, [trigger("on_upload", shop.id)]), connectors=[shop, other]),
@@ -177,6 +183,27 @@ def test_a_cursor_of_another_trigger_starts_afresh(home, instance):
     spec = pipeline("p", other.id, [trigger("on_upload", other.id, since=format_since(0))])
     result = evaluate(definitions(spec, connectors=[shop, other]), "ns__p__on_upload", instance, old.cursor)
     assert [json.loads(r.tags[run_tags.TRIGGER_EVENT])["file"] for r in result.run_requests] == ["x.csv"]
+
+
+def test_a_file_waits_until_the_specs_know_its_table(home, instance):
+    """The upload of a new table's file stores the table and reloads the location: until the sensor's specs have
+    it, a run could load specs without it and not sync the file. A file no table takes never starts a run."""
+    uploads = home / "uploads"
+    uploads.mkdir()
+    write(uploads / "refunds.csv", "id\n1\n")
+    write(uploads / "notes.txt", "not data")  # no reader for it: no table
+    before = files_connector(uploads)  # built before the upload's discovery stored `refunds`
+    spec = pipeline("p", before.id, [trigger("on_upload", before.id, since=format_since(0))])
+    waiting = evaluate(definitions(spec, connectors=[before]), "ns__p__on_upload", instance)
+    assert waiting.run_requests == [] and "wait until the connector syncs their table" in waiting.skip_message
+
+    reloaded = replace(before, tables=["orders", "refunds"])
+    result = evaluate(definitions(spec, connectors=[reloaded]), "ns__p__on_upload", instance, waiting.cursor)
+    assert [json.loads(r.tags[run_tags.TRIGGER_EVENT])["file"] for r in result.run_requests] == ["refunds.csv"]
+    assert (
+        evaluate(definitions(spec, connectors=[reloaded]), "ns__p__on_upload", instance, result.cursor).run_requests
+        == []
+    )
 
 
 def test_sensor_names_paused_and_orphaned_triggers(home):

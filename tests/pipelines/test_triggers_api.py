@@ -201,7 +201,10 @@ def test_a_file_uploaded_after_the_trigger_starts_one_run(clients, setup, settin
     """API -> store -> the code location's specs -> the sensor: the file uploaded before the trigger was added
     starts nothing, the one uploaded right after it starts one run."""
     admin = clients.admin
-    shop = setup["shop"]["id"]
+    # A connector that syncs whatever its upload area holds: each upload's discovery stores the new tables.
+    landing = admin.post(setup["uploads"], json={"name": "Landing", "connector_type": "files", "config": {}})
+    assert landing.status_code == 201, landing.text
+    shop = landing.json()["id"]
     upload = f"{setup['uploads']}/{shop}/files"
 
     def put(name: str) -> None:
@@ -209,7 +212,7 @@ def test_a_file_uploaded_after_the_trigger_starts_one_run(clients, setup, settin
         assert response.status_code == 201, response.text
 
     put("before.csv")
-    pipeline = created(admin, setup, "on upload", [{"type": "on_upload", "connector_id": shop}])
+    pipeline = created(admin, setup, "on upload", [{"type": "on_upload", "connector_id": shop}], [sync(shop)])
     put("after.csv")
 
     monkeypatch.setenv("RIME_HOME", str(settings.home))
