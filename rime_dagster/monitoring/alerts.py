@@ -130,8 +130,9 @@ def clear(session: Session, rule_id: str, target: str, *, reason: str, now: date
     alert = open_alert(session, rule_id, target)
     if alert is None:
         return None
-    _resolve(session, alert, actor=SYSTEM_ACTOR, now=now or utcnow())
+    # The reason first: the alert stream's event carries the alert as it is when resolved.
     alert.context = {**alert.context, "resolution": reason}
+    _resolve(session, alert, actor=SYSTEM_ACTOR, now=now or utcnow())
     return alert
 
 
@@ -159,8 +160,8 @@ def resolve_rule_alerts(session: Session, rule_id: str, *, reason: str, now: dat
     """Resolves every open alert of a rule (the rule was deleted): nothing is left firing with no one to clear it."""
     alerts = session.scalars(select(Alert).where(Alert.rule_id == rule_id, Alert.status.in_(OPEN))).all()
     for alert in alerts:
-        _resolve(session, alert, actor=SYSTEM_ACTOR, now=now or utcnow())
         alert.context = {**alert.context, "resolution": reason}
+        _resolve(session, alert, actor=SYSTEM_ACTOR, now=now or utcnow())
     return len(alerts)
 
 

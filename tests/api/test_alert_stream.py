@@ -170,6 +170,7 @@ def test_a_client_receives_fired_acknowledged_resolved_in_order(stream_settings)
     assert acked["alert"]["acknowledged_by"] == "lead@example.com" and acked["alert"]["acknowledged_at"]
     assert resolved["alert"]["resolved_by"] == "lead@example.com"
     assert cleared["alert"]["resolved_by"] == alerts.SYSTEM_ACTOR
+    assert cleared["alert"]["context"] == {"resolution": "a later run succeeded"}
     with session_scope(url) as session:  # the alert as the API shows it
         assert resolved["alert"] == alerts.alert_payload(session.get_one(Alert, first))
 
