@@ -13,20 +13,20 @@ from rime_dagster.store.retention import purge_alert_events, purge_expired
 
 @dg.op(description="Delete Idempotency-Key records past their replay window.")
 def purge_idempotency_keys(context: dg.OpExecutionContext, metadata_store: MetadataStoreResource) -> int:
-    ttl = timedelta(hours=settings().idempotency_ttl_hours)
     with metadata_store.session() as session:
-        purged = purge_expired(session, ttl=ttl)
-    context.log.info(f"purged {purged} expired idempotency keys")
-    context.add_output_metadata({"purged": purged})
-    return purged
+        purged = purge_expired(session, ttl=timedelta(hours=settings().idempotency_ttl_hours))
+    return _reported(context, purged, "expired idempotency keys")
 
 
 @dg.op(description="Delete the alert stream's events older than RIME_ALERT_EVENTS_RETENTION_HOURS.")
 def purge_old_alert_events(context: dg.OpExecutionContext, metadata_store: MetadataStoreResource) -> int:
-    ttl = timedelta(hours=settings().alert_events_retention_hours)
     with metadata_store.session() as session:
-        purged = purge_alert_events(session, ttl=ttl)
-    context.log.info(f"purged {purged} old alert stream events")
+        purged = purge_alert_events(session, ttl=timedelta(hours=settings().alert_events_retention_hours))
+    return _reported(context, purged, "old alert stream events")
+
+
+def _reported(context: dg.OpExecutionContext, purged: int, what: str) -> int:
+    context.log.info(f"purged {purged} {what}")
     context.add_output_metadata({"purged": purged})
     return purged
 

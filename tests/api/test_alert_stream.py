@@ -42,6 +42,7 @@ from rime_dagster.store.ids import new_id
 from rime_dagster.store.models import Alert, AlertEvent, AlertRule
 from rime_dagster.store.session import engine_for, session_factory, session_scope, unit_of_work
 from tests.conftest import ADMIN_TOKEN, make_settings, role_clients
+from tests.dagster.conftest import uvicorn_api
 from tests.support.waiting import wait_until
 
 ALERTS = "/api/v1/ws/alerts"
@@ -316,6 +317,21 @@ class TestAuthentication:
                 rule_id = add_rule(sqlite_settings.metadata_url)
                 alert_id = fire(sqlite_settings.metadata_url, rule_id, "pipeline:orders")
                 assert summary(receive(kept)) == ("alert_fired", alert_id, "firing")
+
+
+@pytest.mark.slow
+def test_the_token_never_reaches_the_logs(tmp_path):
+    """The API as `rime up` runs it (a uvicorn process, INFO, access log): uvicorn logs the WebSocket's path with
+    its query string, and the API masks the token in it."""
+    settings = make_settings(tmp_path)
+    log_path = tmp_path / "api.log"
+    with uvicorn_api(settings, log_path, env={"RIME_LOG_LEVEL": "INFO"}, access_log=True) as base:
+        ws_base = base.replace("http://", "ws://", 1)
+        with ws_connect(f"{ws_base}{ALERTS}?token={ADMIN_TOKEN}", open_timeout=10):
+            pass
+        wait_until(lambda: f"{ALERTS}?token=***" in log_path.read_text(), timeout=10, what="the connect logged")
+    log = log_path.read_text()
+    assert ADMIN_TOKEN not in log and "accepted" in log, log[-2000:]
 
 
 def test_a_quiet_stream_sends_pings(sqlite_settings):
