@@ -193,10 +193,12 @@ class Settings(BaseSettings):
         "besides the public ones (certifi): for a company CA.",
     )
     alert_sensor_interval_seconds: int = Field(
-        5,
+        1,
         ge=1,
-        description="Least time between two evaluations of an alert rule's sensor (and of the escalation "
-        "sensor). Dagster's daemon looks at its sensors at most every 5 s, so lower values change nothing.",
+        description="Least time between two evaluations of an alert rule's sensor (and of the escalation and "
+        "delivery sensors). Dagster's daemon looks at its sensors once per loop, every 5 s, and skips a sensor "
+        "whose last tick began less than this ago: 1 lets every loop evaluate every rule, while 5 skipped every "
+        "other loop (a tick that began a moment later than the loop's start) and made it 10 s.",
     )
     env_passthrough: list[str] = Field(
         default_factory=list,

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from rime_dagster.monitoring import alerts
@@ -101,7 +101,13 @@ def apply(session: Session, rule: AlertRule, evaluation: Evaluation, *, now: dat
             if cleared is not None:
                 resolved.append(cleared.id)
     if evaluation.cursor != rule.cursor:
-        rule.cursor = evaluation.cursor
+        # The cursor moves with every run of the instance: it is not an edit of the rule, so updated_at (what
+        # the API shows as the rule's last change) keeps its value.
+        session.execute(
+            update(AlertRule)
+            .where(AlertRule.id == rule.id)
+            .values(cursor=evaluation.cursor, updated_at=AlertRule.updated_at)
+        )
     return TickOutcome(fired=fired, resolved=resolved, repeated=repeated, cursor=evaluation.cursor)
 
 

@@ -37,6 +37,11 @@ concurrency:
   pools:
     default_limit: 1
     granularity: op
+# Sensors (alert rules, pipeline triggers) are evaluated on threads: one after another, each loop (every
+# 5 s) would last as long as all their ticks together, and an alert's latency would grow with the rules.
+sensors:
+  use_threads: true
+  num_workers: 4
 # Runs tagged dagster/max_retries are retried by the daemon; Dagster then tags each failed run
 # dagster/will_retry, which alert rules with only_final_retry read. Untagged runs are never retried.
 run_retries:

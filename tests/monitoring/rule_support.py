@@ -147,6 +147,10 @@ class Store:
         with session_scope(self.url) as session:
             return dict(session.get_one(AlertRule, rule_id).cursor)
 
+    def rule_updated_at(self, rule_id: str) -> datetime:
+        with session_scope(self.url) as session:
+            return session.get_one(AlertRule, rule_id).updated_at
+
     def counts(self) -> tuple[int, int, int]:
         """(alerts, deliveries, alert stream events): what a replayed tick must not add to."""
         with session_scope(self.url) as session:

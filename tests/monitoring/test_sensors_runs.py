@@ -66,6 +66,7 @@ def tick(sensor: dg.SensorDefinition, store: Store, instance: dg.DagsterInstance
 class TestRunFailed:
     def test_fires_once_per_failing_run_and_resolves_on_success(self, store, instance):
         rule_id = store.add_rule({"type": "run_failed", "pipeline_id": "pipe_orders"})
+        edited = store.rule_updated_at(rule_id)
         failed = run_job(instance, pipeline_tags(store, "pipe_orders"), fail=True)
         assert not failed.success
 
@@ -94,6 +95,8 @@ class TestRunFailed:
         alerts = store.alerts(rule_id)
         assert [a.status for a in alerts] == [RESOLVED, FIRING]
         assert alerts[1].context["dagster_run_id"] == second_failure.run_id
+        assert store.cursor(rule_id)["after"] > 0
+        assert store.rule_updated_at(rule_id) == edited  # moving the cursor is not an edit of the rule
 
     def test_a_second_failure_while_open_counts_on_the_open_alert(self, store, instance):
         rule_id = store.add_rule({"type": "run_failed", "pipeline_id": "pipe_orders"})
