@@ -55,8 +55,6 @@ import certifi
 import httpx
 from sqlalchemy.orm import object_session
 
-from rime_dagster.connectors.sources._access import SourceAccess
-from rime_dagster.connectors.sources.base import AccessRefused
 from rime_dagster.store.crypto import CredentialCipher, CredentialsUnreadable
 from rime_dagster.store.models import NotificationChannel, Project
 
@@ -393,6 +391,10 @@ def _tls(settings: Settings) -> ssl.SSLContext:
 def checked_addresses(host: str, port: int, settings: Settings, *, field: str) -> list[str | None]:
     """The addresses to connect to, each outside RIME_CONNECTOR_HOSTS_DENY ([None]: no deny list, the client
     resolves the name); DeliveryFailed when an address is denied or the name does not resolve."""
+    # Imported here: the sources package pulls in pyarrow, which loading the code location must not pay for.
+    from rime_dagster.connectors.sources._access import SourceAccess
+    from rime_dagster.connectors.sources.base import AccessRefused
+
     access = SourceAccess(hosts_deny=tuple(settings.connector_hosts_deny))
     try:
         addresses = access.addresses(host, port, field=field)
