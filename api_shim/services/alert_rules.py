@@ -5,6 +5,7 @@ sensor runs is Dagster's to say once anyone started or stopped it, here or in th
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -123,16 +124,26 @@ def _flush(session: Session, name: str | None) -> None:
         raise Conflict(f"An alert rule named '{name}' already exists in this project.") from None
 
 
-def new_rule_slug(session: Session, project: Project, name: str) -> str:
-    """A slug for the rule's sensor, unique among the project's rules. Locks the project's row until the
-    transaction ends, so that two rules created at once cannot take the same one (PostgreSQL; SQLite's
-    transactions hold the write lock already)."""
+def new_rule_slug(session: Session, project: Project, name: str, sensor_states: Collection[str] = ()) -> str:
+    """A slug for the rule's sensor, unique among the project's rules, and naming no sensor Dagster still holds
+    a state for (`sensor_states`: names): a deleted rule's sensor stopped in Dagster keeps its state there, which
+    would otherwise stop a new rule of the same name. Locks the project's row until the transaction ends, so
+    that two rules created at once cannot take the same one (PostgreSQL; SQLite's transactions hold the write
+    lock already)."""
     session.execute(select(Project.id).where(Project.id == project.id).with_for_update())
     taken = set(session.scalars(select(AlertRule.slug).where(AlertRule.project_id == project.id)))
+    prefix, suffix = rule_sensor_name(project.namespace, "|").split("|")
+    taken |= {n[len(prefix) : -len(suffix)] for n in sensor_states if n.startswith(prefix) and n.endswith(suffix)}
     return unique_identifier(name, taken, fallback="rule")
 
 
-def create_rule(session: Session, project: Project, body: AlertRuleCreate, catalogs: CatalogProvider) -> AlertRule:
+def create_rule(
+    session: Session,
+    project: Project,
+    body: AlertRuleCreate,
+    catalogs: CatalogProvider,
+    sensor_states: Collection[str] = (),
+) -> AlertRule:
     condition = body.condition.model_dump(mode="json", exclude_none=True)
     check_condition(session, project, condition, catalogs)
     _check_channels(session, project, body.channel_ids)
@@ -142,7 +153,7 @@ def create_rule(session: Session, project: Project, body: AlertRuleCreate, catal
         id=new_id("rule"),
         project_id=project.id,
         name=body.name,
-        slug=new_rule_slug(session, project, body.name),
+        slug=new_rule_slug(session, project, body.name, sensor_states),
         description=body.description,
         severity=body.severity,
         condition=condition,
@@ -213,8 +224,9 @@ def create(
 ) -> AlertRuleResponse:
     """Creates the rule. Its sensor comes with the next definitions reload, running or stopped as `enabled`
     says (its default status in code): nothing to ask Dagster now."""
-    row = create_rule(session, project, body, catalogs)
-    return rule_response(project, row, dagster, dagster.sensor_states())
+    states = dagster.sensor_states()
+    row = create_rule(session, project, body, catalogs, states)
+    return rule_response(project, row, dagster, states)
 
 
 def describe(session: Session, dagster: DagsterClient, project: Project, rule_id: str) -> AlertRuleResponse:

@@ -302,6 +302,15 @@ class TestEnabledState:
             row = session.get(AlertRule, rule["id"])
             assert (row.enabled, row.severity) == (True, "high")
 
+    def test_a_new_rule_never_takes_the_sensor_name_of_a_deleted_one_dagster_holds_a_state_for(
+        self, admin, watched, settings
+    ):
+        first = created(admin, f"{watched.base}/alert-rules", rule_body({"type": "run_failed"}))
+        _sensor_state(settings, first["sensor_name"], InstigatorStatus.STOPPED)
+        assert admin.delete(f"{watched.base}/alert-rules/{first['id']}").status_code == 204
+        again = created(admin, f"{watched.base}/alert-rules", rule_body({"type": "run_failed"}))
+        assert (again["slug"], again["enabled"]) == ("orders_failed_2", True)
+
     def test_an_unreadable_instance_falls_back_to_the_rule(self, admin, watched, settings):
         rule = created(admin, f"{watched.base}/alert-rules", rule_body({"type": "run_failed"}, enabled=False))
         _sensor_state(settings, rule["sensor_name"], InstigatorStatus.RUNNING)
