@@ -108,6 +108,23 @@ class TestChannels:
         assert renamed.status_code == 200 and renamed.json()["name"] == "team"
         assert _stored(admin.app, slack["id"])[1] == {"url": slack_url}  # not its redacted form
 
+    def test_secrets_the_key_cannot_read_must_be_sent_again(self, admin, base):
+        hook = created(admin, f"{base}/notification-channels", webhook("https://example.com/a", secret=SECRET))
+        other_key = CredentialCipher("another deployment's secret key").encrypt({"secret": SECRET})
+        with admin.app.state.sessions.begin() as session:
+            session.get(NotificationChannel, hook["id"]).secrets_encrypted = other_key
+        url = f"{base}/notification-channels/{hook['id']}"
+        refused = admin.patch(url, json={"config": {"url": "https://example.com/b"}})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["details"] == [{"field": "config", "message": "Send config.secret again."}]
+        assert admin.patch(url, json={"name": "renamed"}).status_code == 200  # the config untouched: no need
+        tested = admin.post(f"{url}/test")
+        assert tested.status_code == 200 and tested.json()["success"] is False
+        assert "RIME_SECRET_KEY" in tested.json()["message"]
+        fixed = admin.patch(url, json={"config": {"url": "https://example.com/b", "secret": "fresh"}})
+        assert fixed.status_code == 200, fixed.text
+        assert _stored(admin.app, hook["id"]) == ({"url": "https://example.com/b"}, {"secret": "fresh"})
+
     @pytest.mark.parametrize(
         ("body", "field"),
         [
