@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 1000  # events a client may fall behind before it is dropped
-PAGE = 500  # rows per read; a full page is followed by another read at once
+PAGE = 500  # rows per read; a full page is followed by another read as soon as the clients have taken it
+ROOM_CHECK_SECONDS = 0.005
 # How long an id the reader moved past is looked for: longer than any transaction that writes alert events
 # (a sensor tick, an API request) stays open after taking its id.
 GAP_SECONDS = 30.0
@@ -80,13 +81,19 @@ class Subscription:
             metrics.ALERT_STREAM_DROPPED.inc()
             self.end("error", FELL_BEHIND)
 
+    def take_queued(self) -> list[tuple[str, str]]:
+        """What else is queued, without waiting: a relay sends a whole read's events in one go."""
+        items = []
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return items
+
     def end(self, kind: str, reason: str) -> None:
         """Stops the feed: what is queued is dropped (the client is told at once), `reason` is the last item."""
         if self.ended:
             return
         self.ended = True
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        self.take_queued()
         self.queue.put_nowait((kind, reason))
 
 
@@ -226,12 +233,24 @@ class AlertStreamHub:
                     await self._recheck_tokens()
                 if len(rows) < PAGE:
                     await asyncio.sleep(self.interval)
+                else:
+                    await self._room_for_a_page()
         except Exception:  # never let the reader die silently: its clients would wait forever
             log.exception("the alert stream reader failed")
             self.failure = READ_FAILED
             self.ready.set()
             for sub in self._all():
                 sub.end("error", READ_FAILED)
+
+    async def _room_for_a_page(self) -> None:
+        """Before the next page of a burst: waits until every client's relay has taken the page before (a send may
+        yield to the loop, so a relay can be slower than reads of a local store), at most one interval. A client
+        still short of room then is slow: the next page drops it, and it holds the others up no more."""
+        deadline = time.monotonic() + self.interval
+        while time.monotonic() < deadline and any(
+            sub.queue.qsize() > self.queue_limit - PAGE for sub in self._all() if not sub.ended
+        ):
+            await asyncio.sleep(ROOM_CHECK_SECONDS)
 
     async def _in_thread(self, read: Callable[..., T], *args: Any) -> T:
         """`read` in a worker thread, retried while the store is unreachable: the clients stay connected and

@@ -30,7 +30,7 @@ async def alert_stream(websocket: WebSocket, token: str | None = None) -> None:
     "alert_resolved", "alert": {...}}`, the alert as `GET .../alerts/{alertId}` shows it after the change.
 
     Every role may listen; every project of the tenant is visible to its users. Changes made after the connect
-    are sent, in the order they were written, whichever API process or sensor made them; `{"type": "ping"}` after
+    are sent, in the order they were committed, whichever API process or sensor made them; `{"type": "ping"}` after
     30 s without one. A client too slow to keep up gets `{"type": "error", "message"}` and a close (1011); so does
     one whose token is revoked or expires, or whose user is disabled, while it listens (close 4401). The token
     comes as the subprotocols `bearer, <token>` or as `?token=`; a bad or missing one is refused before the
@@ -85,13 +85,13 @@ async def _relay(websocket: WebSocket, sub: Subscription, *, keepalive_seconds: 
                 getting.cancel()
                 await websocket.send_text(PING)
                 continue
-            kind, text = getting.result()
-            if kind == "event":
-                await websocket.send_text(text)
-                continue
-            await websocket.send_json({"type": "error", "message": text})
-            await websocket.close(code=CLOSE_FOR[kind])
-            return
+            for kind, text in [getting.result(), *sub.take_queued()]:
+                if kind == "event":
+                    await websocket.send_text(text)
+                else:
+                    await websocket.send_json({"type": "error", "message": text})
+                    await websocket.close(code=CLOSE_FOR[kind])
+                    return
     except (WebSocketDisconnect, RuntimeError):  # the client went away mid-send
         return
     finally:

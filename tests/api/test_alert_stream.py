@@ -239,6 +239,23 @@ def test_two_clients_both_get_each_event_and_are_counted(sqlite_settings):
             assert summary(receive(again)) == ("alert_resolved", alert_id, "resolved")
 
 
+def test_a_burst_larger_than_a_clients_queue_reaches_it(sqlite_settings, monkeypatch):
+    """A client is dropped when it falls a queue behind, not when one commit writes more than a queue holds (a
+    rule deleted with many open alerts): the reader reads a page at a time and the client takes a page at once."""
+    monkeypatch.setattr(alert_stream, "PAGE", 50)
+    url = sqlite_settings.metadata_url
+    rule_id = add_rule(url)
+    with running(sqlite_settings) as clients:
+        clients.app.state.alert_stream.queue_limit = 100
+        with listen(clients.anonymous, ADMIN_TOKEN) as ws:
+            with session_scope(url) as session:
+                rule = session.get_one(AlertRule, rule_id)
+                fired = [
+                    alerts.fire(session, rule, target=f"t{n}", title="", message="", context={}).id for n in range(600)
+                ]
+            assert [receive(ws)["alert"]["id"] for _ in fired] == fired
+
+
 def test_a_client_of_another_tenant_gets_nothing_of_this_one(tmp_path, sqlite_settings):
     url = sqlite_settings.metadata_url
     ours, theirs = add_rule(url), add_rule(url, tenant="acme")
