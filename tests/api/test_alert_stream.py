@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
@@ -39,7 +40,7 @@ from api_shim.services.projects import create_project
 from rime_dagster.monitoring import alerts
 from rime_dagster.settings import Settings
 from rime_dagster.store.ids import new_id
-from rime_dagster.store.models import Alert, AlertEvent, AlertRule
+from rime_dagster.store.models import Alert, AlertEvent, AlertRule, User
 from rime_dagster.store.session import engine_for, session_factory, session_scope, unit_of_work
 from tests.conftest import ADMIN_TOKEN, make_settings, role_clients
 from tests.dagster.conftest import uvicorn_api
@@ -334,6 +335,18 @@ class TestAuthentication:
                 rule_id = add_rule(sqlite_settings.metadata_url)
                 alert_id = fire(sqlite_settings.metadata_url, rule_id, "pipeline:orders")
                 assert summary(receive(kept)) == ("alert_fired", alert_id, "firing")
+
+
+def test_a_token_expiring_while_listening_ends_the_stream(sqlite_settings, monkeypatch):
+    monkeypatch.setattr(alert_stream, "RECHECK_SECONDS", 0.1)
+    with running(sqlite_settings) as clients:
+        with session_scope(sqlite_settings.metadata_url) as session:
+            user = session.get_one(User, clients.user_ids[Role.viewer])
+            expires_at = datetime.now(UTC) + timedelta(seconds=1.5)
+            token = user_service.create_token(session, user, name="short", expires_at=expires_at).secret
+        with listen(clients.anonymous, token) as ws:
+            assert receive(ws) == {"type": "error", "message": alert_stream.TOKEN_GONE}
+            assert datetime.now(UTC) >= expires_at
 
 
 @pytest.mark.slow
