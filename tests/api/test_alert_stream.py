@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import socket
 import threading
 import time
@@ -24,7 +25,8 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy.engine import make_url
 from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
@@ -497,6 +499,30 @@ def test_an_event_in_flight_when_the_reader_starts_is_sent(stream_settings):
             fire(url, fast_rule, "pipeline:orders")  # committed: the newest id when the client connects
             ws = stack.enter_context(listen(clients.anonymous, ADMIN_TOKEN))
         assert summary(receive(ws)) == ("alert_fired", late.id, "firing")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_stream_outlives_the_store_being_unreachable(stream_settings, postgres_url, caplog):
+    """The store refuses connections for a while (its connections ended): the reader retries, its clients stay
+    connected, and what is written once the store is back reaches them."""
+    url = stream_settings.metadata_url
+    database = make_url(url).database
+    rule_id = add_rule(url)
+    server = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with running(stream_settings) as clients, listen(clients.anonymous, ADMIN_TOKEN) as ws:
+        hub = clients.app.state.alert_stream
+        with server.connect() as admin, caplog.at_level(logging.WARNING, logger="api_shim.alert_stream"):
+            admin.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            ended = text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d")
+            admin.execute(ended, {"d": database})
+            reads = hub.reads
+            wait_until(lambda: hub.reads >= reads + 2, timeout=10, what="reads failing")
+            admin.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        assert "reading alert events failed" in caplog.text
+        alert_id = fire(url, rule_id, "pipeline:orders")
+        assert summary(receive(ws, timeout=20)) == ("alert_fired", alert_id, "firing")
+    server.dispose()
 
 
 class TestEventCursor:
