@@ -242,6 +242,7 @@ def test_two_clients_both_get_each_event_and_are_counted(sqlite_settings):
             assert summary(receive(again)) == ("alert_resolved", alert_id, "resolved")
 
 
+@pytest.mark.slow
 def test_a_burst_larger_than_a_clients_queue_reaches_it(sqlite_settings, monkeypatch):
     """A client is dropped when it falls a queue behind, not when one commit writes more than a queue holds (a
     rule deleted with many open alerts): the reader reads a page at a time and the client takes a page at once."""
