@@ -162,3 +162,21 @@ class TestAcknowledgeAndResolve:
             "alert_acknowledged",
             "alert_resolved",
         ]
+
+
+def test_acknowledge_and_resolve_through_the_api_reach_the_alert_stream(clients, watched):
+    """The WebSocket `/api/v1/ws/alerts` (api_shim/alert_stream.py) pushes the API's changes as it answered them."""
+    app_client = clients.anonymous  # the entered TestClient: the app's own event loop, as under uvicorn
+    auth = {"Authorization": f"Bearer {clients.tokens[Role.lead_data_engineer]}"}
+    rule = _rule(clients.admin, watched, "streamed", "critical")
+    with app_client.websocket_connect(f"/api/v1/ws/alerts?token={clients.tokens[Role.viewer]}") as stream:
+        alert_id = fire_alert(clients.app, rule, "pipeline:x")
+        fired = stream.receive_json()
+        assert (fired["type"], fired["alert"]["id"], fired["alert"]["status"]) == ("alert_fired", alert_id, "firing")
+        url = f"{watched.base}/alerts/{alert_id}"
+        acknowledged = app_client.post(f"{url}/acknowledge", headers=auth)
+        assert acknowledged.status_code == 200
+        assert stream.receive_json() == {"type": "alert_acknowledged", "alert": acknowledged.json()}
+        resolved = app_client.post(f"{url}/resolve", headers=auth)
+        assert resolved.status_code == 200
+        assert stream.receive_json() == {"type": "alert_resolved", "alert": resolved.json()}
