@@ -14,10 +14,12 @@ from dagster._core.remote_origin import (
 )
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, InstigatorType, SensorInstigatorData
 
+from api_shim.main import create_app
 from api_shim.services.auth import Role
 from rime_dagster.connectors.landing import land_table
 from rime_dagster.store.generation import current_generation
 from rime_dagster.store.models import AlertRule
+from tests.conftest import make_settings, role_clients
 from tests.support.monitoring import Monitored, created, fire_alert, monitored_project, stream_events
 
 
@@ -349,3 +351,46 @@ def test_rules_of_another_project_are_not_found(admin, watched):
         response = admin.request(method, f"/api/v1/projects/{other['id']}/alert-rules/{rule['id']}", **kwargs)
         assert response.status_code == 404, response.text
     assert admin.get(f"{watched.base}/alert-rules/{rule['id']}").json() == rule
+
+
+def test_the_monitoring_endpoints_on_each_store(db_url, tmp_path):
+    """SQLite and PostgreSQL: the slug's project lock, JSON channel lists, keyset pages of alerts, the lifecycle."""
+    settings = make_settings(tmp_path, database_url=db_url)
+    with role_clients(create_app(settings), settings) as clients:
+        admin = clients.admin
+        watched = monitored_project(admin, "stores")
+        hook = created(
+            admin,
+            f"{watched.base}/notification-channels",
+            {"name": "hook", "type": "webhook", "config": {"url": "https://example.com/h", "secret": "s"}},
+        )
+        policy = created(
+            admin,
+            f"{watched.base}/escalation-policies",
+            {"name": "page", "steps": [{"after_minutes": 5, "channel_ids": [hook["id"]]}]},
+        )
+        body = rule_body(
+            {"type": "run_failed", "pipeline_id": watched.pipeline_id},
+            channel_ids=[hook["id"]],
+            escalation_policy_id=policy["id"],
+        )
+        rules = [
+            created(admin, f"{watched.base}/alert-rules", {**body, "name": f"Orders failed {i}"}) for i in range(3)
+        ]
+        assert [r["slug"] for r in rules] == ["orders_failed_0", "orders_failed_1", "orders_failed_2"]
+        fired = [fire_alert(clients.app, rules[0]["id"], f"pipeline:{i}") for i in range(3)]
+        page = admin.get(f"{watched.base}/alerts", params={"limit": 2, "status": "firing"}).json()
+        rest = admin.get(
+            f"{watched.base}/alerts", params={"limit": 2, "status": "firing", "cursor": page["next_cursor"]}
+        )
+        assert sorted(a["id"] for a in page["data"] + rest.json()["data"]) == sorted(fired)
+        assert admin.post(f"{watched.base}/alerts/{fired[0]}/acknowledge").json()["status"] == "acknowledged"
+        assert admin.post(f"{watched.base}/alerts/{fired[0]}/resolve").json()["status"] == "resolved"
+        assert admin.post(f"{watched.base}/alerts/{fired[0]}/resolve").status_code == 409
+        assert admin.delete(f"{watched.base}/notification-channels/{hook['id']}").status_code == 409
+        assert admin.delete(f"{watched.base}/escalation-policies/{policy['id']}").status_code == 409
+        for rule in rules:
+            assert admin.delete(f"{watched.base}/alert-rules/{rule['id']}").status_code == 204
+        assert admin.get(f"{watched.base}/alerts", params={"status": "firing"}).json()["data"] == []
+        assert admin.delete(f"{watched.base}/escalation-policies/{policy['id']}").status_code == 204
+        assert admin.delete(f"{watched.base}/notification-channels/{hook['id']}").status_code == 204
