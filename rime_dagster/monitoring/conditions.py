@@ -522,7 +522,9 @@ def dbt_test_failed(
             continue
         seen[name] = execution.id
         evaluation = _check_evaluation(execution.event)
-        if evaluation is None or execution.create_timestamp < rule.created_at.timestamp():
+        # The evaluation event's own time: the record's create_timestamp is SQLite's CURRENT_TIMESTAMP (whole
+        # seconds), which can fall before a rule created a moment earlier.
+        if evaluation is None or execution.event is None or execution.event.timestamp < rule.created_at.timestamp():
             continue
         findings.append(_check_finding(rule, evaluation, execution.run_id))
     return Evaluation(findings, {"seen": seen})

@@ -19,6 +19,9 @@ from rime_dagster.specs import AlertRuleSpec
 from rime_dagster.store.types import utcnow
 from tests.monitoring.rule_support import Store, dagster_instance, make_store
 
+# Each test opens a Dagster instance of its own and lands Iceberg tables: seconds.
+pytestmark = pytest.mark.slow
+
 SCHEMA = pa.schema([pa.field("id", pa.int64())])
 TABLE = "crm__orders"
 
