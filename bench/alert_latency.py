@@ -9,7 +9,7 @@ What it does, everything under a temporary directory:
 1. prepares a deployment as `rime up --no-demo` does and starts its processes as `rime up` does (the `rime` code
    server, `dagster-webserver`, `dagster-daemon run`, the API under uvicorn), plus a second code location,
    bench/_alert_baseline.py: Dagster's own `run_failure_sensor`, POSTing to a webhook, at the same interval as
-   Rime's rule sensors (RIME_ALERT_SENSOR_INTERVAL_SECONDS, default 5 s), watching every location. That is the
+   Rime's rule sensors (RIME_ALERT_SENSOR_INTERVAL_SECONDS, default 1 s), watching every location. That is the
    baseline: what a Dagster user writes by hand to be told of failed runs;
 2. through the API: a project, a `files` connector whose selected table has no file (every sync fails), a
    one-step pipeline syncing it, a webhook notification channel to a local receiver, and the rule
