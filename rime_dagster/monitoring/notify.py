@@ -62,6 +62,9 @@ if TYPE_CHECKING:
     from rime_dagster.settings import Settings
 
 log = logging.getLogger(__name__)
+# httpx logs every request's full URL at INFO, and a Slack incoming-webhook URL is a credential: wherever this
+# module sends (the code location's sensors, the API's channel test), that line is never written.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 CHANNEL_TYPES = ("webhook", "slack", "email")
 # The config keys each type keeps encrypted (NotificationChannel.secrets_encrypted), never shown.

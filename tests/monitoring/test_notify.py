@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 
 import pytest
@@ -207,6 +208,14 @@ class TestHostDenyList:
 
 
 class TestSlack:
+    def test_the_url_never_reaches_a_log_line(self, settings, notification, caplog):
+        """httpx logs each request's URL at INFO; a Slack URL is a credential (the code location sends it)."""
+        caplog.set_level(logging.DEBUG)
+        with http_receiver(path=SLACK_TOKEN_PATH) as receiver:
+            assert send("slack", {}, {"url": receiver.url}, notification, settings=settings) == "HTTP 200"
+        assert caplog.records, "nothing was logged at all: the check would prove nothing"
+        assert not [r.getMessage() for r in caplog.records if "xoxbSuperSecretToken42" in r.getMessage()]
+
     def test_blocks(self, settings, notification):
         with http_receiver(path=SLACK_TOKEN_PATH) as receiver:
             assert send("slack", {}, {"url": receiver.url}, notification, settings=settings) == "HTTP 200"
