@@ -14,8 +14,11 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
@@ -54,8 +57,8 @@ def model(dbt, session):
 """
 
 
-@pytest.fixture
-def listener() -> Iterator[int]:
+@contextmanager
+def _listening() -> Iterator[int]:
     """A TCP port on loopback (where Dagster's unauthenticated GraphQL listens) that accepts connections."""
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
@@ -70,10 +73,12 @@ def listener() -> Iterator[int]:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
 
 
 def _spec(
@@ -102,8 +107,7 @@ def _spec(
     )
 
 
-@pytest.fixture
-def platform(home) -> dict[str, Path]:
+def _lay_out_platform() -> dict[str, Path]:
     """The platform's secrets and another project's warehouse, as the platform keeps them."""
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -127,31 +131,80 @@ def platform(home) -> dict[str, Path]:
     }
 
 
-def test_a_python_model_reaches_no_secret_and_no_other_project(home, platform, listener):
-    own = get_settings().dbt_home / "proj_mine" / "dbt_probe" / "rev-1" / "project" / "dbt_project.yml"
-    probe = f"TARGETS = { ({k: str(v) for k, v in platform.items()})!r}\nPORT = {listener}\nOWN = {str(own)!r}\n"
-    spec = _spec(home, "proj_mine", {"probe.py": probe + PYTHON_PROBE})
-    result = _materialize(spec)
-    assert result.success
-    with duckdb.connect(str(spec.duckdb_file), read_only=True) as conn:
+@pytest.fixture
+def platform(home) -> dict[str, Path]:
+    return _lay_out_platform()
+
+
+# What SQL models try to read: one model per file, `leak_<target>`.
+SQL_TARGETS = ["secret_key", "admin_token", "other_warehouse", "api_environ"]
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    spec: DbtProjectSpec
+    result: dg.ExecuteInProcessResult
+    platform: dict[str, Path]
+    signing_key: str
+    node_results: dict[str, dict]  # run_results.json by model name
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory) -> Iterator[ProbeRun]:
+    """One project of Rime project `proj_mine` (RIME_HOME under a module temp folder, beside the platform's secrets
+    and another project's data) whose models each try their way out: a Python model tries every file and a TCP
+    connection, and a SQL model per file tries `read_text` on it. Parsed in the sandbox and run once, as one dbt
+    process: each model's outcome is its own (dbt runs the others when one fails), and each test reads its own."""
+    tmp = tmp_path_factory.mktemp("sandbox")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RIME_HOME", str(tmp / "home"))
+        patch.setenv("RIME_CONNECTOR_PATH_ROOTS", str(tmp))
+        get_settings.cache_clear()
+        try:
+            platform = _lay_out_platform()
+            own = get_settings().dbt_home / "proj_mine" / "dbt_probe" / "rev-1" / "project" / "dbt_project.yml"
+            with _listening() as port:
+                targets = {k: str(v) for k, v in platform.items()}
+                probe = f"TARGETS = {targets!r}\nPORT = {port}\nOWN = {str(own)!r}\n"
+                models = {"probe.py": probe + PYTHON_PROBE}
+                for target in SQL_TARGETS:
+                    models[f"leak_{target}.sql"] = (
+                        f"{{{{ config(materialized='table') }}}}\nselect content from read_text('{platform[target]}')\n"
+                    )
+                spec = _spec(tmp, "proj_mine", models)
+                result = _materialize(spec)
+            [run_results] = spec.root.glob("runs/*/run_results.json")
+            nodes = {r["unique_id"].rsplit(".", 1)[1]: r for r in json.loads(run_results.read_text())["results"]}
+            yield ProbeRun(spec, result, platform, get_settings().signing_key(), nodes)
+        finally:
+            get_settings.cache_clear()
+
+
+def test_a_python_model_reaches_no_secret_and_no_other_project(probe_run):
+    assert probe_run.node_results["probe"]["status"] == "success", probe_run.node_results["probe"]
+    materialized = {e.asset_key.path[-1] for e in probe_run.result.get_asset_materialization_events()}
+    assert materialized == {"probe"}  # and no SQL probe
+    with duckdb.connect(str(probe_run.spec.duckdb_file), read_only=True) as conn:
         outcomes = dict(conn.execute("select target, outcome from probe").fetchall())
     assert outcomes == {
-        **{name: "PermissionError" for name in platform},
+        **{name: "PermissionError" for name in probe_run.platform},
         "tcp": "PermissionError",
         "own_project": "read",
     }
 
 
-@pytest.mark.parametrize("target", ["secret_key", "admin_token", "other_warehouse", "api_environ"])
-def test_sql_cannot_read_files_outside_the_project(home, platform, target):
-    sql = f"{{{{ config(materialized='table') }}}}\nselect content from read_text('{platform[target]}')\n"
-    spec = _spec(home, "proj_mine", {"leak.sql": sql})
-    result = _materialize(spec)
-    assert not result.success
-    failure = "\n".join(str(e) for e in result.all_events if e.is_failure)
-    assert "Permission denied" in failure or "permission" in failure.lower(), failure[-2000:]
-    text = failure + "".join(p.read_text(errors="replace") for p in spec.root.rglob("*.log"))
-    for value in ("sentinel", get_settings().signing_key()):
+@pytest.mark.parametrize("target", SQL_TARGETS)
+def test_sql_cannot_read_files_outside_the_project(probe_run, target):
+    node = probe_run.node_results[f"leak_{target}"]
+    assert node["status"] == "error", node
+    assert "Permission denied" in node["message"] or "permission" in node["message"].lower(), node["message"]
+    assert not probe_run.result.success
+    failure = "\n".join(str(e) for e in probe_run.result.all_events if e.is_failure)
+    assert f"leak_{target}" in failure, failure[-2000:]  # the run's failure names it
+    text = failure + "".join(
+        p.read_text(errors="replace") for p in probe_run.spec.root.rglob("*") if p.suffix in (".log", ".json")
+    )
+    for value in ("sentinel", probe_run.signing_key):
         assert value not in text
 
 
