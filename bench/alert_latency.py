@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sys
@@ -54,15 +53,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `bench._common` when run as `python bench/alert_latency.py`
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench._common import Processes, free_port, log, wait_http  # noqa: E402
+from bench._common import Processes, log, wait_http  # noqa: E402
 from bench.run_latency import (  # noqa: E402
-    ADMIN_EMAIL,
     ADMIN_TOKEN,
     BIN,
-    SECRET_KEY,
     START_TIMEOUT,
     child_env,
     percentile,
+    prepare_deployment,
     wait_location,
 )
 
@@ -277,34 +275,10 @@ def measure_one(api, instance, receiver: Receiver, stream: Stream, alerts_url: s
 def run(args: argparse.Namespace, scratch: Path) -> list[Failure]:
     from dagster import DagsterInstance
 
-    from api_shim.cli import (
-        bootstrap,
-        code_server_command,
-        ensure_dagster_home,
-        initialize_dagster_storage,
-        migrate,
-        wait_for_code_server,
-    )
-    from rime_dagster.settings import Settings
+    from api_shim.cli import code_server_command, wait_for_code_server
 
-    home = scratch / "home"
-    api_port, dagster_port = free_port(), free_port()
-    for key in [k for k in os.environ if k.startswith("RIME_")]:
-        del os.environ[key]  # nothing of the caller's shell leaks into the settings below
-    settings = Settings(
-        home=home,
-        admin_token=ADMIN_TOKEN,
-        admin_email=ADMIN_EMAIL,
-        secret_key=SECRET_KEY,
-        api_port=api_port,
-        dagster_port=dagster_port,
-        code_server_port=free_port(),
-    )
-    log(f"preparing the deployment under {scratch}")
-    dagster_home = ensure_dagster_home(settings)
-    initialize_dagster_storage(dagster_home)
-    migrate(settings)
-    bootstrap(settings, demo=False)
+    settings, dagster_home = prepare_deployment(scratch)
+    home, api_port, dagster_port = settings.home, settings.api_port, settings.dagster_port
     receiver = Receiver()
     receiver.start()
     env = child_env(

@@ -499,24 +499,22 @@ def create_pipeline(api: httpx.Client, dagster_port: int) -> Target:
     return target
 
 
-def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Target:
-    """Rime's deployment: (a) and (b) alternating, the WebSocket on every (b)."""
-    from dagster import DagsterInstance
-
+def prepare_deployment(scratch: Path):
+    """What `rime up --no-demo` does before it starts anything, under `scratch`: settings on free loopback
+    ports (nothing of the caller's RIME_* shell), dagster.yaml, Dagster storage, the migrated metadata store and
+    the admin of ADMIN_TOKEN. Returns (settings, DAGSTER_HOME)."""
     from api_shim.cli import bootstrap, ensure_dagster_home, initialize_dagster_storage, migrate
     from rime_dagster.settings import Settings
 
-    home = scratch / "home"
-    api_port, dagster_port = free_port(), free_port()
     for key in [k for k in os.environ if k.startswith("RIME_")]:
         del os.environ[key]  # nothing of the caller's shell leaks into the settings below
     settings = Settings(
-        home=home,
+        home=scratch / "home",
         admin_token=ADMIN_TOKEN,
         admin_email=ADMIN_EMAIL,
         secret_key=SECRET_KEY,
-        api_port=api_port,
-        dagster_port=dagster_port,
+        api_port=free_port(),
+        dagster_port=free_port(),
         code_server_port=free_port(),
     )
     log(f"preparing the deployment under {scratch} (what `rime up --no-demo` does before it starts anything)")
@@ -524,7 +522,15 @@ def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Tar
     initialize_dagster_storage(dagster_home)
     migrate(settings)
     bootstrap(settings, demo=False)
+    return settings, dagster_home
 
+
+def main_phase(args: argparse.Namespace, scratch: Path, results: Results) -> Target:
+    """Rime's deployment: (a) and (b) alternating, the WebSocket on every (b)."""
+    from dagster import DagsterInstance
+
+    settings, dagster_home = prepare_deployment(scratch)
+    home, api_port, dagster_port = settings.home, settings.api_port, settings.dagster_port
     env = child_env(home, dagster_home, RIME_API_PORT=str(api_port), RIME_DAGSTER_PORT=str(dagster_port))
     procs = Processes()
     instance = None
