@@ -26,7 +26,9 @@ def _wait_for_asset(settings, key: list[str], timeout: float = 30) -> None:
     raise AssertionError(f"asset {key} never appeared in the code location")
 
 
-def test_files_connector_syncs_into_iceberg_and_back_out_of_the_api(api, dagster_webserver: Webserver):
+def test_files_connector_syncs_into_iceberg_and_back_out_of_the_api_and_a_failed_sync_keeps_the_data(
+    api, dagster_webserver: Webserver
+):
     settings = dagster_webserver.settings
     project = api.post("/api/v1/projects", json={"name": "E2E Sales"}).json()
     created = api.post(
@@ -86,28 +88,21 @@ def test_files_connector_syncs_into_iceberg_and_back_out_of_the_api(api, dagster
     history = [r["run_id"] for r in api.get(f"{base}/runs").json()["data"]]
     assert history[:3] == [launched.run_id, second, run_id]
 
-
-def test_failed_sync_is_reported_and_keeps_previous_data(api, dagster_webserver: Webserver):
-    settings = dagster_webserver.settings
-    project = api.post("/api/v1/projects", json={"name": "E2E Failures"}).json()
-    connector = api.post(
-        f"/api/v1/projects/{project['id']}/connectors",
-        json={"name": "Events", "connector_type": "files", "config": {}},
-    ).json()
-    base = f"/api/v1/projects/{project['id']}/connectors/{connector['id']}"
-    api.post(f"{base}/files", files={"files": ("events.csv", b"id,kind\n1,open\n2,close\n", "text/csv")})
-    _wait_for_asset(settings, [project["namespace"], "events", "events"])
-    first = api.post(f"{base}/sync").json()["run_id"]
-    assert wait_for_run(api, base, first)["status"] == "succeeded"
-
-    # Same table, now with a row whose id is not an integer: the sync must fail, cleanly.
-    broken = b"id,kind\n" + b"".join(b"%d,open\n" % i for i in range(200_000)) + b"not-a-number,close\n"
-    api.post(f"{base}/files", files={"files": ("events.csv", broken, "text/csv")})
+    # A failed sync is reported and keeps the previous data (this connector's runs above are the "before"):
+    # the same table, now with a row whose id is not an integer, far past the rows the types are read from.
+    broken = (
+        b"id,name,amount,signed_up\n"
+        + b"".join(b"%d,Row,1.00,2026-01-02T03:04:05\n" % i for i in range(5, 200_000))
+        + b"not-a-number,Bad,1.00,2026-01-02T03:04:05\n"
+    )
+    api.post(f"{base}/files", files={"files": ("customers.csv", broken, "text/csv")})
     failed = api.post(f"{base}/sync").json()["run_id"]
     run = wait_for_run(api, base, failed)
     assert run["status"] == "failed"
-    assert run["error"] and "events" in run["error"]
-    assert run["tables"] == [{"name": "events", "rows": None, "status": "failed"}]
+    assert run["error"] and "customers" in run["error"]
+    assert run["tables"] == [{"name": "customers", "rows": None, "status": "failed"}]
     assert api.get(base).json()["status"] == "error"
     tables = api.get(f"/api/v1/projects/{project['id']}/tables").json()["data"]
-    assert [(t["name"], t["row_count"]) for t in tables] == [("events__events", 2)]
+    assert [(t["name"], t["row_count"]) for t in tables] == [("drop_zone__customers", 2)]
+    preview = api.get(f"/api/v1/projects/{project['id']}/tables/drop_zone__customers/preview").json()
+    assert sorted(dict(zip(preview["columns"], r, strict=True))["name"] for r in preview["rows"]) == ["Ada", "Barbara"]
