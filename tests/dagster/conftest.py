@@ -322,6 +322,10 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
     assert not leftovers, f"Dagster processes survived teardown: {leftovers}"
 
 
+# How often the tests look at a run's state: a run's end shows within a quarter second (a look costs a few ms).
+POLL_SECONDS = 0.25
+
+
 def wait_for_run(api, connector_url: str, run_id: str, timeout: float = 120) -> dict:
     """Polls the connector's run history until `run_id` is terminal."""
     deadline = time.monotonic() + timeout
@@ -330,7 +334,7 @@ def wait_for_run(api, connector_url: str, run_id: str, timeout: float = 120) -> 
         run = next((r for r in runs if r["run_id"] == run_id), None)
         if run and run["status"] in ("succeeded", "failed", "canceled"):
             return run
-        time.sleep(1)
+        time.sleep(POLL_SECONDS)
     raise AssertionError(f"run {run_id} did not finish in {timeout:.0f}s")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from api_shim.cli import REPO_ROOT
-from tests.dagster.conftest import DEMO_DBT, Webserver, create_demo_shop_connector, graphql
+from tests.dagster.conftest import DEMO_DBT, POLL_SECONDS, Webserver, create_demo_shop_connector, graphql
 
 pytestmark = pytest.mark.dagster
 
@@ -40,7 +40,7 @@ def _wait_for_dbt_run(api, base: str, run_id: str, timeout: float = 240) -> dict
         run = next((r for r in runs if r["run_id"] == run_id), None)
         if run and run["status"] in ("succeeded", "failed", "canceled"):
             return run
-        time.sleep(1)
+        time.sleep(POLL_SECONDS)
     raise AssertionError(f"dbt run {run_id} did not finish in {timeout:.0f}s")
 
 

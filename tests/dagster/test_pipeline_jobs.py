@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.dagster.conftest import Webserver, graphql
+from tests.dagster.conftest import POLL_SECONDS, Webserver, graphql
 
 pytestmark = pytest.mark.dagster
 
@@ -65,7 +65,7 @@ def test_pipeline_is_a_dagster_job_with_its_steps(api, dagster_webserver: Webser
     deadline = time.monotonic() + 120
     while (status := dagster_webserver.client.run_status(launched.dagster_run_id)) in ("queued", "running"):
         assert time.monotonic() < deadline, "pipeline run did not finish"
-        time.sleep(1)
+        time.sleep(POLL_SECONDS)
     assert status == "succeeded"
     tables = api.get(f"/api/v1/projects/{project['id']}/tables").json()["data"]
     assert [(t["name"], t["row_count"]) for t in tables] == [("inbox__orders", 1)]
