@@ -3,11 +3,13 @@ dbt selection we compute from the asset context (a check left out, a test dbt pi
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pytest
 
 from rime_dagster.dbt import asset_specs, workspace
-from rime_dagster.dbt.assets import DbtRunConfig, dbt_definitions
+from rime_dagster.dbt.assets import SUBSET_SELECTOR, DbtRunConfig, dbt_definitions
 from rime_dagster.dbt.run_config import DbtRunOptions
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import DbtProjectSpec
@@ -74,6 +76,11 @@ def _observed(result) -> set[dg.AssetKey]:
     return {e.asset_key for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"}
 
 
+def _dbt_args(spec: DbtProjectSpec, result) -> dict:
+    """The arguments dbt recorded for the run (run_results.json in the run's folder)."""
+    return json.loads((spec.files.run_dir(result.run_id) / "run_results.json").read_text())["args"]
+
+
 def test_runs_of_everything_and_of_subsets(project, monkeypatch):
     everything = _run(project, None)
     assert everything.success
@@ -97,26 +104,23 @@ def test_runs_of_everything_and_of_subsets(project, monkeypatch):
     assert not _observed(one_check)  # the relationships test did not run
 
     # a with its checks: dbt's eager indirect selection also runs b's relationships test, which reads a;
-    # its check is not selected, so it is reported as observations, as dagster-dbt does.
+    # its check is not selected, so it is reported as observations, as dagster-dbt does. This selection is made
+    # too long for the command line: it goes through a selector in a copy of the project.
+    monkeypatch.setattr(asset_specs, "MAX_SELECT_ARG", 1)
     only_a = _run(project, dg.AssetSelection.assets(A))
+    monkeypatch.undo()
     assert only_a.success
     assert {e.asset_key for e in only_a.get_asset_materialization_events()} == {A}
     assert _checks(only_a) == {"not_null_a_id": True, "unique_a_id": True}
     assert _observed(only_a) == {A, B}
+    assert _dbt_args(project, only_a).get("selector") == SUBSET_SELECTOR
+    assert not (project.files.project_dir / "selectors.yml").exists()  # the revision itself is never edited
 
     # A check alone: only its test runs.
     check_only = _run(project, dg.AssetSelection.checks(dg.AssetCheckKey(A, "unique_a_id")))
     assert check_only.success
     assert not check_only.get_asset_materialization_events()
     assert _checks(check_only) == {"unique_a_id": True}
-
-    # A selection too long for the command line goes through a selector in a copy of the project.
-    monkeypatch.setattr(asset_specs, "MAX_SELECT_ARG", 1)
-    by_selector = _run(project, dg.AssetSelection.assets(B))
-    assert by_selector.success
-    assert {e.asset_key for e in by_selector.get_asset_materialization_events()} == {B}
-    assert _checks(by_selector) == {"not_null_b_id": True, "relationships_b_id__id__ref_a_": True}
-    assert not (project.files.project_dir / "selectors.yml").exists()  # the revision itself is never edited
 
 
 def test_the_run_options_the_api_launches_with_are_what_the_job_reads(project):
