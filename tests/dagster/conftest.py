@@ -322,7 +322,7 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
     assert not leftovers, f"Dagster processes survived teardown: {leftovers}"
 
 
-# How often the tests look at a run's state: a run's end shows within a quarter second (a look costs a few ms).
+# How often the tests look at a run's state (one API request a look): a run's end shows within a quarter second.
 POLL_SECONDS = 0.25
 
 
