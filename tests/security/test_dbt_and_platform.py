@@ -550,7 +550,21 @@ def test_the_code_location_builds_only_its_tenants_projects(home, monkeypatch):
 # 15. Runs without a time limit ---------------------------------------------------------------------------------
 
 
-def test_connector_and_dbt_jobs_have_a_default_max_runtime(home, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def one_model(tmp_path_factory) -> DbtProjectSpec:
+    """A parsed one-model DuckDB project, shared by the tests below: they only build its definitions, or run it
+    while its warehouse is locked (the run fails before dbt starts), so none changes it."""
+    tmp = tmp_path_factory.mktemp("one_model")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RIME_HOME", str(tmp / "home"))
+        get_settings.cache_clear()
+        try:
+            return _spec(tmp, "one", {"one.sql": "select 1 as id\n"})
+        finally:
+            get_settings.cache_clear()
+
+
+def test_connector_and_dbt_jobs_have_a_default_max_runtime(home, one_model, monkeypatch):
     monkeypatch.setenv("RIME_DEFAULT_RUN_TIMEOUT_SECONDS", "5400")
     get_settings.cache_clear()
     from tests.pipelines.test_jobs import connector
@@ -560,15 +574,15 @@ def test_connector_and_dbt_jobs_have_a_default_max_runtime(home, tmp_path, monke
     connectors = project_connector_definitions(
         ProjectSpec(id="prj_1", name="Shop", namespace="ns"), [connector(home, "files", "files")]
     )
-    dbt = dbt_definitions(_spec(tmp_path, "timed", {"one.sql": "select 1 as id\n"}))
+    dbt = dbt_definitions(one_model)
     for job in [*connectors.jobs, *dbt.jobs]:
         assert job.tags.get("dagster/max_runtime") == "5400", job.name
 
 
-def test_a_dbt_run_waiting_for_the_warehouse_lock_fails_after_a_timeout(home, tmp_path, monkeypatch):
+def test_a_dbt_run_waiting_for_the_warehouse_lock_fails_after_a_timeout(home, one_model, monkeypatch):
     monkeypatch.setenv("RIME_DBT_LOCK_TIMEOUT_SECONDS", "1")
     get_settings.cache_clear()
-    spec = _spec(tmp_path, "locked", {"one.sql": "select 1 as id\n"})
+    spec = one_model
     holder = FileLock(str(spec.duckdb_file) + ".lock")
     holder.acquire()
     result: dict = {}
