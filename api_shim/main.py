@@ -28,12 +28,15 @@ from api_shim.middleware import (
 )
 from api_shim.pagination import CursorCodec
 from api_shim.routes import (
+    alert_rules,
     alert_stream,
+    alerts,
     connectors,
     dbt,
+    escalation_policies,
     governance,
     health,
-    monitoring,
+    notification_channels,
     pipeline_watch,
     pipelines,
     projects,
@@ -149,7 +152,10 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         dbt.router,
         pipelines.router,
         pipeline_watch.router,
-        monitoring.router,
+        alert_rules.router,  # the Monitoring group: rules, alerts, channels, policies, then the alert stream
+        alerts.router,
+        notification_channels.router,
+        escalation_policies.router,
         alert_stream.router,
         tables.router,
         users.router,

@@ -27,10 +27,17 @@ from api_shim.schemas.connectors import (
 )
 from api_shim.services import connector_runs, uploads
 from api_shim.services import connectors as service
+from api_shim.services.auth import Principal
 from api_shim.services.projects import get_project
 
 router = rime_router(prefix="/projects/{id}/connectors", tags=["Connectors"])
 ConnectorPage = Annotated[PageRequest, page_params(service.CONNECTORS)]
+
+
+def _connector_ids(principal: Principal, project_id: str, connector_id: str) -> dict[str, str]:
+    """The keywords naming the connector to a service run in the threadpool (it reaches the source or writes files:
+    seconds), which opens sessions of its own rather than holding the request's."""
+    return {"tenant_id": principal.tenant_id, "project_id": project_id, "connector_id": connector_id}
 
 
 @router.get(
@@ -134,13 +141,7 @@ async def test_connector(
 ) -> ConnectionTestResult:
     state = request.app.state
     return await run_in_threadpool(
-        service.test_connection,
-        state.sessions,
-        state.cipher,
-        settings,
-        tenant_id=principal.tenant_id,
-        project_id=id,
-        connector_id=connectorId,
+        service.test_connection, state.sessions, state.cipher, settings, **_connector_ids(principal, id, connectorId)
     )
 
 
@@ -156,13 +157,7 @@ async def connector_schema(
 ) -> DiscoveredSchema:
     state = request.app.state
     return await run_in_threadpool(
-        service.discover_schema,
-        state.sessions,
-        state.cipher,
-        settings,
-        tenant_id=principal.tenant_id,
-        project_id=id,
-        connector_id=connectorId,
+        service.discover_schema, state.sessions, state.cipher, settings, **_connector_ids(principal, id, connectorId)
     )
 
 
@@ -231,9 +226,7 @@ async def upload_files(
             state.cipher,
             settings,
             files,
-            tenant_id=principal.tenant_id,
-            project_id=id,
-            connector_id=connectorId,
+            **_connector_ids(principal, id, connectorId),
         )
 
 

@@ -257,6 +257,13 @@ def update(
     return rule_response(project, row, dagster, states)
 
 
+def set_enabled(
+    session: Session, dagster: DagsterClient, project: Project, rule_id: str, enabled: bool, catalogs: CatalogProvider
+) -> AlertRuleResponse:
+    """`enable` / `disable`: the patch `{"enabled": enabled}`."""
+    return update(session, dagster, project, rule_id, AlertRuleUpdate(enabled=enabled), catalogs)
+
+
 def delete(session: Session, project: Project, rule_id: str) -> None:
     """Deletes the rule (its sensor goes with the next reload) and resolves its open alerts: nothing is left
     firing with nobody to clear it."""
