@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pyarrow as pa
 import pytest
 from dagster import DagsterInstance
@@ -13,6 +15,7 @@ from dagster._core.remote_origin import (
     RemoteRepositoryOrigin,
 )
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, InstigatorType, SensorInstigatorData
+from fastapi.testclient import TestClient
 
 from api_shim.main import create_app
 from api_shim.services.auth import Role
@@ -26,6 +29,15 @@ from tests.support.monitoring import Monitored, created, fire_alert, monitored_p
 @pytest.fixture
 def watched(clients) -> Monitored:
     return monitored_project(clients.admin)
+
+
+@pytest.fixture(scope="module")
+def unchanged(tmp_path_factory) -> Iterator[tuple[TestClient, Monitored]]:
+    """An admin and a watched project shared by the tests whose requests are all refused (nothing to see for the
+    next one): an app, its users and the project's resources are made once for them, not once per case."""
+    settings = make_settings(tmp_path_factory.mktemp("refused"))
+    with role_clients(create_app(settings), settings) as clients:
+        yield clients.admin, monitored_project(clients.admin)
 
 
 def rule_body(condition: dict, name: str = "Orders failed", **extra) -> dict:
@@ -113,7 +125,8 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("change", "field"), INVALID, ids=[field for _, field in INVALID])
-def test_invalid_body_is_400_naming_the_field(admin, watched, change, field):
+def test_invalid_body_is_400_naming_the_field(unchanged, change, field):
+    admin, watched = unchanged
     body = {**rule_body({"type": "run_failed"}), **change}
     response = admin.post(f"{watched.base}/alert-rules", json=body)
     assert response.status_code == 400, response.text
@@ -122,7 +135,8 @@ def test_invalid_body_is_400_naming_the_field(admin, watched, change, field):
     assert field in [detail["field"] for detail in error["details"]], error
 
 
-def test_unknown_targets_are_422_naming_the_field(admin, watched):
+def test_unknown_targets_are_422_naming_the_field(unchanged):
+    admin, watched = unchanged
     other_channel = created(
         admin,
         f"/api/v1/projects/{created(admin, '/api/v1/projects', {'name': 'third'})['id']}/notification-channels",

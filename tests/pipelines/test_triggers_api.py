@@ -5,19 +5,39 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import pytest
+from fastapi.testclient import TestClient
 
+from api_shim.main import create_app
 from rime_dagster.pipelines.jobs import Resources, pipeline_definitions
 from rime_dagster.resources import MetadataStoreResource, get_settings
 from rime_dagster.specs import load_specs
+from tests.conftest import make_settings, role_clients
 
 
 @pytest.fixture
 def setup(clients, tmp_path) -> dict:
-    admin = clients.admin
+    return make_setup(clients.admin, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory) -> Iterator[tuple[TestClient, dict]]:
+    """An admin and a set-up shared by the tests whose every request is refused (400 or 422: nothing changes for
+    the next one), made once for them instead of an app, its users and five connectors per case."""
+    tmp_path = tmp_path_factory.mktemp("refused")
+    settings = make_settings(tmp_path)
+    with role_clients(create_app(settings), settings) as clients:
+        yield clients.admin, make_setup(clients.admin, tmp_path)
+
+
+def make_setup(admin: TestClient, tmp_path: Path) -> dict:
+    """A project with three files connectors (one reading a folder under `tmp_path`) and its pipelines' URL; and
+    another project's connector."""
     project = admin.post("/api/v1/projects", json={"name": "triggers"}).json()
     base = f"/api/v1/projects/{project['id']}"
 
@@ -117,15 +137,17 @@ triggers:
         ("not a list", "triggers"),
     ],
 )
-def test_malformed_triggers_are_400(clients, setup, triggers, field):
-    response = create(clients.admin, setup, "bad", triggers)
+def test_malformed_triggers_are_400(refused, triggers, field):
+    admin, setup = refused
+    response = create(admin, setup, "bad", triggers)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["details"][0]["field"] == field
 
 
-def test_the_same_trigger_twice_is_400(clients, setup):
+def test_the_same_trigger_twice_is_400(refused):
+    admin, setup = refused
     shop = {"type": "on_upload", "connector_id": setup["shop"]["id"]}
-    response = create(clients.admin, setup, "twice", [shop, shop])
+    response = create(admin, setup, "twice", [shop, shop])
     assert response.status_code == 400
     assert response.json()["error"]["details"][0]["field"] == "triggers.1"
 
@@ -143,9 +165,10 @@ def test_the_same_trigger_twice_is_400(clients, setup):
         (lambda s: {"type": "on_table_update", "table": "shop__orders"}, "writes shop__orders itself", "table"),
     ],
 )
-def test_unfit_triggers_are_422_naming_the_trigger(clients, setup, trigger, words, field):
+def test_unfit_triggers_are_422_naming_the_trigger(refused, trigger, words, field):
+    admin, setup = refused
     fine = {"type": "on_table_update", "table": "crm__orders"}
-    response = create(clients.admin, setup, "unfit", [fine, trigger(setup)])
+    response = create(admin, setup, "unfit", [fine, trigger(setup)])
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["message"].startswith("triggers[1]: ") and words in error["message"], error
