@@ -14,7 +14,7 @@ from api_shim.pagination import PageRequest
 from api_shim.routes._paging import page_params
 from api_shim.routing import rime_router
 from api_shim.schemas.common import error_responses
-from api_shim.schemas.monitoring import AlertList, AlertResponse, AlertStatus, Severity
+from api_shim.schemas.monitoring import AlertDetail, AlertList, AlertResponse, AlertStatus, Severity
 from api_shim.services import alerts as service
 from api_shim.services.projects import get_project
 
@@ -47,11 +47,12 @@ def list_alerts(
 @router.get(
     "/{alertId}",
     name="alert.get",
-    response_model=AlertResponse,
+    response_model=AlertDetail,
     responses=error_responses(404),
     summary="Get an alert",
+    description="With its deliveries: every notification to every channel, its attempts and outcome.",
 )
-def get_alert(id: str, alertId: str, principal: Viewer, session: SessionDep) -> AlertResponse:
+def get_alert(id: str, alertId: str, principal: Viewer, session: SessionDep) -> AlertDetail:
     return service.describe(session, get_project(session, id, tenant_id=principal.tenant_id), alertId)
 
 

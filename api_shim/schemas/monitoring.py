@@ -181,6 +181,26 @@ class AlertList(Page[AlertResponse]):
     pass
 
 
+class AlertDeliveryResponse(ResponseModel):
+    """One message of the alert to one channel, as the outbox recorded it."""
+
+    id: str
+    channel_id: str
+    reason: str = Field(description="`fired`, or `escalation:<step>` for an escalation policy's step.")
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None = Field(description="Why the last attempt failed (never a secret).")
+    next_attempt_at: Timestamp | None = Field(description="When a pending delivery is tried again.")
+    delivered_at: Timestamp | None
+    created_at: Timestamp
+
+
+class AlertDetail(AlertResponse):
+    deliveries: list[AlertDeliveryResponse] = Field(
+        description="Every notification of this alert, per channel, with its attempts and outcome, oldest first."
+    )
+
+
 # Notification channels -------------------------------------------------------------------------
 
 

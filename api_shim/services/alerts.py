@@ -8,9 +8,9 @@ from sqlalchemy.orm import Session
 
 from api_shim.errors import Conflict, NotFound
 from api_shim.pagination import CursorCodec, Listing, PageRequest
-from api_shim.schemas.monitoring import AlertList, AlertResponse
+from api_shim.schemas.monitoring import AlertDeliveryResponse, AlertDetail, AlertList, AlertResponse
 from rime_dagster.monitoring import alerts as lifecycle
-from rime_dagster.store.models import Alert, Project
+from rime_dagster.store.models import Alert, AlertDelivery, Project
 
 ALERTS = Listing(
     "alerts",
@@ -53,8 +53,31 @@ def list_page(
     return ALERTS.page(session, stmt, page, codec, filters).as_page(AlertList, alert_response)
 
 
-def describe(session: Session, project: Project, alert_id: str) -> AlertResponse:
-    return alert_response(get_alert(session, project, alert_id))
+def describe(session: Session, project: Project, alert_id: str) -> AlertDetail:
+    """The alert with its deliveries (the outbox's rows: attempts, outcome, the last error)."""
+    alert = get_alert(session, project, alert_id)
+    deliveries = session.scalars(
+        select(AlertDelivery)
+        .where(AlertDelivery.alert_id == alert.id)
+        .order_by(AlertDelivery.created_at, AlertDelivery.id)
+    )
+    return AlertDetail(
+        **alert_response(alert).model_dump(),
+        deliveries=[
+            AlertDeliveryResponse(
+                id=d.id,
+                channel_id=d.channel_id,
+                reason=d.reason,
+                status=d.status,  # type: ignore[arg-type]  # the outbox writes only these three
+                attempts=d.attempts,
+                last_error=d.last_error,
+                next_attempt_at=d.next_attempt_at if d.status == "pending" else None,
+                delivered_at=d.delivered_at,
+                created_at=d.created_at,
+            )
+            for d in deliveries
+        ],
+    )
 
 
 def acknowledge(session: Session, project: Project, alert_id: str, *, actor: str) -> AlertResponse:

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 
+from api_shim.main import create_app
 from api_shim.services.auth import Role
+from tests.conftest import make_settings, role_clients
 from tests.support.monitoring import Monitored, created, fire_alert, monitored_project, stream_events
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -16,6 +20,15 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def watched(clients) -> Monitored:
     return monitored_project(clients.admin)
+
+
+@pytest.fixture(scope="module")
+def unchanged(tmp_path_factory) -> Iterator[tuple[TestClient, Monitored]]:
+    """An admin and a watched project shared by the cases that only read (a refused filter): one app, its users
+    and the project's resources for all of them instead of one per case."""
+    settings = make_settings(tmp_path_factory.mktemp("refused"))
+    with role_clients(create_app(settings), settings) as clients:
+        yield clients.admin, monitored_project(clients.admin)
 
 
 def _rule(admin, watched: Monitored, name: str, severity: str) -> str:
@@ -67,7 +80,8 @@ class TestListing:
         ("params", "field"),
         [({"status": "open"}, "status"), ({"severity": "urgent"}, "severity"), ({"limit": 101}, "limit")],
     )
-    def test_bad_filters_are_400(self, admin, watched, params, field):
+    def test_bad_filters_are_400(self, unchanged, params, field):
+        admin, watched = unchanged
         response = admin.get(f"{watched.base}/alerts", params=params)
         assert response.status_code == 400
         assert response.json()["error"]["details"][0]["field"] == field
@@ -180,3 +194,35 @@ def test_acknowledge_and_resolve_through_the_api_reach_the_alert_stream(clients,
         resolved = app_client.post(f"{url}/resolve", headers=auth)
         assert resolved.status_code == 200
         assert stream.receive_json() == {"type": "alert_resolved", "alert": resolved.json()}
+
+
+def test_an_alerts_detail_lists_its_deliveries_with_attempts_and_outcome(admin, watched):
+    """The outbox is visible: per channel, what was sent, how often it was tried and why it failed."""
+    from rime_dagster.monitoring.delivery import deliver_due
+    from tests.conftest import closed_port
+
+    dead = created(
+        admin,
+        f"{watched.base}/notification-channels",
+        {"name": "dead hook", "type": "webhook", "config": {"url": f"http://127.0.0.1:{closed_port()}/hook"}},
+    )["id"]
+    rule = created(
+        admin,
+        f"{watched.base}/alert-rules",
+        {"name": "runs", "severity": "high", "condition": {"type": "run_failed"}, "channel_ids": [dead]},
+    )["id"]
+    alert_id = fire_alert(admin.app, rule, f"pipeline:{watched.pipeline_id}")
+    [queued] = admin.get(f"{watched.base}/alerts/{alert_id}").json()["deliveries"]
+    assert (queued["channel_id"], queued["reason"], queued["status"], queued["attempts"]) == (
+        dead,
+        "fired",
+        "pending",
+        0,
+    )
+    report = deliver_due(admin.app.state.sessions, settings=admin.app.state.settings, alert_ids=[alert_id])
+    assert report.retrying == 1
+    [tried] = admin.get(f"{watched.base}/alerts/{alert_id}").json()["deliveries"]
+    assert (tried["status"], tried["attempts"], tried["delivered_at"]) == ("pending", 1, None)
+    assert tried["last_error"] and tried["next_attempt_at"] > tried["created_at"]
+    # The list stays light: deliveries are the detail's.
+    assert "deliveries" not in admin.get(f"{watched.base}/alerts").json()["data"][0]
