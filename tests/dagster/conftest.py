@@ -355,3 +355,25 @@ def create_demo_shop_connector(api, project_id: str) -> dict:
     )
     assert response.status_code == 201, response.text
     return response.json()
+
+
+@pytest.fixture(scope="session")
+def demo_shop(dagster_webserver: Webserver) -> tuple[dict, dict, dict]:
+    """A project with the Demo Shop connector and the demo dbt project reading its tables, as `make up` loads them:
+    (project, connector, dbt project as created). Made once for the tests that each sync and build it with runs of
+    their own (test_dbt.py, test_pipeline_runs.py), so that Dagster loads them and dbt parses the project once."""
+    from fastapi.testclient import TestClient
+
+    from api_shim.main import create_app
+
+    settings = dagster_webserver.settings
+    with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+        api.headers["Authorization"] = f"Bearer {settings.admin_token}"
+        project = api.post("/api/v1/projects", json={"name": "demo shop"}).json()
+        connector = create_demo_shop_connector(api, project["id"])
+        dbt = api.post(
+            f"/api/v1/projects/{project['id']}/dbt-projects",
+            json={"name": "Shop Models", "source": {"type": "path", "path": str(DEMO_DBT)}},
+        )
+        assert dbt.status_code == 201, dbt.text
+    return project, connector, dbt.json()

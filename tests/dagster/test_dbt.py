@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from api_shim.cli import REPO_ROOT
-from tests.dagster.conftest import DEMO_DBT, POLL_SECONDS, Webserver, create_demo_shop_connector, graphql
+from tests.dagster.conftest import POLL_SECONDS, Webserver, graphql
 
 pytestmark = pytest.mark.dagster
 
@@ -170,11 +170,10 @@ def test_broken_project_is_refused_with_dbts_message(api, dagster_webserver: Web
     assert not any((dagster_webserver.settings.dbt_home / project["id"]).glob("*/rev-*"))
 
 
-def test_demo_project_reads_connector_tables_from_iceberg(api, dagster_webserver: Webserver):
+def test_demo_project_reads_connector_tables_from_iceberg(api, dagster_webserver: Webserver, demo_shop):
     settings = dagster_webserver.settings
-    project = api.post("/api/v1/projects", json={"name": "dbt demo"}).json()
+    project, connector, dbt = demo_shop  # the connector and the dbt project, as created
     pid, ns = project["id"], project["namespace"]
-    connector = create_demo_shop_connector(api, pid)
     conn_base = f"/api/v1/projects/{pid}/connectors/{connector['id']}"
     _wait_for_assets(settings, [[ns, "demo_shop", "orders"]])
     sync = api.post(f"{conn_base}/sync").json()["run_id"]
@@ -182,13 +181,7 @@ def test_demo_project_reads_connector_tables_from_iceberg(api, dagster_webserver
 
     assert wait_for_run(api, conn_base, sync)["status"] == "succeeded"
 
-    created = api.post(
-        f"/api/v1/projects/{pid}/dbt-projects",
-        json={"name": "Shop Models", "source": {"type": "path", "path": str(DEMO_DBT)}},
-    )
-    assert created.status_code == 201, created.text
-    dbt = created.json()
-    edges = created.json()["lineage"]["edges"]
+    edges = dbt["lineage"]["edges"]
     connector_node = f"connector_table.{connector['id']}.orders"
     assert {"from": connector_node, "to": "source.demo_shop.demo_shop.orders"} in edges
     base = f"/api/v1/projects/{pid}/dbt-projects/{dbt['id']}"

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
-from tests.dagster.conftest import DEMO_DBT, Webserver, create_demo_shop_connector
+from tests.dagster.conftest import Webserver
 from tests.dagster.test_pipeline_jobs import _wait_for_job
 
 pytestmark = pytest.mark.dagster
@@ -76,22 +76,8 @@ def sse_events(api, url: str) -> list[tuple[str, dict]]:
     return events
 
 
-@pytest.fixture
-def shop(api, dagster_webserver: Webserver):
-    """A project with the Demo Shop connector and the demo dbt project reading its tables."""
-    project = api.post("/api/v1/projects", json={"name": "pipeline runs"}).json()
-    pid = project["id"]
-    connector = create_demo_shop_connector(api, pid)
-    dbt = api.post(
-        f"/api/v1/projects/{pid}/dbt-projects",
-        json={"name": "Shop Models", "source": {"type": "path", "path": str(DEMO_DBT)}},
-    )
-    assert dbt.status_code == 201, dbt.text
-    return project, connector, dbt.json()
-
-
-def test_sync_then_dbt_build_from_the_api_with_live_progress(api, dagster_webserver: Webserver, shop):
-    project, connector, dbt = shop
+def test_sync_then_dbt_build_from_the_api_with_live_progress(api, dagster_webserver: Webserver, demo_shop):
+    project, connector, dbt = demo_shop
     pid = project["id"]
     token = dagster_webserver.settings.admin_token
     created = api.post(
