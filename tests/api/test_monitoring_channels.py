@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 
 from api_shim.main import create_app
 from api_shim.services.auth import Role
@@ -48,6 +50,15 @@ def _stored(app, channel_id: str) -> tuple[dict, dict]:
 @pytest.fixture
 def base(admin, project) -> str:
     return f"/api/v1/projects/{project['id']}"
+
+
+@pytest.fixture(scope="module")
+def unchanged(tmp_path_factory) -> Iterator[tuple[TestClient, str]]:
+    """An admin and a project's URL shared by the cases whose request is refused (each checks that the project
+    still has no channel): one app and its users for all of them instead of one per case."""
+    settings = make_settings(tmp_path_factory.mktemp("refused"))
+    with role_clients(create_app(settings), settings) as clients:
+        yield clients.admin, f"/api/v1/projects/{created(clients.admin, '/api/v1/projects', {'name': 'x'})['id']}"
 
 
 class TestChannels:
@@ -147,7 +158,8 @@ class TestChannels:
             ({"name": "", "type": "slack", "config": {"url": "https://example.com"}}, "name"),
         ],
     )
-    def test_invalid_config_is_400_naming_the_field(self, admin, base, body, field):
+    def test_invalid_config_is_400_naming_the_field(self, unchanged, body, field):
+        admin, base = unchanged
         response = admin.post(f"{base}/notification-channels", json=body)
         assert response.status_code == 400, response.text
         assert field in [detail["field"] for detail in response.json()["error"]["details"]]
