@@ -28,7 +28,7 @@ from tests.monitoring.rule_support import (
 )
 from tests.support.receivers import http_receiver
 
-# Each test runs jobs in a Dagster instance of its own: seconds.
+# Each test runs Dagster jobs: seconds.
 pytestmark = pytest.mark.slow
 
 NO_CATALOG = lambda: pytest.fail("run conditions never open the catalog")  # noqa: E731
@@ -39,10 +39,27 @@ def store(db_url) -> Store:
     return make_store(db_url)
 
 
-@pytest.fixture
-def instance(tmp_path):
-    with dagster_instance(tmp_path / "dagster") as instance:
+# One Dagster storage for the module (opening an instance creates its SQLite storages: a second or more on a busy
+# machine). Tests do not see each other's runs: each has a store of its own, with a project of its own (a new id),
+# and a rule watches only runs tagged with its project; and it reads only what happened after its creation.
+@pytest.fixture(scope="module")
+def dagster_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("dagster")
+
+
+@pytest.fixture(scope="module")
+def instance(dagster_folder):
+    """The module's instance, without run retries: a failed run is never tagged dagster/will_retry by it."""
+    with dagster_instance(dagster_folder) as instance:
         yield instance
+
+
+@pytest.fixture(scope="module")
+def retrying(dagster_folder, instance):
+    """The same storage through an instance that retries runs tagged dagster/max_retries (run_retries enabled, as
+    Rime's dagster.yaml has it): Dagster tags the failed run dagster/will_retry=true."""
+    with dagster_instance(dagster_folder, run_retries={"enabled": True, "max_retries": 0}) as retrying:
+        yield retrying
 
 
 def evaluate(store: Store, rule_id: str, instance: dg.DagsterInstance, **kwargs):
@@ -197,13 +214,8 @@ class TestSensorTicks:
 
 
 class TestOnlyFinalRetry:
-    """The instance retries runs tagged dagster/max_retries (run_retries enabled, as Rime's dagster.yaml has it):
+    """`retrying` retries runs tagged dagster/max_retries (run_retries enabled, as Rime's dagster.yaml has it):
     Dagster tags the failed run dagster/will_retry=true; the test then runs the retry as the daemon would."""
-
-    @pytest.fixture
-    def retrying(self, tmp_path):
-        with dagster_instance(tmp_path / "dagster", run_retries={"enabled": True, "max_retries": 0}) as instance:
-            yield instance
 
     def _fail_then_succeed_on_retry(self, store: Store, instance: dg.DagsterInstance) -> tuple[str, str]:
         tags = {**pipeline_tags(store, "pipe_orders"), MAX_RETRIES_TAG: "1"}
@@ -243,47 +255,47 @@ class TestOnlyFinalRetry:
         [alert] = store.alerts(rule_id)
         assert alert.context["dagster_run_id"] == retry.run_id
 
+    # The writer (`instance`) does not tag failed runs; the reader (`retrying`, the same storage) retries runs.
     @pytest.mark.parametrize(("will_retry", "fires"), [("false", True), ("true", False)])
-    def test_a_failure_seen_before_its_will_retry_tag_is_looked_at_again(self, store, tmp_path, will_retry, fires):
+    def test_a_failure_seen_before_its_will_retry_tag_is_looked_at_again(
+        self, store, instance, retrying, will_retry, fires
+    ):
         """Dagster stores the failure, then tags the run: a tick in between sees a failed run without the tag.
         Here the failure is written through an instance that does not tag (retries off) and read through one
         that retries runs, on the same storage."""
         rule_id = store.add_rule({"type": "run_failed", "pipeline_id": "pipe_orders"}, only_final_retry=True)
-        folder = tmp_path / "dagster"
-        with dagster_instance(folder) as writer, dagster_instance(folder, run_retries={"enabled": True}) as reader:
-            failed = run_job(writer, pipeline_tags(store, "pipe_orders"), fail=True)
-            assert WILL_RETRY_TAG not in reader.get_run_by_id(failed.run_id).tags
-            waiting = evaluate(store, rule_id, reader)
-            assert waiting.fired == []
-            assert list(store.cursor(rule_id)["pending"]) == [failed.run_id]
-            assert evaluate(store, rule_id, reader).fired == []  # still no tag: still waiting
+        writer, reader = instance, retrying
+        failed = run_job(writer, pipeline_tags(store, "pipe_orders"), fail=True)
+        assert WILL_RETRY_TAG not in reader.get_run_by_id(failed.run_id).tags
+        waiting = evaluate(store, rule_id, reader)
+        assert waiting.fired == []
+        assert list(store.cursor(rule_id)["pending"]) == [failed.run_id]
+        assert evaluate(store, rule_id, reader).fired == []  # still no tag: still waiting
 
-            writer.add_run_tags(failed.run_id, {WILL_RETRY_TAG: will_retry})
-            decided = evaluate(store, rule_id, reader)
-            assert len(decided.fired) == (1 if fires else 0)
-            assert "pending" not in store.cursor(rule_id)
+        writer.add_run_tags(failed.run_id, {WILL_RETRY_TAG: will_retry})
+        decided = evaluate(store, rule_id, reader)
+        assert len(decided.fired) == (1 if fires else 0)
+        assert "pending" not in store.cursor(rule_id)
 
-    def test_a_failure_whose_tag_never_comes_fires_after_the_grace_period(self, store, tmp_path):
+    def test_a_failure_whose_tag_never_comes_fires_after_the_grace_period(self, store, instance, retrying):
         from rime_dagster.monitoring.conditions import WILL_RETRY_GRACE
 
         rule_id = store.add_rule({"type": "run_failed", "pipeline_id": "pipe_orders"}, only_final_retry=True)
-        folder = tmp_path / "dagster"
-        with dagster_instance(folder) as writer, dagster_instance(folder, run_retries={"enabled": True}) as reader:
-            run_job(writer, pipeline_tags(store, "pipe_orders"), fail=True)
-            assert evaluate(store, rule_id, reader).fired == []
-            later = utcnow() + WILL_RETRY_GRACE + timedelta(seconds=1)
-            assert len(evaluate(store, rule_id, reader, now=later).fired) == 1
+        writer, reader = instance, retrying
+        run_job(writer, pipeline_tags(store, "pipe_orders"), fail=True)
+        assert evaluate(store, rule_id, reader).fired == []
+        later = utcnow() + WILL_RETRY_GRACE + timedelta(seconds=1)
+        assert len(evaluate(store, rule_id, reader, now=later).fired) == 1
 
-    def test_a_later_success_supersedes_a_failure_waiting_for_its_tag(self, store, tmp_path):
+    def test_a_later_success_supersedes_a_failure_waiting_for_its_tag(self, store, instance, retrying):
         rule_id = store.add_rule({"type": "run_failed", "pipeline_id": "pipe_orders"}, only_final_retry=True)
-        folder = tmp_path / "dagster"
-        with dagster_instance(folder) as writer, dagster_instance(folder, run_retries={"enabled": True}) as reader:
-            failed = run_job(writer, pipeline_tags(store, "pipe_orders"), fail=True)
-            evaluate(store, rule_id, reader)
-            run_job(writer, pipeline_tags(store, "pipe_orders"))
-            writer.add_run_tags(failed.run_id, {WILL_RETRY_TAG: "false"})
-            assert evaluate(store, rule_id, reader).fired == []
-            assert store.alerts() == []
+        writer, reader = instance, retrying
+        failed = run_job(writer, pipeline_tags(store, "pipe_orders"), fail=True)
+        evaluate(store, rule_id, reader)
+        run_job(writer, pipeline_tags(store, "pipe_orders"))
+        writer.add_run_tags(failed.run_id, {WILL_RETRY_TAG: "false"})
+        assert evaluate(store, rule_id, reader).fired == []
+        assert store.alerts() == []
 
 
 class TestRunDurationExceeded:
