@@ -44,7 +44,7 @@ from rime_dagster.settings import Settings
 from rime_dagster.store.ids import new_id
 from rime_dagster.store.models import Alert, AlertEvent, AlertRule, User
 from rime_dagster.store.session import engine_for, session_factory, session_scope, unit_of_work
-from tests.conftest import ADMIN_TOKEN, make_settings, role_clients
+from tests.conftest import ADMIN_TOKEN, Clients, make_settings, role_clients
 from tests.dagster.conftest import uvicorn_api
 from tests.support.waiting import wait_until
 
@@ -286,12 +286,18 @@ def test_a_client_of_another_tenant_gets_nothing_of_this_one(tmp_path, sqlite_se
 
 
 class TestAuthentication:
+    @pytest.fixture(scope="class")
+    def refusing(self, tmp_path_factory) -> Iterator[Clients]:
+        """One running app for the refused connects (a refusal changes nothing a next case sees)."""
+        settings = make_settings(tmp_path_factory.mktemp("refusing"), alert_stream_poll_seconds=POLL)
+        with running(settings) as clients:
+            yield clients
+
     @pytest.mark.parametrize("query", ["", "?token=rime_not_a_token", "?token="], ids=["missing", "bad", "empty"])
-    def test_a_bad_or_missing_token_is_refused_before_the_upgrade(self, sqlite_settings, query):
-        with running(sqlite_settings) as clients:
-            with pytest.raises(WebSocketDenialResponse) as denied:
-                with clients.anonymous.websocket_connect(ALERTS + query):
-                    pass
+    def test_a_bad_or_missing_token_is_refused_before_the_upgrade(self, refusing, query):
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with refusing.anonymous.websocket_connect(ALERTS + query):
+                pass
         assert denied.value.status_code == 401
         assert denied.value.json()["error"]["code"] == "unauthorized"
 

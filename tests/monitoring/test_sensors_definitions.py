@@ -65,14 +65,14 @@ def test_the_code_location_has_the_rules_sensors(db_url, location):
 
 
 @pytest.mark.slow
-def test_a_rule_sensor_ticks_in_the_code_location(db_url, tmp_path, location):
-    from tests.monitoring.rule_support import dagster_instance, pipeline_tags, run_job
+def test_a_rule_sensor_ticks_in_the_code_location(db_url, location):
+    from tests.monitoring.rule_support import pipeline_tags, run_job
 
     store = make_store(db_url)
     rule_id = store.add_rule({"type": "run_failed"}, name="Any failure")
     resource = MetadataStoreResource(database_url=db_url)
     defs = location.build_definitions(load_specs(resource), resource)
-    with dagster_instance(tmp_path / "dagster") as instance:
+    with dg.DagsterInstance.ephemeral() as instance:  # in memory: nothing reads it through a second instance
         run_job(instance, pipeline_tags(store, "pipe_orders"), fail=True)
         # As the code server evaluates it: with the location's top-level resources.
         repository = defs.get_repository_def()
