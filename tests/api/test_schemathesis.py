@@ -21,6 +21,7 @@ To hunt for new findings, run it with other seeds and more examples:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +44,10 @@ from schemathesis.specs.openapi.checks import (
 from api_shim.main import create_app
 from api_shim.schemas.dbt import DbtProjectUpdate
 from rime_dagster.connectors.landing import land_table
+from rime_dagster.dbt import workspace
 from rime_dagster.settings import Settings
+from rime_dagster.store.ids import new_id
+from rime_dagster.store.models import DbtProject
 from rime_dagster.store.session import engine_for
 from tests.conftest import ADMIN_TOKEN, closed_port, make_settings
 
@@ -120,6 +124,33 @@ class World:
         assert response.status_code == 201, response.text
         return response.json()
 
+    def copy_dbt_project(self, name: str) -> str:
+        """A registered dbt project: a copy of the world's (its row, its parsed revision's files), as registering
+        the same source leaves them, without fetching and parsing it again (seconds)."""
+        state = self.client.app.state
+        with state.sessions.begin() as session:
+            original = session.get_one(DbtProject, self.ids["dbtId"])
+            copy = DbtProject(
+                id=new_id("dbt_project"),
+                project_id=original.project_id,
+                name=name,
+                slug=name,
+                source=dict(original.source),
+                target=dict(original.target),
+                vars=dict(original.vars),
+                revision=original.revision,
+                dbt_project_name=original.dbt_project_name,
+                profile_name=original.profile_name,
+                models_count=original.models_count,
+            )
+            revision = f"rev-{original.revision}"
+            shutil.copytree(
+                workspace.project_root(state.settings.dbt_home, original.project_id, original.id) / revision,
+                workspace.project_root(state.settings.dbt_home, copy.project_id, copy.id) / revision,
+            )
+            session.add(copy)
+        return copy.id
+
     def victim_ids(self, path: str) -> dict[str, str]:
         """The ids with a new object for the last path parameter, made once per operation (then it is a 404)."""
         if self.victims:
@@ -132,7 +163,7 @@ class World:
         elif last == "connectorId":
             made = self.post(f"{project}/connectors", json={"name": "victim", "connector_type": "files", "config": {}})
         elif last == "dbtId":
-            made = self.post(f"{project}/dbt-projects", json={"name": "victim", "source": _tiny_dbt()})
+            made = {"id": self.copy_dbt_project("victim")}
         elif last == "pipelineId":
             made = self.post(f"{project}/pipelines", json={"name": "victim", "steps": _sync(self.ids["connectorId"])})
         elif last == "userId":
