@@ -103,6 +103,9 @@ class DefinitionsSync:
         if thread is not None:
             # A reload in flight is a blocking HTTP call: don't hold shutdown for it.
             thread.join(timeout=2)
+            # ...but don't keep the reload lease either: left to expire (the reload timeout + 10 s), it kept every
+            # other API process from reloading that long after this one stopped, and their launches answered 503.
+            self._release_lease()
 
     def _committed(self, url: str, generation: int) -> None:
         if url == self.url:

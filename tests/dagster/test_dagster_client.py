@@ -343,3 +343,20 @@ def test_concurrent_calls_from_many_threads_all_get_dagsters_answer(dagster_webs
     with ThreadPoolExecutor(8) as pool:
         messages = list(pool.map(status_error, range(16)))
     assert all("RunNotFound" in m for m in messages), messages
+
+
+def test_a_stopped_sync_gives_up_its_reload_lease_at_once(tmp_path):
+    """An API process that stops while it holds the reload lease (a reload in flight) releases it: left to expire
+    (the reload timeout + 10 s), it kept every other process from reloading, and their launches answered 503."""
+    settings = make_settings(tmp_path)
+    client = DagsterClient(settings)
+    stopping = DefinitionsSync(settings, client, session_factory(settings.metadata_url))
+    other = DefinitionsSync(settings, client, session_factory(settings.metadata_url))
+    stopping.start()
+    try:
+        assert stopping._take_lease()  # what a pass does before it asks Dagster to reload
+        assert not other._take_lease()
+    finally:
+        stopping.stop()
+    assert other._take_lease()
+    other._release_lease()
