@@ -7,11 +7,15 @@ started has ended: one more code server per reload during a run's life, so a syn
 definitions change a minute kept 60 of them. Measured here: four code servers after two reloads
 while one twelve-second sync ran (tests/dagster/test_definitions_sync.py).
 
-This launcher starts `dagster api execute_run` (Dagster's own run worker entry point, the one the
-Kubernetes and Docker launchers run in their containers) as a child of the process that launches the
-run: the webserver, or the daemon for schedules and sensors. The worker loads the job from the
+This launcher runs `dagster api execute_run` (Dagster's own run worker entry point, the one the
+Kubernetes and Docker launchers run in their containers) in a process of its own, on this host, for
+the process that launches the run: the webserver, or the daemon for schedules and sensors. The worker
+is forked from a template process that has Dagster and the code location's modules imported already
+(rime_dagster/platform/run_worker_template.py), which spares each run seconds of imports; until the
+template is ready (it starts at the first launch), or if it cannot start, a worker starts from scratch
+as a child of the launching process. The worker loads the job from the
 code pointer the code server reported, in the same Python environment, and inherits the launching
-process's environment (`rime up` gives the webserver and the daemon the store's settings for this).
+process's environment at launch (`rime up` gives the webserver and the daemon the store's settings for this).
 
 It also tells the daemon's run monitoring whether a worker still lives (the run fails if it died
 without a word), and cancels a run by an interrupt, as Ctrl-C would.
@@ -23,6 +27,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -39,7 +44,8 @@ from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 from typing_extensions import override
 
-from rime_dagster.platform.run_tags import RUN_WORKER_HOST, RUN_WORKER_PID
+from rime_dagster.platform.run_tags import RUN_WORKER_HOST, RUN_WORKER_PID, RUN_WORKER_STARTED
+from rime_dagster.platform.run_worker_template import WorkerTemplate, process_start_time
 
 
 class ProcessRunLauncher(RunLauncher, ConfigurableClass):
@@ -48,6 +54,8 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
     def __init__(self, inst_data: ConfigurableClassData | None = None):
         self._inst_data = inst_data
         self._workers: dict[str, subprocess.Popen] = {}
+        self._forked: dict[str, tuple[int, str | None]] = {}
+        self._template = WorkerTemplate()
         self._lock = threading.Lock()
         super().__init__()
 
@@ -73,24 +81,41 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             instance_ref=self._instance.get_ref(),
             set_exit_code_on_failure=True,
         )
-        # The Python that serves the code location, by path: its `dagster` script need not be on PATH.
-        command = [*get_python_environment_entry_point(origin.executable_path), "api", "execute_run"]
         # The worker stays in the launching process's group: stopping `rime up` stops its runs too.
+        forked = None
+        if origin.executable_path == sys.executable:  # the template runs this Python (and its packages)
+            argv = ["dagster", "api", "execute_run", serialize_value(args)]
+            forked = self._template.fork(argv, os.environ, _worker_niceness())
+        if forked is not None:
+            pid, started, how = forked.pid, forked.started, "forked from the run worker template"
+            with self._lock:
+                # Forget the workers that have exited (the launcher of a long-lived daemon sees thousands).
+                self._forked = {r: w for r, w in self._forked.items() if process_start_time(w[0]) == w[1]}
+                self._forked[run.run_id] = (pid, started)
+        else:
+            pid, how = self._start_from_scratch(run.run_id, args), "started"
+            started = process_start_time(pid)
+        tags = {RUN_WORKER_PID: str(pid), RUN_WORKER_HOST: socket.gethostname()}
+        if started:
+            tags[RUN_WORKER_STARTED] = started
+        self._instance.add_run_tags(run.run_id, tags)
+        self._instance.report_engine_event(
+            f"Run worker {how} (process {pid} on {socket.gethostname()}).",
+            run,
+            EngineEventData(metadata={"pid": MetadataValue.text(str(pid))}),
+            cls=self.__class__,
+        )
+
+    def _start_from_scratch(self, run_id: str, args: ExecuteRunArgs) -> int:
+        # The Python that serves the code location, by path: its `dagster` script need not be on PATH.
+        command = [*get_python_environment_entry_point(args.job_origin.executable_path), "api", "execute_run"]
         worker = subprocess.Popen([*command, serialize_value(args)], stdin=subprocess.DEVNULL)
         _lower_priority(worker.pid)
         with self._lock:
-            self._workers[run.run_id] = worker
+            self._workers[run_id] = worker
         # Reaped as soon as it exits, so a dead worker never lingers as a zombie that looks alive.
-        threading.Thread(target=self._reap, args=(run.run_id, worker), name="rime-run-reaper", daemon=True).start()
-        self._instance.add_run_tags(
-            run.run_id, {RUN_WORKER_PID: str(worker.pid), RUN_WORKER_HOST: socket.gethostname()}
-        )
-        self._instance.report_engine_event(
-            f"Started the run worker (process {worker.pid} on {socket.gethostname()}).",
-            run,
-            EngineEventData(metadata={"pid": MetadataValue.text(str(worker.pid))}),
-            cls=self.__class__,
-        )
+        threading.Thread(target=self._reap, args=(run_id, worker), name="rime-run-reaper", daemon=True).start()
+        return worker.pid
 
     def _reap(self, run_id: str, worker: subprocess.Popen) -> None:
         worker.wait()
@@ -98,13 +123,20 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             if self._workers.get(run_id) is worker:
                 del self._workers[run_id]
 
+    def dispose(self) -> None:
+        self._template.close()
+
     def _worker_alive(self, run: DagsterRun) -> bool | None:
         """Whether the run's worker process lives: None when it runs on another host, or never started."""
         pid, host = run.tags.get(RUN_WORKER_PID), run.tags.get(RUN_WORKER_HOST)
         if not pid or not pid.isdigit() or host != socket.gethostname():
             return None
+        started = run.tags.get(RUN_WORKER_STARTED)
+        if started and Path("/proc/self/stat").exists():
+            # Linux: the pid must still be this run's worker (same start time), not a process that reused it.
+            return process_start_time(int(pid)) == started and not _is_zombie(int(pid))
         if Path("/proc/self/cmdline").exists():
-            # Linux: the pid must still be this run's worker, not a process that reused the number.
+            # A worker started before start times were tagged: its command line names the run.
             try:
                 return run.run_id.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() and not _is_zombie(int(pid))
             except OSError:
@@ -151,14 +183,25 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def join(self, timeout: float = 30) -> None:
+        """Waits for every worker this launcher started to exit."""
         deadline = time.monotonic() + timeout
         with self._lock:
             workers = list(self._workers.values())
+            forked = list(self._forked.values())
         for worker in workers:
             try:
                 worker.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 raise TimeoutError(f"run workers still running after {timeout} s") from None
+        # The template's workers are the template's children (the kernel reaps them): watched by start time.
+        while any(process_start_time(pid) == started and not _is_zombie(pid) for pid, started in forked):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run workers still running after {timeout} s")
+            time.sleep(0.05)
+
+
+def _worker_niceness() -> int:
+    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + RUN_WORKER_NICENESS)
 
 
 # Runs are background work: on a busy machine the API's requests and the UI come first (as for the code server,
@@ -168,7 +211,7 @@ RUN_WORKER_NICENESS = 10
 
 def _lower_priority(pid: int) -> None:
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + RUN_WORKER_NICENESS))
+        os.setpriority(os.PRIO_PROCESS, pid, _worker_niceness())
     except OSError:  # already gone, or not allowed here: the run goes on at normal priority
         pass
 

@@ -36,6 +36,7 @@ VARIABLES = "rime/variables"  # a pipeline run's variables, a JSON object
 # Run tags the run launcher adds: the run worker's process (rime_dagster/platform/run_launcher.py).
 RUN_WORKER_PID = "rime/run_worker_pid"
 RUN_WORKER_HOST = "rime/run_worker_host"
+RUN_WORKER_STARTED = "rime/run_worker_started"  # its start time: a later process given the same pid is not it
 
 # Op tags of a pipeline step's node.
 STEP_ID = "rime/step_id"

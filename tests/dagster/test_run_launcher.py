@@ -6,6 +6,7 @@ forever, a wrong "failed" fails a live one."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
 from rime_dagster.platform.run_launcher import ProcessRunLauncher
-from rime_dagster.platform.run_tags import RUN_WORKER_HOST, RUN_WORKER_PID
+from rime_dagster.platform.run_tags import RUN_WORKER_HOST, RUN_WORKER_PID, RUN_WORKER_STARTED
+from rime_dagster.platform.run_worker_template import WorkerTemplate, process_start_time
 
 
 def _run(run_id: str, pid: int, host: str | None = None) -> DagsterRun:
@@ -82,3 +84,65 @@ def test_a_run_worker_runs_below_the_launching_process():
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_a_pid_given_to_a_later_process_is_not_the_worker():
+    """Workers are known by pid and start time: a live process with the pid but another start time is not it."""
+    launcher = ProcessRunLauncher()
+    with DagsterInstance.ephemeral() as instance:
+        launcher.register_instance(instance)
+        run_id = "5b1f6a1e-0000-4000-8000-00000000beef"
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            started = process_start_time(worker.pid)
+            assert started is not None
+            tags = {RUN_WORKER_PID: str(worker.pid), RUN_WORKER_HOST: socket.gethostname()}
+            same = DagsterRun(job_name="j", run_id=run_id, tags={**tags, RUN_WORKER_STARTED: started})
+            later = DagsterRun(job_name="j", run_id=run_id, tags={**tags, RUN_WORKER_STARTED: str(int(started) + 1)})
+            assert launcher.check_run_worker_health(same).status == WorkerStatus.RUNNING
+            assert launcher.check_run_worker_health(later).status == WorkerStatus.FAILED
+            worker.kill()
+            worker.wait()
+            assert launcher.check_run_worker_health(same).status == WorkerStatus.FAILED
+        finally:
+            worker.kill()
+            worker.wait()
+
+
+LOCATION = """
+import os
+from pathlib import Path
+
+mark, niceness = os.environ["RIME_TEST_MARK"], os.getpriority(os.PRIO_PROCESS, 0)
+Path(os.environ["RIME_TEST_WORKER_OUT"]).write_text(f"{mark} {niceness}")
+"""
+
+
+def test_workers_fork_from_the_template_with_the_launch_environment_and_priority(tmp_path):
+    """The template answers None until it is ready (the launcher then starts the worker from scratch), then forks
+    workers that run the Dagster command asked for, with the environment and niceness sent, and leave no zombie.
+    A Dagster code server stands in for a run worker here: it runs the file below and stays up to be looked at."""
+    (tmp_path / "location.py").write_text(LOCATION)
+    template = WorkerTemplate()
+    out = tmp_path / "out.txt"
+    env = {**os.environ, "RIME_TEST_MARK": "sent by the launcher", "RIME_TEST_WORKER_OUT": str(out)}
+    argv = ["dagster", "api", "grpc", "-f", str(tmp_path / "location.py"), "-s", str(tmp_path / "grpc.sock")]
+    niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
+    try:
+        assert template.fork(argv, env, niceness) is None  # starts the template
+        deadline = time.monotonic() + 120
+        while (forked := template.fork(argv, env, niceness)) is None:
+            assert time.monotonic() < deadline, "the template never became ready"
+            time.sleep(0.1)
+        assert forked.started == process_start_time(forked.pid)
+        while not out.exists() or not out.read_text():
+            assert time.monotonic() < deadline, "the forked worker never ran the file"
+            time.sleep(0.05)
+        assert out.read_text() == f"sent by the launcher {niceness}"
+        assert "RIME_TEST_MARK" not in os.environ  # the launcher's own environment is untouched
+        os.kill(forked.pid, signal.SIGTERM)
+        while process_start_time(forked.pid) == forked.started:  # gone, reaped: no zombie either
+            assert time.monotonic() < deadline, "the worker did not exit (or was left a zombie)"
+            time.sleep(0.05)
+    finally:
+        template.close()
