@@ -147,11 +147,14 @@ def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Set
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """RIME_HOME under tmp_path for code that reads the settings, connectors may read under tmp_path (returns it)."""
+    """RIME_HOME under tmp_path for code that reads the settings, with its metadata store migrated as a deployment's
+    is (run steps hold write leases there); connectors may read under tmp_path (returns it)."""
     monkeypatch.setenv("RIME_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RIME_CONNECTOR_PATH_ROOTS", str(tmp_path))
     get_settings.cache_clear()
+    url = migrated_sqlite(tmp_path / "home" / "rime.db")
     yield tmp_path
+    engine_for(url).dispose()
     get_settings.cache_clear()
 
 

@@ -21,7 +21,7 @@ from rime_dagster.connectors.names import (
 )
 from rime_dagster.platform import run_tags
 from rime_dagster.platform.limits import max_runtime_tags
-from rime_dagster.platform.pools import log_pool_wait
+from rime_dagster.platform.pools import pool_writes
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.resources import IcebergCatalogResource
 from rime_dagster.specs import ConnectorSpec, ProjectSpec
@@ -132,7 +132,6 @@ def connector_assets(spec: ConnectorSpec) -> dg.AssetsDefinition | None:
         pool=connector_pool(spec.id),
     )
     def sync(context: dg.AssetExecutionContext, iceberg: IcebergCatalogResource) -> Iterator[dg.MaterializeResult]:
-        log_pool_wait(context, f"another sync of connector '{spec.name}'")
         # Runs started from the Dagster UI's asset graph carry no Rime tags: add them so the
         # API's run history shows every sync, whoever started it.
         missing = {k: v for k, v in connector_tags(spec.project_id, spec.id).items() if k not in context.run.tags}
@@ -140,8 +139,9 @@ def connector_assets(spec: ConnectorSpec) -> dg.AssetsDefinition | None:
             context.instance.add_run_tags(context.run_id, missing)
         full_refresh = run_tags.is_set(context.run.tags, run_tags.FULL_REFRESH)
         selected = [by_key[key] for key in sorted(context.selected_asset_keys, key=lambda k: k.path)]
-        for landed in sync_tables(spec, selected, iceberg.catalog(), context, full_refresh=full_refresh):
-            yield dg.MaterializeResult(asset_key=landed.asset_key, metadata=landed.metadata)
+        with pool_writes(context, f"another sync of connector '{spec.name}'"):
+            for landed in sync_tables(spec, selected, iceberg.catalog(), context, full_refresh=full_refresh):
+                yield dg.MaterializeResult(asset_key=landed.asset_key, metadata=landed.metadata)
 
     return sync
 

@@ -35,7 +35,7 @@ from rime_dagster.pipelines.spec import (
 from rime_dagster.pipelines.triggers import trigger_sensors
 from rime_dagster.platform import run_tags
 from rime_dagster.platform.names import dagster_name
-from rime_dagster.platform.pools import log_pool_wait, table_pool
+from rime_dagster.platform.pools import pool_writes, table_pool
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec
 
@@ -99,16 +99,15 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config: StepConfig, resourc
         pool=pool,
     )
     def run_step(context: dg.OpExecutionContext) -> Iterator[Any]:
-        if pool:
-            log_pool_wait(context, waited_for)
         full_refresh = run_tags.is_set(context.run.tags, run_tags.FULL_REFRESH)
         rows = 0
-        if isinstance(config, ConnectorSyncConfig):
-            rows = yield from _sync_step(context, config, resources, full_refresh=full_refresh)
-        elif isinstance(config, DbtStepConfig):
-            rows = yield from _dbt_step(context, pipeline, step, config, resources, full_refresh=full_refresh)
-        elif isinstance(config, TableMaintenanceConfig):
-            _maintenance_step(context, pipeline.namespace, config)
+        with pool_writes(context, waited_for):  # nothing without a pool
+            if isinstance(config, ConnectorSyncConfig):
+                rows = yield from _sync_step(context, config, resources, full_refresh=full_refresh)
+            elif isinstance(config, DbtStepConfig):
+                rows = yield from _dbt_step(context, pipeline, step, config, resources, full_refresh=full_refresh)
+            elif isinstance(config, TableMaintenanceConfig):
+                _maintenance_step(context, pipeline.namespace, config)
         yield dg.Output(None, RESULT, metadata={"rows": rows})
 
     return run_step

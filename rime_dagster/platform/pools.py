@@ -4,6 +4,8 @@ The instance gives every pool one slot (`concurrency: pools: default_limit: 1, g
 dagster.yaml that rime_dagster/platform/instance.py writes). The run's executor, in-process or multiprocess, claims
 the slot before it starts a step with a pool, so a second run that reaches such a step waits in its run,
 logging "Step blocked by limit for pool ...", and starts the step once the first run's step has ended.
+Dagster's pools can let two runs in at once on its SQLite storage, so such a step also holds the pool's write lease
+in the metadata store (rime_dagster/platform/write_leases.py) while it writes: `pool_writes`.
 The pools are `connector_pool` (rime_dagster/connectors/names.py) for a connector's tables and `table_pool`
 for maintenance of a table no connector lands (a published dbt model).
 """
@@ -11,8 +13,12 @@ for maintenance of a table no connector lands (a published dbt model).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
+
+from rime_dagster.platform.write_leases import write_lease
 
 
 def table_pool(namespace: str, table: str) -> str:
@@ -38,3 +44,31 @@ def log_pool_wait(context: dg.OpExecutionContext | dg.AssetExecutionContext, wai
     if blocked:
         waited = time.time() - min(blocked)
         context.log.info(f"Waited {waited:.1f} s for {waited_for} to finish (Dagster pool {step.pool}).")
+
+
+@contextmanager
+def pool_writes(context: dg.OpExecutionContext | dg.AssetExecutionContext, waited_for: str) -> Iterator[None]:
+    """The block writes the tables of the step's pool: it holds the pool's write lease (after Dagster's slot), and
+    the run's log says when it began and ended writing, and whom it waited for."""
+    pool = context.get_step_execution_context().step.pool
+    if not pool:
+        yield
+        return
+    log_pool_wait(context, waited_for)
+    started = time.time()
+
+    def waiting(holder: str) -> None:
+        context.log.info(f"Waiting for run {holder} ({waited_for}) to finish writing (write lease of pool {pool}).")
+
+    with write_lease(pool, context.run_id, on_wait=waiting):
+        if time.time() - started > 1:
+            context.log.info(f"Waited {time.time() - started:.1f} s for the write lease of pool {pool}.")
+        context.log.info(f"{WRITING} {pool}.")
+        try:
+            yield
+        finally:
+            context.log.info(f"{DONE_WRITING} {pool}.")
+
+
+WRITING = "Writing as the only writer of pool"
+DONE_WRITING = "Done writing, released pool"

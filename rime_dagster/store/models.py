@@ -385,3 +385,14 @@ class DefinitionsState(Base):
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     reload_owner: Mapped[str | None] = mapped_column(String(64))
     reload_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WriteLease(Base):
+    """Who writes a pool's Iceberg tables now (rime_dagster/platform/write_leases.py): one row per pool while a
+    run's step holds it, renewed while the step runs, taken over once it has expired (the holder died)."""
+
+    __tablename__ = "write_leases"
+
+    pool: Mapped[str] = mapped_column(String(300), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(100), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -12,6 +12,7 @@ import pytest
 
 from rime_dagster.connectors.names import connector_pool
 from rime_dagster.platform.iceberg import open_catalog
+from rime_dagster.platform.pools import DONE_WRITING, WRITING
 from tests.dagster.conftest import Webserver, wait_for_run
 from tests.dagster.test_pipeline_jobs import _wait_for_job
 
@@ -67,10 +68,13 @@ def _wait_until_blocked(instance, runs: list[dict], timeout: float = 120) -> Non
         time.sleep(0.5)
 
 
-def _step_window(instance, dagster_run_id: str) -> tuple[float, float]:
-    events = [e for e in instance.all_logs(dagster_run_id) if e.step_key and e.dagster_event is not None]
-    times = {e.dagster_event.event_type_value: e.timestamp for e in events}
-    return times["STEP_START"], times["STEP_SUCCESS"]
+def _write_window(instance, dagster_run_id: str) -> tuple[float, float]:
+    """When the run's sync step began and ended writing the connector's tables (holding its write lease)."""
+    entries = instance.all_logs(dagster_run_id)
+    began = [e.timestamp for e in entries if (e.user_message or "").startswith(WRITING)]
+    ended = [e.timestamp for e in entries if (e.user_message or "").startswith(DONE_WRITING)]
+    assert len(began) == len(ended) == 1, [e.user_message for e in entries]
+    return began[0], ended[0]
 
 
 def _landed_ids(settings, namespace: str) -> list[int]:
@@ -109,7 +113,7 @@ def test_two_concurrent_incremental_syncs_leave_every_row_exactly_once(api, dags
         # The later sync reads the cursor the earlier one stored: nothing is left for it to append.
         assert sorted(r["rows_synced"] for r in runs) == [0, new_rows]
         assert _landed_ids(settings, project["namespace"]) == expected_ids
-        first, second = sorted(_step_window(instance, s["dagster_run_id"]) for s in started)
+        first, second = sorted(_write_window(instance, s["dagster_run_id"]) for s in started)
         assert first[1] <= second[0], "the two syncs wrote at the same time"
 
     # Round 1: a sync holds the connector's pool, so both new ones wait for it, then for each other.
