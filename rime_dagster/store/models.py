@@ -396,3 +396,69 @@ class WriteLease(Base):
     pool: Mapped[str] = mapped_column(String(300), primary_key=True)
     holder: Mapped[str] = mapped_column(String(100), nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Classification(TimestampedMixin, Base):
+    """A class of data (say, PII e-mail) in a project: its sensitivity, the rules that find its columns after each
+    sync and on demand, and the columns assigned to it by hand. Where it was found: ColumnClassification."""
+
+    __tablename__ = "classifications"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_classifications_project_name"),
+        Index("ix_classifications_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    sensitivity: Mapped[str] = mapped_column(String(20), nullable=False)  # public|internal|confidential|restricted
+    # [{"column_pattern": regex} | {"value_pattern": regex} | {"detector": email|phone|credit_card|iban|national_id}]
+    rules: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    # Manual assignments [{"table", "column"}]: kept whatever the rules find.
+    assignments: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+
+
+class ColumnClassification(Base):
+    """A column of a project's table found to hold a classification's data (`source` "rule": replaced each time the
+    table is classified) or assigned to it by hand (`source` "manual": kept until the assignment is removed)."""
+
+    __tablename__ = "column_classifications"
+    __table_args__ = (
+        UniqueConstraint(
+            "project_id", "table_name", "column_name", "classification_id", "source", name="uq_column_classifications"
+        ),
+        Index("ix_column_classifications_table", "project_id", "table_name"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    table_name: Mapped[str] = mapped_column(String(300), nullable=False)  # as GET .../tables lists it
+    column_name: Mapped[str] = mapped_column(String(300), nullable=False)
+    classification_id: Mapped[str] = mapped_column(
+        ForeignKey("classifications.id", ondelete="CASCADE"), nullable=False
+    )
+    source: Mapped[str] = mapped_column(String(10), nullable=False)  # rule | manual
+    detail: Mapped[str | None] = mapped_column(String(300))  # which rule matched, e.g. "detector email: 98% of 200"
+    classified_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class MaskingPolicy(TimestampedMixin, Base):
+    """How a classification's columns (or listed columns) read for everyone but `exempt_roles`: redacted, hashed
+    (salted, stable: joins still match), partially shown (the last N characters) or null."""
+
+    __tablename__ = "masking_policies"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_masking_policies_project_name"),
+        Index("ix_masking_policies_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    # Either a classification (deleting it while a policy uses it is a 409) or columns [{"table", "column"}].
+    classification_id: Mapped[str | None] = mapped_column(ForeignKey("classifications.id", ondelete="RESTRICT"))
+    columns: Mapped[list | None] = mapped_column(JSON)
+    strategy: Mapped[str] = mapped_column(String(20), nullable=False)  # redact | hash | partial | null
+    options: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)  # partial: {"keep_last": N}
+    exempt_roles: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
