@@ -1,0 +1,1 @@
+"""Governance in the core: classifications (which columns hold which class of data) and what reads them."""
