@@ -31,6 +31,7 @@ from api_shim.routes import (
     alert_rules,
     alert_stream,
     alerts,
+    classifications,
     connectors,
     dbt,
     escalation_policies,
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         tables.router,
         users.router,
         governance.router,
+        classifications.router,
     ):
         app.include_router(router)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from api_shim.pagination import Page
+from api_shim.schemas.classifications import ColumnClassificationResponse
 from api_shim.schemas.common import ResponseModel, Timestamp
 
 
@@ -39,6 +42,9 @@ class TableColumn(ResponseModel):
     name: str
     type: str
     nullable: bool
+    classifications: list[ColumnClassificationResponse] = Field(
+        default_factory=list, description="What classification rules found in the column, and manual assignments."
+    )
 
 
 class TableSchemaResponse(ResponseModel):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.errors import NotFound
 from api_shim.pagination import CursorCodec, PageRequest, paginate_items, scope_of
+from api_shim.schemas.classifications import ColumnClassificationResponse
 from api_shim.schemas.tables import (
     ModelSource,
     TableColumn,
@@ -26,6 +27,7 @@ from api_shim.schemas.tables import (
     TableSource,
 )
 from api_shim.services.projects import get_project
+from rime_dagster.governance.classify import column_classifications
 from rime_dagster.platform.iceberg import CatalogProvider
 
 if TYPE_CHECKING:
@@ -96,7 +98,17 @@ def table_schema(
 ) -> TableSchemaResponse:
     namespace = _namespace(sessions, tenant_id=tenant_id, project_id=project_id)
     fields = _load(catalogs.catalog(), namespace, table).schema().fields
-    columns = [TableColumn(name=f.name, type=str(f.field_type), nullable=not f.required) for f in fields]
+    with sessions() as session:
+        tags = column_classifications(session, project_id=project_id, table=table)
+    columns = [
+        TableColumn(
+            name=f.name,
+            type=str(f.field_type),
+            nullable=not f.required,
+            classifications=[ColumnClassificationResponse.model_validate(t) for t in tags.get(f.name, [])],
+        )
+        for f in fields
+    ]
     return TableSchemaResponse(name=table, columns=columns)
 
 

@@ -33,13 +33,42 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _column_schema(schema: "pa.Schema") -> dg.TableSchema:
+def _column_schema(schema: "pa.Schema", tags: dict[str, dict[str, str]] | None = None) -> dg.TableSchema:
+    """The table's columns; `tags`: each column's classifications as `{name: sensitivity}`."""
     return dg.TableSchema(
         columns=[
-            dg.TableColumn(name=f.name, type=str(f.type), constraints=dg.TableColumnConstraints(nullable=f.nullable))
+            dg.TableColumn(
+                name=f.name,
+                type=str(f.type),
+                constraints=dg.TableColumnConstraints(nullable=f.nullable),
+                tags=(tags or {}).get(f.name, {}),
+            )
             for f in schema
         ]
     )
+
+
+def _classify_landed(
+    spec: ConnectorSpec, table: str, catalog: "Catalog", context: dg.AssetExecutionContext | dg.OpExecutionContext
+) -> dict[str, dict[str, str]]:
+    """Runs the project's classification rules over a table that just landed; its columns' classifications as
+    `{column: {name: sensitivity}}`. A failure is logged and costs only this run's tags: the data has landed."""
+    from rime_dagster.governance.classify import classify_tables
+    from rime_dagster.settings import get_settings
+    from rime_dagster.store.session import session_factory
+
+    try:
+        sessions = session_factory(get_settings().metadata_url)
+        (result,) = classify_tables(
+            sessions, catalog, project_id=spec.project_id, namespace=spec.namespace, tables=[table]
+        )
+    except Exception as exc:
+        context.log.warning(f"table {table}: not classified ({type(exc).__name__}: {exc}); earlier tags are kept")
+        return {}
+    if result.matches:
+        found = ", ".join(sorted({m.column for m in result.matches}))
+        context.log.info(f"table {table}: classification rules tagged {found}")
+    return {column: {tag.name: tag.sensitivity for tag in tags} for column, tags in result.columns.items()}
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,7 @@ def sync_tables(
             failures.append(f"{table}: {exc}")
             continue
         context.log.info(f"table {table}: {result.rows_written} rows, snapshot {result.snapshot_id}")
+        tags = _classify_landed(spec, table_sync.iceberg_table, catalog, context)
         yield LandedTable(
             dg.AssetKey(table_asset_key(spec.namespace, spec.table_prefix, table)),
             {
@@ -93,7 +123,7 @@ def sync_tables(
                 "snapshot_id": str(result.snapshot_id) if result.snapshot_id is not None else None,
                 "cursor": str(result.cursor_value) if result.cursor_value is not None else None,
                 "mode": "full_refresh" if full_refresh or spec.sync_mode != "incremental" else "incremental",
-                "dagster/column_schema": _column_schema(source.arrow_schema(table)),
+                "dagster/column_schema": _column_schema(source.arrow_schema(table), tags),
             },
         )
     if failures:

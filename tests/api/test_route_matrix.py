@@ -73,6 +73,7 @@ class Ctx:
     channel_id: str = ""
     policy_id: str = ""
     alert_id: str = ""
+    classification_id: str = ""
 
     def created(self, url: str, body: dict) -> str:
         response = self.clients.admin.post(url, json=body)
@@ -115,6 +116,10 @@ class Ctx:
         steps = [{"after_minutes": 5, "channel_ids": [self.channel_id]}]
         return self.created(url, {"name": unique("doomed"), "steps": steps})
 
+    def spare_classification(self) -> str:
+        url = f"/api/v1/projects/{self.project_id}/classifications"
+        return self.created(url, {"name": unique("doomed"), "sensitivity": "internal", "rules": []})
+
     def spare_alert(self) -> str:
         """A firing alert of the module's rule, raised as its sensor raises one."""
         from rime_dagster.monitoring import alerts
@@ -145,6 +150,7 @@ RULES = "/api/v1/projects/{id}/alert-rules"
 ALERTS = "/api/v1/projects/{id}/alerts"
 CHANNELS = "/api/v1/projects/{id}/notification-channels"
 POLICIES = "/api/v1/projects/{id}/escalation-policies"
+CLASSIFICATIONS = "/api/v1/projects/{id}/classifications"
 DEAD_HOOK = f"http://127.0.0.1:{closed_port()}/hook"  # a channel test to it answers success: false
 
 
@@ -276,6 +282,22 @@ CASES: dict[tuple[str, str], Case] = {
     ("DELETE", POLICIES + "/{policyId}"): lambda c, r: {
         "url": monitoring_url(c, "escalation-policies", c.spare_policy())
     },
+    ("GET", CLASSIFICATIONS): lambda c, r: {"url": monitoring_url(c, "classifications")},
+    ("POST", CLASSIFICATIONS): lambda c, r: {
+        "url": monitoring_url(c, "classifications"),
+        "json": {"name": unique("cls"), "sensitivity": "confidential", "rules": [{"detector": "email"}]},
+    },
+    ("POST", CLASSIFICATIONS + "/run"): lambda c, r: {"url": monitoring_url(c, "classifications", "run")},
+    ("GET", CLASSIFICATIONS + "/{classificationId}"): lambda c, r: {
+        "url": monitoring_url(c, "classifications", c.classification_id)
+    },
+    ("PATCH", CLASSIFICATIONS + "/{classificationId}"): lambda c, r: {
+        "url": monitoring_url(c, "classifications", c.classification_id),
+        "json": {"sensitivity": "restricted"},
+    },
+    ("DELETE", CLASSIFICATIONS + "/{classificationId}"): lambda c, r: {
+        "url": monitoring_url(c, "classifications", c.spare_classification())
+    },
     ("GET", "/api/v1/projects"): lambda c, r: {"url": "/api/v1/projects"},
     ("POST", "/api/v1/projects"): lambda c, r: {"url": "/api/v1/projects", "json": {"name": unique("p")}},
     ("GET", "/api/v1/projects/{id}"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}"},
@@ -381,6 +403,7 @@ def ctx(clients, tiny_dbt_template) -> Ctx:
     context.rule_id = context.spare_rule()
     context.channel_id = context.spare_channel()
     context.policy_id = context.spare_policy()
+    context.classification_id = context.spare_classification()
     context.alert_id = context.spare_alert()
     return context
 

@@ -176,6 +176,8 @@ class World:
             made = self.post(f"{project}/notification-channels", json=_channel("victim"))
         elif last == "policyId":
             made = self.post(f"{project}/escalation-policies", json=_policy("victim", self.ids["channelId"]))
+        elif last == "classificationId":
+            made = self.post(f"{project}/classifications", json={"name": "victim", "sensitivity": "internal"})
         else:
             raise AssertionError(f"no victim for DELETE {path}: add one")
         self.victims[last] = made["id"]
@@ -282,6 +284,8 @@ def world_base(request, tmp_path_factory) -> Iterator[World]:
             "channelId": channel["id"],
             "policyId": world.post(f"{base}/escalation-policies", json=_policy("page", channel["id"]))["id"],
         }
+        classification = {"name": "e-mail", "sensitivity": "confidential", "rules": [{"detector": "email"}]}
+        world.ids["classificationId"] = world.post(f"{base}/classifications", json=classification)["id"]
         yield world
     for read_only in (False, True):  # schemathesis' client holds on to the app until the process ends
         engine_for(settings.metadata_url, read_only=read_only).dispose()
