@@ -37,10 +37,12 @@ from api_shim.routes import (
     escalation_policies,
     governance,
     health,
+    masking_policies,
     notification_channels,
     pipeline_watch,
     pipelines,
     projects,
+    query,
     tables,
     users,
 )
@@ -159,9 +161,11 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         escalation_policies.router,
         alert_stream.router,
         tables.router,
+        query.router,
         users.router,
         governance.router,
         classifications.router,
+        masking_policies.router,
     ):
         app.include_router(router)
 

@@ -358,6 +358,9 @@ class AuditMiddleware:
             if message["type"] == "http.response.start":
                 if not mutating and message["status"] != 403:
                     return await send(message)
+                if _streamed(scope):  # not held to its end (an export): audited as it starts, then passed on
+                    await self._record(scope, [message])
+                    return await send(message)
                 held.append(message)
                 return
             if not held:
@@ -421,6 +424,16 @@ class AuditMiddleware:
             status_code=status,
             ip=client[0] if client else None,
         )
+
+
+# A route's `openapi_extra` key: its answer is streamed (an export), so the audit entry is written as the
+# response starts instead of after its whole body (which would buffer the stream in memory).
+STREAMED = "x-rime-streamed"
+
+
+def _streamed(scope: Scope) -> bool:
+    route = scope.get("route")
+    return bool((getattr(route, "openapi_extra", None) or {}).get(STREAMED))
 
 
 def _created_id(body: bytes) -> str | None:

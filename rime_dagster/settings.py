@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, description="Largest request body accepted (413 above).")
     upload_max_file_bytes: int = Field(32 * 1024 * 1024, description="Largest file accepted by an upload area.")
     upload_max_request_bytes: int = Field(256 * 1024 * 1024, description="Largest multi-file upload request.")
+    query_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long a table preview or SQL query (POST .../query) may run before it is stopped."
+    )
+    export_timeout_seconds: float = Field(600.0, gt=0, description="How long a query export may take to stream.")
+    query_memory_limit: str = Field(
+        "1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="Memory one read may use (DuckDB memory_limit)."
+    )
+    query_threads: int = Field(2, ge=1, le=64, description="Threads one read may use (DuckDB threads).")
     log_level: str = "INFO"
 
     dbt_project_roots: Annotated[list[Path], NoDecode] = Field(

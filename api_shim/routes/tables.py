@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.deps import CursorCodecDep, Viewer, pagination
 from api_shim.pagination import PageRequest
+from api_shim.routes._reads import read_context, read_services
 from api_shim.routing import rime_router
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.tables import TableList, TablePreview, TableSchemaResponse
@@ -61,8 +62,10 @@ async def table_schema(id: str, table: str, request: Request, principal: Viewer)
     "/{table}/preview",
     name="table.preview",
     response_model=TablePreview,
-    responses=error_responses(404),
+    responses=error_responses(404, 422),
     summary="Preview a table's rows (decimals as strings, binary as base64)",
+    description="Masked per the project's masking policies for the caller's role; a read in clear by an exempt "
+    "role is audited as `table.read_unmasked`.",
 )
 async def table_preview(
     id: str,
@@ -71,12 +74,10 @@ async def table_preview(
     principal: Viewer,
     limit: Annotated[int, Query(ge=1, le=MAX_PREVIEW_ROWS)] = 100,
 ) -> TablePreview:
-    state = request.app.state
     return await run_in_threadpool(
         service.preview_table,
-        state.sessions,
-        state.iceberg,
-        tenant_id=principal.tenant_id,
+        read_services(request),
+        read_context(request, principal),
         project_id=id,
         table=table,
         limit=limit,

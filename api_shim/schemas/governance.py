@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import Field
+
 from api_shim.pagination import Page
 from api_shim.schemas.common import ResponseModel, Timestamp
 
@@ -20,6 +24,9 @@ class AuditLogResponse(ResponseModel):
     path: str
     status_code: int
     ip: str | None
+    details: dict[str, Any] | None = Field(
+        None, description="Beyond the resource: for `table.read_unmasked`, `{tables: {table: [columns]}}`."
+    )
 
 
 AuditLogList = Page[AuditLogResponse]

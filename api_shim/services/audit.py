@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +28,7 @@ class AuditEntry:
     path: str
     status_code: int
     ip: str | None
+    details: dict[str, Any] | None = None
 
 
 def record(session: Session, entry: AuditEntry, *, at: datetime | None = None) -> AuditLog:

@@ -6,10 +6,6 @@ inside a database transaction: the project is looked up in a short session of it
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
-import uuid
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +22,8 @@ from api_shim.schemas.tables import (
     TableSchemaResponse,
     TableSource,
 )
+from api_shim.services import data_reads
+from api_shim.services.data_reads import ReadContext, ReadServices
 from api_shim.services.projects import get_project
 from rime_dagster.governance.classify import column_classifications
 from rime_dagster.platform.iceberg import CatalogProvider
@@ -112,37 +110,10 @@ def table_schema(
     return TableSchemaResponse(name=table, columns=columns)
 
 
-def _json_value(value: object) -> object:
-    if isinstance(value, decimal.Decimal):
-        return str(value)  # exact: a float would round
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, list):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
-    return value
-
-
 def preview_table(
-    sessions: sessionmaker[Session],
-    catalogs: CatalogProvider,
-    *,
-    tenant_id: str,
-    project_id: str,
-    table: str,
-    limit: int,
+    services: ReadServices, ctx: ReadContext, *, project_id: str, table: str, limit: int
 ) -> TablePreview:
-    """The table's first `limit` rows as JSON values: decimals as strings (exact), binary as base64."""
-    from rime_dagster.connectors.landing import preview
-
-    namespace = _namespace(sessions, tenant_id=tenant_id, project_id=project_id)
-    catalog = catalogs.catalog()
-    _load(catalog, namespace, table)
-    data = preview(catalog, (namespace, table), limit)
-    rows = [[_json_value(row[c]) for c in data.column_names] for row in data.to_pylist()]
-    return TablePreview(columns=data.column_names, rows=rows)
+    """The table's first `limit` rows as JSON values, through the one read path: masked for the caller's role
+    (services/data_reads.py)."""
+    columns, rows = data_reads.preview(services, ctx, project_id=project_id, table=table, limit=limit)
+    return TablePreview(columns=columns, rows=rows)

@@ -349,6 +349,8 @@ class AuditLog(Base):
     path: Mapped[str] = mapped_column(String(500), nullable=False)
     status_code: Mapped[int] = mapped_column(Integer, nullable=False)
     ip: Mapped[str | None] = mapped_column(String(64))
+    # What the entry is about beyond its resource, e.g. table.read_unmasked: {"tables": {table: [columns]}}.
+    details: Mapped[dict | None] = mapped_column(JSON)
 
 
 class IdempotencyKey(Base):

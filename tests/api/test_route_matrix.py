@@ -73,6 +73,7 @@ class Ctx:
     channel_id: str = ""
     policy_id: str = ""
     alert_id: str = ""
+    masking_policy_id: str = ""
     classification_id: str = ""
 
     def created(self, url: str, body: dict) -> str:
@@ -120,6 +121,11 @@ class Ctx:
         url = f"/api/v1/projects/{self.project_id}/classifications"
         return self.created(url, {"name": unique("doomed"), "sensitivity": "internal", "rules": []})
 
+    def spare_masking_policy(self) -> str:
+        url = f"/api/v1/projects/{self.project_id}/masking-policies"
+        body = {"name": unique("doomed"), "columns": [{"table": "matrix__seed", "column": "name"}], "strategy": "hash"}
+        return self.created(url, body)
+
     def spare_alert(self) -> str:
         """A firing alert of the module's rule, raised as its sensor raises one."""
         from rime_dagster.monitoring import alerts
@@ -151,6 +157,7 @@ ALERTS = "/api/v1/projects/{id}/alerts"
 CHANNELS = "/api/v1/projects/{id}/notification-channels"
 POLICIES = "/api/v1/projects/{id}/escalation-policies"
 CLASSIFICATIONS = "/api/v1/projects/{id}/classifications"
+MASKING = "/api/v1/projects/{id}/masking-policies"
 DEAD_HOOK = f"http://127.0.0.1:{closed_port()}/hook"  # a channel test to it answers success: false
 
 
@@ -223,6 +230,27 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", PIPE + "/{pipelineId}/runs/{runId}"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}")},
     ("POST", PIPE + "/{pipelineId}/runs/{runId}/cancel"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}/cancel")},
     ("GET", PIPE + "/{pipelineId}/runs/{runId}/logs"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}/logs")},
+    ("GET", MASKING): lambda c, r: {"url": monitoring_url(c, "masking-policies")},
+    ("POST", MASKING): lambda c, r: {
+        "url": monitoring_url(c, "masking-policies"),
+        "json": {"name": unique("mask"), "columns": [{"table": "matrix__seed", "column": "id"}], "strategy": "null"},
+    },
+    ("GET", MASKING + "/{policyId}"): lambda c, r: {"url": monitoring_url(c, "masking-policies", c.masking_policy_id)},
+    ("PATCH", MASKING + "/{policyId}"): lambda c, r: {
+        "url": monitoring_url(c, "masking-policies", c.masking_policy_id),
+        "json": {"exempt_roles": ["admin"]},
+    },
+    ("DELETE", MASKING + "/{policyId}"): lambda c, r: {
+        "url": monitoring_url(c, "masking-policies", c.spare_masking_policy())
+    },
+    ("POST", "/api/v1/projects/{id}/query"): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}/query",
+        "json": {"sql": "SELECT count(*) FROM matrix__seed"},
+    },
+    ("POST", "/api/v1/projects/{id}/query/export"): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}/query/export",
+        "json": {"sql": "SELECT * FROM matrix__seed", "format": "csv"},
+    },
     ("GET", "/api/v1/projects/{id}/tables"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}/tables"},
     ("GET", "/api/v1/projects/{id}/tables/{table}/schema"): lambda c, r: {
         "url": f"/api/v1/projects/{c.project_id}/tables/matrix__seed/schema"
@@ -405,6 +433,7 @@ def ctx(clients, tiny_dbt_template) -> Ctx:
     context.policy_id = context.spare_policy()
     context.classification_id = context.spare_classification()
     context.alert_id = context.spare_alert()
+    context.masking_policy_id = context.spare_masking_policy()
     return context
 
 

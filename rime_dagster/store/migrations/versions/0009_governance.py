@@ -1,4 +1,5 @@
-"""governance: classifications, the columns they were found in or assigned to, masking policies
+"""governance: classifications, the columns they were found in or assigned to, masking policies; audit entries'
+details (the tables and columns an exempt role read unmasked)
 
 Revision ID: 0009
 Revises: 0008
@@ -74,9 +75,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("project_id", "name", name="uq_masking_policies_project_name"),
     )
     op.create_index("ix_masking_policies_project_created", "masking_policies", ["project_id", "created_at", "id"])
+    op.add_column("audit_logs", sa.Column("details", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("audit_logs", "details")  # not batch mode: a copied SQLite table would lose its triggers
     op.drop_index("ix_masking_policies_project_created", table_name="masking_policies")
     op.drop_table("masking_policies")
     op.drop_index("ix_column_classifications_table", table_name="column_classifications")
