@@ -8,8 +8,8 @@ the tree is walked for every relation and function it names:
 - every table reference is one of the project's tables (by the name `GET .../tables` lists, unqualified) or a
   CTE in scope; no time-travel clause (`AT (...)`);
 - no table function (read_csv, read_parquet, iceberg_scan, glob, read_text, duckdb_views(), query(), ...), no
-  DESCRIBE/SHOW/SUMMARIZE, no schema- or catalog-qualified function, none of the functions that read the
-  engine's settings or environment, none of the read path's own functions.
+  DESCRIBE/SHOW/SUMMARIZE, none of the functions that read the engine's settings or environment, none of the
+  read path's own functions (by name, however qualified: DuckDB itself writes `[1]` as `main.list_value(1)`).
 
 This is the first of three fences (governance/reads.py): the connection the query runs on holds only the
 project's views, and its external access is off and its configuration locked before the query runs.
@@ -114,10 +114,6 @@ def _check_table(node: dict[str, Any], ctes: frozenset[str], tables: set[str], f
 
 def _check_function(node: dict[str, Any]) -> None:
     name = str(node["function_name"]).lower()
-    if node.get("schema") or node.get("catalog"):
-        raise QueryRefused(
-            f"Function '{node['function_name']}': schema- or catalog-qualified functions are not allowed."
-        )
     if name in _REFUSED_FUNCTIONS or name.startswith(_REFUSED_FUNCTION_PREFIXES):
         raise QueryRefused(f"Function '{node['function_name']}' is not allowed.")
 

@@ -1,0 +1,63 @@
+"""The read path's DuckDB database: what a query could reach holds neither the hash key nor anything unmasked."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+
+from rime_dagster.governance import reads
+from rime_dagster.governance.masking import ColumnMask, MaskPlan, hash_key
+
+KEY = hash_key("platform-secret", "proj_1")
+LIMITS = reads.ReadLimits(timeout_seconds=10, memory_limit="256MB", threads=1)
+
+
+@pytest.fixture
+def project(tmp_path) -> reads.ProjectData:
+    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=(tmp_path / "wh").as_uri())
+    catalog.create_namespace("ns")
+    table = catalog.create_table(
+        ("ns", "crm__customer"), schema=pa.schema([("id", pa.int64()), ("email", pa.string())])
+    )
+    table.append(pa.table({"id": [1, 2], "email": ["ada@example.com", "grace@example.org"]}))
+    plan = MaskPlan(masked={"crm__customer": {"email": ColumnMask("hash")}})
+    return reads.ProjectData(catalog, "ns", plan, KEY)
+
+
+def test_the_key_is_nowhere_sql_can_look(project):
+    with reads.read_query(project, "SELECT * FROM crm__customer", limits=LIMITS) as read:
+        con = read._con  # the read's own database, as the query sees it
+        catalog_text = " ".join(
+            str(row)
+            for sql in (
+                "SELECT * FROM duckdb_views()",
+                "SELECT * FROM duckdb_settings()",
+                "SELECT * FROM duckdb_functions()",
+                "SELECT * FROM duckdb_tables()",
+                "SELECT * FROM duckdb_secrets()",
+            )
+            for row in con.execute(sql).fetchall()
+        )
+        for secret in (KEY.hex(), KEY.decode("latin-1"), "platform-secret"):
+            assert secret not in catalog_text
+        assert "ada@example.com" not in str(read.head(10)[0].to_pylist())
+        # Locked down: no file outside the table's location, no configuration change.
+        with pytest.raises(Exception, match="disabled by configuration"):
+            con.execute("SELECT * FROM read_csv('/etc/passwd')").fetchall()
+        with pytest.raises(Exception, match="locked"):
+            con.execute("SET enable_external_access = true")
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "244.1 MiB"
+
+
+def test_a_renamed_column_stays_masked_in_older_snapshots(project):
+    table = project.catalog.load_table(("ns", "crm__customer"))
+    before = table.current_snapshot().snapshot_id
+    with table.update_schema() as update:
+        update.rename_column("email", "mail")
+    plan = MaskPlan(masked={"crm__customer": {"mail": ColumnMask("redact")}})
+    renamed = reads.ProjectData(project.catalog, "ns", plan, KEY)
+    with reads.read_table(renamed, "crm__customer", limits=LIMITS, snapshot_id=before) as read:
+        assert read.head(10)[0].to_pylist() == [{"id": 1, "email": "****"}, {"id": 2, "email": "****"}]
+    with pytest.raises(reads.NoSuchSnapshot):
+        reads.read_table(renamed, "crm__customer", limits=LIMITS, snapshot_id=12345)
