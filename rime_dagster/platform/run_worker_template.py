@@ -78,8 +78,11 @@ class WorkerTemplate:
             request = {"argv": list(argv), "env": dict(env), "niceness": niceness}
             try:
                 self._channel.sendall(json.dumps(request).encode() + b"\n")
-                answer = json.loads(self._answers.readline() or b"null") if self._answers else None
-            except (OSError, ValueError) as exc:
+                line = self._answers.readline() if self._answers else b""
+                if not line:
+                    raise EOFError("it has exited")
+                answer = json.loads(line)
+            except (OSError, ValueError, EOFError) as exc:
                 log.warning("the run worker template stopped answering (%s); starting a new one", exc)
                 self._close()
                 self._start_in_background()

@@ -146,3 +146,27 @@ def test_workers_fork_from_the_template_with_the_launch_environment_and_priority
             time.sleep(0.05)
     finally:
         template.close()
+
+
+def test_a_template_that_died_is_replaced(tmp_path):
+    """A template killed (say, by the OOM killer) answers nothing: the launch starts its worker from scratch, and a
+    new template takes over."""
+    template = WorkerTemplate()
+    argv = ["dagster", "--version"]
+    try:
+        assert template.fork(argv, os.environ, 0) is None
+        deadline = time.monotonic() + 120
+        while template.fork(argv, os.environ, 0) is None:
+            assert time.monotonic() < deadline, "the template never became ready"
+            time.sleep(0.1)
+        first = template._process
+        assert first is not None
+        first.kill()
+        first.wait()
+        assert template.fork(argv, os.environ, 0) is None  # dead: the caller starts this worker itself
+        while (forked := template.fork(argv, os.environ, 0)) is None:
+            assert time.monotonic() < deadline, "no new template"
+            time.sleep(0.1)
+        assert template._process is not first and forked.pid > 0
+    finally:
+        template.close()
