@@ -10,9 +10,8 @@ run in the same Dagster run and show in the same graph. Op definitions are named
 
 import re
 from collections.abc import Generator, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
 from dagster._core.types.dagster_type import resolve_dagster_type
@@ -35,12 +34,10 @@ from rime_dagster.pipelines.spec import (
 from rime_dagster.pipelines.triggers import trigger_sensors
 from rime_dagster.platform import run_tags
 from rime_dagster.platform.names import dagster_name
-from rime_dagster.platform.pools import pool_writes, table_pool
+from rime_dagster.platform.pools import pool_writes
 from rime_dagster.platform.schedules import rime_schedule
 from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec
-
-if TYPE_CHECKING:
-    from pyiceberg.catalog import Catalog
+from rime_dagster.tables.jobs import maintenance_pool
 
 START, RESULT = "start", "result"
 NOTHING = resolve_dagster_type(dg.Nothing)  # graph input/output mappings want the DagsterType itself
@@ -76,11 +73,7 @@ def _step_pool(pipeline: PipelineSpec, config: StepConfig, resources: Resources)
         name = connector.name if connector else config.connector_id
         return connector_pool(config.connector_id), f"another sync of connector '{name}'"
     if isinstance(config, TableMaintenanceConfig):
-        prefix = config.table.split("__", 1)[0]
-        owner = next((c for c in resources.connectors.values() if c.table_prefix == prefix), None)
-        if owner is not None:
-            return connector_pool(owner.id), f"another sync of connector '{owner.name}'"
-        return table_pool(pipeline.namespace, config.table), f"other maintenance of {config.table}"
+        return maintenance_pool(pipeline.namespace, config.table, resources.connectors.values())
     return None, ""
 
 
@@ -167,28 +160,11 @@ def _dbt_step(
 
 
 def _maintenance_step(context: dg.OpExecutionContext, namespace: str, config: TableMaintenanceConfig) -> None:
-    catalog = context.resources.iceberg.catalog()
-    if config.operation == "compact":
-        # pyarrow and pyiceberg: only a run pays for them, never the code location's load.
-        from rime_dagster.connectors.landing import compact_table
+    # pyarrow and pyiceberg: only a run pays for them, never the code location's load.
+    from rime_dagster.tables.operations import run_maintenance
 
-        result = compact_table(
-            catalog,
-            (namespace, config.table),
-            run_id=context.run_id,
-            target_file_rows=config.target_file_rows,
-            min_files=config.min_files,
-        )
-        if result.snapshot_id is None:
-            context.log.info(f"{config.table}: {result.files_before} data file(s), nothing to compact")
-        else:
-            context.log.info(
-                f"{config.table}: {result.files_before} data files rewritten into {result.files_after} "
-                f"({result.rows} rows, snapshot {result.snapshot_id})"
-            )
-    else:
-        expired = expire_snapshots(catalog, namespace, config)
-        context.log.info(f"{config.table}: expired {expired} snapshots")
+    message, _ = run_maintenance(context.resources.iceberg.catalog(), namespace, config, run_id=context.run_id)
+    context.log.info(message)
 
 
 def dbt_rows(run_dir: Path) -> int:
@@ -199,20 +175,6 @@ def dbt_rows(run_dir: Path) -> int:
         for unique_id, r in results.items()
         if unique_id.split(".", 1)[0] in ("model", "seed", "snapshot") and (r["rows_affected"] or 0) > 0
     )
-
-
-def expire_snapshots(catalog: "Catalog", namespace: str, config: TableMaintenanceConfig) -> int:
-    """Expires snapshots older than `older_than_days`, keeping the newest `retain_last` and the current one."""
-    table = catalog.load_table((namespace, config.table))
-    snapshots = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
-    keep = {s.snapshot_id for s in snapshots[: config.retain_last]}
-    if table.metadata.current_snapshot_id is not None:
-        keep.add(table.metadata.current_snapshot_id)
-    cutoff_ms = (datetime.now(UTC) - timedelta(days=config.older_than_days)).timestamp() * 1000
-    expired = [s.snapshot_id for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
-    if expired:
-        table.maintenance.expire_snapshots().by_ids(expired).commit()
-    return len(expired)
 
 
 def _join_op(pipeline: PipelineSpec) -> dg.OpDefinition:

@@ -4,7 +4,7 @@ A pipeline is a DAG of steps. Each step has a type with its own config model:
 
     connector_sync     {connector_id, tables?}             sync a connector (all or some tables)
     dbt                {dbt_project_id, command?, select?, exclude?}
-    table_maintenance  {table, operation, ...}              Iceberg upkeep of one project table
+    table_maintenance  {table, operation, ...}              Iceberg upkeep or schema change of one project table
     pipeline           {pipeline_id}                        run another pipeline of the project
 
 `validate_dag` checks the graph itself (ids, dependencies, cycles) and returns the steps in a
@@ -15,10 +15,11 @@ Every error names the offending step.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from graphlib import CycleError, TopologicalSorter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STEP_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 MAX_STEPS = 200
@@ -40,15 +41,56 @@ class DbtStepConfig(_Config):
     exclude: str | None = Field(None, max_length=2000)
 
 
+MaintenanceOperation = Literal[
+    "expire_snapshots", "compact", "remove_orphan_files", "add_column", "rename_column", "drop_column"
+]
+SCHEMA_OPERATIONS = ("add_column", "rename_column", "drop_column")
+
+
 class TableMaintenanceConfig(_Config):
+    """One Iceberg operation on one table of the project (rime_dagster/tables/operations.py carries them out).
+
+    The same config is a pipeline step's and a run of the project's table maintenance job's (the API's table
+    operations), so every operation the API offers is also a pipeline step.
+    """
+
     table: str = Field(min_length=1, max_length=255, description="A table of the project, as the tables API names it.")
-    operation: Literal["expire_snapshots", "compact"]
-    older_than_days: int = Field(7, ge=0, le=3650, description="expire_snapshots: keep snapshots newer than this.")
+    operation: MaintenanceOperation
+    older_than_days: int | None = Field(
+        None,
+        ge=0,
+        le=3650,
+        description="expire_snapshots: keep snapshots newer than this (default 7); remove_orphan_files: remove "
+        "only files older than this (default 3, as Iceberg's own default).",
+    )
+    older_than: datetime | None = Field(
+        None, description="expire_snapshots, remove_orphan_files: an absolute cut-off instead of older_than_days."
+    )
     retain_last: int = Field(1, ge=1, le=1000, description="expire_snapshots: always keep this many snapshots.")
-    target_file_rows: int = Field(
-        1_000_000, ge=1000, le=100_000_000, description="compact: rows per rewritten data file."
+    target_file_rows: int | None = Field(
+        None,
+        ge=1000,
+        le=100_000_000,
+        description="compact: rows per rewritten data file. Default: as many as fit the table's target file size "
+        "(write.target-file-size-bytes, else 512 MiB) at its current bytes per row.",
     )
     min_files: int = Field(2, ge=2, le=100_000, description="compact: do nothing below this many data files.")
+    column: str | None = Field(
+        None, min_length=1, max_length=255, description="rename_column, drop_column: the column to change."
+    )
+    name: str | None = Field(
+        None, min_length=1, max_length=255, description="add_column: the new column; rename_column: its new name."
+    )
+    type: str | None = Field(None, max_length=64, description="add_column: an Iceberg type (string, long, ...).")
+    doc: str | None = Field(None, max_length=1000, description="add_column: the column's comment.")
+
+    @model_validator(mode="after")
+    def _operation_fields(self) -> TableMaintenanceConfig:
+        needed = {"add_column": ("name", "type"), "rename_column": ("column", "name"), "drop_column": ("column",)}
+        missing = [f for f in needed.get(self.operation, ()) if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"{self.operation} needs {' and '.join(missing)}")
+        return self
 
 
 class PipelineStepConfig(_Config):

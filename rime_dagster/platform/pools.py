@@ -47,10 +47,16 @@ def log_pool_wait(context: dg.OpExecutionContext | dg.AssetExecutionContext, wai
 
 
 @contextmanager
-def pool_writes(context: dg.OpExecutionContext | dg.AssetExecutionContext, waited_for: str) -> Iterator[None]:
+def pool_writes(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext, waited_for: str, *, pool: str | None = None
+) -> Iterator[None]:
     """The block writes the tables of the step's pool: it holds the pool's write lease (after Dagster's slot), and
-    the run's log says when it began and ended writing, and whom it waited for."""
-    pool = context.get_step_execution_context().step.pool
+    the run's log says when it began and ended writing, and whom it waited for.
+
+    `pool`: a pool known only at run time (a table maintenance run learns its table from its config). Such a step
+    has no Dagster slot to queue in, so it waits for the write lease alone, which is what keeps writers apart.
+    """
+    pool = pool or context.get_step_execution_context().step.pool
     if not pool:
         yield
         return

@@ -48,6 +48,8 @@ SYNC_MODE = "rime/sync_mode"
 ICEBERG_TABLE = "rime/iceberg_table"
 ICEBERG_SNAPSHOT_ID = "rime/iceberg_snapshot_id"
 PUBLISHED_ROWS = "rime/published_rows"
+# Tag of a table maintenance run (rime_dagster/tables/jobs.py): which operation it carries out (on ICEBERG_TABLE).
+TABLE_OPERATION = "rime/table_operation"
 
 # Tags and metadata of an alert rule's sensor: the rule it evaluates.
 ALERT_RULE_ID = "rime/alert_rule_id"
@@ -59,6 +61,7 @@ KIND_CONNECTOR_SYNC = "connector_sync"
 KIND_DBT = "dbt"
 KIND_PIPELINE = "pipeline"
 KIND_HOUSEKEEPING = "housekeeping"
+KIND_TABLE_MAINTENANCE = "table_maintenance"
 TRIGGER_SCHEDULE = "schedule"
 TRIGGER_SENSOR = "sensor"
 
