@@ -43,6 +43,7 @@ from api_shim.routes import (
     pipelines,
     projects,
     query,
+    table_operations,
     tables,
     users,
 )
@@ -161,6 +162,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         escalation_policies.router,
         alert_stream.router,
         tables.router,
+        table_operations.router,
         query.router,
         users.router,
         governance.router,

@@ -62,8 +62,8 @@ async def table_schema(id: str, table: str, request: Request, principal: Viewer)
     "/{table}/preview",
     name="table.preview",
     response_model=TablePreview,
-    responses=error_responses(404, 422),
-    summary="Preview a table's rows (decimals as strings, binary as base64)",
+    responses=error_responses(400, 404, 422),
+    summary="Preview a table's rows (decimals as strings, binary as base64), now or at a snapshot",
     description="Masked per the project's masking policies for the caller's role; a read in clear by an exempt "
     "role is audited as `table.read_unmasked`.",
 )
@@ -73,6 +73,9 @@ async def table_preview(
     request: Request,
     principal: Viewer,
     limit: Annotated[int, Query(ge=1, le=MAX_PREVIEW_ROWS)] = 100,
+    snapshot_id: Annotated[
+        int | None, Query(description="Time travel: the rows as of this snapshot (see `.../snapshots`).")
+    ] = None,
 ) -> TablePreview:
     return await run_in_threadpool(
         service.preview_table,
@@ -81,4 +84,5 @@ async def table_preview(
         project_id=id,
         table=table,
         limit=limit,
+        snapshot_id=snapshot_id,
     )

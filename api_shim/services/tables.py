@@ -111,9 +111,17 @@ def table_schema(
 
 
 def preview_table(
-    services: ReadServices, ctx: ReadContext, *, project_id: str, table: str, limit: int
+    services: ReadServices,
+    ctx: ReadContext,
+    *,
+    project_id: str,
+    table: str,
+    limit: int,
+    snapshot_id: int | None = None,
 ) -> TablePreview:
     """The table's first `limit` rows as JSON values, through the one read path: masked for the caller's role
     (services/data_reads.py)."""
-    columns, rows = data_reads.preview(services, ctx, project_id=project_id, table=table, limit=limit)
+    columns, rows = data_reads.preview(
+        services, ctx, project_id=project_id, table=table, limit=limit, snapshot_id=snapshot_id
+    )
     return TablePreview(columns=columns, rows=rows)

@@ -177,6 +177,13 @@ def sync_step(c: Ctx) -> list[dict]:
     return [{"id": "sync", "type": "connector_sync", "config": {"connector_id": c.connector_id}}]
 
 
+TABLE = "/api/v1/projects/{id}/tables/{table}"
+
+
+def table_url(c: Ctx, suffix: str) -> str:
+    return f"/api/v1/projects/{c.project_id}/tables/matrix__seed{suffix}"
+
+
 def dbt_url(c: Ctx, suffix: str = "") -> str:
     return f"/api/v1/projects/{c.project_id}/dbt-projects/{c.dbt_project_id}{suffix}"
 
@@ -258,6 +265,20 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/projects/{id}/tables/{table}/preview"): lambda c, r: {
         "url": f"/api/v1/projects/{c.project_id}/tables/matrix__seed/preview"
     },
+    ("GET", TABLE + "/health"): lambda c, r: {"url": table_url(c, "/health")},
+    ("GET", TABLE + "/snapshots"): lambda c, r: {"url": table_url(c, "/snapshots")},
+    ("POST", TABLE + "/compact"): lambda c, r: {"url": table_url(c, "/compact")},
+    ("POST", TABLE + "/expire-snapshots"): lambda c, r: {"url": table_url(c, "/expire-snapshots"), "json": {}},
+    ("POST", TABLE + "/remove-orphan-files"): lambda c, r: {"url": table_url(c, "/remove-orphan-files")},
+    ("POST", TABLE + "/columns"): lambda c, r: {
+        "url": table_url(c, "/columns"),
+        "json": {"name": "extra", "type": "string"},
+    },
+    ("PATCH", TABLE + "/columns/{column}"): lambda c, r: {
+        "url": table_url(c, "/columns/name"),
+        "json": {"name": "label"},
+    },
+    ("DELETE", TABLE + "/columns/{column}"): lambda c, r: {"url": table_url(c, "/columns/name")},
     ("GET", RULES): lambda c, r: {"url": monitoring_url(c, "alert-rules")},
     ("POST", RULES): lambda c, r: {
         "url": monitoring_url(c, "alert-rules"),
@@ -509,6 +530,13 @@ NEEDS_DAGSTER = {
     ("POST", CONN + "/{connectorId}/sync"),
     ("POST", DBT + "/{dbtId}/run"),
     ("POST", RULES + "/{ruleId}/disable"),  # stops the rule's sensor (enabling the enabled rule asks nothing)
+    # Table operations are runs of the project's table maintenance job.
+    ("POST", TABLE + "/compact"),
+    ("POST", TABLE + "/expire-snapshots"),
+    ("POST", TABLE + "/remove-orphan-files"),
+    ("POST", TABLE + "/columns"),
+    ("PATCH", TABLE + "/columns/{column}"),
+    ("DELETE", TABLE + "/columns/{column}"),
 }
 NEEDS_RUN = {
     ("GET", PIPE + "/{pipelineId}/runs/{runId}"),
