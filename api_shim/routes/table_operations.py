@@ -33,7 +33,7 @@ SnapshotPage = Annotated[PageRequest, Depends(pagination("committed_at", default
 LAUNCH: dict[str, Any] = {
     "status_code": status.HTTP_202_ACCEPTED,
     "response_model": TableOperationRun,
-    "responses": error_responses(400, 404, 409, 503),
+    "responses": error_responses(400, 404, 409, 422, 503),
     "dependencies": [Idempotent],
 }
 
