@@ -56,6 +56,25 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if item.name != getattr(item, "originalname", item.name) and not item.nodeid.endswith("]"):
             item._id = coerce_node_id(f"{item.nodeid.rpartition('::')[0]}::{item.name}")
+    _heaviest_files_first(items)
+
+
+def _heaviest_files_first(items: list[pytest.Item]) -> None:
+    """Files in the order the workers should start them: those that drive a real Dagster first (most such tests
+    first), then the other slow ones, then the fast layer. xdist (`--dist loadfile --no-loadscope-reorder`) hands out
+    files in this order as workers free up, so the long Dagster files no longer start last and leave the other
+    workers idle at the end (its default order, most tests first, put them last)."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def weight(file_items: list[pytest.Item]) -> tuple[int, int]:
+        dagster = sum(1 for item in file_items if item.get_closest_marker("dagster"))
+        slow = any(item.get_closest_marker("slow") or item.get_closest_marker("postgres") for item in file_items)
+        return (0, -dagster) if dagster else (1, 0) if slow else (2, 0)
+
+    ordered = sorted(files.values(), key=weight)  # stable: collection order within a group
+    items[:] = [item for file_items in ordered for item in file_items]
 
 
 def closed_port() -> int:
