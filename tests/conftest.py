@@ -56,24 +56,40 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if item.name != getattr(item, "originalname", item.name) and not item.nodeid.endswith("]"):
             item._id = coerce_node_id(f"{item.nodeid.rpartition('::')[0]}::{item.name}")
-    _heaviest_files_first(items)
+    _spread_dagster_files(items)
 
 
-def _heaviest_files_first(items: list[pytest.Item]) -> None:
-    """Files in the order the workers should start them: those that drive a real Dagster first (most such tests
-    first), then the other slow ones, then the fast layer. xdist (`--dist loadfile --no-loadscope-reorder`) hands out
-    files in this order as workers free up, so the long Dagster files no longer start last and leave the other
-    workers idle at the end (its default order, most tests first, put them last)."""
+def _spread_dagster_files(items: list[pytest.Item]) -> None:
+    """Files in the order the workers should take them: the files that drive a real Dagster spread evenly through
+    the other files' estimated time, and none at the end. xdist (`--dist loadfile --no-loadscope-reorder`) hands out
+    files in this order as workers free up. Its default order (most tests first) put the long Dagster files last,
+    which left two of three workers idle at the end; all of them first ran three Dagster stacks at once, which was
+    slower still (they wait on each other's CPU)."""
     files: dict[str, list[pytest.Item]] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
 
-    def weight(file_items: list[pytest.Item]) -> tuple[int, int]:
-        dagster = sum(1 for item in file_items if item.get_closest_marker("dagster"))
-        slow = any(item.get_closest_marker("slow") or item.get_closest_marker("postgres") for item in file_items)
-        return (0, -dagster) if dagster else (1, 0) if slow else (2, 0)
+    def is_dagster(file_items: list[pytest.Item]) -> bool:
+        return any(item.get_closest_marker("dagster") for item in file_items)
 
-    ordered = sorted(files.values(), key=weight)  # stable: collection order within a group
+    def cost(file_items: list[pytest.Item]) -> float:  # a rough estimate of a file's seconds
+        slow = sum(1 for item in file_items if item.get_closest_marker("slow") or item.get_closest_marker("postgres"))
+        return slow * 1.0 + (len(file_items) - slow) * 0.15
+
+    dagster = sorted((f for f in files.values() if is_dagster(f)), key=len, reverse=True)
+    others = sorted((f for f in files.values() if not is_dagster(f)), key=cost, reverse=True)
+    if not dagster:
+        return
+    share = sum(cost(f) for f in others) * 0.8 / (len(dagster) - 1 or 1)  # the last fifth of the others: no Dagster file
+    ordered: list[list[pytest.Item]] = [dagster.pop(0)]
+    since = 0.0
+    for file_items in others:
+        ordered.append(file_items)
+        since += cost(file_items)
+        if dagster and since >= share:
+            ordered.append(dagster.pop(0))
+            since = 0.0
+    ordered.extend(dagster)
     items[:] = [item for file_items in ordered for item in file_items]
 
 
