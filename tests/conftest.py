@@ -80,7 +80,8 @@ def _spread_dagster_files(items: list[pytest.Item]) -> None:
     others = sorted((f for f in files.values() if not is_dagster(f)), key=cost, reverse=True)
     if not dagster:
         return
-    share = sum(cost(f) for f in others) * 0.8 / (len(dagster) - 1 or 1)  # the last fifth of the others: no Dagster file
+    # The last fifth of the others gets no Dagster file.
+    share = sum(cost(f) for f in others) * 0.8 / (len(dagster) - 1 or 1)
     ordered: list[list[pytest.Item]] = [dagster.pop(0)]
     since = 0.0
     for file_items in others:
