@@ -56,42 +56,6 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if item.name != getattr(item, "originalname", item.name) and not item.nodeid.endswith("]"):
             item._id = coerce_node_id(f"{item.nodeid.rpartition('::')[0]}::{item.name}")
-    _spread_dagster_files(items)
-
-
-def _spread_dagster_files(items: list[pytest.Item]) -> None:
-    """Files in the order the workers should take them: the files that drive a real Dagster spread evenly through
-    the other files' estimated time, and none at the end. xdist (`--dist loadfile --no-loadscope-reorder`) hands out
-    files in this order as workers free up. Its default order (most tests first) put the long Dagster files last,
-    which left two of three workers idle at the end; all of them first ran three Dagster stacks at once, which was
-    slower still (they wait on each other's CPU)."""
-    files: dict[str, list[pytest.Item]] = {}
-    for item in items:
-        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
-
-    def is_dagster(file_items: list[pytest.Item]) -> bool:
-        return any(item.get_closest_marker("dagster") for item in file_items)
-
-    def cost(file_items: list[pytest.Item]) -> float:  # a rough estimate of a file's seconds
-        slow = sum(1 for item in file_items if item.get_closest_marker("slow") or item.get_closest_marker("postgres"))
-        return slow * 1.0 + (len(file_items) - slow) * 0.15
-
-    dagster = sorted((f for f in files.values() if is_dagster(f)), key=len, reverse=True)
-    others = sorted((f for f in files.values() if not is_dagster(f)), key=cost, reverse=True)
-    if not dagster:
-        return
-    # The last fifth of the others gets no Dagster file.
-    share = sum(cost(f) for f in others) * 0.8 / (len(dagster) - 1 or 1)
-    ordered: list[list[pytest.Item]] = [dagster.pop(0)]
-    since = 0.0
-    for file_items in others:
-        ordered.append(file_items)
-        since += cost(file_items)
-        if dagster and since >= share:
-            ordered.append(dagster.pop(0))
-            since = 0.0
-    ordered.extend(dagster)
-    items[:] = [item for file_items in ordered for item in file_items]
 
 
 def closed_port() -> int:
