@@ -15,11 +15,11 @@ What it does, all in one run, everything under a temporary directory:
 2. through the API, creates a project, a `files` connector "Inbox" with one uploaded
    `orders.csv`, and the trivial two-step pipeline of tests/dagster/test_pipeline_jobs.py
    (connector_sync, then table_maintenance expire_snapshots of `inbox__orders`), and waits for the
-   job `pipeline_<id>` to show in GraphQL and for the API to see Dagster caught up (so that no
+   job `<namespace>__bench_two_steps` to show in GraphQL and for the API to see Dagster caught up (so that no
    reload of the definitions sync overlaps the timed runs);
 3. times, alternating run by run after one untimed warm-up of each (the pipeline's default run
    config: the in-process executor, steps run in the run worker):
-   (a) raw Dagster: `DagsterGraphQLClient.submit_job_execution` of `pipeline_<id>` with the same
+   (a) raw Dagster: `DagsterGraphQLClient.submit_job_execution` of that job with the same
        tags the API sets;
    (b) ours: `POST /api/v1/projects/{id}/pipelines/{pid}/run`, then, right after it returns, the
        run's WebSocket, read until the server closes it;
@@ -74,6 +74,8 @@ if str(REPO_ROOT) not in sys.path:  # `bench._common` when run as `python bench/
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench._common import Processes, free_port, log, wait_http  # noqa: E402
+from rime_dagster.pipelines.names import pipeline_job_name  # noqa: E402
+from rime_dagster.platform.naming import identifier  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WORKSPACE = REPO_ROOT / "workspace.yaml"
@@ -335,10 +337,7 @@ class Target:
 
     project_id: str
     pipeline_id: str
-
-    @property
-    def job(self) -> str:
-        return f"pipeline_{self.pipeline_id}"
+    job: str  # `<project namespace>__<pipeline slug>`
 
     @property
     def tags(self) -> dict[str, str]:
@@ -487,7 +486,9 @@ def create_pipeline(api: httpx.Client, dagster_port: int) -> Target:
         ),
         201,
     )
-    target = Target(project_id=pid, pipeline_id=pipeline["id"])
+    # The pipeline's slug is its name made an identifier: nothing else in this fresh project takes it.
+    job = pipeline_job_name(project["namespace"], identifier(pipeline["name"]))
+    target = Target(project_id=pid, pipeline_id=pipeline["id"], job=job)
     # The API's definitions sync reloads the code location after the changes above: wait until the job
     # is there and the API sees Dagster caught up, so that no reload overlaps the timed runs.
     wait_job(dagster_port, target.job)
