@@ -95,6 +95,8 @@ def _mapped_errors() -> Iterator[None]:
         raise ValidationFailed.field("sql", str(exc)) from None
     except (reads.ReadTimedOut, reads.ReadOutOfMemory) as exc:
         raise Unprocessable(str(exc), details=[{"field": "sql", "message": str(exc)}]) from None
+    except reads.UnsupportedStorage as exc:  # the deployment's warehouse, not the request: no field to name
+        raise Unprocessable(str(exc)) from None
     except reads.ReadFailed as exc:
         raise ValidationFailed.field("sql", str(exc)) from None
 

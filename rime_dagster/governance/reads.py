@@ -119,7 +119,10 @@ class DataRead:
 
     def _interrupt(self) -> None:
         self._timed_out = True
-        self._con.interrupt()
+        try:
+            self._con.interrupt()
+        except duckdb.ConnectionException:  # the read closed as the timer fired: nothing left to stop
+            pass
 
     @property
     def schema(self) -> pa.Schema:
@@ -223,8 +226,24 @@ def _connect(limits: ReadLimits) -> duckdb.DuckDBPyConnection:
     return open_database(True)
 
 
+class UnsupportedStorage(ReadFailed):
+    """The table's files are not on this host's file system (an object-store warehouse): DuckDB here has no
+    extension to read them (httpfs is not installed), so the read path cannot serve them."""
+
+
+def metadata_path(location: str) -> str:
+    """The local path of a table's metadata file, or UnsupportedStorage for any other storage."""
+    scheme = location.split("://", 1)[0] if "://" in location else "file"
+    if scheme != "file":
+        raise UnsupportedStorage(
+            f"Tables stored at {scheme}:// cannot be read here: previews, queries and exports need a local "
+            "warehouse (RIME_ICEBERG_WAREHOUSE on this host's file system)."
+        )
+    return location.removeprefix("file://")
+
+
 def _metadata_path(table: Table) -> str:
-    return table.metadata_location.removeprefix("file://")
+    return metadata_path(table.metadata_location)
 
 
 def _add_view(
