@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -48,6 +47,10 @@ def test_writes_go_on_while_a_launch_waits_on_dagster(clients):
             "steps": [{"id": "s", "type": "connector_sync", "config": {"connector_id": connector["id"]}}],
         },
     ).json()
+    # The first user created pays one-time costs (schemas built lazily, first use of the password hasher);
+    # they are not the launch's doing.
+    warm = admin.post("/api/v1/users", json={"email": "warm@example.com", "name": "warm", "role": "viewer"})
+    assert warm.status_code == 201, warm.text
     launches = {
         "pipeline": f"/api/v1/projects/{project['id']}/pipelines/{pipeline['id']}/run",
         "connector": f"/api/v1/projects/{project['id']}/connectors/{connector['id']}/sync",
@@ -56,12 +59,14 @@ def test_writes_go_on_while_a_launch_waits_on_dagster(clients):
         with ThreadPoolExecutor(1) as pool:
             launching = pool.submit(admin.post, url)
             wait_until(lambda: running(DagsterClient.launch_run), timeout=10, what=f"the {kind} launch")
-            started = time.monotonic()
             # A write with no Dagster call of its own (creating a project would reload the code location).
             created = clients.admin.post(
                 "/api/v1/users", json={"email": f"{kind}@example.com", "name": kind, "role": "viewer"}
             )
-            waited = time.monotonic() - started
+            # The property itself, not a duration a busy machine could stretch: the write was answered while the
+            # launch was still waiting on Dagster. Had the launch held the write lock, the write would have
+            # queued until the launch gave up (LAUNCH_TIMEOUT).
+            answered_during_launch = not launching.done()
             assert launching.result().status_code == 503
         assert created.status_code == 201, created.text
-        assert waited < LAUNCH_TIMEOUT / 2, f"a write waited {waited:.1f}s behind the {kind} launch"
+        assert answered_during_launch, f"a write waited behind the {kind} launch until it ended"
