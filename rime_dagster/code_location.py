@@ -20,7 +20,14 @@ from rime_dagster.pipelines.jobs import Resources as PipelineResources
 from rime_dagster.pipelines.jobs import pipeline_definitions
 from rime_dagster.platform.housekeeping import housekeeping_definitions
 from rime_dagster.resources import IcebergCatalogResource, MetadataStoreResource
-from rime_dagster.specs import ConnectorSpec, DbtProjectSpec, PipelineSpec, PlatformSpecs, load_specs
+from rime_dagster.specs import (
+    ConnectorSpec,
+    DbtProjectSpec,
+    PipelineSpec,
+    PlatformSpecs,
+    RetentionPolicySpec,
+    load_specs,
+)
 from rime_dagster.tables.jobs import table_maintenance_definitions
 
 log = logging.getLogger(__name__)
@@ -37,7 +44,13 @@ def build_definitions(specs: PlatformSpecs, store: MetadataStoreResource) -> dg.
         for project in specs.projects
         if project.id in by_project
     ]
-    maintenance = [table_maintenance_definitions(project, by_project.get(project.id, [])) for project in specs.projects]
+    policies: dict[str, list[RetentionPolicySpec]] = {}
+    for policy in specs.retention_policies:
+        policies.setdefault(policy.project_id, []).append(policy)
+    maintenance = [
+        table_maintenance_definitions(project, by_project.get(project.id, []), policies.get(project.id, []))
+        for project in specs.projects
+    ]
     dbt_projects = [_isolated(dbt_definitions, spec) for spec in specs.dbt_projects]
     pipelines = [_isolated(pipeline_definitions, spec, _pipeline_resources(specs, spec)) for spec in specs.pipelines]
     monitoring = monitoring_definitions(specs)  # isolates each rule's sensor itself

@@ -16,7 +16,7 @@ from rime_dagster.dbt.manifest import ConnectorTable
 from rime_dagster.dbt.workspace import ProjectFiles, duckdb_path, project_root
 from rime_dagster.resources import MetadataStoreResource, settings
 from rime_dagster.store.generation import current_generation
-from rime_dagster.store.models import AlertRule, Connector, DbtProject, Pipeline, Project
+from rime_dagster.store.models import AlertRule, Connector, DbtProject, Pipeline, Project, TableRetentionPolicy
 
 if TYPE_CHECKING:
     from rime_dagster.connectors.sources import Source  # imported by build_source: only a run pays for the plug-ins
@@ -129,6 +129,26 @@ class AlertRuleSpec:
 
 
 @dataclass(frozen=True)
+class RetentionPolicySpec:
+    """A table's retention policy: its schedule launches the project's table maintenance job with these operations
+    (rime_dagster/tables/retention.py). Durations in seconds; None: the operation's default."""
+
+    id: str
+    project_id: str
+    namespace: str
+    table: str
+    schedule: str
+    enabled: bool
+    retain_last: int | None = None
+    older_than_seconds: int | None = None
+    remove_orphan_files: bool = False
+    orphan_older_than_seconds: int | None = None
+    compact: bool = False
+    compact_target_file_rows: int | None = None
+    compact_min_files: int | None = None
+
+
+@dataclass(frozen=True)
 class PlatformSpecs:
     # The definitions generation these specs include (rime_dagster.store.generation): read before the
     # rows, so the specs hold that generation's changes and perhaps later ones, never fewer.
@@ -138,6 +158,7 @@ class PlatformSpecs:
     dbt_projects: list[DbtProjectSpec] = field(default_factory=list)
     pipelines: list[PipelineSpec] = field(default_factory=list)
     alert_rules: list[AlertRuleSpec] = field(default_factory=list)
+    retention_policies: list[RetentionPolicySpec] = field(default_factory=list)
 
 
 def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
@@ -238,6 +259,28 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
                 .order_by(AlertRule.created_at, AlertRule.id)
             )
         ]
+        retention_policies = [
+            RetentionPolicySpec(
+                id=r.id,
+                project_id=r.project_id,
+                namespace=projects[r.project_id].namespace,
+                table=r.table_name,
+                schedule=r.schedule,
+                enabled=r.enabled,
+                retain_last=r.retain_last,
+                older_than_seconds=r.older_than_seconds,
+                remove_orphan_files=r.remove_orphan_files,
+                orphan_older_than_seconds=r.orphan_older_than_seconds,
+                compact=r.compact,
+                compact_target_file_rows=r.compact_target_file_rows,
+                compact_min_files=r.compact_min_files,
+            )
+            for r in session.scalars(
+                select(TableRetentionPolicy)
+                .where(TableRetentionPolicy.project_id.in_(tenant_projects))
+                .order_by(TableRetentionPolicy.created_at, TableRetentionPolicy.id)
+            )
+        ]
     return PlatformSpecs(
         generation=generation,
         projects=list(projects.values()),
@@ -245,6 +288,7 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
         dbt_projects=dbt_projects,
         pipelines=pipelines,
         alert_rules=alert_rules,
+        retention_policies=retention_policies,
     )
 
 

@@ -50,6 +50,8 @@ ICEBERG_SNAPSHOT_ID = "rime/iceberg_snapshot_id"
 PUBLISHED_ROWS = "rime/published_rows"
 # Tag of a table maintenance run (rime_dagster/tables/jobs.py): which operation it carries out (on ICEBERG_TABLE).
 TABLE_OPERATION = "rime/table_operation"
+# Tag of a table retention policy's scheduled run (rime_dagster/tables/retention.py): the policy.
+RETENTION_POLICY_ID = "rime/retention_policy_id"
 
 # Tags and metadata of an alert rule's sensor: the rule it evaluates.
 ALERT_RULE_ID = "rime/alert_rule_id"

@@ -1,7 +1,7 @@
 """The definitions generation: a counter that every committed change to what Dagster builds moves on.
 
-A transaction that adds, changes or deletes a project, connector, dbt project or pipeline (or adds or deletes
-an alert rule) bumps
+A transaction that adds, changes or deletes a project, connector, dbt project, pipeline or table retention policy
+(or adds or deletes an alert rule) bumps
 `definitions_state.generation` by one just before it commits, and stamps the new value on each
 project it touched (`projects.definitions_generation`). The code location reports the generation it
 was built from, so "has Dagster caught up with this change?" is one integer comparison, across any
@@ -23,12 +23,20 @@ from collections.abc import Callable
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 
-from rime_dagster.store.models import AlertRule, Connector, DbtProject, DefinitionsState, Pipeline, Project
+from rime_dagster.store.models import (
+    AlertRule,
+    Connector,
+    DbtProject,
+    DefinitionsState,
+    Pipeline,
+    Project,
+    TableRetentionPolicy,
+)
 from rime_dagster.store.types import utcnow
 
 STATE_ID = 1
 # The rows the code location builds definitions from: any change to one of these needs a reload.
-TRACKED = (Project, Connector, DbtProject, Pipeline)
+TRACKED = (Project, Connector, DbtProject, Pipeline, TableRetentionPolicy)  # a retention policy is a schedule
 # Rows whose definitions depend only on their existence (an alert rule's sensor reads the rule's row at each
 # evaluation): adding or deleting one needs a reload, editing it does not.
 TRACKED_EXISTENCE = (AlertRule,)

@@ -17,6 +17,7 @@ PREFIXES = {
     "escalation_policy": "esc",
     "classification": "cls",
     "masking_policy": "mask",
+    "retention_policy": "ret",
     "user": "usr",
     "token": "tok",
     "audit": "aud",

@@ -464,3 +464,29 @@ class MaskingPolicy(TimestampedMixin, Base):
     strategy: Mapped[str] = mapped_column(String(20), nullable=False)  # redact | hash | partial | null
     options: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)  # partial: {"keep_last": N}
     exempt_roles: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+
+
+class TableRetentionPolicy(TimestampedMixin, Base):
+    """What a project table keeps, enforced on a cron schedule by a Dagster schedule that launches the project's
+    table maintenance job: snapshot expiry (the newest `retain_last`, and any newer than `older_than`), and, when
+    turned on, compaction first and orphan-file removal last. One policy per table."""
+
+    __tablename__ = "table_retention_policies"
+    __table_args__ = (
+        UniqueConstraint("project_id", "table_name", name="uq_table_retention_policies_project_table"),
+        Index("ix_table_retention_policies_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    table_name: Mapped[str] = mapped_column(String(300), nullable=False)  # as GET .../tables lists it
+    schedule: Mapped[str] = mapped_column(String(100), nullable=False)  # 5-field cron, UTC
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    # Snapshot expiry: at least one of the two is set.
+    retain_last: Mapped[int | None] = mapped_column(Integer)
+    older_than_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    remove_orphan_files: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    orphan_older_than_seconds: Mapped[int | None] = mapped_column(BigInteger)  # null: the operation's default
+    compact: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    compact_target_file_rows: Mapped[int | None] = mapped_column(Integer)
+    compact_min_files: Mapped[int | None] = mapped_column(Integer)

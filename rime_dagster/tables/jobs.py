@@ -4,19 +4,29 @@ The API launches every table operation (compaction, snapshot expiry, orphan-file
 of this job; its config is a pipeline `table_maintenance` step's, so the two never diverge. The op writes the table
 as the only writer of its pool (the connector's that lands it, else the table's own), so a compaction never
 overlaps a sync of the same connector.
+
+Each enabled table retention policy of the project is a schedule of this job whose run carries out the policy's
+operations in order (rime_dagster/tables/retention.py), under the same pool.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import dagster as dg
 
 from rime_dagster.connectors.names import connector_pool
-from rime_dagster.pipelines.spec import TableMaintenanceConfig
 from rime_dagster.platform import run_tags
 from rime_dagster.platform.limits import max_runtime_tags
 from rime_dagster.platform.pools import pool_writes, table_pool
-from rime_dagster.specs import ConnectorSpec, ProjectSpec
+from rime_dagster.platform.schedules import SCHEDULE_TAGS
+from rime_dagster.specs import ConnectorSpec, ProjectSpec, RetentionPolicySpec
 from rime_dagster.tables.names import maintenance_job_name, maintenance_op_name
+from rime_dagster.tables.retention import (
+    maintenance_configs,
+    retention_run_config,
+    retention_schedule_name,
+    retention_tags,
+)
 
 
 def maintenance_pool(namespace: str, table: str, connectors: Iterable[ConnectorSpec]) -> tuple[str, str]:
@@ -32,24 +42,31 @@ def maintenance_pool(namespace: str, table: str, connectors: Iterable[ConnectorS
     return table_pool(namespace, table), f"other maintenance of {table}"
 
 
-def table_maintenance_definitions(project: ProjectSpec, connectors: list[ConnectorSpec]) -> dg.Definitions:
+def table_maintenance_definitions(
+    project: ProjectSpec, connectors: list[ConnectorSpec], retention_policies: Sequence[RetentionPolicySpec] = ()
+) -> dg.Definitions:
     @dg.op(
         name=maintenance_op_name(project.namespace),
         config_schema=dg.Permissive(),
         required_resource_keys={"iceberg"},
-        description="One Iceberg operation on one table of the project (a `table_maintenance` step's config).",
+        description="One Iceberg operation on one table of the project (a `table_maintenance` step's config), or "
+        "a table retention policy's operations in order (`{retention_policy_id, operations: [...]}`).",
     )
     def maintain_table(context: dg.OpExecutionContext) -> None:
         # pyarrow and pyiceberg: only a run pays for them, never the code location's load.
         from rime_dagster.tables.operations import run_maintenance
 
-        config = TableMaintenanceConfig.model_validate(context.op_config)
-        pool, waited_for = maintenance_pool(project.namespace, config.table, connectors)
+        configs = maintenance_configs(context.op_config)
+        pool, waited_for = maintenance_pool(project.namespace, configs[0].table, connectors)
+        metadata: dict = {}
         with pool_writes(context, waited_for, pool=pool):
-            message, metadata = run_maintenance(
-                context.resources.iceberg.catalog(), project.namespace, config, run_id=context.run_id
-            )
-        context.log.info(message)
+            for config in configs:
+                message, done = run_maintenance(
+                    context.resources.iceberg.catalog(), project.namespace, config, run_id=context.run_id
+                )
+                context.log.info(message)
+                # One operation's metadata as it always was; a policy's run keys each by its operation.
+                metadata |= done if len(configs) == 1 else {f"{config.operation}.{k}": v for k, v in done.items()}
         context.add_output_metadata(metadata)
 
     @dg.job(
@@ -62,4 +79,27 @@ def table_maintenance_definitions(project: ProjectSpec, connectors: list[Connect
     def table_maintenance() -> None:
         maintain_table()
 
-    return dg.Definitions(jobs=[table_maintenance])
+    schedules = [retention_schedule(table_maintenance, policy) for policy in retention_policies]
+    return dg.Definitions(jobs=[table_maintenance], schedules=schedules)
+
+
+def retention_schedule(job: dg.JobDefinition, policy: RetentionPolicySpec) -> dg.ScheduleDefinition:
+    """The policy's schedule (UTC), stopped while the policy is disabled, as a paused pipeline's is: each tick runs
+    the maintenance job with the policy's operations, cut-offs counted back from the tick's scheduled time."""
+    status = dg.DefaultScheduleStatus.RUNNING if policy.enabled else dg.DefaultScheduleStatus.STOPPED
+    tags = {**retention_tags(policy), **SCHEDULE_TAGS}
+
+    @dg.schedule(
+        name=retention_schedule_name(policy.namespace, policy.table),
+        job=job,
+        cron_schedule=policy.schedule,
+        execution_timezone="UTC",
+        default_status=status,
+        description=f"Retention policy of table {policy.table}",
+        tags={run_tags.RETENTION_POLICY_ID: policy.id},
+    )
+    def tick(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        at = context.scheduled_execution_time or datetime.now(UTC)
+        return dg.RunRequest(run_config=retention_run_config(policy, at), tags=tags)
+
+    return tick
