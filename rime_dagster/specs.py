@@ -147,6 +147,24 @@ class RetentionPolicySpec:
     compact_target_file_rows: int | None = None
     compact_min_files: int | None = None
 
+    @classmethod
+    def of(cls, row: TableRetentionPolicy, namespace: str) -> RetentionPolicySpec:
+        return cls(
+            id=row.id,
+            project_id=row.project_id,
+            namespace=namespace,
+            table=row.table_name,
+            schedule=row.schedule,
+            enabled=row.enabled,
+            retain_last=row.retain_last,
+            older_than_seconds=row.older_than_seconds,
+            remove_orphan_files=row.remove_orphan_files,
+            orphan_older_than_seconds=row.orphan_older_than_seconds,
+            compact=row.compact,
+            compact_target_file_rows=row.compact_target_file_rows,
+            compact_min_files=row.compact_min_files,
+        )
+
 
 @dataclass(frozen=True)
 class PlatformSpecs:
@@ -260,21 +278,7 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
             )
         ]
         retention_policies = [
-            RetentionPolicySpec(
-                id=r.id,
-                project_id=r.project_id,
-                namespace=projects[r.project_id].namespace,
-                table=r.table_name,
-                schedule=r.schedule,
-                enabled=r.enabled,
-                retain_last=r.retain_last,
-                older_than_seconds=r.older_than_seconds,
-                remove_orphan_files=r.remove_orphan_files,
-                orphan_older_than_seconds=r.orphan_older_than_seconds,
-                compact=r.compact,
-                compact_target_file_rows=r.compact_target_file_rows,
-                compact_min_files=r.compact_min_files,
-            )
+            RetentionPolicySpec.of(r, projects[r.project_id].namespace)
             for r in session.scalars(
                 select(TableRetentionPolicy)
                 .where(TableRetentionPolicy.project_id.in_(tenant_projects))

@@ -184,6 +184,16 @@ def table_url(c: Ctx, suffix: str) -> str:
     return f"/api/v1/projects/{c.project_id}/tables/matrix__seed{suffix}"
 
 
+RETENTION_POLICY = {"schedule": "0 3 * * *", "retain_last": 3}
+
+
+def retention_url(c: Ctx) -> str:
+    """matrix__seed's retention policy, put (again) so that a get or delete finds one."""
+    url = table_url(c, "/retention")
+    assert c.clients.admin.put(url, json=RETENTION_POLICY).status_code in (200, 201)
+    return url
+
+
 def dbt_url(c: Ctx, suffix: str = "") -> str:
     return f"/api/v1/projects/{c.project_id}/dbt-projects/{c.dbt_project_id}{suffix}"
 
@@ -279,6 +289,12 @@ CASES: dict[tuple[str, str], Case] = {
         "json": {"name": "label"},
     },
     ("DELETE", TABLE + "/columns/{column}"): lambda c, r: {"url": table_url(c, "/columns/name")},
+    ("GET", TABLE + "/retention"): lambda c, r: {"url": retention_url(c)},
+    ("PUT", TABLE + "/retention"): lambda c, r: {"url": table_url(c, "/retention"), "json": RETENTION_POLICY},
+    ("DELETE", TABLE + "/retention"): lambda c, r: {"url": retention_url(c)},
+    ("GET", "/api/v1/projects/{id}/retention-policies"): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}/retention-policies"
+    },
     ("GET", RULES): lambda c, r: {"url": monitoring_url(c, "alert-rules")},
     ("POST", RULES): lambda c, r: {
         "url": monitoring_url(c, "alert-rules"),

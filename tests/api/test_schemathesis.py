@@ -178,12 +178,20 @@ class World:
             made = self.post(f"{project}/escalation-policies", json=_policy("victim", self.ids["channelId"]))
         elif last == "classificationId":
             made = self.post(f"{project}/classifications", json={"name": "victim", "sensitivity": "internal"})
+        elif last == "retention":  # a table's one policy: the world's table gets one to delete
+            put = self.client.put(f"{project}/tables/{self.ids['table']}/retention", json=_retention())
+            assert put.status_code in (200, 201), put.text
+            made = {"id": self.ids["table"]}
         elif last == "column":
             made = {"id": "amount"}  # dropping it is a run, which never starts here (no Dagster): it stays
         else:
             raise AssertionError(f"no victim for DELETE {path}: add one")
         self.victims[last] = made["id"]
         return self.victims
+
+
+def _retention() -> dict:
+    return {"schedule": "0 3 * * *", "retain_last": 2}
 
 
 def _parses_dbt(case) -> bool:
