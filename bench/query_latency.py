@@ -3,9 +3,10 @@
 Both sides run the same GROUP BY on the same table in this process: the baseline is one DuckDB connection with the
 iceberg extension already loaded, running `iceberg_scan(<metadata>)`; the endpoint is the real app (FastAPI
 TestClient, a data_engineer's token, a masking policy on a column the query does not read), which per request
-looks up the project and policies, opens a fresh locked-down DuckDB database, checks the SQL and creates the view.
+looks up the project and policies, takes a fresh DuckDB database (one opened ahead of it, unless
+`--spare-databases 0`), checks the SQL, creates the view and locks the database down.
 
-    .venv/bin/python bench/query_latency.py [--rows 1000000] [--runs 15]
+    .venv/bin/python bench/query_latency.py [--rows 1000000] [--runs 15] [--spare-databases 2]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--spare-databases", type=int, default=2, help="RIME_QUERY_SPARE_DATABASES (0: none)")
     args = parser.parse_args()
 
     import duckdb
@@ -37,7 +39,8 @@ def main() -> None:
     from rime_dagster.connectors.sources._duckdb import extension_directory
     from tests.support.governed import governed, land_customers
 
-    with governed(Path(tempfile.mkdtemp(prefix="rime-query-bench-"))) as world:
+    tmp = Path(tempfile.mkdtemp(prefix="rime-query-bench-"))
+    with governed(tmp, query_threads=2, query_spare_databases=args.spare_databases) as world:
         n = args.rows
         ids = pa.array(range(n), pa.int64())
         data = {

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
         "1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="Memory one read may use (DuckDB memory_limit)."
     )
     query_threads: int = Field(2, ge=1, le=64, description="Threads one read may use (DuckDB threads).")
+    query_spare_databases: int = Field(
+        2, ge=0, le=16, description="Fresh DuckDB databases kept open ahead of reads (each serves one read); 0: none."
+    )
     log_level: str = "INFO"
 
     dbt_project_roots: Annotated[list[Path], NoDecode] = Field(

@@ -83,7 +83,9 @@ def _project_data(services: ReadServices, ctx: ReadContext, project_id: str) -> 
 
 def _limits(settings: Settings, *, export: bool = False) -> reads.ReadLimits:
     timeout = settings.export_timeout_seconds if export else settings.query_timeout_seconds
-    return reads.ReadLimits(timeout, settings.query_memory_limit, settings.query_threads)
+    return reads.ReadLimits(
+        timeout, settings.query_memory_limit, settings.query_threads, settings.query_spare_databases
+    )
 
 
 @contextmanager

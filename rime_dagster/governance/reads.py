@@ -19,6 +19,8 @@ verifying them again (`allow_unsigned_extensions` on their own database): a read
 
 from __future__ import annotations
 
+import atexit
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -68,6 +70,7 @@ class ReadLimits:
     timeout_seconds: float
     memory_limit: str  # DuckDB's spelling: "1GB"
     threads: int
+    spare_databases: int = 2  # fresh databases kept open ahead of reads with these limits (0: none)
 
 
 @dataclass(frozen=True)
@@ -193,37 +196,112 @@ _verified = threading.Event()
 _verify_lock = threading.Lock()
 
 
-def _connect(limits: ReadLimits) -> duckdb.DuckDBPyConnection:
-    def open_database(verified: bool) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(
-            ":memory:",
-            config={
-                "extension_directory": extension_directory(),
-                "autoinstall_known_extensions": False,
-                "autoload_known_extensions": False,
-                "allow_unsigned_extensions": verified,
-                "threads": limits.threads,
-                "memory_limit": limits.memory_limit,
-                "temp_directory": "",  # no spilling to disk: the memory limit is the limit
-            },
-        )
-        try:
-            con.execute("LOAD avro")
-            con.execute("LOAD iceberg")
-            con.execute("SET TimeZone = 'UTC'")
-            con.execute("SET enable_progress_bar = false")
-        except Exception:
-            con.close()
-            raise
+def _open_database(limits: ReadLimits, *, verified: bool) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(
+        ":memory:",
+        config={
+            "extension_directory": extension_directory(),
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_unsigned_extensions": verified,
+            "threads": limits.threads,
+            "memory_limit": limits.memory_limit,
+            "temp_directory": "",  # no spilling to disk: the memory limit is the limit
+        },
+    )
+    try:
+        con.execute("LOAD avro")
+        con.execute("LOAD iceberg")
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+    except Exception:
+        con.close()
+        raise
+    return con
+
+
+class _SpareDatabases:
+    """Fresh databases opened ahead of the reads that will use them, a few per (threads, memory limit).
+
+    Opening a DuckDB database costs about 10 ms on an idle machine (its catalog of built-in functions), several
+    times that on a busy one: most of a small read's fixed cost. A spare is exactly what `_open_database` makes
+    for a read, opened earlier on a background thread: it is handed to one read only, which closes it, so
+    nothing (views, settings, the hash function, temporary objects) can pass from one read to another. Taking a
+    spare starts a refill; a read that finds none opens its own database as before. Spares are only opened
+    once a read has loaded the extensions verified (the first read of a process). A forked child drops its
+    parent's spares without touching them (their threads did not survive the fork); at exit they are closed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[tuple[int, str], list[duckdb.DuckDBPyConnection]] = {}
+        self._filling: set[tuple[int, str]] = set()
+        self._abandoned: list[duckdb.DuckDBPyConnection] = []  # a fork's inherited spares, never closed
+
+    def take(self, limits: ReadLimits) -> duckdb.DuckDBPyConnection | None:
+        key = (limits.threads, limits.memory_limit)
+        with self._lock:
+            ready = self._ready.get(key, [])
+            con = ready.pop() if ready else None
+            refill = limits.spare_databases > 0 and key not in self._filling
+            if refill:
+                self._filling.add(key)
+        if refill:
+            # Not a daemon: the interpreter waits for it (a few databases' worth) rather than stop it inside DuckDB.
+            threading.Thread(target=self._fill, args=(limits,), name="rime-read-spares").start()
         return con
 
+    def _fill(self, limits: ReadLimits) -> None:
+        key = (limits.threads, limits.memory_limit)
+        try:
+            while True:
+                with self._lock:
+                    if len(self._ready.get(key, [])) >= limits.spare_databases:
+                        return
+                con = _open_database(limits, verified=True)
+                with self._lock:
+                    self._ready.setdefault(key, []).append(con)
+        except Exception:  # a read opens its own database instead; it reports whatever fails there
+            return
+        finally:
+            with self._lock:
+                self._filling.discard(key)
+
+    def count(self, limits: ReadLimits) -> int:
+        with self._lock:
+            return len(self._ready.get((limits.threads, limits.memory_limit), []))
+
+    def clear(self) -> None:
+        """Closes every spare (tests; a process that stops reading)."""
+        with self._lock:
+            spares = [con for ready in self._ready.values() for con in ready]
+            self._ready.clear()
+        for con in spares:
+            con.close()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned.extend(con for ready in self._ready.values() for con in ready)
+        self._ready = {}
+        self._filling = set()
+
+
+_spares = _SpareDatabases()
+atexit.register(_spares.clear)  # closed in order, not left to the interpreter's finalisation
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_spares._after_fork)
+
+
+def _connect(limits: ReadLimits) -> duckdb.DuckDBPyConnection:
+    """A fresh database for one read: a spare opened ahead of it when there is one."""
     if not _verified.is_set():
         with _verify_lock:
             if not _verified.is_set():
-                con = open_database(False)
+                con = _open_database(limits, verified=False)
                 _verified.set()
+                _spares.take(limits)  # starts filling for the next reads
                 return con
-    return open_database(True)
+    return _spares.take(limits) or _open_database(limits, verified=True)
 
 
 class UnsupportedStorage(ReadFailed):
@@ -256,14 +334,19 @@ def _add_view(
     """The view `name` over `table` (at `snapshot_id`, or the current snapshot), masked for the caller."""
     scan = f"iceberg_scan({quote_literal(_metadata_path(table))}"
     masks = project.plan.table_masks(name)
+    schema = table.schema()
     if snapshot_id is not None:
         snapshot = table.snapshot_by_id(snapshot_id)
         if snapshot is None:
             raise NoSuchSnapshot(str(snapshot_id))
         scan += f", snapshot_from_id => {int(snapshot_id)}"
         masks = _masks_at(table, masks, snapshot.schema_id)
+        if snapshot.schema_id is not None:
+            schema = table.schemas().get(snapshot.schema_id, schema)
     scan += ")"
-    columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
+    # The scan's columns are the schema's top-level fields, in order (iceberg_scan reads a snapshot with the
+    # schema it was written with): taken from the metadata pyiceberg has read, not from a DESCRIBE of the scan.
+    columns = [field.name for field in schema.fields]
     items = []
     for column in columns:
         ident = quote_ident(column)

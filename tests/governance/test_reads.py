@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.types import StringType
 
 from rime_dagster.governance import reads
 from rime_dagster.governance.masking import ColumnMask, MaskPlan, hash_key
@@ -61,3 +62,66 @@ def test_a_renamed_column_stays_masked_in_older_snapshots(project):
         assert read.head(10)[0].to_pylist() == [{"id": 1, "email": "****"}, {"id": 2, "email": "****"}]
     with pytest.raises(reads.NoSuchSnapshot):
         reads.read_table(renamed, "crm__customer", limits=LIMITS, snapshot_id=12345)
+
+
+def _wait_for_spares(limits: reads.ReadLimits, count: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while reads._spares.count(limits) < count:
+        assert time.monotonic() < deadline, "the spare databases were not opened"
+        time.sleep(0.01)
+
+
+def test_each_read_gets_a_database_no_other_read_used(project):
+    limits = reads.ReadLimits(timeout_seconds=10, memory_limit="200MB", threads=1, spare_databases=2)
+    reads._spares.clear()
+    try:
+        with reads.read_query(project, "SELECT id FROM crm__customer", limits=limits) as first:
+            first._con.execute("CREATE TEMP TABLE leak AS SELECT 1 AS x")
+            _wait_for_spares(limits, 2)
+            assert reads._spares.count(limits) == 2  # filled to the limit, not beyond
+        with reads.read_query(project, "SELECT id FROM crm__customer", limits=limits) as second:
+            assert second._con is not first._con
+            assert reads._spares.count(limits) <= 1  # it took a spare
+            con = second._con
+            assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'leak'").fetchone() == (0,)
+            # Only this read's view; its own limits and lock-down, as a database opened for it would have.
+            assert con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall() == [
+                ("crm__customer",)
+            ]
+            assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "190.7 MiB"
+            with pytest.raises(Exception, match="disabled by configuration"):
+                con.execute("SELECT * FROM read_csv('/etc/passwd')").fetchall()
+        with pytest.raises(Exception, match="closed"):
+            second._con.execute("SELECT 1")
+    finally:
+        reads._spares.clear()
+
+
+def test_no_spares_when_turned_off(project):
+    limits = reads.ReadLimits(timeout_seconds=10, memory_limit="210MB", threads=1, spare_databases=0)
+    with reads.read_query(project, "SELECT id FROM crm__customer", limits=limits) as read:
+        assert read.head(5)[0].num_rows == 2
+    assert reads._spares.count(limits) == 0
+
+
+def test_a_write_between_two_reads_is_seen_by_the_second(project):
+    limits = reads.ReadLimits(timeout_seconds=10, memory_limit="220MB", threads=1, spare_databases=1)
+    try:
+        with reads.read_query(project, "SELECT count(*) AS n FROM crm__customer", limits=limits) as read:
+            assert read.head(1)[0].to_pylist() == [{"n": 2}]
+        _wait_for_spares(limits, 1)
+        table = project.catalog.load_table(("ns", "crm__customer"))
+        with table.update_schema() as update:
+            update.add_column("tier", StringType())
+        table = project.catalog.load_table(("ns", "crm__customer"))
+        table.append(pa.table({"id": [3], "email": ["x@example.net"], "tier": ["gold"]}))
+        with reads.read_query(project, "SELECT id, tier FROM crm__customer ORDER BY id", limits=limits) as read:
+            assert read.head(5)[0].to_pylist() == [
+                {"id": 1, "tier": None},
+                {"id": 2, "tier": None},
+                {"id": 3, "tier": "gold"},
+            ]
+    finally:
+        reads._spares.clear()
