@@ -9,6 +9,7 @@ Durations become absolute cut-offs at the tick's scheduled time, so a tick's run
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -25,8 +26,12 @@ _NOT_A_NAME_CHAR = re.compile(r"[^A-Za-z0-9_]")
 
 def retention_schedule_name(namespace: str, table: str) -> str:
     """`table_retention_demo__shop__orders`: next to the project's `table_maintenance_demo` job it launches. A
-    character Dagster names cannot hold becomes `_`."""
-    return f"table_retention_{namespace}__{_NOT_A_NAME_CHAR.sub('_', table)}"
+    character Dagster names cannot hold becomes `_`, and a digest of the real name is added then, so `a.b` and
+    `a_b` never share a name (a repeated name would fail the whole code location)."""
+    slug = _NOT_A_NAME_CHAR.sub("_", table)
+    if slug != table:
+        slug = f"{slug}_{hashlib.sha256(table.encode()).hexdigest()[:8]}"
+    return f"table_retention_{namespace}__{slug}"
 
 
 def retention_operations(policy: RetentionPolicySpec, at: datetime) -> list[dict[str, Any]]:

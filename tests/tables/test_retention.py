@@ -4,6 +4,7 @@ request carries the policy's operations with cut-offs counted back from the tick
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -20,6 +21,7 @@ from tests.tables.conftest import IDENT, NAMESPACE, TABLE, checksum
 from tests.tables.test_jobs import PROJECT, output_metadata, shop_connector
 
 SCHEDULE = f"table_retention_{NAMESPACE}__{TABLE}"
+ODD_NAME = f"table_retention_other__dbt_model_x_{hashlib.sha256(b'dbt.model-x').hexdigest()[:8]}"
 TICK = datetime(2031, 5, 4, 3, 0, tzinfo=UTC)
 
 
@@ -52,6 +54,7 @@ def test_the_code_location_has_a_schedule_per_policy_stopped_while_disabled():
             policy(),
             policy(id="ret_events", table="web__events", enabled=False, schedule="*/15 * * * *"),
             policy(id="ret_other", project_id=other.id, namespace="other", table="dbt.model-x"),
+            policy(id="ret_other_2", project_id=other.id, namespace="other", table="dbt_model_x"),
         ],
     )
     defs = build_definitions(specs, MetadataStoreResource())
@@ -60,6 +63,7 @@ def test_the_code_location_has_a_schedule_per_policy_stopped_while_disabled():
     assert set(schedules) == {
         SCHEDULE,
         f"table_retention_{NAMESPACE}__web__events",
+        ODD_NAME,
         "table_retention_other__dbt_model_x",
     }
     orders = schedules[SCHEDULE]
@@ -67,7 +71,8 @@ def test_the_code_location_has_a_schedule_per_policy_stopped_while_disabled():
     assert orders.execution_timezone == "UTC" and orders.tags["rime/retention_policy_id"] == "ret_orders"
     assert orders.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedules[f"table_retention_{NAMESPACE}__web__events"].default_status == dg.DefaultScheduleStatus.STOPPED
-    assert schedules["table_retention_other__dbt_model_x"].job_name == "table_maintenance_other"
+    assert schedules[ODD_NAME].job_name == "table_maintenance_other"
+    assert schedules[ODD_NAME].tags["rime/retention_policy_id"] == "ret_other"  # not dbt_model_x's name
 
 
 def test_a_tick_requests_the_policys_operations_in_order_with_cutoffs_from_the_tick():
