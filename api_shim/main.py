@@ -48,6 +48,7 @@ from api_shim.routes import (
     tables,
     users,
 )
+from api_shim.routing import add_routes, operation_id
 from api_shim.run_watch import RunWatchHub
 from api_shim.services.users import ensure_bootstrap_admin
 from rime_dagster.connectors.sources import known_types
@@ -129,7 +130,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         static_url=DOCS_STATIC,
         swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect",
         lifespan=lifespan,
-        generate_unique_id_function=lambda route: route.name,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.sessions = session_factory(settings.metadata_url)
@@ -150,7 +151,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
     app.state.rate_limits = RateLimits(settings)
 
     install_exception_handlers(app)
-    app.include_router(health.router)
+    add_routes(app, health.router)
     for router in (
         projects.router,
         connectors.router,
@@ -171,7 +172,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         classifications.router,
         masking_policies.router,
     ):
-        app.include_router(router)
+        add_routes(app, router)
 
     # Added innermost first: requests pass RequestContext -> Audit -> RateLimit -> BodyLimit -> routes.
     app.add_middleware(

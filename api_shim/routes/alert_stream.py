@@ -12,11 +12,11 @@ from starlette.datastructures import State
 from api_shim.alert_stream import AlertStreamHub, Subscription
 from api_shim.errors import Forbidden
 from api_shim.routes._websocket import refuse, ws_credentials
-from api_shim.routing import API_PREFIX
+from api_shim.routing import API_PREFIX, operation_id
 from api_shim.services.auth import Principal, Role
 from api_shim.services.websocket_auth import WatchRefused, websocket_principal
 
-router = APIRouter(prefix=API_PREFIX + "/ws", tags=["Monitoring"])
+router = APIRouter(prefix=API_PREFIX + "/ws", tags=["Monitoring"], generate_unique_id_function=operation_id)
 
 PING = json.dumps({"type": "ping"})
 # Close codes after the upgrade: the feed failed or the client fell behind (1011), the token stopped

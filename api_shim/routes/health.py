@@ -15,8 +15,9 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.errors import ServiceUnavailable
+from api_shim.routing import operation_id
 
-router = APIRouter(tags=["Health"])
+router = APIRouter(tags=["Health"], generate_unique_id_function=operation_id)
 
 
 class DependencyStatus(BaseModel):

@@ -13,12 +13,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.errors import Forbidden
 from api_shim.routes._websocket import refuse, ws_credentials
-from api_shim.routing import API_PREFIX
+from api_shim.routing import API_PREFIX, operation_id
 from api_shim.services import pipeline_runs
 from api_shim.services.auth import Role
 from api_shim.services.websocket_auth import WatchRefused
 
-router = APIRouter(prefix=API_PREFIX + "/ws", tags=["Pipelines"])
+router = APIRouter(prefix=API_PREFIX + "/ws", tags=["Pipelines"], generate_unique_id_function=operation_id)
 
 
 @router.websocket("/pipelines/{pipelineId}/runs/{runId}", name="pipeline.run_watch")
