@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -265,7 +266,9 @@ def test_a_launch_waiting_for_definitions_fails_fast_when_dagster_is_down(tmp_pa
 
 
 def test_run_records_without_a_dagster_instance_is_service_unavailable(tmp_path):
-    client = DagsterClient(make_settings(tmp_path))  # no dagster.yaml under RIME_HOME/dagster
+    settings = make_settings(tmp_path)
+    shutil.rmtree(settings.dagster_home_path)  # the tests' seeded storages: no dagster.yaml under RIME_HOME/dagster
+    client = DagsterClient(settings)
     with pytest.raises(ServiceUnavailable):
         client.run_records(tags={"rime/test": "1"}, limit=5)
 
