@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
-from rime_dagster.dbt import sandbox
+from rime_dagster.dbt import parse_template, sandbox
 from rime_dagster.platform import environment
 from rime_dagster.settings import Settings, get_settings
 
@@ -491,8 +491,7 @@ def run_dbt(
     """Runs `dbt <args>` on a revision with JSON logs (environment: `env`, default `dbt_env()`), confined by
     `confine` (`sandbox_policy`); DbtProjectError carries dbt's error messages."""
     target = target_path or files.target_dir
-    command = [
-        *sandbox.command(confine, [dbt_executable()]),
+    dbt_args = [
         "--log-format",
         "json",
         "--no-use-colors",
@@ -506,11 +505,28 @@ def run_dbt(
         "--log-path",
         str(target / "logs"),
     ]
+    process_env = dict(env) if env is not None else dbt_env()
+    if args[0] == "parse":  # forked from a warm dbt when one is ready (rime_dagster/dbt/parse_template.py)
+        try:
+            forked = parse_template.TEMPLATE.run(
+                dbt_args,
+                cwd=files.project_dir,
+                env=process_env,
+                policy_json=confine.to_json() if confine is not None else None,
+                timeout=timeout,
+                template_env=dbt_env(),
+            )
+        except parse_template.ParseTimeout:
+            raise DbtProjectError(f"dbt {args[0]} did not finish within {timeout:.0f}s.") from None
+        if forked is not None:
+            if forked.returncode != 0:
+                raise DbtProjectError(f"dbt {args[0]} failed: {dbt_errors(forked.output)}")
+            return
     try:
         done = subprocess.run(
-            command,
+            [*sandbox.command(confine, [dbt_executable()]), *dbt_args],
             cwd=files.project_dir,
-            env=dict(env) if env is not None else dbt_env(),
+            env=process_env,
             capture_output=True,
             text=True,
             timeout=timeout,

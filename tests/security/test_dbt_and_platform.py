@@ -27,7 +27,7 @@ from api_shim.errors import Conflict
 from api_shim.services import users as user_service
 from api_shim.services.auth import Role
 from rime_dagster.connectors.assets import project_connector_definitions
-from rime_dagster.dbt import workspace
+from rime_dagster.dbt import parse_template, workspace
 from rime_dagster.dbt.assets import dbt_definitions
 from rime_dagster.resources import IcebergCatalogResource, MetadataStoreResource
 from rime_dagster.settings import Settings, get_settings
@@ -116,6 +116,40 @@ def test_dbt_parse_in_the_api_sees_no_platform_secret(clients, project, tmp_path
     assert refused.status_code == 422
     _assert_no_secret(refused.text)
     assert "probe: absent|absent" in refused.json()["error"]["message"]
+
+
+def test_dbt_parse_forked_from_the_template_sees_no_platform_secret(
+    clients, project, tmp_path, platform_secrets_in_environ
+):
+    """The same, for parses forked from the warm dbt template (rime_dagster/dbt/parse_template.py), started here
+    while the API's environment holds the platform's secrets."""
+    parse_template.TEMPLATE.close()
+    assert parse_template.TEMPLATE.wait_ready(workspace.dbt_env()), "the dbt parse template did not start"
+    template_pid = parse_template.TEMPLATE.pid
+    assert template_pid is not None
+    _assert_no_secret(Path(f"/proc/{template_pid}/environ").read_bytes().decode(errors="replace"))
+    forks = parse_template.TEMPLATE.forks
+    folder = _dbt_project(
+        tmp_path / "probe",
+        {
+            "leak.sql": "select 1 as id\n",
+            "schema.yml": f'version: 2\nmodels:\n  - name: leak\n    description: "{ENV_PROBE}"\n',
+        },
+    )
+    created = _register(clients.admin, project, "Probe", {"type": "path", "path": str(folder)})
+    assert created.status_code == 201, created.text
+    models = clients.as_role(Role.viewer).get(_url(project, f"/{created.json()['id']}/models"))
+    _assert_no_secret(models.text)
+    assert models.json()["data"][0]["description"] == "|".join(["absent"] * len(PLATFORM_SECRETS))
+    broken = _dbt_project(
+        tmp_path / "broken",
+        {"leak.sql": f"{{{{ exceptions.raise_compiler_error('probe: ' ~ {ENV_EXPRESSION}) }}}}\nselect 1 as id\n"},
+    )
+    refused = _register(clients.admin, project, "Broken", {"type": "path", "path": str(broken)})
+    assert refused.status_code == 422
+    _assert_no_secret(refused.text)
+    assert "probe: absent|absent" in refused.json()["error"]["message"]
+    assert parse_template.TEMPLATE.forks == forks + 2  # both parses ran in children of the template
 
 
 def _spec(
