@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
@@ -188,18 +191,33 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        # FastAPI documents its own 422 body for request validation; Rime answers those
-        # with a 400 `validation_error` in the common envelope instead.
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                response = operation.get("responses", {}).get("422", {})
-                if "HTTPValidationError" in str(response):
-                    del operation["responses"]["422"]
-        for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
-        app.openapi_schema = schema
+        # Every app of a process serves the same routes (the routers' own objects, see add_routes): the document
+        # is built once per process (a few hundred ms of CPU) and each app gets its own copy.
+        routes = [route for route in app.routes if isinstance(route, APIRoute) and route.include_in_schema]
+        key = (app.title, app.version, app.description, *map(id, routes))
+        with _documents_lock:
+            if key not in _documents:
+                _documents[key] = (routes, _document(app, routes))  # the routes kept alive: their ids are the key
+            app.openapi_schema = copy.deepcopy(_documents[key][1])
     return app.openapi_schema
+
+
+_documents: dict[tuple[object, ...], tuple[list[APIRoute], dict[str, Any]]] = {}
+_documents_lock = threading.Lock()
+
+
+def _document(app: FastAPI, routes: list[APIRoute]) -> dict[str, Any]:
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
+    # FastAPI documents its own 422 body for request validation; Rime answers those
+    # with a 400 `validation_error` in the common envelope instead.
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422", {})
+            if "HTTPValidationError" in str(response):
+                del operation["responses"]["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    return schema
 
 
 _REDACT_SECRETS = RedactSecrets()
