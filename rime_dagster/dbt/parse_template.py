@@ -193,6 +193,10 @@ class ParseTemplate:
             self._control.close()
         if self._process is not None:
             self._process.kill()
+            try:
+                self._process.wait(timeout=5)  # reaped now, not left a zombie until the Popen is collected
+            except subprocess.TimeoutExpired:
+                pass
         self._control = self._process = None
 
     def wait_ready(self, template_env: Mapping[str, str], timeout: float = START_TIMEOUT_SECONDS) -> bool:
