@@ -264,7 +264,12 @@ def test_a_burst_of_writes_then_launches_keeps_dagster_bounded_and_ready(dagster
         sampling.set()
         sampler.join()
 
-    assert max(samples) <= 3, samples
+    # The server and its child, a second child while a reload replaces it (3), and, when the next reload starts
+    # while the replaced child is still exiting, one more for a moment: a fresh-clone run of the whole suite saw 4
+    # once, on the session's shared Dagster holding every test's projects (slower reloads). A pile-up (the bug this
+    # guards against) grows past that and stays.
+    assert max(samples) <= 4, samples
+    assert sum(1 for count in samples if count > 3) <= 5, samples  # at most a second (samples every 0.2 s)
     # Coalesced: a handful of reloads for the whole burst, not one per write (about 5 s each here).
     assert 1 <= reloads <= burst_seconds / 2 + 4, (reloads, burst_seconds)
 
