@@ -335,8 +335,8 @@ class BodyLimitMiddleware:
 
 
 class AuditMiddleware:
-    """Appends an audit entry for every mutating call and every denied (403) call (failed logins within
-    their budget, `RateLimits.audits`).
+    """Appends an audit entry for every mutating call (a POST, PUT, PATCH or DELETE not marked READ_ONLY) and every
+    denied (403) call (failed logins within their budget, `RateLimits.audits`).
 
     The entry is written before the response leaves, so a client that got an answer
     can always find it in the trail.
@@ -351,11 +351,11 @@ class AuditMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             return await self.app(scope, receive, send)
-        mutating = scope["method"] in MUTATING
         held: list[Message] = []
 
         async def send_audited(message: Message) -> None:
             if message["type"] == "http.response.start":
+                mutating = scope["method"] in MUTATING and not _marked(scope, READ_ONLY)
                 if not mutating and message["status"] != 403:
                     return await send(message)
                 if _streamed(scope):  # not held to its end (an export): audited as it starts, then passed on
@@ -429,11 +429,18 @@ class AuditMiddleware:
 # A route's `openapi_extra` key: its answer is streamed (an export), so the audit entry is written as the
 # response starts instead of after its whole body (which would buffer the stream in memory).
 STREAMED = "x-rime-streamed"
+# A route's `openapi_extra` key: a POST that only reads (a SQL query, which needs a body), audited as the other
+# reads are: when denied (403). The read path audits what it reads in clear by exemption (`table.read_unmasked`).
+READ_ONLY = "x-rime-read-only"
+
+
+def _marked(scope: Scope, key: str) -> bool:
+    route = scope.get("route")
+    return bool((getattr(route, "openapi_extra", None) or {}).get(key))
 
 
 def _streamed(scope: Scope) -> bool:
-    route = scope.get("route")
-    return bool((getattr(route, "openapi_extra", None) or {}).get(STREAMED))
+    return _marked(scope, STREAMED)
 
 
 def _created_id(body: bytes) -> str | None:

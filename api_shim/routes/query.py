@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.deps import Engineer
-from api_shim.middleware import STREAMED
+from api_shim.middleware import READ_ONLY, STREAMED
 from api_shim.routes._reads import read_context, read_services
 from api_shim.routing import rime_router
 from api_shim.schemas.common import error_responses
@@ -21,7 +21,8 @@ _RULES = (
     "(`crm__customer`). Anything else is a 400 naming `sql`: other statements (writes, DDL, ATTACH, COPY, "
     "INSTALL/LOAD, PRAGMA, SET), table functions (file and HTTP reads, catalog functions), other projects' tables. "
     "Values are masked per the project's masking policies for the caller's role; a read in clear by an exempt role "
-    "is audited as `table.read_unmasked`. A query that runs past the statement timeout "
+    "is audited as `table.read_unmasked`. Otherwise a query is a read, not in the audit trail (as a preview is "
+    "not), unless it is denied (403). A query that runs past the statement timeout "
     "(RIME_QUERY_TIMEOUT_SECONDS) or needs more than RIME_QUERY_MEMORY_LIMIT is a 422. Needs `data_engineer`: "
     "arbitrary SQL is code the API host runs, which the roles grant from data_engineer up; viewers preview tables."
 )
@@ -34,6 +35,7 @@ _RULES = (
     responses=error_responses(404, 422),
     summary="Run a read-only SQL query",
     description=_RULES,
+    openapi_extra={READ_ONLY: True},
 )
 async def run_query(id: str, body: QueryRequest, request: Request, principal: Engineer) -> QueryResult:
     columns, rows, truncated = await run_in_threadpool(
@@ -61,7 +63,7 @@ async def run_query(id: str, body: QueryRequest, request: Request, principal: En
     summary="Export a query's result as CSV or Parquet",
     description=_RULES.replace("statement timeout (RIME_QUERY_TIMEOUT_SECONDS)", "RIME_EXPORT_TIMEOUT_SECONDS")
     + " Errors found after the first rows have been sent end the stream early.",
-    openapi_extra={STREAMED: True},
+    openapi_extra={STREAMED: True, READ_ONLY: True},
 )
 async def export_query(id: str, body: ExportRequest, request: Request, principal: Engineer) -> StreamingResponse:
     media_type, chunks = await run_in_threadpool(

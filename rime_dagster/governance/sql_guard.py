@@ -18,7 +18,7 @@ project's views, and its external access is off and its configuration locked bef
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Container
 from typing import Any
 
 import duckdb
@@ -38,8 +38,9 @@ class QueryRefused(ValueError):
     """The SQL is not a query this endpoint runs; the message says why (it may quote the SQL, never data)."""
 
 
-def check_query(con: duckdb.DuckDBPyConnection, sql: str, tables: Collection[str]) -> list[str]:
-    """The project tables `sql` reads (lower case, sorted), or QueryRefused. `tables`: the project's table names."""
+def check_query(con: duckdb.DuckDBPyConnection, sql: str, tables: Container[str]) -> list[str]:
+    """The project tables `sql` reads (lower case, sorted), or QueryRefused. `tables`: the project's table names,
+    lower case (asked only about the names the query reads as tables)."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
@@ -53,13 +54,12 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, tables: Collection[str
     tree = json.loads(row[0]) if row else {"error": True, "error_message": "could not parse"}
     if tree.get("error"):
         raise QueryRefused(str(tree.get("error_message", "The query could not be parsed.")))
-    allowed = {name.lower() for name in tables}
     found: set[str] = set()
-    _walk(tree["statements"], frozenset(), allowed, found)
+    _walk(tree["statements"], frozenset(), tables, found)
     return sorted(found)
 
 
-def _walk(node: object, ctes: frozenset[str], tables: set[str], found: set[str]) -> None:
+def _walk(node: object, ctes: frozenset[str], tables: Container[str], found: set[str]) -> None:
     if isinstance(node, list):
         for item in node:
             _walk(item, ctes, tables, found)
@@ -80,7 +80,7 @@ def _walk(node: object, ctes: frozenset[str], tables: set[str], found: set[str])
             _walk(value, ctes, tables, found)
 
 
-def _with_ctes(node: dict[str, Any], ctes: frozenset[str], tables: set[str], found: set[str]) -> frozenset[str]:
+def _with_ctes(node: dict[str, Any], ctes: frozenset[str], tables: Container[str], found: set[str]) -> frozenset[str]:
     """Walks the node's WITH entries; returns the CTE names its body sees. An entry sees the entries before it
     (and itself, if recursive): a name it uses before it is defined is a table, as DuckDB reads it."""
     cte_map = node.get("cte_map")
@@ -95,7 +95,7 @@ def _with_ctes(node: dict[str, Any], ctes: frozenset[str], tables: set[str], fou
     return frozenset(visible)
 
 
-def _check_table(node: dict[str, Any], ctes: frozenset[str], tables: set[str], found: set[str]) -> None:
+def _check_table(node: dict[str, Any], ctes: frozenset[str], tables: Container[str], found: set[str]) -> None:
     name = str(node.get("table_name", ""))
     if node.get("catalog_name") or node.get("schema_name"):
         qualified = ".".join(p for p in (node.get("catalog_name"), node.get("schema_name"), name) if p)
