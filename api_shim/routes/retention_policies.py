@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Request, Response, status
 
+from api_shim.dagster_client import DagsterClientDep
 from api_shim.deps import CursorCodecDep, Engineer, SessionDep, Viewer
 from api_shim.pagination import PageRequest
 from api_shim.routes._paging import page_params
@@ -35,9 +36,10 @@ _RUNS = (
     summary="List the project's table retention policies",
 )
 def list_policies(
-    id: str, principal: Viewer, session: SessionDep, codec: CursorCodecDep, page: PolicyPage
+    id: str, principal: Viewer, session: SessionDep, dagster: DagsterClientDep, codec: CursorCodecDep, page: PolicyPage
 ) -> RetentionPolicyList:
-    return service.list_page(session, codec, get_project(session, id, tenant_id=principal.tenant_id), page)
+    project = get_project(session, id, tenant_id=principal.tenant_id)
+    return service.list_page(session, dagster, codec, project, page)
 
 
 @router.get(
@@ -47,8 +49,10 @@ def list_policies(
     responses=error_responses(404),
     summary="Get the table's retention policy",
 )
-def get_policy(id: str, table: str, principal: Viewer, session: SessionDep) -> RetentionPolicyResponse:
-    return service.describe(session, get_project(session, id, tenant_id=principal.tenant_id), table)
+def get_policy(
+    id: str, table: str, principal: Viewer, session: SessionDep, dagster: DagsterClientDep
+) -> RetentionPolicyResponse:
+    return service.describe(session, dagster, get_project(session, id, tenant_id=principal.tenant_id), table)
 
 
 @router.put(
@@ -70,9 +74,10 @@ def put_policy(
     response: Response,
     principal: Engineer,
     session: SessionDep,
+    dagster: DagsterClientDep,
 ) -> RetentionPolicyResponse:
     project = get_project(session, id, tenant_id=principal.tenant_id)
-    policy, created = service.put(session, request.app.state.iceberg, project, table, body)
+    policy, created = service.put(session, request.app.state.iceberg, dagster, project, table, body)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return policy
 

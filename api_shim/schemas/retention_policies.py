@@ -9,6 +9,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from api_shim.pagination import Page
 from api_shim.schemas.common import RequestModel, ResponseModel, Timestamp
+from api_shim.schemas.connectors import RunStatus
 from api_shim.schemas.table_operations import CompactRequest
 from api_shim.services.cron import validate_cron
 
@@ -75,6 +76,15 @@ class RetentionPolicyPut(RequestModel):
         return _within(value, timedelta(0), "zero (PT0S)")
 
 
+class RetentionLastRun(ResponseModel):
+    run_id: str
+    dagster_run_id: str
+    dagster_url: str
+    status: RunStatus
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+
 class RetentionPolicyResponse(ResponseModel):
     id: str
     project_id: str
@@ -87,6 +97,10 @@ class RetentionPolicyResponse(ResponseModel):
     compact: CompactRequest | None
     dagster_schedule: str = Field(description="The Dagster schedule that runs the policy.")
     next_run_at: Timestamp | None = Field(description="The schedule's next tick; null while disabled.")
+    last_run: RetentionLastRun | None = Field(
+        description="The policy's newest run in Dagster's run storage (queued, running or ended); null before its "
+        "first tick."
+    )
     created_at: Timestamp
     updated_at: Timestamp
 

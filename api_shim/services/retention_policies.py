@@ -11,17 +11,21 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api_shim.dagster_client import DagsterClient
 from api_shim.errors import Conflict, NotFound, ValidationFailed
 from api_shim.pagination import CursorCodec, Listing, PageRequest
 from api_shim.schemas.retention_policies import (
     OrphanFileRemoval,
+    RetentionLastRun,
     RetentionPolicyList,
     RetentionPolicyPut,
     RetentionPolicyResponse,
 )
 from api_shim.schemas.table_operations import CompactRequest
+from api_shim.services.runs import last_run
 from api_shim.services.table_operations import _config as operation_config
 from api_shim.services.tables import _load
+from rime_dagster.platform import run_tags
 from rime_dagster.platform.iceberg import CatalogProvider
 from rime_dagster.specs import RetentionPolicySpec
 from rime_dagster.store.ids import new_id
@@ -58,7 +62,10 @@ def get_policy(session: Session, project: Project, table: str) -> TableRetention
     return row
 
 
-def policy_response(row: TableRetentionPolicy, project: Project) -> RetentionPolicyResponse:
+def policy_response(row: TableRetentionPolicy, project: Project, dagster: DagsterClient) -> RetentionPolicyResponse:
+    """The policy as the API answers it, with its newest run from Dagster's run storage (its runs carry the
+    policy's id as a tag)."""
+    last = last_run(dagster, {run_tags.RETENTION_POLICY_ID: row.id})
     orphans = OrphanFileRemoval(older_than=_duration(row.orphan_older_than_seconds))
     compact = CompactRequest(target_file_rows=row.compact_target_file_rows, min_files=row.compact_min_files or 2)
     next_run = croniter(row.schedule, datetime.now(UTC)).get_next(datetime) if row.enabled else None
@@ -74,19 +81,22 @@ def policy_response(row: TableRetentionPolicy, project: Project) -> RetentionPol
         compact=compact if row.compact else None,
         dagster_schedule=retention_schedule_name(project.namespace, row.table_name),
         next_run_at=next_run,
+        last_run=RetentionLastRun.of(last) if last else None,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
 
 
-def list_page(session: Session, codec: CursorCodec, project: Project, page: PageRequest) -> RetentionPolicyList:
+def list_page(
+    session: Session, dagster: DagsterClient, codec: CursorCodec, project: Project, page: PageRequest
+) -> RetentionPolicyList:
     stmt = select(TableRetentionPolicy).where(TableRetentionPolicy.project_id == project.id)
     result = POLICIES.page(session, stmt, page, codec, {"project": project.id})
-    return result.as_page(RetentionPolicyList, lambda row: policy_response(row, project))
+    return result.as_page(RetentionPolicyList, lambda row: policy_response(row, project, dagster))
 
 
-def describe(session: Session, project: Project, table: str) -> RetentionPolicyResponse:
-    return policy_response(get_policy(session, project, table), project)
+def describe(session: Session, dagster: DagsterClient, project: Project, table: str) -> RetentionPolicyResponse:
+    return policy_response(get_policy(session, project, table), project, dagster)
 
 
 def _check(row: TableRetentionPolicy, namespace: str) -> None:
@@ -104,7 +114,12 @@ def _check(row: TableRetentionPolicy, namespace: str) -> None:
 
 
 def put(
-    session: Session, catalogs: CatalogProvider, project: Project, table: str, body: RetentionPolicyPut
+    session: Session,
+    catalogs: CatalogProvider,
+    dagster: DagsterClient,
+    project: Project,
+    table: str,
+    body: RetentionPolicyPut,
 ) -> tuple[RetentionPolicyResponse, bool]:
     """Creates or replaces the table's policy; says whether it created it. 404 for a table the project lacks."""
     _load(catalogs.catalog(), project.namespace, table)
@@ -133,7 +148,7 @@ def put(
         session.flush()
     except IntegrityError:  # another request created it first
         raise Conflict(f"Table '{table}' got a retention policy meanwhile: retry the request.") from None
-    return policy_response(row, project), created
+    return policy_response(row, project, dagster), created
 
 
 def delete(session: Session, project: Project, table: str) -> None:

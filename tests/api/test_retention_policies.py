@@ -5,6 +5,7 @@ store (tests/tables/test_retention.py runs one)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from api_shim.main import create_app
 from rime_dagster.code_location import build_definitions
 from rime_dagster.resources import MetadataStoreResource
+from rime_dagster.settings import get_settings
 from rime_dagster.specs import load_specs
 from rime_dagster.store.models import Project
 from tests.conftest import Clients, make_settings, role_clients
@@ -52,12 +54,17 @@ def generation(clients: Clients, project: dict) -> int:
         return session.scalar(select(Project.definitions_generation).where(Project.id == project["id"]))
 
 
-def location_schedules(clients: Clients) -> dict[str, dg.ScheduleDefinition]:
-    """The retention schedules of the `rime` code location built from the API's store, as Dagster would load it."""
+def code_location(clients: Clients) -> dg.Definitions:
+    """The `rime` code location built from the API's store, as Dagster would load it."""
     with clients.app.state.sessions() as session:
         database_url = session.get_bind().engine.url.render_as_string(hide_password=False)
     store = MetadataStoreResource(database_url=database_url)
-    repository = build_definitions(load_specs(store), store).get_repository_def()
+    return build_definitions(load_specs(store), store)
+
+
+def location_schedules(clients: Clients) -> dict[str, dg.ScheduleDefinition]:
+    """The retention schedules of the code location."""
+    repository = code_location(clients).get_repository_def()
     return {s.name: s for s in repository.schedule_defs if s.name.startswith("table_retention_")}
 
 
@@ -93,6 +100,44 @@ def test_put_creates_then_replaces_and_dagster_gets_the_schedule(clients, projec
     assert generation(clients, project) > generation_before_delete
     assert name not in location_schedules(clients)
     assert error(engineer.get(url(project)), 404)["code"] == "resource_not_found"
+
+
+@pytest.mark.slow  # a real maintenance run, in this process (~2 s)
+def test_the_policy_shows_its_newest_run_from_dagsters_run_storage(clients, project, monkeypatch):
+    """A tick of the policy's schedule, run as Dagster runs it (in process, on the API's Dagster instance): the
+    policy then answers the run, by its id, in its get and in the project's list."""
+    settings = clients.app.state.settings
+    monkeypatch.setenv("RIME_HOME", str(settings.home))  # the run reads the settings as a deployment's run does
+    get_settings.cache_clear()
+    try:
+        table = "shop__events"
+        catalog = clients.app.state.iceberg.catalog()
+        for i in range(3):
+            append(catalog, i * 10, 10, identifier=(project["namespace"], table))
+        engineer, viewer = clients.as_role("data_engineer"), clients.as_role("viewer")
+        put = engineer.put(url(project, table), json={"schedule": "0 3 * * *", "retain_last": 1, "older_than": "PT0S"})
+        assert put.status_code == 201 and put.json()["last_run"] is None  # before its first tick
+
+        defs = code_location(clients)
+        schedule = defs.get_schedule_def(put.json()["dagster_schedule"])
+        with dg.build_schedule_context(scheduled_execution_time=datetime.now(UTC)) as context:
+            [request] = schedule.evaluate_tick(context).run_requests or []
+        result = defs.resolve_job_def(schedule.job_name).execute_in_process(
+            run_config=request.run_config, tags=request.tags, instance=clients.app.state.dagster.instance()
+        )
+        assert result.success
+        assert len(catalog.load_table((project["namespace"], table)).metadata.snapshots) == 1
+
+        policy = viewer.get(url(project, table)).json()
+        last = policy["last_run"]
+        assert last["dagster_run_id"] == result.run_id and last["run_id"] == "run_" + result.run_id.replace("-", "")
+        assert last["status"] == "succeeded" and last["started_at"] <= last["finished_at"]
+        assert last["dagster_url"].endswith(f"/runs/{result.run_id}")
+        listing = viewer.get(f"/api/v1/projects/{project['id']}/retention-policies").json()["data"]
+        assert [p["last_run"] for p in listing if p["table"] == table] == [last]
+        assert engineer.delete(url(project, table)).status_code == 204
+    finally:
+        get_settings.cache_clear()
 
 
 def test_viewers_read_and_data_engineers_write_and_each_write_is_audited(clients, project):
