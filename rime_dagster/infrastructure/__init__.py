@@ -1,0 +1,1 @@
+"""Infrastructure as declared resources: providers per type (providers/), plans and their apply."""

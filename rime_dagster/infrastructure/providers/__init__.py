@@ -1,0 +1,27 @@
+"""Provider plug-ins: one module per resource type (or per family of types), imported when first asked for."""
+
+from rime_dagster.infrastructure.providers.base import (
+    KNOWN_TYPES,
+    REGISTRY,
+    ConfigInvalid,
+    Declared,
+    NotConfigured,
+    Provider,
+    ProviderError,
+    Target,
+    provider,
+    register,
+)
+
+__all__ = [
+    "KNOWN_TYPES",
+    "REGISTRY",
+    "ConfigInvalid",
+    "Declared",
+    "NotConfigured",
+    "Provider",
+    "ProviderError",
+    "Target",
+    "provider",
+    "register",
+]
