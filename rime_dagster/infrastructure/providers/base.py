@@ -8,8 +8,8 @@ A resource is declared desired state (`{resource_type, name, config}` in a proje
 * what exists: `read_actual` returns the resource's actual state in the same shape as `desired`, or None when it
   does not exist. Only what the declaration can say is compared, so the plan's `before`/`after` are the two;
 * what a change does: `create`, `update` (from `actual` to desired) and `delete` (of what the last applied
-  declaration made), and `statements`, the DDL a change runs where it runs SQL (rendered in the plan, before any
-  apply);
+  declaration made); a SqlProvider also renders `statements`, the SQL a change runs, into the plan before any
+  apply. Checks across config fields are the config model's own validators;
 * the order changes go in: `level` (lower levels are created and updated first and deleted last: a namespace before
   its tables) and `depends_on` (the declared resources a change needs to have succeeded).
 
@@ -94,6 +94,8 @@ class Provider(ABC):
     config_model: ClassVar[type[StrictModel]]
     secret_fields: ClassVar[frozenset[str]] = frozenset()  # top-level config keys kept encrypted
     level: ClassVar[int] = 0  # created/updated in ascending level, deleted in descending
+    # (resource type, config key): the config names another declared resource this one needs (see depends_on).
+    dependency_fields: ClassVar[tuple[tuple[str, str], ...]] = ()
     description: ClassVar[str] = ""
 
     # -- declarations --------------------------------------------------------------------------------------------
@@ -117,17 +119,14 @@ class Provider(ABC):
                     for err in exc.errors()
                 ]
             ) from None
-        self.check(model)
         dumped = model.model_dump(mode="json")
         secrets = {key: dumped.pop(key) for key in self.secret_fields if key in dumped}
         return dumped, {key: value for key, value in secrets.items() if value is not None}
 
-    def check(self, config: Any) -> None:
-        """Checks across fields that the model cannot say (raise ConfigInvalid); none by default."""
-
     def depends_on(self, resource: Declared) -> list[tuple[str, str]]:
-        """The declared resources (type, name) this one needs: their changes go first, their failure stops it."""
-        return []
+        """The declared resources (type, name) this one needs: their changes go first, their failure stops it.
+        Default: those named by the config fields of `dependency_fields`."""
+        return [(kind, resource.config[key]) for kind, key in self.dependency_fields if resource.config.get(key)]
 
     # -- state -------------------------------------------------------------------------------------------------------
 
@@ -144,10 +143,6 @@ class Provider(ABC):
             return "create"
         return "no-op" if desired == actual else "update"
 
-    def statements(self, target: Target, resource: Declared, action: Action, actual: State | None) -> list[str]:
-        """The SQL the change runs, for the plan (empty where a change runs no SQL)."""
-        return []
-
     # -- changes -----------------------------------------------------------------------------------------------------
 
     @abstractmethod
@@ -158,6 +153,14 @@ class Provider(ABC):
 
     @abstractmethod
     def delete(self, target: Target, resource: Declared) -> None: ...
+
+
+class SqlProvider(Provider):
+    """A provider whose changes run SQL: the plan shows the statements each change would run."""
+
+    @abstractmethod
+    def statements(self, target: Target, resource: Declared, action: Action, actual: State | None) -> list[str]:
+        """The SQL the change runs, in order."""
 
 
 REGISTRY: dict[str, type[Provider]] = {}
