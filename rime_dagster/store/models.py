@@ -490,3 +490,48 @@ class TableRetentionPolicy(TimestampedMixin, Base):
     compact: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     compact_target_file_rows: Mapped[int | None] = mapped_column(Integer)
     compact_min_files: Mapped[int | None] = mapped_column(Integer)
+
+
+class InfraResource(TimestampedMixin, Base):
+    """A declared infrastructure resource of a project: desired state that plans compare with what exists and
+    applies make real (rime_dagster/infrastructure). A DELETE keeps the row as `deleting` until an apply has
+    removed what it made, so the plan can show the deletion."""
+
+    __tablename__ = "infra_resources"
+    __table_args__ = (
+        UniqueConstraint("project_id", "resource_type", "name", name="uq_infra_resources_project_type_name"),
+        Index("ix_infra_resources_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    resource_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    config: Mapped[dict] = mapped_column(JSON, nullable=False)  # validated by the type's provider, no secrets
+    # Fernet token of the config's secret fields (rime_dagster.store.crypto); never returned, never logged.
+    secrets_encrypted: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")  # pending|applied|failed|deleting
+    revision: Mapped[int] = mapped_column(Integer, nullable=False, default=1)  # moves on every change of declaration
+    applied_revision: Mapped[int | None] = mapped_column(Integer)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class InfraPlan(Base):
+    """An immutable plan of a project's infrastructure: the changes that would make what exists match what is
+    declared, as found when it was made, and the fingerprint of the declarations and actual states it read (an
+    apply refuses a plan whose fingerprint no longer holds)."""
+
+    __tablename__ = "infra_plans"
+    __table_args__ = (Index("ix_infra_plans_project_created", "project_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(320), nullable=False)
+    changes: Mapped[list] = mapped_column(JSON, nullable=False)
+    summary: Mapped[dict] = mapped_column(JSON, nullable=False)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default="planned")  # planned|applying|applied|failed
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64))
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
