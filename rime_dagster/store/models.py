@@ -532,6 +532,7 @@ class InfraPlan(Base):
     changes: Mapped[list] = mapped_column(JSON, nullable=False)
     summary: Mapped[dict] = mapped_column(JSON, nullable=False)
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
-    status: Mapped[str] = mapped_column(String(20), nullable=False, default="planned")  # planned|applying|applied|failed
+    # planned | applying | applied | failed
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default="planned")
     dagster_run_id: Mapped[str | None] = mapped_column(String(64))
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
