@@ -119,7 +119,7 @@ class Provider(ABC):
                     for err in exc.errors()
                 ]
             ) from None
-        dumped = model.model_dump(mode="json")
+        dumped = model.model_dump(mode="json", by_alias=True)
         secrets = {key: dumped.pop(key) for key in self.secret_fields if key in dumped}
         return dumped, {key: value for key, value in secrets.items() if value is not None}
 
