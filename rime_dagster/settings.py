@@ -9,7 +9,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, IPvAnyNetwork, field_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -216,13 +216,29 @@ class Settings(BaseSettings):
         description='Further environment variables (JSON list of names or "PREFIX_*") that the processes '
         "Rime starts (code server, run workers, dbt, Dagster webserver and daemon, API) inherit.",
     )
+    # Issue 15: the systems infrastructure resources are declared in (rime_dagster/infrastructure/providers/).
+    infra_postgres_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL of the PostgreSQL where `postgres_schema` resources are made (a secret: "
+        "never logged nor answered); unset: those resources cannot be applied.",
+    )
+    infra_storage_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders local `storage_location` resources may be made in (JSON or comma list), besides "
+        "each project's own area RIME_HOME/storage/<namespace>.",
+    )
+    snowflake_account: str | None = Field(
+        None, description="Snowflake account identifier; unset: Snowflake resources are planned but not applied."
+    )
 
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("dbt_project_roots", "connector_path_roots", "connector_hosts_deny", mode="before")
+    @field_validator(
+        "dbt_project_roots", "connector_path_roots", "connector_hosts_deny", "infra_storage_roots", mode="before"
+    )
     @classmethod
     def _json_list(cls, value: object) -> object:
         if isinstance(value, str):

@@ -167,7 +167,11 @@ REGISTRY: dict[str, type[Provider]] = {}
 # Modules that register more than one type, by the types they register (others: the module named like the type).
 _MODULES: dict[str, str] = {}
 # Every type a declaration may name, in the order the API documents them.
-KNOWN_TYPES: tuple[str, ...] = ("iceberg_namespace", "iceberg_table")
+KNOWN_TYPES: tuple[str, ...] = (
+    "iceberg_namespace",
+    "iceberg_table",
+    "postgres_schema",
+)
 
 
 def register(cls: T) -> T:
