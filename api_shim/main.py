@@ -40,6 +40,7 @@ from api_shim.routes import (
     escalation_policies,
     governance,
     health,
+    infrastructure,
     masking_policies,
     notification_channels,
     pipeline_watch,
@@ -174,6 +175,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         governance.router,
         classifications.router,
         masking_policies.router,
+        infrastructure.router,
     ):
         add_routes(app, router)
 

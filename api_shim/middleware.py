@@ -449,6 +449,6 @@ def _created_id(body: bytes) -> str | None:
     except ValueError:
         return None
     if isinstance(payload, dict):
-        value = payload.get("id")
+        value = payload.get("id", payload.get("plan_id"))  # a plan answers its id as `plan_id` (CONTRACT)
         return value if isinstance(value, str) else None
     return None

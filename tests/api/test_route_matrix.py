@@ -75,6 +75,7 @@ class Ctx:
     alert_id: str = ""
     masking_policy_id: str = ""
     classification_id: str = ""
+    resource_id: str = ""
 
     def created(self, url: str, body: dict) -> str:
         response = self.clients.admin.post(url, json=body)
@@ -126,6 +127,10 @@ class Ctx:
         body = {"name": unique("doomed"), "columns": [{"table": "matrix__seed", "column": "name"}], "strategy": "hash"}
         return self.created(url, body)
 
+    def spare_resource(self) -> str:
+        url = f"/api/v1/projects/{self.project_id}/infrastructure"
+        return self.created(url, {"resource_type": "iceberg_namespace", "name": unique("doomed").replace("-", "_")})
+
     def spare_alert(self) -> str:
         """A firing alert of the module's rule, raised as its sensor raises one."""
         from rime_dagster.monitoring import alerts
@@ -158,6 +163,7 @@ CHANNELS = "/api/v1/projects/{id}/notification-channels"
 POLICIES = "/api/v1/projects/{id}/escalation-policies"
 CLASSIFICATIONS = "/api/v1/projects/{id}/classifications"
 MASKING = "/api/v1/projects/{id}/masking-policies"
+INFRA = "/api/v1/projects/{id}/infrastructure"
 DEAD_HOOK = f"http://127.0.0.1:{closed_port()}/hook"  # a channel test to it answers success: false
 
 
@@ -363,6 +369,18 @@ CASES: dict[tuple[str, str], Case] = {
     ("DELETE", CLASSIFICATIONS + "/{classificationId}"): lambda c, r: {
         "url": monitoring_url(c, "classifications", c.spare_classification())
     },
+    ("GET", INFRA): lambda c, r: {"url": monitoring_url(c, "infrastructure")},
+    ("POST", INFRA): lambda c, r: {
+        "url": monitoring_url(c, "infrastructure"),
+        "json": {"resource_type": "iceberg_namespace", "name": unique("ns").replace("-", "_")},
+    },
+    ("POST", INFRA + "/plan"): lambda c, r: {"url": monitoring_url(c, "infrastructure", "plan")},
+    ("GET", INFRA + "/{resourceId}"): lambda c, r: {"url": monitoring_url(c, "infrastructure", c.resource_id)},
+    ("PATCH", INFRA + "/{resourceId}"): lambda c, r: {
+        "url": monitoring_url(c, "infrastructure", c.resource_id),
+        "json": {"config": {"properties": {"owner": unique("o")}}},
+    },
+    ("DELETE", INFRA + "/{resourceId}"): lambda c, r: {"url": monitoring_url(c, "infrastructure", c.spare_resource())},
     ("GET", "/api/v1/projects"): lambda c, r: {"url": "/api/v1/projects"},
     ("POST", "/api/v1/projects"): lambda c, r: {"url": "/api/v1/projects", "json": {"name": unique("p")}},
     ("GET", "/api/v1/projects/{id}"): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}"},
@@ -471,6 +489,7 @@ def ctx(clients, tiny_dbt_template) -> Ctx:
     context.classification_id = context.spare_classification()
     context.alert_id = context.spare_alert()
     context.masking_policy_id = context.spare_masking_policy()
+    context.resource_id = context.spare_resource()
     return context
 
 
