@@ -170,6 +170,7 @@ _MODULES: dict[str, str] = {}
 KNOWN_TYPES: tuple[str, ...] = (
     "iceberg_namespace",
     "iceberg_table",
+    "storage_location",
     "postgres_schema",
 )
 
