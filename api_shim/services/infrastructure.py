@@ -25,8 +25,9 @@ from api_shim.schemas.infrastructure import (
     ResourceUpdate,
 )
 from api_shim.services.auth import Principal
-from rime_dagster.infrastructure.plan import Declaration, UnreadableResources, make_plan
-from rime_dagster.infrastructure.providers import KNOWN_TYPES, ConfigInvalid, Declared, Provider, Target, provider
+from rime_dagster.infrastructure.apply import load_declarations
+from rime_dagster.infrastructure.plan import UnreadableResources, make_plan
+from rime_dagster.infrastructure.providers import KNOWN_TYPES, ConfigInvalid, Provider, Target, provider
 from rime_dagster.platform.iceberg import CatalogProvider
 from rime_dagster.settings import Settings
 from rime_dagster.store.crypto import CredentialCipher
@@ -148,20 +149,6 @@ def delete(session: Session, project: Project, resource_id: str) -> None:
         row.revision += 1
 
 
-def declarations(session: Session, cipher: CredentialCipher, project: Project) -> list[Declaration]:
-    rows = session.scalars(
-        select(InfraResource).where(InfraResource.project_id == project.id).order_by(InfraResource.id)
-    ).all()
-    return [
-        Declaration(
-            Declared(row.id, row.resource_type, row.name, row.config, _secrets(cipher, row)),
-            row.revision,
-            row.state == "deleting",
-        )
-        for row in rows
-    ]
-
-
 def target(settings: Settings, catalogs: CatalogProvider, project: Project) -> Target:
     return Target(project.id, project.namespace, settings, catalogs.catalog)
 
@@ -181,7 +168,7 @@ def plan(
     """Reads what exists for every declaration, stores the plan and answers it (422 naming the resources whose
     actual state could not be read)."""
     try:
-        made = make_plan(target(settings, catalogs, project), declarations(session, cipher, project))
+        made = make_plan(target(settings, catalogs, project), load_declarations(session, cipher, project.id))
     except UnreadableResources as exc:
         raise Unprocessable(
             "The actual state of some resources could not be read: no plan was made.",
