@@ -165,13 +165,20 @@ class SqlProvider(Provider):
 
 REGISTRY: dict[str, type[Provider]] = {}
 # Modules that register more than one type, by the types they register (others: the module named like the type).
-_MODULES: dict[str, str] = {}
+_MODULES: dict[str, str] = {
+    "snowflake_warehouse": "snowflake",
+    "snowflake_database": "snowflake",
+    "snowflake_schema": "snowflake",
+}
 # Every type a declaration may name, in the order the API documents them.
 KNOWN_TYPES: tuple[str, ...] = (
     "iceberg_namespace",
     "iceberg_table",
     "storage_location",
     "postgres_schema",
+    "snowflake_warehouse",
+    "snowflake_database",
+    "snowflake_schema",
 )
 
 
