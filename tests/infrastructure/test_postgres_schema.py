@@ -19,22 +19,14 @@ from rime_dagster.infrastructure.providers import (
     provider,
 )
 from tests.conftest import make_settings
+from tests.support.infrastructure import declared as declared_as
+from tests.support.infrastructure import no_catalog, plan
 
 SCHEMA = provider("postgres_schema")
 
 
 def declared(name: str, config: dict) -> Declared:
-    stored, secrets = SCHEMA.validate(config)
-    return Declared("res_1", "postgres_schema", SCHEMA.validate_name(name), stored, secrets)
-
-
-def plan(target: Target, resource: Declared) -> tuple[str, dict | None]:
-    actual = SCHEMA.read_actual(target, resource)
-    return SCHEMA.diff(SCHEMA.desired(resource), actual), actual
-
-
-def no_catalog():
-    raise AssertionError("postgres_schema does not use the Iceberg catalog")
+    return declared_as("postgres_schema", name, config)
 
 
 def target_for(tmp_path, url: str | None, namespace: str) -> Target:

@@ -6,25 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from rime_dagster.infrastructure.providers import ConfigInvalid, Declared, NotConfigured, Target, provider
+from rime_dagster.infrastructure.providers import ConfigInvalid, NotConfigured, Target, provider
 from tests.conftest import make_settings
+from tests.support.infrastructure import declared, no_catalog
 
 WAREHOUSE, DATABASE, SCHEMA = (provider(f"snowflake_{kind}") for kind in ("warehouse", "database", "schema"))
-
-
-def no_catalog():
-    raise AssertionError("Snowflake providers do not use the Iceberg catalog")
 
 
 @pytest.fixture
 def target(tmp_path) -> Target:
     return Target("proj_1", "sales_proj", make_settings(tmp_path), no_catalog)
-
-
-def declared(resource_type: str, name: str, config: dict) -> Declared:
-    p = provider(resource_type)
-    stored, secrets = p.validate(config)
-    return Declared("res_1", resource_type, p.validate_name(name), stored, secrets)
 
 
 class TestWarehouse:

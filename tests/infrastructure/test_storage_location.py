@@ -16,23 +16,15 @@ from moto.server import ThreadedMotoServer
 
 from rime_dagster.infrastructure.providers import ConfigInvalid, Declared, ProviderError, Target, provider
 from tests.conftest import closed_port, make_settings
+from tests.support.infrastructure import declared as declared_as
+from tests.support.infrastructure import no_catalog, plan
 
 LOCATION = provider("storage_location")
 KEY_ID, SECRET = "AKIDEXAMPLE0001", "s3cr3t-never-shown-0001"
 
 
 def declared(config: dict, name: str = "landing") -> Declared:
-    stored, secrets = LOCATION.validate(config)
-    return Declared("res_1", "storage_location", LOCATION.validate_name(name), stored, secrets)
-
-
-def plan(target: Target, resource: Declared) -> tuple[str, dict | None]:
-    actual = LOCATION.read_actual(target, resource)
-    return LOCATION.diff(LOCATION.desired(resource), actual), actual
-
-
-def no_catalog():
-    raise AssertionError("storage_location does not use the Iceberg catalog")
+    return declared_as("storage_location", name, config)
 
 
 @pytest.fixture
