@@ -130,8 +130,10 @@ class StorageLocation(Provider):
         if resource.config["kind"] == "local":
             folder = local_folder(target, resource.config["path"])
             if not actual.get("writable"):
-                mode = folder.stat().st_mode
-                _os(lambda: folder.chmod(mode | 0o700), f"Could not make '{resource.config['path']}' writable")
+                _os(
+                    lambda: folder.chmod(folder.stat().st_mode | 0o700),
+                    f"Could not make '{resource.config['path']}' writable",
+                )
             return
         if resource.config.get("prefix"):
             _Bucket(target, resource).put_marker(f"{resource.config['prefix']}/")
