@@ -18,7 +18,7 @@ changes it made. The plan ends `applied` (every change succeeded) or `failed`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -107,14 +107,12 @@ def _blocked_by(
     ]
 
 
-def apply_plan(
-    sessions: sessionmaker[Session],
-    cipher: CredentialCipher,
-    target: Target,
-    plan_id: str,
-    *,
-    log: Callable[[str], None] = lambda _message: None,
-) -> list[Outcome]:
+def start_apply(
+    sessions: sessionmaker[Session], cipher: CredentialCipher, target: Target, plan_id: str
+) -> list[Change]:
+    """Makes the plan again and refuses it if stale (StalePlan: the plan ends failed); records its no-ops (the
+    resource already matches: applied; a deleted declaration whose resource is gone: removed); marks it applying.
+    Returns the changes to carry out, in order."""
     with unit_of_work(sessions) as session:
         plan = session.get(InfraPlan, plan_id)
         if plan is None or plan.project_id != target.project_id:
@@ -125,34 +123,83 @@ def apply_plan(
         declarations = load_declarations(session, cipher, target.project_id)
     current = make_plan(target, declarations)
     if current.fingerprint != fingerprint:
-        _finish(sessions, plan_id, "failed")
+        finish_apply(sessions, plan_id, failed=True)
         raise StalePlan(f"Plan '{plan_id}' is stale: the declarations or what exists changed since. Plan again.")
+    revisions = {d.resource.resource_id: d.revision for d in declarations}
+    for change in current.changes:
+        if change.action == "no-op":
+            _record(sessions, change, revisions[change.resource_id], None)
+    with unit_of_work(sessions) as session:
+        plan = session.get(InfraPlan, plan_id)
+        if plan is not None:
+            plan.status = "applying"
+    return [change for change in current.changes if change.action != "no-op"]
 
+
+def apply_change(
+    sessions: sessionmaker[Session],
+    cipher: CredentialCipher,
+    target: Target,
+    change: Change,
+    *,
+    blocked: Sequence[str] = (),
+) -> Outcome:
+    """Carries out one change of a started apply and records its outcome on the resource (never raises for the
+    change's own failure: the outcome says it)."""
+    with unit_of_work(sessions) as session:
+        by_id = {d.resource.resource_id: d for d in load_declarations(session, cipher, target.project_id)}
+    declaration = by_id.get(change.resource_id)
+    if declaration is None:
+        return Outcome(change.resource_id, change.resource_type, change.name, change.action, "skipped", "Gone.")
+    error: str | None = None
+    status: Literal["succeeded", "failed", "skipped"] = "succeeded"
+    if blocked:
+        error, status = f"Not applied: it waits on {', '.join(blocked)}, which failed.", "skipped"
+    else:
+        try:
+            _carry_out(target, change, declaration.resource)
+        except ProviderError as exc:
+            error, status = str(exc), "failed"
+        except Exception as exc:  # not a provider's worded failure: its text may quote a driver's secret
+            error, status = f"The change failed unexpectedly ({type(exc).__name__}).", "failed"
+    _record(sessions, change, declaration.revision, error)
+    return Outcome(change.resource_id, change.resource_type, change.name, change.action, status, error)
+
+
+def finish_apply(sessions: sessionmaker[Session], plan_id: str, *, failed: bool) -> None:
+    with unit_of_work(sessions) as session:
+        plan = session.get(InfraPlan, plan_id)
+        if plan is not None:
+            plan.status, plan.applied_at = ("failed" if failed else "applied"), datetime.now(UTC)
+
+
+def apply_plan(
+    sessions: sessionmaker[Session],
+    cipher: CredentialCipher,
+    target: Target,
+    plan_id: str,
+    *,
+    log: Callable[[str], None] = lambda _message: None,
+) -> list[Outcome]:
+    """The whole apply in this process, each change after those it depends on; a change whose dependencies
+    failed is skipped, the others go on."""
+    changes = start_apply(sessions, cipher, target, plan_id)
+    with unit_of_work(sessions) as session:
+        declarations = load_declarations(session, cipher, target.project_id)
     by_id = {d.resource.resource_id: d for d in declarations}
     failed: set[tuple[str, str]] = set()
     outcomes: list[Outcome] = []
-    for change in current.changes:
-        declaration = by_id[change.resource_id]
-        key = (change.resource_type, change.name)
-        blocked = _blocked_by(change, declaration, declarations, failed) if change.action != "no-op" else []
-        error: str | None = None
-        if blocked:
-            error = f"Not applied: it waits on {', '.join(blocked)}, which failed."
-            status: Literal["succeeded", "failed", "skipped"] = "skipped"
-        else:
-            try:
-                _carry_out(target, change, declaration.resource)
-                status = "succeeded"
-            except ProviderError as exc:
-                error, status = str(exc), "failed"
-            except Exception as exc:  # not a provider's worded failure: its text may quote a driver's secret
-                error, status = f"The change failed unexpectedly ({type(exc).__name__}).", "failed"
-        if error is not None:
-            failed.add(key)
-        _record(sessions, change, declaration.revision, error)
-        outcomes.append(Outcome(change.resource_id, change.resource_type, change.name, change.action, status, error))
-        log(f"{change.action} {change.resource_type} '{change.name}': {status}" + (f" ({error})" if error else ""))
-    _finish(sessions, plan_id, "failed" if failed else "applied")
+    for change in changes:
+        blocked = _blocked_by(change, by_id[change.resource_id], declarations, failed)
+        outcome = apply_change(sessions, cipher, target, change, blocked=blocked)
+        if outcome.status != "succeeded":
+            failed.add((change.resource_type, change.name))
+        outcomes.append(outcome)
+        log(
+            f"{change.action} {change.resource_type} '{change.name}': {outcome.status}"
+            + (f" ({outcome.message})" if outcome.message else "")
+        )
+    finish_apply(sessions, plan_id, failed=bool(failed))
     return outcomes
 
 
@@ -165,10 +212,3 @@ def _carry_out(target: Target, change: Change, resource: Declared) -> None:
         kind.update(target, resource, change.before)
     elif change.action == "delete":
         kind.delete(target, resource)
-
-
-def _finish(sessions: sessionmaker[Session], plan_id: str, status: str) -> None:
-    with unit_of_work(sessions) as session:
-        plan = session.get(InfraPlan, plan_id)
-        if plan is not None:
-            plan.status, plan.applied_at = status, datetime.now(UTC)

@@ -64,6 +64,7 @@ KIND_DBT = "dbt"
 KIND_PIPELINE = "pipeline"
 KIND_HOUSEKEEPING = "housekeeping"
 KIND_TABLE_MAINTENANCE = "table_maintenance"
+KIND_INFRASTRUCTURE = "infrastructure"
 TRIGGER_SCHEDULE = "schedule"
 TRIGGER_SENSOR = "sensor"
 
