@@ -15,6 +15,7 @@ import dagster as dg
 
 from rime_dagster.connectors.assets import project_connector_definitions
 from rime_dagster.dbt.assets import dbt_definitions
+from rime_dagster.infrastructure.jobs import infrastructure_definitions
 from rime_dagster.monitoring.definitions import monitoring_definitions
 from rime_dagster.pipelines.jobs import Resources as PipelineResources
 from rime_dagster.pipelines.jobs import pipeline_definitions
@@ -56,6 +57,7 @@ def build_definitions(specs: PlatformSpecs, store: MetadataStoreResource) -> dg.
     monitoring = monitoring_definitions(specs)  # isolates each rule's sensor itself
     return dg.Definitions.merge(
         platform,
+        infrastructure_definitions(),
         *connectors,
         *maintenance,
         *dbt_projects,

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Request, status
+from fastapi import Body, Request, status
+from starlette.concurrency import run_in_threadpool
 
+from api_shim.dagster_client import DagsterClientDep
 from api_shim.deps import CursorCodecDep, Lead, SessionDep, SettingsDep, Viewer
 from api_shim.pagination import PageRequest
 from api_shim.routes._paging import page_params
 from api_shim.routing import rime_router
 from api_shim.schemas.common import error_responses
 from api_shim.schemas.infrastructure import (
+    ApplyRequest,
+    ApplyRun,
     PlanResponse,
     ResourceCreate,
     ResourceList,
@@ -75,6 +79,43 @@ def plan(id: str, request: Request, principal: Lead, session: SessionDep, settin
     project = get_project(session, id, tenant_id=principal.tenant_id)
     state = request.app.state
     return service.plan(session, state.cipher, settings, state.iceberg, project, principal)
+
+
+@router.post(
+    "/apply",
+    name="infrastructure.apply",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ApplyRun,
+    responses=error_responses(404, 409, 422, 503),
+    summary="Apply the current plan",
+    description="Applies a stored plan (`plan_id`, default the latest) as a run of the Dagster job "
+    "`infrastructure_apply`: one step per change, deletions before creates, a namespace before its tables. 409 when "
+    "the plan is stale (a declaration or what exists changed since it was made), already applied or failed, or "
+    "while another apply of the project runs. Each resource records its outcome (`state`, `last_error`); a failed "
+    "change stops what follows, and the next plan shows what remains.",
+)
+async def apply(
+    id: str,
+    request: Request,
+    principal: Lead,
+    settings: SettingsDep,
+    dagster: DagsterClientDep,
+    body: Annotated[ApplyRequest | None, Body()] = None,
+) -> ApplyRun:
+    state = request.app.state
+    with state.sessions() as session:
+        project = get_project(session, id, tenant_id=principal.tenant_id)
+    return await run_in_threadpool(
+        service.apply,
+        state.sessions,
+        state.cipher,
+        settings,
+        state.iceberg,
+        dagster,
+        project,
+        body.plan_id if body else None,
+        principal.email,
+    )
 
 
 @router.get(

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from api_shim.pagination import Page
 from api_shim.schemas.common import RequestModel, ResponseModel, Timestamp
+from api_shim.schemas.connectors import RunStatus
 from rime_dagster.infrastructure.providers import KNOWN_TYPES
 
 _CONFIG = (
@@ -78,3 +79,16 @@ class PlanResponse(ResponseModel):
     status: Literal["planned", "applying", "applied", "failed"]
     changes: list[PlanChange]
     summary: PlanSummary
+
+
+class ApplyRequest(RequestModel):
+    plan_id: str | None = Field(None, max_length=40, description="The plan to apply; default: the project's latest.")
+
+
+class ApplyRun(ResponseModel):
+    plan_id: str
+    run_id: str
+    dagster_run_id: str
+    dagster_url: str
+    status: RunStatus
+    started_at: Timestamp

@@ -9,15 +9,19 @@ them out keeps the stored ones.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from api_shim.dagster_client import DagsterClient
 from api_shim.errors import Conflict, NotFound, Unprocessable, ValidationFailed
 from api_shim.pagination import CursorCodec, Listing, PageRequest
 from api_shim.schemas.infrastructure import (
+    ApplyRun,
     PlanResponse,
     ResourceCreate,
     ResourceList,
@@ -25,7 +29,9 @@ from api_shim.schemas.infrastructure import (
     ResourceUpdate,
 )
 from api_shim.services.auth import Principal
+from api_shim.services.runs import launch_summary, launch_tags
 from rime_dagster.infrastructure.apply import load_declarations
+from rime_dagster.infrastructure.jobs import JOB_NAME, apply_run_config, apply_tags
 from rime_dagster.infrastructure.plan import UnreadableResources, make_plan
 from rime_dagster.infrastructure.providers import KNOWN_TYPES, ConfigInvalid, Provider, Target, provider
 from rime_dagster.platform.iceberg import CatalogProvider
@@ -186,3 +192,72 @@ def plan(
     session.add(row)
     session.flush()
     return plan_response(row)
+
+
+def _plan_to_apply(session: Session, project: Project, plan_id: str | None) -> InfraPlan:
+    if plan_id is None:
+        row = session.scalar(
+            select(InfraPlan)
+            .where(InfraPlan.project_id == project.id)
+            .order_by(InfraPlan.created_at.desc(), InfraPlan.id.desc())
+            .limit(1)
+        )
+        if row is None:
+            raise NotFound("This project has no plan: POST .../infrastructure/plan first.")
+        return row
+    row = session.get(InfraPlan, plan_id)
+    if row is None or row.project_id != project.id:
+        raise NotFound.of("Plan", plan_id, " in this project")
+    return row
+
+
+def apply(
+    sessions: sessionmaker[Session],
+    cipher: CredentialCipher,
+    settings: Settings,
+    catalogs: CatalogProvider,
+    dagster: DagsterClient,
+    project: Project,
+    plan_id: str | None,
+    triggered_by: str,
+) -> ApplyRun:
+    """Launches the apply of a plan (the latest by default) as a run of `infrastructure_apply`. 409 for a plan that
+    is stale, not `planned`, or while another apply of the project runs; the plan is `applying` from here on, and
+    back to `planned` if the launch fails."""
+    with sessions() as session:
+        plan = _plan_to_apply(session, project, plan_id)
+        plan_id, fingerprint, status = plan.id, plan.fingerprint, plan.status
+        declared = load_declarations(session, cipher, project.id)
+    if status != "planned":
+        raise Conflict(f"Plan '{plan_id}' is {status}: make a new plan.")
+    try:
+        current = make_plan(target(settings, catalogs, project), declared)
+    except UnreadableResources as exc:
+        raise Unprocessable(
+            "The actual state of some resources could not be read: the plan cannot be checked.",
+            details=[{"field": rid, "message": message} for rid, message in exc.failures.items()],
+        ) from None
+    if current.fingerprint != fingerprint:
+        raise Conflict(f"Plan '{plan_id}' is stale: the declarations or what exists changed since. Plan again.")
+    other = InfraPlan.__table__.alias("other")
+    with sessions.begin() as session:  # planned -> applying, unless another apply of the project runs
+        result = session.execute(
+            sql_update(InfraPlan)
+            .where(InfraPlan.id == plan_id, InfraPlan.status == "planned")
+            .where(~exists().where(other.c.project_id == project.id, other.c.status == "applying"))
+            .values(status="applying")
+        )
+        claimed = cast(CursorResult[Any], result).rowcount == 1  # an UPDATE's result is a CursorResult
+    if not claimed:
+        raise Conflict("Another apply of this project is running (or this plan was just applied): wait for it.")
+    try:
+        launched = dagster.launch_run(
+            JOB_NAME,
+            tags={**apply_tags(project.id, plan_id), **launch_tags(triggered_by, full_refresh=False)},
+            run_config=apply_run_config(project.id, plan_id),
+        )
+    except BaseException:
+        with sessions.begin() as session:
+            session.execute(sql_update(InfraPlan).where(InfraPlan.id == plan_id).values(status="planned"))
+        raise
+    return ApplyRun(plan_id=plan_id, **launch_summary(dagster, launched))

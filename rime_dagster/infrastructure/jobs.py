@@ -34,6 +34,14 @@ LEVELS = (0, 10, 20)  # every provider's level is one of these (tests/infrastruc
 WAVES = [("delete", level) for level in reversed(LEVELS)] + [("apply", level) for level in LEVELS]
 
 
+def apply_run_config(project_id: str, plan_id: str) -> dict[str, Any]:
+    return {"ops": {"start": {"config": {"project_id": project_id, "plan_id": plan_id}}}}
+
+
+def apply_tags(project_id: str, plan_id: str) -> dict[str, str]:
+    return {run_tags.PROJECT_ID: project_id, run_tags.INFRA_PLAN_ID: plan_id}
+
+
 def _in_wave(change: dict[str, Any], kind: str, level: int) -> bool:
     from rime_dagster.infrastructure.providers import provider
 

@@ -52,6 +52,8 @@ PUBLISHED_ROWS = "rime/published_rows"
 TABLE_OPERATION = "rime/table_operation"
 # Tag of a table retention policy's scheduled run (rime_dagster/tables/retention.py): the policy.
 RETENTION_POLICY_ID = "rime/retention_policy_id"
+# Tag of an infrastructure_apply run (rime_dagster/infrastructure/jobs.py): the plan it applies.
+INFRA_PLAN_ID = "rime/infra_plan_id"
 
 # Tags and metadata of an alert rule's sensor: the rule it evaluates.
 ALERT_RULE_ID = "rime/alert_rule_id"

@@ -167,3 +167,24 @@ def test_leads_write_viewers_read_and_writes_and_plans_are_audited(clients, proj
     assert ("infrastructure.create", 403, project["id"]) in seen and ("infrastructure.plan", 403, project["id"]) in seen
     assert ("infrastructure.update", 403, created["id"]) in seen
     assert ("infrastructure.plan", 201, plan["plan_id"]) in seen
+
+
+def test_apply_refuses_what_it_must_and_a_failed_launch_leaves_the_plan_to_retry(clients, project):
+    """Dagster is not running here (the settings point at a closed port): the launch fails with 503 and the plan
+    is `planned` again. No plan, a stale plan, and a plan applied already are refused before any launch."""
+    lead = clients.as_role("lead_data_engineer")
+    assert lead.post(f"{base(project)}/apply", json={}).status_code == 404  # no plan yet
+    declare(clients, project, "iceberg_namespace", "marts")
+    made = make_plan(clients, project)
+    down = lead.post(f"{base(project)}/apply", json={"plan_id": made["plan_id"]})
+    assert down.status_code == 503, down.text
+    with clients.app.state.sessions() as session:
+        from rime_dagster.store.models import InfraPlan
+
+        assert session.get(InfraPlan, made["plan_id"]).status == "planned"
+
+    clients.app.state.iceberg.catalog().create_namespace((project["namespace"], "marts"))  # behind its back
+    stale = lead.post(f"{base(project)}/apply", json={})  # the latest plan, by default
+    assert stale.status_code == 409 and "stale" in stale.json()["error"]["message"]
+    assert lead.post(f"{base(project)}/apply", json={"plan_id": "plan_nope"}).status_code == 404
+    assert clients.as_role("data_engineer").post(f"{base(project)}/apply", json={}).status_code == 403

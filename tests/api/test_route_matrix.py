@@ -127,6 +127,11 @@ class Ctx:
         body = {"name": unique("doomed"), "columns": [{"table": "matrix__seed", "column": "name"}], "strategy": "hash"}
         return self.created(url, body)
 
+    def fresh_plan(self) -> str:
+        response = self.clients.admin.post(f"/api/v1/projects/{self.project_id}/infrastructure/plan")
+        assert response.status_code == 201, response.text
+        return response.json()["plan_id"]
+
     def spare_resource(self) -> str:
         url = f"/api/v1/projects/{self.project_id}/infrastructure"
         return self.created(url, {"resource_type": "iceberg_namespace", "name": unique("doomed").replace("-", "_")})
@@ -375,6 +380,10 @@ CASES: dict[tuple[str, str], Case] = {
         "json": {"resource_type": "iceberg_namespace", "name": unique("ns").replace("-", "_")},
     },
     ("POST", INFRA + "/plan"): lambda c, r: {"url": monitoring_url(c, "infrastructure", "plan")},
+    ("POST", INFRA + "/apply"): lambda c, r: {
+        "url": monitoring_url(c, "infrastructure", "apply"),
+        "json": {"plan_id": c.fresh_plan()},
+    },
     ("GET", INFRA + "/{resourceId}"): lambda c, r: {"url": monitoring_url(c, "infrastructure", c.resource_id)},
     ("PATCH", INFRA + "/{resourceId}"): lambda c, r: {
         "url": monitoring_url(c, "infrastructure", c.resource_id),
@@ -572,6 +581,7 @@ NEEDS_DAGSTER = {
     ("POST", TABLE + "/columns"),
     ("PATCH", TABLE + "/columns/{column}"),
     ("DELETE", TABLE + "/columns/{column}"),
+    ("POST", INFRA + "/apply"),  # a run of infrastructure_apply
 }
 NEEDS_RUN = {
     ("GET", PIPE + "/{pipelineId}/runs/{runId}"),
