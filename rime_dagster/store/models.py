@@ -437,9 +437,7 @@ class ColumnClassification(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
     table_name: Mapped[str] = mapped_column(String(300), nullable=False)  # as GET .../tables lists it
     column_name: Mapped[str] = mapped_column(String(300), nullable=False)
-    classification_id: Mapped[str] = mapped_column(
-        ForeignKey("classifications.id", ondelete="CASCADE"), nullable=False
-    )
+    classification_id: Mapped[str] = mapped_column(ForeignKey("classifications.id", ondelete="CASCADE"), nullable=False)
     source: Mapped[str] = mapped_column(String(10), nullable=False)  # rule | manual
     detail: Mapped[str | None] = mapped_column(String(300))  # which rule matched, e.g. "detector email: 98% of 200"
     classified_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
