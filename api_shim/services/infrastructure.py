@@ -239,6 +239,16 @@ def apply(
         ) from None
     if current.fingerprint != fingerprint:
         raise Conflict(f"Plan '{plan_id}' is stale: the declarations or what exists changed since. Plan again.")
+    here = target(settings, catalogs, project)
+    unavailable = [
+        {"field": change.resource_id, "message": message}
+        for change in current.changes
+        if change.action != "no-op" and (message := provider(change.resource_type).unavailable(here))
+    ]
+    if unavailable:
+        raise Unprocessable(
+            "Some changes cannot be applied on this deployment: nothing was applied.", details=unavailable
+        )
     other = InfraPlan.__table__.alias("other")
     with sessions.begin() as session:  # planned -> applying, unless another apply of the project runs
         result = session.execute(

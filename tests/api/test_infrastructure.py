@@ -188,3 +188,29 @@ def test_apply_refuses_what_it_must_and_a_failed_launch_leaves_the_plan_to_retry
     assert stale.status_code == 409 and "stale" in stale.json()["error"]["message"]
     assert lead.post(f"{base(project)}/apply", json={"plan_id": "plan_nope"}).status_code == 404
     assert clients.as_role("data_engineer").post(f"{base(project)}/apply", json={}).status_code == 403
+
+
+def test_a_snowflake_resource_plans_its_ddl_and_apply_is_refused_without_an_account(clients, project):
+    database = declare(
+        clients, project, "snowflake_database", "analytics", {"comment": "Team's", "data_retention_days": 7}
+    )
+    plan = make_plan(clients, project)
+    [change] = plan["changes"]
+    assert change["action"] == "create" and change["resource_id"] == database["id"]
+    namespace = project["namespace"].upper()
+    assert change["statements"] == [
+        f"CREATE DATABASE IF NOT EXISTS \"{namespace}__ANALYTICS\" DATA_RETENTION_TIME_IN_DAYS = 7 COMMENT = 'Team''s'"
+    ]
+    refused = clients.as_role("lead_data_engineer").post(f"{base(project)}/apply", json={})
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["details"] == [
+        {
+            "field": database["id"],
+            "message": "snowflake_database changes cannot be applied here: RIME_SNOWFLAKE_ACCOUNT is not set.",
+        }
+    ]
+    with clients.app.state.sessions() as session:
+        from rime_dagster.store.models import InfraPlan
+
+        assert session.get(InfraPlan, plan["plan_id"]).status == "planned"  # nothing was applied or claimed

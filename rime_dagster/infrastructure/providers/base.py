@@ -96,6 +96,9 @@ class Provider(ABC):
     level: ClassVar[int] = 0  # created/updated in ascending level, deleted in descending
     # (resource type, config key): the config names another declared resource this one needs (see depends_on).
     dependency_fields: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # The setting (a Settings field) without which this deployment cannot apply changes of this type: an apply
+    # that would carry one out is refused up front (422 naming it) instead of failing in the run.
+    required_setting: ClassVar[str | None] = None
     description: ClassVar[str] = ""
 
     # -- declarations --------------------------------------------------------------------------------------------
@@ -127,6 +130,13 @@ class Provider(ABC):
         """The declared resources (type, name) this one needs: their changes go first, their failure stops it.
         Default: those named by the config fields of `dependency_fields`."""
         return [(kind, resource.config[key]) for kind, key in self.dependency_fields if resource.config.get(key)]
+
+    def unavailable(self, target: Target) -> str | None:
+        """Why this deployment cannot apply changes of this type (None: it can)."""
+        if self.required_setting and not getattr(target.settings, self.required_setting, None):
+            setting = f"RIME_{self.required_setting.upper()}"
+            return f"{self.resource_type} changes cannot be applied here: {setting} is not set."
+        return None
 
     # -- state -------------------------------------------------------------------------------------------------------
 

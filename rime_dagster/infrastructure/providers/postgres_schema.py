@@ -88,6 +88,7 @@ class PostgresSchema(SqlProvider):
     resource_type = "postgres_schema"
     config_model = PostgresSchemaConfig
     level = 10
+    required_setting = "infra_postgres_url"
     description = "A PostgreSQL schema `<namespace>__<name>` with its owner and USAGE/CREATE grants."
 
     def desired(self, resource: Declared) -> State:

@@ -76,6 +76,7 @@ class _SnowflakeObject(SqlProvider):
     """One kind of Snowflake object: its DDL keyword and the properties a declaration sets on it."""
 
     keyword: ClassVar[str]
+    required_setting = "snowflake_account"
     # (config key, Snowflake property, how a value is written), in the order the DDL lists them.
     properties: ClassVar[tuple[tuple[str, str, Callable[[Any], str]], ...]]
     create_options: ClassVar[str] = " "  # what comes between the name and the properties in CREATE
