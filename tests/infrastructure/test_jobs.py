@@ -4,10 +4,13 @@ failing its step and the plan while the changes before it stay made."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import dagster as dg
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from api_shim.main import create_app
 from rime_dagster.infrastructure.jobs import LEVELS, infrastructure_definitions
@@ -19,8 +22,12 @@ from tests.infrastructure.test_apply import TABLE, declare, plan, resource, url
 
 
 @pytest.fixture
-def clients(tmp_path, monkeypatch) -> Iterator[Clients]:
-    settings = make_settings(tmp_path)
+def clients(request, tmp_path, monkeypatch) -> Iterator[Clients]:
+    extra = {}
+    if request.node.get_closest_marker("postgres"):  # PostgreSQL schemas go to the throwaway server
+        extra["infra_postgres_url"] = request.getfixturevalue("postgres_url")
+        monkeypatch.setenv("RIME_INFRA_POSTGRES_URL", extra["infra_postgres_url"])
+    settings = make_settings(tmp_path, **extra)
     monkeypatch.setenv("RIME_HOME", str(settings.home))  # the run reads the settings as a deployment's run does
     monkeypatch.setenv("RIME_SECRET_KEY", settings.secret_key)
     get_settings.cache_clear()
@@ -88,3 +95,90 @@ def test_a_failed_change_fails_its_step_and_the_plan_and_stops_what_follows(clie
         assert session.get(InfraPlan, made["plan_id"]).status == "failed"
     assert "tier" not in catalog.load_table((project["namespace"], "marts", "orders")).schema().column_names
     assert [c["action"] for c in plan(clients, project)["changes"]] == ["update", "no-op"]
+
+
+@pytest.fixture
+def pg(postgres_url) -> Iterator[tuple[psycopg.Connection, str]]:
+    """A connection to the throwaway server and a role of this test's own (roles are server-wide)."""
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    conninfo = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}"')
+        yield conn, role
+        conn.execute(f'DROP OWNED BY "{role}" CASCADE')
+        conn.execute(f'DROP ROLE "{role}"')
+
+
+def four_kinds(clients: Clients, project: dict, grant_to: str) -> dict[str, dict]:
+    return {
+        "marts": declare(clients, project, "iceberg_namespace", "marts"),
+        "orders": declare(clients, project, "iceberg_table", "orders", TABLE),
+        "landing": declare(clients, project, "storage_location", "landing", {"kind": "local", "path": "landing"}),
+        "sales": declare(
+            clients, project, "postgres_schema", "sales", {"grants": [{"role": grant_to, "privileges": ["USAGE"]}]}
+        ),
+    }
+
+
+def schema_grants(conn: psycopg.Connection, schema: str) -> list[tuple]:
+    return conn.execute(
+        "SELECT grantee::regrole::text, privilege_type FROM pg_namespace, aclexplode(nspacl) WHERE nspname = %s "
+        "AND grantee <> nspowner",
+        (schema,),
+    ).fetchall()
+
+
+@pytest.mark.postgres
+def test_a_namespace_a_partitioned_table_a_storage_location_and_a_postgres_schema_for_real(clients, project, pg):
+    conn, role = pg
+    catalog = clients.app.state.iceberg.catalog()
+    declared = four_kinds(clients, project, role)
+    made = plan(clients, project)
+    assert made["summary"] == {"create": 4, "update": 0, "delete": 0, "unchanged": 0}
+    assert run(clients, project, made["plan_id"]).success
+    assert [str(f.transform) for f in catalog.load_table((project["namespace"], "marts", "orders")).spec().fields] == [
+        "identity"
+    ]
+    assert (clients.app.state.settings.home / "storage" / project["namespace"] / "landing").is_dir()
+    schema = f"{project['namespace']}__sales"
+    assert schema_grants(conn, schema) == [(role, "USAGE")]
+    assert plan(clients, project)["summary"] == {"create": 0, "update": 0, "delete": 0, "unchanged": 4}
+
+    wider = {**TABLE, "schema": [*TABLE["schema"], {"name": "channel", "type": "string"}]}
+    lead = clients.as_role("lead_data_engineer")
+    assert lead.patch(url(project, declared["orders"]["id"]), json={"config": wider}).status_code == 200
+    update = plan(clients, project)
+    assert update["summary"] == {"create": 0, "update": 1, "delete": 0, "unchanged": 3}
+    assert run(clients, project, update["plan_id"]).success
+    columns = catalog.load_table((project["namespace"], "marts", "orders")).schema().column_names
+    assert columns == ["id", "region", "channel"]
+
+    catalog.drop_table((project["namespace"], "marts", "orders"))  # behind the platform's back
+    dropped = plan(clients, project)
+    assert [(c["action"], c["name"]) for c in dropped["changes"] if c["action"] != "no-op"] == [("create", "orders")]
+    conn.execute(f'DROP SCHEMA "{schema}"')
+
+
+@pytest.mark.postgres
+def test_a_refused_grant_fails_its_step_keeps_what_completed_and_the_next_plan_shows_what_remains(clients, project, pg):
+    conn, _ = pg
+    catalog = clients.app.state.iceberg.catalog()
+    declared = four_kinds(clients, project, f"nobody_{uuid.uuid4().hex[:8]}")  # a role the server does not have
+    result = run(clients, project, plan(clients, project)["plan_id"])
+    assert not result.success
+    failures = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert [f.split("[", 1)[1] for f in failures] == ["create_postgres_schema_sales]"]
+    sales = resource(clients, project, declared["sales"]["id"])
+    assert sales["state"] == "failed" and "does not exist" in sales["last_error"]
+    # Level 0 went first and stays made; the table (level 20) comes after the failed wave and was not attempted.
+    assert catalog.load_namespace_properties((project["namespace"], "marts")) is not None
+    assert (clients.app.state.settings.home / "storage" / project["namespace"] / "landing").is_dir()
+    assert resource(clients, project, declared["orders"]["id"])["state"] == "pending"
+    schema = f"{project['namespace']}__sales"
+    assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() == (0,)
+    remaining = plan(clients, project)
+    assert sorted((c["action"], c["name"]) for c in remaining["changes"] if c["action"] != "no-op") == [
+        ("create", "orders"),
+        ("create", "sales"),
+    ]
+    assert remaining["summary"]["unchanged"] == 2
