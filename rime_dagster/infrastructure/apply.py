@@ -1,24 +1,18 @@
-"""Applying a stored plan: each change through its provider, in the plan's order, each outcome recorded at once.
+"""Applying a stored plan, in the steps of the infrastructure_apply job (rime_dagster/infrastructure/jobs.py).
 
-`apply_plan` first makes the plan again from the store and the world as they are now; if the fingerprint differs
-from the stored plan's, the plan is stale (a declaration changed, or something changed behind the platform's back
-since it was made) and nothing is applied. Then, change by change:
+`start_apply` makes the plan again from the store and the world as they are now; if the fingerprint differs from
+the stored plan's, the plan is stale (a declaration changed, or something changed behind the platform's back since
+it was made) and nothing is applied. It records the plan's no-ops (what exists already matches: the resource is
+applied; a deleted declaration whose resource is gone: removed) and returns the changes to carry out.
 
-* a change whose dependencies failed (a table whose namespace could not be created; a namespace whose tables could
-  not be deleted) is skipped, and counts as failed for its own dependents;
-* a change that fails records its provider's message on the resource (`state: failed`, `last_error`) and the
-  apply goes on with the changes that do not depend on it: completed changes stay, and the next plan shows exactly
-  what remains;
-* a change that succeeds marks the resource applied at its revision (a deletion removes the declaration);
-* a `no-op` marks the resource applied too: what exists already matches it.
-
-Each outcome is committed as it happens, so a run that dies half-way leaves the store telling the truth about the
-changes it made. The plan ends `applied` (every change succeeded) or `failed`.
+`apply_change` carries out one change through its provider and records the outcome on the resource at once: a
+change that succeeds marks it applied at its revision (a deletion removes the declaration); one that fails marks it
+`failed` with the provider's message. So a run that dies half-way leaves the store telling the truth about the
+changes it made, and the next plan shows exactly what remains. `finish_apply` ends the plan `applied` or `failed`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -86,27 +80,6 @@ def _record(sessions: sessionmaker[Session], change: Change, revision: int, erro
             row.applied_revision, row.applied_at = revision, datetime.now(UTC)
 
 
-def _blocked_by(
-    change: Change, declaration: Declaration, declarations: list[Declaration], failed: set[tuple[str, str]]
-) -> list[str]:
-    """The failed resources this change waits on: for a deletion, the declared resources that depend on it; for
-    anything else, the ones it depends on."""
-    resource = declaration.resource
-    if change.action == "delete":
-        mine = (resource.resource_type, resource.name)
-        return [
-            f"{d.resource.resource_type} '{d.resource.name}'"
-            for d in declarations
-            if (d.resource.resource_type, d.resource.name) in failed
-            and mine in provider(d.resource.resource_type).depends_on(d.resource)
-        ]
-    return [
-        f"{kind} '{name}'"
-        for kind, name in provider(resource.resource_type).depends_on(resource)
-        if (kind, name) in failed
-    ]
-
-
 def start_apply(
     sessions: sessionmaker[Session], cipher: CredentialCipher, target: Target, plan_id: str
 ) -> list[Change]:
@@ -141,8 +114,6 @@ def apply_change(
     cipher: CredentialCipher,
     target: Target,
     change: Change,
-    *,
-    blocked: Sequence[str] = (),
 ) -> Outcome:
     """Carries out one change of a started apply and records its outcome on the resource (never raises for the
     change's own failure: the outcome says it)."""
@@ -153,15 +124,12 @@ def apply_change(
         return Outcome(change.resource_id, change.resource_type, change.name, change.action, "skipped", "Gone.")
     error: str | None = None
     status: Literal["succeeded", "failed", "skipped"] = "succeeded"
-    if blocked:
-        error, status = f"Not applied: it waits on {', '.join(blocked)}, which failed.", "skipped"
-    else:
-        try:
-            _carry_out(target, change, declaration.resource)
-        except ProviderError as exc:
-            error, status = str(exc), "failed"
-        except Exception as exc:  # not a provider's worded failure: its text may quote a driver's secret
-            error, status = f"The change failed unexpectedly ({type(exc).__name__}).", "failed"
+    try:
+        _carry_out(target, change, declaration.resource)
+    except ProviderError as exc:
+        error, status = str(exc), "failed"
+    except Exception as exc:  # not a provider's worded failure: its text may quote a driver's secret
+        error, status = f"The change failed unexpectedly ({type(exc).__name__}).", "failed"
     _record(sessions, change, declaration.revision, error)
     return Outcome(change.resource_id, change.resource_type, change.name, change.action, status, error)
 
@@ -171,36 +139,6 @@ def finish_apply(sessions: sessionmaker[Session], plan_id: str, *, failed: bool)
         plan = session.get(InfraPlan, plan_id)
         if plan is not None:
             plan.status, plan.applied_at = ("failed" if failed else "applied"), datetime.now(UTC)
-
-
-def apply_plan(
-    sessions: sessionmaker[Session],
-    cipher: CredentialCipher,
-    target: Target,
-    plan_id: str,
-    *,
-    log: Callable[[str], None] = lambda _message: None,
-) -> list[Outcome]:
-    """The whole apply in this process, each change after those it depends on; a change whose dependencies
-    failed is skipped, the others go on."""
-    changes = start_apply(sessions, cipher, target, plan_id)
-    with unit_of_work(sessions) as session:
-        declarations = load_declarations(session, cipher, target.project_id)
-    by_id = {d.resource.resource_id: d for d in declarations}
-    failed: set[tuple[str, str]] = set()
-    outcomes: list[Outcome] = []
-    for change in changes:
-        blocked = _blocked_by(change, by_id[change.resource_id], declarations, failed)
-        outcome = apply_change(sessions, cipher, target, change, blocked=blocked)
-        if outcome.status != "succeeded":
-            failed.add((change.resource_type, change.name))
-        outcomes.append(outcome)
-        log(
-            f"{change.action} {change.resource_type} '{change.name}': {outcome.status}"
-            + (f" ({outcome.message})" if outcome.message else "")
-        )
-    finish_apply(sessions, plan_id, failed=bool(failed))
-    return outcomes
 
 
 def _carry_out(target: Target, change: Change, resource: Declared) -> None:

@@ -178,6 +178,8 @@ class World:
             made = self.post(f"{project}/escalation-policies", json=_policy("victim", self.ids["channelId"]))
         elif last == "classificationId":
             made = self.post(f"{project}/classifications", json={"name": "victim", "sensitivity": "internal"})
+        elif last == "resourceId":
+            made = self.post(f"{project}/infrastructure", json={"resource_type": "iceberg_namespace", "name": "victim"})
         elif last == "retention":  # a table's one policy: the world's table gets one to delete
             put = self.client.put(f"{project}/tables/{self.ids['table']}/retention", json=_retention())
             assert put.status_code in (200, 201), put.text
@@ -297,6 +299,8 @@ def world_base(request, tmp_path_factory) -> Iterator[World]:
         }
         classification = {"name": "e-mail", "sensitivity": "confidential", "rules": [{"detector": "email"}]}
         world.ids["classificationId"] = world.post(f"{base}/classifications", json=classification)["id"]
+        marts = {"resource_type": "iceberg_namespace", "name": "marts", "config": {"properties": {"owner": "bi"}}}
+        world.ids["resourceId"] = world.post(f"{base}/infrastructure", json=marts)["id"]
         yield world
     for read_only in (False, True):  # schemathesis' client holds on to the app until the process ends
         engine_for(settings.metadata_url, read_only=read_only).dispose()

@@ -1,37 +1,23 @@
-"""Applying stored plans (rime_dagster.infrastructure.apply) on a real store and Iceberg catalog, declared and
-planned through the API: everything made for real, a second plan all no-op, a column added applied as a schema
-change, a failed change keeping what completed and the next plan showing exactly what remains, stale plans refused."""
+"""Applying stored plans (the infrastructure_apply job, run in process) on a real store and Iceberg catalog, declared
+and planned through the API: everything made for real, a second plan all no-op, a column added applied as a schema
+change, deletions in order, a failed change keeping what completed and the next plan showing exactly what remains,
+stale and finished plans refused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
+import dagster as dg
 import pytest
 from pyiceberg.exceptions import NoSuchNamespaceError
 
-from api_shim.main import create_app
-from api_shim.services import infrastructure as service
-from rime_dagster.infrastructure.apply import PlanNotApplicable, StalePlan, apply_plan
-from rime_dagster.store.models import Project
-from tests.conftest import Clients, make_settings, role_clients
+from rime_dagster.infrastructure.jobs import apply_run_config, infrastructure_definitions
+from rime_dagster.resources import MetadataStoreResource
+from tests.conftest import Clients
 
 TABLE = {
     "namespace": "marts",
     "schema": [{"name": "id", "type": "long", "required": True}, {"name": "region", "type": "string"}],
     "partition_spec": [{"source": "region"}],
 }
-
-
-@pytest.fixture
-def clients(tmp_path) -> Iterator[Clients]:
-    settings = make_settings(tmp_path)
-    with role_clients(create_app(settings), settings) as clients:
-        yield clients
-
-
-@pytest.fixture
-def project(clients) -> dict:
-    return clients.admin.post("/api/v1/projects", json={"name": "infra"}).json()
 
 
 def url(project: dict, *parts: str) -> str:
@@ -52,12 +38,20 @@ def plan(clients: Clients, project: dict) -> dict:
     return response.json()
 
 
-def apply(clients: Clients, project: dict, plan_id: str) -> list:
-    app = clients.app
-    with app.state.sessions() as session:
-        row = session.get(Project, project["id"])
-        target = service.target(app.state.settings, app.state.iceberg, row)
-    return apply_plan(app.state.sessions, app.state.cipher, target, plan_id)
+def run(clients: Clients, project: dict, plan_id: str) -> dg.ExecuteInProcessResult:
+    """The plan applied as Dagster runs it, in this process (the API launches the same job on the instance)."""
+    store = MetadataStoreResource(database_url=clients.app.state.settings.metadata_url)
+    defs = dg.Definitions.merge(infrastructure_definitions(), dg.Definitions(resources={"metadata_store": store}))
+    return defs.resolve_job_def("infrastructure_apply").execute_in_process(
+        run_config=apply_run_config(project["id"], plan_id),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def start_error(result: dg.ExecuteInProcessResult) -> str:
+    failure = result.failure_data_for_node("start")
+    return str(failure.error) if failure is not None else ""
 
 
 def resource(clients: Clients, project: dict, resource_id: str) -> dict:
@@ -69,19 +63,14 @@ def test_apply_makes_everything_then_a_second_plan_is_all_no_op(clients, project
     namespace = declare(clients, project, "iceberg_namespace", "marts")
     table = declare(clients, project, "iceberg_table", "orders", TABLE)
     first = plan(clients, project)
-    outcomes = apply(clients, project, first["plan_id"])
-    assert [(o.name, o.action, o.status) for o in outcomes] == [
-        ("marts", "create", "succeeded"),
-        ("orders", "create", "succeeded"),
-    ]
+    assert run(clients, project, first["plan_id"]).success
     assert catalog.load_table((project["namespace"], "marts", "orders")).spec().fields[0].name == "region"
     for declared in (namespace, table):
         now = resource(clients, project, declared["id"])
         assert now["state"] == "applied" and now["applied_revision"] == 1 and now["applied_at"]
     second = plan(clients, project)
     assert second["summary"] == {"create": 0, "update": 0, "delete": 0, "unchanged": 2}
-    with pytest.raises(PlanNotApplicable, match="applied"):
-        apply(clients, project, first["plan_id"])
+    assert "is applied" in start_error(run(clients, project, first["plan_id"]))  # never twice
 
     # A column added to the declaration: one update, applied as a schema change.
     wider = {**TABLE, "schema": [*TABLE["schema"], {"name": "channel", "type": "string"}]}
@@ -89,7 +78,7 @@ def test_apply_makes_everything_then_a_second_plan_is_all_no_op(clients, project
     assert patched.json()["state"] == "pending" and patched.json()["revision"] == 2
     third = plan(clients, project)
     assert third["summary"] == {"create": 0, "update": 1, "delete": 0, "unchanged": 1}
-    assert [o.status for o in apply(clients, project, third["plan_id"]) if o.action == "update"] == ["succeeded"]
+    assert run(clients, project, third["plan_id"]).success
     columns = catalog.load_table((project["namespace"], "marts", "orders")).schema().column_names
     assert columns == ["id", "region", "channel"]
     assert plan(clients, project)["summary"]["unchanged"] == 2
@@ -100,7 +89,7 @@ def test_apply_makes_everything_then_a_second_plan_is_all_no_op(clients, project
         assert resource(clients, project, declared["id"])["state"] == "deleting"
     fourth = plan(clients, project)
     assert [(c["action"], c["name"]) for c in fourth["changes"]] == [("delete", "orders"), ("delete", "marts")]
-    assert all(o.status == "succeeded" for o in apply(clients, project, fourth["plan_id"]))
+    assert run(clients, project, fourth["plan_id"]).success
     with pytest.raises(NoSuchNamespaceError):
         catalog.load_namespace_properties((project["namespace"], "marts"))
     assert clients.as_role("viewer").get(url(project)).json()["data"] == []
@@ -114,8 +103,7 @@ def test_a_failed_change_stops_its_dependents_keeps_the_rest_and_the_next_plan_s
     made = plan(clients, project)
     # Behind the platform's back, after the plan: the namespace appears. The plan is stale: nothing is applied.
     catalog.create_namespace((project["namespace"], "marts"))
-    with pytest.raises(StalePlan):
-        apply(clients, project, made["plan_id"])
+    assert "is stale" in start_error(run(clients, project, made["plan_id"]))
     assert catalog.list_tables(project["namespace"]) == []
     assert clients.as_role("viewer").get(url(project)).json()["data"][0]["state"] == "pending"
 
@@ -123,7 +111,7 @@ def test_a_failed_change_stops_its_dependents_keeps_the_rest_and_the_next_plan_s
     # that does not depend on it.
     catalog.drop_namespace((project["namespace"], "marts"))
     first = plan(clients, project)
-    assert all(o.status == "succeeded" for o in apply(clients, project, first["plan_id"]))
+    assert run(clients, project, first["plan_id"]).success
     stricter = {**TABLE, "schema": [*TABLE["schema"], {"name": "tier", "type": "string", "required": True}]}
     lead = clients.as_role("lead_data_engineer")
     orders = [r for r in lead.get(url(project)).json()["data"] if r["name"] == "orders"][0]
@@ -131,11 +119,10 @@ def test_a_failed_change_stops_its_dependents_keeps_the_rest_and_the_next_plan_s
     lead.patch(url(project, loose["id"]), json={"config": {**TABLE, "namespace": None, "properties": {"a": "b"}}})
     second = plan(clients, project)
     assert second["summary"] == {"create": 0, "update": 2, "delete": 0, "unchanged": 1}
-    outcomes = {o.name: o for o in apply(clients, project, second["plan_id"])}
-    assert outcomes["orders"].status == "failed" and "cannot be added as required" in outcomes["orders"].message
-    assert outcomes["events"].status == "succeeded"  # does not depend on the failed change: applied
+    assert not run(clients, project, second["plan_id"]).success
     failed = resource(clients, project, orders["id"])
-    assert failed["state"] == "failed" and "required" in failed["last_error"]
+    assert failed["state"] == "failed" and "cannot be added as required" in failed["last_error"]
+    assert resource(clients, project, loose["id"])["state"] == "applied"  # its own step, beside the failed one
     assert catalog.load_table((project["namespace"], "events")).properties["a"] == "b"
     remaining = plan(clients, project)
     assert [(c["action"], c["name"]) for c in remaining["changes"] if c["action"] != "no-op"] == [("update", "orders")]

@@ -12,43 +12,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from api_shim.main import create_app
-from rime_dagster.infrastructure.jobs import LEVELS, infrastructure_definitions
+from rime_dagster.infrastructure.jobs import LEVELS
 from rime_dagster.infrastructure.providers import KNOWN_TYPES, provider
-from rime_dagster.resources import MetadataStoreResource
-from rime_dagster.settings import get_settings
-from tests.conftest import Clients, make_settings, role_clients
-from tests.infrastructure.test_apply import TABLE, declare, plan, resource, url
-
-
-@pytest.fixture
-def clients(request, tmp_path, monkeypatch) -> Iterator[Clients]:
-    extra = {}
-    if request.node.get_closest_marker("postgres"):  # PostgreSQL schemas go to the throwaway server
-        extra["infra_postgres_url"] = request.getfixturevalue("postgres_url")
-        monkeypatch.setenv("RIME_INFRA_POSTGRES_URL", extra["infra_postgres_url"])
-    settings = make_settings(tmp_path, **extra)
-    monkeypatch.setenv("RIME_HOME", str(settings.home))  # the run reads the settings as a deployment's run does
-    monkeypatch.setenv("RIME_SECRET_KEY", settings.secret_key)
-    get_settings.cache_clear()
-    with role_clients(create_app(settings), settings) as clients:
-        yield clients
-    get_settings.cache_clear()
-
-
-@pytest.fixture
-def project(clients) -> dict:
-    return clients.admin.post("/api/v1/projects", json={"name": "infra"}).json()
-
-
-def run(clients: Clients, project: dict, plan_id: str) -> dg.ExecuteInProcessResult:
-    store = MetadataStoreResource(database_url=clients.app.state.settings.metadata_url)
-    defs = dg.Definitions.merge(infrastructure_definitions(), dg.Definitions(resources={"metadata_store": store}))
-    return defs.resolve_job_def("infrastructure_apply").execute_in_process(
-        run_config={"ops": {"start": {"config": {"project_id": project["id"], "plan_id": plan_id}}}},
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+from tests.conftest import Clients
+from tests.infrastructure.test_apply import TABLE, declare, plan, resource, run, url
 
 
 def test_every_providers_level_is_a_wave():
