@@ -9,6 +9,7 @@ import pytest
 
 from api_shim.main import create_app
 from tests.conftest import Clients, make_settings, role_clients
+from tests.support.infrastructure import api_plan, declare, infra_url
 
 TABLE = {
     "schema": [{"name": "id", "type": "long", "required": True}, {"name": "region", "type": "string"}],
@@ -30,21 +31,7 @@ def project(clients) -> dict:
 
 
 def base(project: dict) -> str:
-    return f"/api/v1/projects/{project['id']}/infrastructure"
-
-
-def declare(clients: Clients, project: dict, resource_type: str, name: str, config: dict | None = None) -> dict:
-    response = clients.as_role("lead_data_engineer").post(
-        base(project), json={"resource_type": resource_type, "name": name, "config": config or {}}
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def make_plan(clients: Clients, project: dict) -> dict:
-    response = clients.as_role("lead_data_engineer").post(f"{base(project)}/plan")
-    assert response.status_code == 201, response.text
-    return response.json()
+    return infra_url(project)
 
 
 def test_declare_read_update_and_delete_a_resource(clients, project):
@@ -70,7 +57,7 @@ def test_a_plan_compares_declarations_with_what_exists(clients, project):
     catalog = clients.app.state.iceberg.catalog()
     namespace = declare(clients, project, "iceberg_namespace", "marts", {"properties": {"owner": "bi"}})
     table = declare(clients, project, "iceberg_table", "orders", TABLE)
-    plan = make_plan(clients, project)
+    plan = api_plan(clients, project)
     assert plan["plan_id"].startswith("plan_") and plan["status"] == "planned"
     assert plan["summary"] == {"create": 2, "update": 0, "delete": 0, "unchanged": 0}
     assert [(c["action"], c["resource_id"]) for c in plan["changes"]] == [
@@ -91,7 +78,7 @@ def test_a_plan_compares_declarations_with_what_exists(clients, project):
         Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "region", StringType())),
         properties={"write.parquet.compression-codec": "snappy"},
     )
-    plan = make_plan(clients, project)
+    plan = api_plan(clients, project)
     assert plan["summary"] == {"create": 0, "update": 1, "delete": 0, "unchanged": 1}
     [update] = [c for c in plan["changes"] if c["action"] == "update"]
     assert update["resource_id"] == table["id"]
@@ -103,7 +90,7 @@ def test_a_plan_compares_declarations_with_what_exists(clients, project):
     assert update.get("statements") is None  # Iceberg changes run no SQL
 
     catalog.drop_table((project["namespace"], "orders"))
-    assert make_plan(clients, project)["summary"]["create"] == 1  # dropped behind the back: to create again
+    assert api_plan(clients, project)["summary"]["create"] == 1  # dropped behind the back: to create again
 
 
 @pytest.mark.parametrize(
@@ -158,7 +145,7 @@ def test_leads_write_viewers_read_and_writes_and_plans_are_audited(clients, proj
     created = declare(clients, project, "iceberg_namespace", "marts")
     assert viewer.get(f"{base(project)}/{created['id']}").status_code == 200
     assert viewer.patch(f"{base(project)}/{created['id']}", json={"config": {}}).status_code == 403
-    plan = make_plan(clients, project)
+    plan = api_plan(clients, project)
     entries = clients.admin.get(
         f"/api/v1/projects/{project['id']}/audit-logs", params={"resource_type": "infrastructure", "limit": 100}
     ).json()["data"]
@@ -175,7 +162,7 @@ def test_apply_refuses_what_it_must_and_a_failed_launch_leaves_the_plan_to_retry
     lead = clients.as_role("lead_data_engineer")
     assert lead.post(f"{base(project)}/apply", json={}).status_code == 404  # no plan yet
     declare(clients, project, "iceberg_namespace", "marts")
-    made = make_plan(clients, project)
+    made = api_plan(clients, project)
     down = lead.post(f"{base(project)}/apply", json={"plan_id": made["plan_id"]})
     assert down.status_code == 503, down.text
     with clients.app.state.sessions() as session:
@@ -194,7 +181,7 @@ def test_a_snowflake_resource_plans_its_ddl_and_apply_is_refused_without_an_acco
     database = declare(
         clients, project, "snowflake_database", "analytics", {"comment": "Team's", "data_retention_days": 7}
     )
-    plan = make_plan(clients, project)
+    plan = api_plan(clients, project)
     [change] = plan["changes"]
     assert change["action"] == "create" and change["resource_id"] == database["id"]
     namespace = project["namespace"].upper()

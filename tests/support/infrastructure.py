@@ -1,4 +1,5 @@
-"""Helpers of the infrastructure provider tests: a declaration as the API stores it, and one resource's plan."""
+"""Helpers of the infrastructure tests: a declaration as the API stores it and one resource's plan (provider tests);
+declaring and planning through the API (API and apply tests)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,23 @@ def plan(target: Target, resource: Declared) -> tuple[str, dict | None]:
 
 def no_catalog():
     raise AssertionError("this provider does not use the Iceberg catalog")
+
+
+def infra_url(project: dict, *parts: str) -> str:
+    return "/".join([f"/api/v1/projects/{project['id']}/infrastructure", *parts])
+
+
+def declare(clients, project: dict, resource_type: str, name: str, config: dict | None = None) -> dict:
+    """A resource declared through the API by a lead (201)."""
+    response = clients.as_role("lead_data_engineer").post(
+        infra_url(project), json={"resource_type": resource_type, "name": name, "config": config or {}}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def api_plan(clients, project: dict) -> dict:
+    """A plan made through the API by a lead (201)."""
+    response = clients.as_role("lead_data_engineer").post(infra_url(project, "plan"))
+    assert response.status_code == 201, response.text
+    return response.json()
