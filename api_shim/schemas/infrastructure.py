@@ -77,6 +77,9 @@ class PlanResponse(ResponseModel):
     plan_id: str
     created_at: Timestamp
     status: Literal["planned", "applying", "applied", "failed"]
+    dagster_run_id: str | None = Field(
+        None, description="The run of infrastructure_apply that applies it, once launched."
+    )
     changes: list[PlanChange]
     summary: PlanSummary
 

@@ -249,6 +249,7 @@ def apply(
         raise Unprocessable(
             "Some changes cannot be applied on this deployment: nothing was applied.", details=unavailable
         )
+    _release_ended_applies(sessions, dagster, project)
     other = InfraPlan.__table__.alias("other")
     with sessions.begin() as session:  # planned -> applying, unless another apply of the project runs
         result = session.execute(
@@ -270,4 +271,31 @@ def apply(
         with sessions.begin() as session:
             session.execute(sql_update(InfraPlan).where(InfraPlan.id == plan_id).values(status="planned"))
         raise
+    with sessions.begin() as session:  # what lets a later apply see that this one's run has ended
+        session.execute(
+            sql_update(InfraPlan).where(InfraPlan.id == plan_id).values(dagster_run_id=launched.dagster_run_id)
+        )
     return ApplyRun(plan_id=plan_id, **launch_summary(dagster, launched))
+
+
+def _release_ended_applies(sessions: sessionmaker[Session], dagster: DagsterClient, project: Project) -> None:
+    """A plan still `applying` whose run has ended without finishing it (the run worker died, the run was canceled
+    or failed before its first change) is failed, so it no longer holds the project's apply back."""
+    from dagster import DagsterRunStatus
+
+    ended = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+    with sessions() as session:
+        applying = session.execute(
+            select(InfraPlan.id, InfraPlan.dagster_run_id).where(
+                InfraPlan.project_id == project.id, InfraPlan.status == "applying", InfraPlan.dagster_run_id.isnot(None)
+            )
+        ).all()
+    for plan_id, run_id in applying:
+        record = dagster.run_record(run_id) if run_id else None
+        if record is not None and record.dagster_run.status in ended:
+            with sessions.begin() as session:
+                session.execute(
+                    sql_update(InfraPlan)
+                    .where(InfraPlan.id == plan_id, InfraPlan.status == "applying")
+                    .values(status="failed")
+                )

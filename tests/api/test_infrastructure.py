@@ -201,3 +201,39 @@ def test_a_snowflake_resource_plans_its_ddl_and_apply_is_refused_without_an_acco
         from rime_dagster.store.models import InfraPlan
 
         assert session.get(InfraPlan, plan["plan_id"]).status == "planned"  # nothing was applied or claimed
+
+
+def test_an_apply_whose_run_ended_unfinished_no_longer_holds_the_project_back(clients, project):
+    """What a run worker that died leaves: a plan `applying`, its run ended in Dagster's run storage. The next apply
+    fails that plan and goes on (here to the launch, which fails: Dagster is not running); while the run is still
+    going, the next apply is a 409."""
+    import dagster as dg
+
+    from rime_dagster.store.models import InfraPlan
+
+    lead = clients.as_role("lead_data_engineer")
+    declare(clients, project, "iceberg_namespace", "marts")
+    stuck = api_plan(clients, project)["plan_id"]
+
+    @dg.op
+    def noop() -> None:
+        pass
+
+    @dg.job
+    def infrastructure_apply() -> None:
+        noop()
+
+    instance = clients.app.state.dagster.instance()
+    run = instance.create_run_for_job(job_def=infrastructure_apply, run_config={})
+    with clients.app.state.sessions.begin() as session:
+        session.get(InfraPlan, stuck).status, session.get(InfraPlan, stuck).dagster_run_id = "applying", run.run_id
+    fresh = api_plan(clients, project)["plan_id"]
+    held = lead.post(f"{base(project)}/apply", json={"plan_id": fresh})
+    assert held.status_code == 409 and "Another apply" in held.json()["error"]["message"]  # its run has not ended
+
+    instance.report_run_failed(run)
+    released = lead.post(f"{base(project)}/apply", json={"plan_id": fresh})
+    assert released.status_code == 503, released.text  # past the lock, to the launch
+    with clients.app.state.sessions() as session:
+        assert session.get(InfraPlan, stuck).status == "failed"
+        assert session.get(InfraPlan, fresh).status == "planned"  # the launch failed: to retry
