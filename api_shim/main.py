@@ -43,6 +43,7 @@ from api_shim.routes import (
     infrastructure,
     masking_policies,
     notification_channels,
+    pipeline_documents,
     pipeline_watch,
     pipelines,
     projects,
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         classifications.router,
         masking_policies.router,
         infrastructure.router,
+        pipeline_documents.router,
     ):
         add_routes(app, router)
 

@@ -254,3 +254,30 @@ class PipelineRunLogs(ResponseModel):
     status: RunStatus
     logs: list[PipelineLogLine]
     next_after: int | None = Field(description="Set when more lines follow: the `after` of the next read.")
+
+
+PIPELINE_FORMAT_VERSION = 1  # what GET .../export writes and POST .../import reads at most
+
+
+class PipelineDefinition(PipelineCreate):
+    """A pipeline as a document holds it: what creating it takes, and whether it is paused."""
+
+    status: Literal["active", "paused"] = "active"
+
+
+class PipelineDocument(RequestModel):
+    """An exported pipeline: portable between environments as JSON or YAML (`rime apply -f pipeline.yaml`)."""
+
+    format_version: int = Field(
+        ge=1, description=f"The document format; this server writes and reads up to {PIPELINE_FORMAT_VERSION}."
+    )
+    kind: Literal["pipeline"] = "pipeline"
+    pipeline: PipelineDefinition
+
+    @field_validator("format_version")
+    @classmethod
+    def _known(cls, value: int) -> int:
+        if value > PIPELINE_FORMAT_VERSION:
+            newest = PIPELINE_FORMAT_VERSION
+            raise ValueError(f"Format {value} is newer than this server reads ({newest}): upgrade Rime.")
+        return value

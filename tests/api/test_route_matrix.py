@@ -249,6 +249,11 @@ CASES: dict[tuple[str, str], Case] = {
         "json": {"name": unique("pl"), "steps": sync_step(c)},
     },
     ("GET", PIPE + "/{pipelineId}"): lambda c, r: {"url": pipe_url(c)},
+    ("GET", PIPE + "/{pipelineId}/export"): lambda c, r: {"url": pipe_url(c) + "/export"},
+    ("POST", PIPE + "/import"): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}/pipelines/import",
+        "json": {"format_version": 1, "pipeline": {"name": unique("imported"), "steps": sync_step(c)}},
+    },
     ("PATCH", PIPE + "/{pipelineId}"): lambda c, r: {"url": pipe_url(c), "json": {"retries": 2}},
     ("DELETE", PIPE + "/{pipelineId}"): lambda c, r: {
         "url": f"/api/v1/projects/{c.project_id}/pipelines/{c.spare_pipeline()}"
