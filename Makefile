@@ -53,9 +53,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/definitions_churn.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check api_shim rime_dagster tests bench
+	$(BIN)/ruff check api_shim rime_dagster rime_client tests bench
 	$(BIN)/lint-imports
-	$(BIN)/mypy api_shim rime_dagster
+	$(BIN)/mypy api_shim rime_dagster rime_client
 
 clean:
 	rm -rf $(VENV) .rime
