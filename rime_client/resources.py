@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import islice
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -21,9 +21,7 @@ from rime_client.models import (
     Project,
     RunStarted,
 )
-
-if TYPE_CHECKING:
-    from rime_client.runs import RunHandle
+from rime_client.runs import RunHandle
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -63,6 +61,17 @@ class Projects:
         body = {"name": name, "description": description}
         return Project.model_validate(self._http.request("POST", "/projects", json=body))
 
+    def update(self, project: str, *, name: str | None = None, description: str | None = None) -> Project:
+        """Renames or redescribes the project; the fields left None are kept."""
+        changes = {k: v for k, v in (("name", name), ("description", description)) if v is not None}
+        path = f"/projects/{_seg(self.get(project).id)}"
+        return Project.model_validate(self._http.request("PATCH", path, json=changes))
+
+    def delete(self, project: str, *, purge_data: bool = False) -> None:
+        """Deletes the project and all its resources (admins only); `purge_data` drops its Iceberg tables too."""
+        path = f"/projects/{_seg(self.get(project).id)}"
+        self._http.request("DELETE", path, params={"purge_data": "true" if purge_data else "false"})
+
 
 class _InProject:
     def __init__(self, http: Http, projects: Projects, default_project: str | None):
@@ -85,6 +94,13 @@ class Connectors(_InProject):
     def get(self, connector_id: str, *, project: str | None = None) -> Connector:
         return Connector.model_validate(self._http.request("GET", f"{self._base(project)}/{_seg(connector_id)}"))
 
+    def create(self, body: dict[str, Any], *, project: str | None = None) -> Connector:
+        """`body` as the API takes it: name, connector_type, config, credentials, selected_tables, schedule, ..."""
+        return Connector.model_validate(self._http.request("POST", self._base(project), json=body))
+
+    def delete(self, connector_id: str, *, project: str | None = None) -> None:
+        self._http.request("DELETE", f"{self._base(project)}/{_seg(connector_id)}")
+
     def sync(self, connector_id: str, *, project: str | None = None, full_refresh: bool = False) -> RunStarted:
         """Starts a sync (202), under an Idempotency-Key its retries reuse."""
         path = f"{self._base(project)}/{_seg(connector_id)}/sync"
@@ -104,30 +120,39 @@ class Pipelines(_InProject):
         return f"/projects/{_seg(self._project_id(project))}/pipelines"
 
     def _resolve(self, pipeline: str, project: str | None) -> tuple[str, Pipeline]:
-        """(the project's pipelines path, the pipeline) by id, else exact name."""
+        """(the pipeline's path, the pipeline) by id, else exact name."""
         base = self._base(project)
         if pipeline.startswith("pipe_"):
             try:
-                return base, Pipeline.model_validate(self._http.request("GET", f"{base}/{_seg(pipeline)}"))
+                found = Pipeline.model_validate(self._http.request("GET", f"{base}/{_seg(pipeline)}"))
+                return f"{base}/{_seg(found.id)}", found
             except NotFound:
                 pass
-        found = next(
-            (p for p in _items(self._http, base, Pipeline, limit=None, page_size=100) if p.name == pipeline), None
-        )
-        if found is None:
+        listed = _items(self._http, base, Pipeline, limit=None, page_size=100)
+        match = next((p for p in listed if p.name == pipeline), None)
+        if match is None:
             raise not_found("pipeline", pipeline, f" in project '{project or self._default}'")
-        return base, found
+        return f"{base}/{_seg(match.id)}", match
 
     def list(self, *, project: str | None = None, limit: int | None = None, page_size: int = 50) -> Iterator[Pipeline]:
         return _items(self._http, self._base(project), Pipeline, limit=limit, page_size=page_size)
 
     def get(self, pipeline: str, *, project: str | None = None) -> Pipeline:
-        base, found = self._resolve(pipeline, project)
-        return Pipeline.model_validate(self._http.request("GET", f"{base}/{_seg(found.id)}"))
+        path, _ = self._resolve(pipeline, project)
+        return Pipeline.model_validate(self._http.request("GET", path))
 
     def create(self, body: dict[str, Any], *, project: str | None = None) -> Pipeline:
-        """`body` as the API takes it: name, steps (the DAG), schedule, variables, ..."""
+        """`body` as the API takes it: name, steps (the DAG), schedule, variables, triggers, ..."""
         return Pipeline.model_validate(self._http.request("POST", self._base(project), json=body))
+
+    def update(self, pipeline: str, changes: dict[str, Any], *, project: str | None = None) -> Pipeline:
+        """A partial update (JSON merge semantics): only the fields in `changes`."""
+        path, _ = self._resolve(pipeline, project)
+        return Pipeline.model_validate(self._http.request("PATCH", path, json=changes))
+
+    def delete(self, pipeline: str, *, project: str | None = None) -> None:
+        path, _ = self._resolve(pipeline, project)
+        self._http.request("DELETE", path)
 
     def run(
         self,
@@ -138,14 +163,10 @@ class Pipelines(_InProject):
         variables: dict[str, Any] | None = None,
     ) -> RunHandle:
         """Starts a run (under an Idempotency-Key its retries reuse); `.wait()` on the answer follows it."""
-        from rime_client.runs import RunHandle
-
-        base, found = self._resolve(pipeline, project)
-        body: dict[str, Any] = {"full_refresh": full_refresh}
-        if variables is not None:
-            body["variables"] = variables
-        started = self._http.request("POST", f"{base}/{_seg(found.id)}/run", json=body, idempotent_post=True)
-        return RunHandle(self._http, base=f"{base}/{_seg(found.id)}", pipeline_id=found.id, started=started)
+        path, found = self._resolve(pipeline, project)
+        body = {"full_refresh": full_refresh, "variables": variables}
+        started = self._http.request("POST", f"{path}/run", json=body, idempotent_post=True)
+        return RunHandle(self._http, base=path, pipeline_id=found.id, started=started)
 
     def plan(
         self,
@@ -156,17 +177,18 @@ class Pipelines(_InProject):
         variables: dict[str, Any] | None = None,
     ) -> PipelineRunPlan:
         """A dry run: the steps validated and the ordered plan; nothing is launched."""
-        base, found = self._resolve(pipeline, project)
-        body = {"full_refresh": full_refresh, "dry_run": True, "variables": variables}
-        answer = self._http.request("POST", f"{base}/{_seg(found.id)}/run", json=body, idempotent_post=True)
-        return PipelineRunPlan.model_validate(answer)
+        path, _ = self._resolve(pipeline, project)
+        body = {"full_refresh": full_refresh, "variables": variables, "dry_run": True}
+        return PipelineRunPlan.model_validate(
+            self._http.request("POST", f"{path}/run", json=body, idempotent_post=True)
+        )
 
     def runs(
         self, pipeline: str, *, project: str | None = None, limit: int | None = None, page_size: int = 20
     ) -> Iterator[PipelineRun]:
         """The pipeline's run history, newest first."""
-        base, found = self._resolve(pipeline, project)
-        return _items(self._http, f"{base}/{_seg(found.id)}/runs", PipelineRun, limit=limit, page_size=page_size)
+        path, _ = self._resolve(pipeline, project)
+        return _items(self._http, f"{path}/runs", PipelineRun, limit=limit, page_size=page_size)
 
 
 class Runs:
@@ -176,10 +198,9 @@ class Runs:
         self._http, self._pipelines = http, pipelines
 
     def handle(self, run_id: str, *, pipeline: str, project: str | None = None) -> RunHandle:
-        from rime_client.runs import RunHandle
-
-        base, found = self._pipelines._resolve(pipeline, project)
-        return RunHandle(self._http, base=f"{base}/{_seg(found.id)}", pipeline_id=found.id, run_id=run_id)
+        """The run to read, cancel or `wait()` for."""
+        path, found = self._pipelines._resolve(pipeline, project)
+        return RunHandle(self._http, base=path, pipeline_id=found.id, run_id=run_id)
 
     def get(self, run_id: str, *, pipeline: str, project: str | None = None) -> PipelineRun:
         return self.handle(run_id, pipeline=pipeline, project=project).get()

@@ -8,6 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from websockets.exceptions import ConnectionClosedOK, WebSocketException
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
+
 from rime_client._http import API_PREFIX, Http
 from rime_client.models import TERMINAL, PipelineRun
 
@@ -17,6 +21,10 @@ log = logging.getLogger(__name__)
 POLL_FIRST, POLL_FACTOR, POLL_MAX = 0.5, 1.5, 5.0
 
 Update = Callable[[dict[str, Any]], None]
+
+
+class FeedFailed(Exception):
+    """The server's `error` message on a run's WebSocket: its reading of the run failed (close 1011)."""
 
 
 class RunHandle:
@@ -59,9 +67,11 @@ class RunHandle:
             try:
                 if self._follow_socket(deadline, on_update):
                     return self.get()
-            except TimeoutError:
+            except TimeoutError:  # an OSError too: the deadline, not a socket to give up on
                 raise
-            except Exception as exc:  # no websockets library, a proxy that refuses upgrades, a dropped socket
+            except (OSError, WebSocketException, FeedFailed, ValueError) as exc:
+                # Refused (401, 404, 429), a proxy that refuses upgrades, a dropped socket, the server's feed failing:
+                # the run is still readable over HTTP. Errors of `on_update` are the caller's and go up.
                 log.info("following run %s over its WebSocket failed (%s); polling", self.run_id, exc)
         return self._poll(deadline, on_update)
 
@@ -73,10 +83,6 @@ class RunHandle:
 
     def _follow_socket(self, deadline: float, on_update: Update | None) -> bool:
         """True once the server closed the socket after the run's final `run_update`."""
-        from websockets.exceptions import ConnectionClosedOK
-        from websockets.sync.client import connect
-        from websockets.typing import Subprotocol
-
         # The token as the subprotocols `bearer, <token>` keeps it out of URLs (which servers and proxies log).
         protocols = [Subprotocol("bearer"), Subprotocol(self._http.token)] if self._http.token else None
         ended = False
@@ -87,7 +93,7 @@ class RunHandle:
                 except ConnectionClosedOK:
                     return ended
                 if message.get("type") == "error":
-                    raise RuntimeError(message.get("message", "the run's feed failed"))
+                    raise FeedFailed(message.get("message", "the run's feed failed"))
                 if message.get("type") == "run_update":
                     self.status = message["status"]
                     ended = self.status in TERMINAL

@@ -39,12 +39,10 @@ def unique(prefix: str) -> str:
 
 def with_pipeline(client: Client, project_name: str, pipeline_name: str = "nightly") -> tuple[Project, Pipeline]:
     project = client.projects.create(project_name, description="sdk test")
-    connector = client._http.request(
-        "POST",
-        f"/projects/{project.id}/connectors",
-        json={"name": "Shop", "connector_type": "files", "config": {}, "selected_tables": ["orders"]},
+    connector = client.connectors.create(
+        {"name": "Shop", "connector_type": "files", "config": {}, "selected_tables": ["orders"]}, project=project.id
     )
-    sync = {"id": "sync", "type": "connector_sync", "config": {"connector_id": connector["id"]}}
+    sync = {"id": "sync", "type": "connector_sync", "config": {"connector_id": connector.id}}
     return project, client.pipelines.create({"name": pipeline_name, "steps": [sync]}, project=project.id)
 
 
@@ -120,6 +118,30 @@ def test_names_work_where_ids_do(api: Served):
             client.pipelines.run("nightly", project="nowhere")
         with Client(api.url, api.admin_token, project=name) as scoped:  # a default project
             assert [p.id for p in scoped.pipelines.list()] == [pipeline.id]
+
+
+def test_updates_and_deletes_by_name(api: Served):
+    with Client(api.url, api.admin_token) as client:
+        name = unique("edited")
+        project, _ = with_pipeline(client, name)
+        assert client.pipelines.update("nightly", {"schedule": "0 2 * * *"}, project=name).schedule == "0 2 * * *"
+        client.pipelines.delete("nightly", project=name)
+        assert list(client.pipelines.list(project=name)) == []
+        renamed = client.projects.update(name, description="renamed", name=name + "-new")
+        assert (renamed.id, renamed.name, renamed.description) == (project.id, name + "-new", "renamed")
+        client.projects.delete(name + "-new")
+        with pytest.raises(NotFound):
+            client.projects.get(project.id)
+
+
+def test_wait_on_a_run_that_does_not_exist(api: Served):
+    """The WebSocket refuses the connect (404): the wait falls back to polling, whose read names the error."""
+    with Client(api.url, api.admin_token) as client:
+        project, pipeline = with_pipeline(client, unique("no-run"))
+        run = client.runs.handle("run_" + "0" * 32, pipeline="nightly", project=project.id)
+        with pytest.raises(NotFound) as caught:
+            run.wait(timeout=10)
+        assert caught.value.request_id.startswith("req_") and run.run_id in caught.value.message
 
 
 def test_connectors(api: Served):
