@@ -16,7 +16,8 @@ class Client:
     the project-scoped resources use when a call names none.
 
     `max_retries`: retries of a call answered 429 (after its Retry-After, when at most `max_retry_after` s), or 503
-    or unreachable for reads and keyed triggers; `backoff`: the first wait when the server names none."""
+    or unreachable for reads and keyed triggers; `backoff`: the first wait when the server names none.
+    `event_hooks`: httpx's (e.g. {"request": [log_request]}), called for every attempt."""
 
     def __init__(
         self,
