@@ -4,9 +4,10 @@ Idempotency-Key, and following a run to its end over the WebSocket and by pollin
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -207,29 +208,42 @@ def test_429_waits_for_retry_after_and_the_server_sees_one_key(tmp_path):
             assert caught.value.code == "rate_limited" and caught.value.retry_after == 1
 
 
-@pytest.mark.slow  # each runs a Dagster job in process: a second or two
+RUN_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import dagster as dg
+
+gate, tags = Path(sys.argv[1]), json.loads(sys.argv[2])
+
+@dg.op(name="step_sync")
+def step_sync() -> None:
+    deadline = time.monotonic() + 60
+    while not gate.exists():
+        assert time.monotonic() < deadline, "the test never opened the gate"
+        time.sleep(0.05)
+
+@dg.job(name="sdk_wait")
+def job() -> None:
+    step_sync()
+
+assert job.execute_in_process(instance=dg.DagsterInstance.get(), tags=tags).success
+"""
+
+
+@pytest.mark.slow  # each runs a Dagster job in a process of its own: a few seconds
 class TestWait:
     """A pipeline run executed in process on the app's Dagster instance (tagged as the API tags it), followed."""
 
     @staticmethod
-    def start_run(api: Served, project: Project, pipeline: Pipeline, gate: threading.Event) -> threading.Thread:
-        import dagster as dg
-
+    def start_run(api: Served, project: Project, pipeline: Pipeline, gate: Path) -> subprocess.Popen:
+        """The run, in a process of its own on the app's DAGSTER_HOME (as a run worker is); its step waits for the
+        `gate` file. Not a thread of the test process: Dagster's compute-log capture swaps the process's stdout and
+        stderr, which under pytest-xdist left its `tail` helpers hanging for 30 s each."""
         from rime_dagster.pipelines.names import pipeline_tags
 
-        @dg.op(name="step_sync")
-        def step_sync() -> None:
-            assert gate.wait(30)
-
-        @dg.job(name="sdk_wait")
-        def job() -> None:
-            step_sync()
-
-        instance = api.app.state.dagster.instance()
         tags = {**pipeline_tags(project.id, pipeline.id), "rime/triggered_by": "sdk@example.com"}
-        thread = threading.Thread(target=lambda: job.execute_in_process(instance=instance, tags=tags), daemon=True)
-        thread.start()
-        return thread
+        env = {**os.environ, "DAGSTER_HOME": str(api.settings.dagster_home_path)}
+        return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(gate), json.dumps(tags)], env=env, cwd=ROOT)
 
     @staticmethod
     def run_of(client: Client, project: Project, pipeline: Pipeline) -> str:
@@ -242,8 +256,8 @@ class TestWait:
         raise AssertionError("the run did not appear in the run history")
 
     @pytest.mark.parametrize("websocket", [True, False], ids=["websocket", "polling"])
-    def test_wait_returns_the_finished_run_with_its_steps(self, api: Served, websocket: bool):
-        gate = threading.Event()
+    def test_wait_returns_the_finished_run_with_its_steps(self, api: Served, websocket: bool, tmp_path: Path):
+        gate = tmp_path / "gate"
         with Client(api.url, api.admin_token) as client:
             project, pipeline = with_pipeline(client, unique("wait"))
             thread = self.start_run(api, project, pipeline, gate)
@@ -253,10 +267,10 @@ class TestWait:
             def on_update(message: dict) -> None:
                 updates.append(message)
                 if message["type"] == "run_update":
-                    gate.set()  # the step ends once the client follows the run
+                    gate.touch()  # the step ends once the client follows the run
 
             finished = run.wait(timeout=60, on_update=on_update, websocket=websocket)
-            thread.join(30)
+            assert thread.wait(30) == 0
             assert finished.status == "succeeded" and run.status == "succeeded"
             assert [(s.step_id, s.status) for s in finished.steps] == [("sync", "completed")]
             assert updates[-1]["type"] == "run_update" and updates[-1]["status"] == "succeeded"
@@ -266,8 +280,8 @@ class TestWait:
             with pytest.raises(Conflict, match="already succeeded"):
                 client.runs.cancel(run.run_id, pipeline=pipeline.id, project=project.id)
 
-    def test_wait_times_out(self, api: Served):
-        gate = threading.Event()
+    def test_wait_times_out(self, api: Served, tmp_path: Path):
+        gate = tmp_path / "gate"
         with Client(api.url, api.admin_token) as client:
             project, pipeline = with_pipeline(client, unique("slow"))
             thread = self.start_run(api, project, pipeline, gate)
@@ -276,9 +290,9 @@ class TestWait:
                 with pytest.raises(TimeoutError):
                     run.wait(timeout=0.5, websocket=websocket)
             assert client.runs.get(run.run_id, pipeline=pipeline.id, project=project.id).status in ("queued", "running")
-            gate.set()
+            gate.touch()
             assert run.wait(timeout=60).status == "succeeded"
-            thread.join(30)
+            assert thread.wait(30) == 0
 
 
 def test_the_sdk_imports_nothing_of_the_server():
