@@ -115,6 +115,8 @@ def make_plan(target: Target, declarations: Sequence[Declaration]) -> Plan:
             changes.append(_change(target, declaration))
         except ProviderError as exc:
             failures[declaration.resource.resource_id] = str(exc)
+        except Exception as exc:  # not a provider's worded failure: its text may quote a driver's secret
+            failures[declaration.resource.resource_id] = f"Reading it failed unexpectedly ({type(exc).__name__})."
     if failures:
         raise UnreadableResources(failures)
     changes.sort(key=_order)
