@@ -1,4 +1,7 @@
-"""`rime` command: `rime migrate`, `rime bootstrap` and `rime up` (the whole platform, supervised).
+"""`rime` command: `rime migrate`, `rime bootstrap`, `rime up` (the platform) and the API's client commands.
+
+`rime up` runs the whole platform, supervised. The client commands (`rime login`, `rime pipelines run --wait`,
+`rime apply -f`, ...) are rime_client/cli's: the SDK over HTTP.
 
 `rime up` runs the `rime` code server, the Dagster webserver, the Dagster daemon and the API as
 child process groups; Ctrl-C or SIGTERM stops every one of them (SIGTERM, then SIGKILL after a
@@ -29,6 +32,7 @@ from typing import NoReturn
 import httpx
 
 from api_shim.dagster_client import ensure_dagster_home
+from rime_client import cli as client_cli
 from rime_dagster.platform import environment
 from rime_dagster.settings import Settings, get_settings
 
@@ -312,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("up", help="start Dagster webserver + daemon and the API")
     start.add_argument("--no-demo", action="store_true", help="do not load the demo project")
     start.add_argument("--ready-timeout", type=float, default=180.0)
+    client_cli.add_commands(sub)  # login, projects, connectors, pipelines, runs, apply: the SDK over HTTP
     args = parser.parse_args(argv)
+    if client_cli.handles(args):
+        return client_cli.run(args)
 
     settings = get_settings()
     from api_shim.main import configure_logging

@@ -183,6 +183,17 @@ class Pipelines(_InProject):
             self._http.request("POST", f"{path}/run", json=body, idempotent_post=True)
         )
 
+    def export(self, pipeline: str, *, project: str | None = None) -> dict[str, Any]:
+        """The pipeline's definition as a document (`format_version`, `kind`, `pipeline`): what `import_document`
+        takes back."""
+        path, _ = self._resolve(pipeline, project)
+        return self._http.request("GET", f"{path}/export", params={"format": "json"})
+
+    def import_document(self, document: dict[str, Any], *, project: str | None = None) -> Pipeline:
+        """Creates the pipeline the document defines or, when the project has one of that name, replaces its
+        definition (a field the document leaves out takes its default)."""
+        return Pipeline.model_validate(self._http.request("POST", f"{self._base(project)}/import", json=document))
+
     def runs(
         self, pipeline: str, *, project: str | None = None, limit: int | None = None, page_size: int = 20
     ) -> Iterator[PipelineRun]:

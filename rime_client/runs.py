@@ -61,7 +61,8 @@ class RunHandle:
     def wait(self, timeout: float = 300, *, on_update: Update | None = None, websocket: bool = True) -> PipelineRun:
         """The run once it has ended (succeeded, failed or canceled), with each step's status; TimeoutError after
         `timeout` seconds. Follows the run's WebSocket (each `step_update`/`run_update` message goes to
-        `on_update`), falling back to polling the run with backoff when the socket cannot be used."""
+        `on_update`), falling back to polling the run with backoff when the socket cannot be used (then `on_update` gets
+        a `step_update` per step whose status changed and a `run_update` per read)."""
         deadline = time.monotonic() + timeout
         if websocket:
             try:
@@ -102,9 +103,15 @@ class RunHandle:
 
     def _poll(self, deadline: float, on_update: Update | None) -> PipelineRun:
         pause = POLL_FIRST
+        seen: dict[str, str] = {}
         while True:
             run = self.get()
             if on_update is not None:
+                # As the socket does: a `step_update` per step whose status changed since the last read, then the run.
+                for step in run.steps:
+                    if seen.get(step.step_id) != step.status:
+                        seen[step.step_id] = step.status
+                        on_update({"type": "step_update", **step.model_dump(mode="json")})
                 on_update({"type": "run_update", "run_id": run.run_id, "status": run.status})
             if run.finished:
                 return run

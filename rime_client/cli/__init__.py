@@ -1,0 +1,184 @@
+"""The `rime` client commands (login, projects, connectors, pipelines, runs, apply): the SDK over HTTP, for people
+and scripts. `rime` (api_shim/cli.py) registers them beside its platform commands with `add_commands` and hands
+them to `run`; `main` is the same commands alone.
+
+Exit codes: 0 done (a waited run succeeded); 1 a waited run failed or was canceled; 2 a usage error; 3 an API error
+(its message, code and request id on stderr) or an API that cannot be reached; 4 `--timeout` passed while waiting
+(the run keeps going); 130 Ctrl-C (a waited run keeps going).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import httpx
+
+from rime_client.cli import commands, credentials
+from rime_client.client import Client
+from rime_client.errors import RimeError
+
+Handler = Callable[[Client, argparse.Namespace], int]
+CONFIG_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"login": commands.login, "logout": commands.logout}
+
+
+def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, argparse.ArgumentParser]:
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--url", help="the API's base URL (default: $RIME_URL, else the one `rime login` stored)")
+    api.add_argument(
+        "--token", help="an API token (default: $RIME_TOKEN, else the stored one); visible to `ps`: prefer $RIME_TOKEN"
+    )
+    project = argparse.ArgumentParser(add_help=False)
+    project.add_argument("-p", "--project", help="the project's id, name or slug (default: $RIME_PROJECT)")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=("table", "json"), default="table", help="json: for scripts")
+    return api, project, output
+
+
+def _wait_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--timeout", type=float, metavar="S", help=f"stop waiting after S seconds (exit 4; {what})")
+
+
+def _group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
+def _command(
+    group: argparse._SubParsersAction, name: str, handler: Handler, help_text: str, *parents: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    parser = group.add_parser(name, help=help_text, description=help_text, parents=list(parents))
+    parser.set_defaults(client_handler=handler)
+    return parser
+
+
+def _add_projects(sub: argparse._SubParsersAction, api: argparse.ArgumentParser, out: argparse.ArgumentParser) -> None:
+    group = _group(sub, "projects", "list, show, create and delete projects")
+    listing = _command(group, "list", commands.projects_list, "list the projects", api, out)
+    listing.add_argument("--limit", type=int, help="at most this many")
+    _command(group, "get", commands.projects_get, "show a project", api, out).add_argument(
+        "project_ref", metavar="PROJECT", help="id, name or slug"
+    )
+    create = _command(group, "create", commands.projects_create, "create a project (admins)", api, out)
+    create.add_argument("name")
+    create.add_argument("--description")
+    delete = _command(group, "delete", commands.projects_delete, "delete a project and all it holds (admins)", api)
+    delete.add_argument("project_ref", metavar="PROJECT", help="id, name or slug")
+    delete.add_argument("--purge-data", action="store_true", help="drop its Iceberg tables too")
+    delete.add_argument("-y", "--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
+
+
+def _add_connectors(sub: argparse._SubParsersAction, *parents: argparse.ArgumentParser) -> None:
+    api, project, out = parents
+    group = _group(sub, "connectors", "list, show and sync a project's connectors")
+    _command(group, "list", commands.connectors_list, "list the connectors", *parents).add_argument(
+        "--limit", type=int, help="at most this many"
+    )
+    _command(group, "get", commands.connectors_get, "show a connector", *parents).add_argument(
+        "connector", metavar="CONNECTOR", help="id or name"
+    )
+    sync = _command(group, "sync", commands.connectors_sync, "start a sync", *parents)
+    sync.add_argument("connector", metavar="CONNECTOR", help="id or name")
+    sync.add_argument("--full-refresh", action="store_true")
+    sync.add_argument("--wait", action="store_true", help="wait for its end: exit 0 if it succeeded, 1 if not")
+    _wait_options(sync, "the sync keeps going")
+
+
+def _add_pipelines(sub: argparse._SubParsersAction, *parents: argparse.ArgumentParser) -> None:
+    api, project, out = parents
+    group = _group(sub, "pipelines", "list, show, run and export a project's pipelines")
+    _command(group, "list", commands.pipelines_list, "list the pipelines", *parents).add_argument(
+        "--limit", type=int, help="at most this many"
+    )
+    _command(group, "get", commands.pipelines_get, "show a pipeline and its steps", *parents).add_argument(
+        "pipeline", metavar="PIPELINE", help="id or name"
+    )
+    run = _command(group, "run", commands.pipelines_run, "start a run", *parents)
+    run.add_argument("pipeline", metavar="PIPELINE", help="id or name")
+    run.add_argument("--full-refresh", action="store_true")
+    run.add_argument("--wait", action="store_true", help="show the steps progressing; exit 0 if it succeeded, 1 if not")
+    _wait_options(run, "the run keeps going")
+    runs = _command(group, "runs", commands.pipelines_runs, "the pipeline's runs, newest first", *parents)
+    runs.add_argument("pipeline", metavar="PIPELINE", help="id or name")
+    runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    export = _command(group, "export", commands.pipelines_export, "print the pipeline as a document", api, project)
+    export.add_argument("pipeline", metavar="PIPELINE", help="id or name")
+    export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+
+
+def _add_runs(sub: argparse._SubParsersAction, *parents: argparse.ArgumentParser) -> None:
+    group = _group(sub, "runs", "show, follow or cancel one pipeline run")
+    for name, handler, help_text in (
+        ("get", commands.runs_get, "show a run and its steps"),
+        ("wait", commands.runs_wait, "follow a run to its end: exit 0 if it succeeded, 1 if not"),
+        ("cancel", commands.runs_cancel, "cancel a run"),
+    ):
+        parser = _command(group, name, handler, help_text, *parents)
+        parser.add_argument("run_id", metavar="RUN")
+        parser.add_argument("--pipeline", required=True, help="the run's pipeline: id or name")
+        if name == "wait":
+            _wait_options(parser, "the run keeps going")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Registers the client commands on `rime`'s subparsers."""
+    login = sub.add_parser("login", help="check a token against the API and store it with the URL")
+    login.add_argument("--url", help="the API's base URL (default: $RIME_URL, else the stored one)")
+    login.add_argument("--token-stdin", action="store_true", help="read the token from stdin (else it is prompted for)")
+    sub.add_parser("logout", help="remove the stored credentials")
+    parents = _parents()
+    _add_projects(sub, parents[0], parents[2])
+    _add_connectors(sub, *parents)
+    _add_pipelines(sub, *parents)
+    _add_runs(sub, *parents)
+    apply = sub.add_parser(
+        "apply",
+        parents=list(parents),
+        help="create or update pipelines from documents (GitOps)",
+        description="Creates each pipeline the documents define, or replaces the definition of the project's "
+        "pipeline of that name (as `rime pipelines export` writes them; several per file after `---`).",
+    )
+    apply.add_argument("-f", "--file", action="append", required=True, help="a YAML or JSON file; - reads stdin")
+    apply.set_defaults(client_handler=commands.apply)
+
+
+def handles(args: argparse.Namespace) -> bool:
+    return args.command in CONFIG_HANDLERS or getattr(args, "client_handler", None) is not None
+
+
+def _report(exc: RimeError) -> None:
+    print(f"error: {exc.message}", file=sys.stderr)
+    for detail in exc.details:
+        where = detail.get("field") or detail.get("step") or ""
+        print(f"  {where}: {detail.get('message', detail)}" if where else f"  {detail}", file=sys.stderr)
+    print(f"code: {exc.code}" + (f"  request id: {exc.request_id}" if exc.request_id else ""), file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs a parsed client command; its exit code (module docstring)."""
+    try:
+        if args.command in CONFIG_HANDLERS:
+            return CONFIG_HANDLERS[args.command](args)
+        target = credentials.resolve(args.url, args.token)
+        with Client(target.url, target.token) as client:
+            handler: Handler = args.client_handler
+            return handler(client, args)
+    except (commands.UsageError, credentials.NotConfigured) as exc:
+        print(f"rime: error: {exc}", file=sys.stderr)
+        return commands.EXIT_USAGE
+    except RimeError as exc:
+        _report(exc)
+        return commands.EXIT_API_ERROR
+    except httpx.TransportError as exc:
+        print(f"error: cannot reach the API: {exc}", file=sys.stderr)
+        return commands.EXIT_API_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return commands.EXIT_INTERRUPTED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rime", description=__doc__.splitlines()[0] if __doc__ else None)
+    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return run(parser.parse_args(argv))
