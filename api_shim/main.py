@@ -34,6 +34,7 @@ from api_shim.routes import (
     alert_rules,
     alert_stream,
     alerts,
+    approvals,
     classifications,
     connectors,
     dbt,
@@ -44,6 +45,7 @@ from api_shim.routes import (
     masking_policies,
     notification_channels,
     pipeline_documents,
+    pipeline_versions,
     pipeline_watch,
     pipelines,
     projects,
@@ -178,6 +180,8 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         masking_policies.router,
         infrastructure.router,
         pipeline_documents.router,
+        pipeline_versions.router,
+        approvals.router,
     ):
         add_routes(app, router)
 

@@ -68,12 +68,14 @@ def build_definitions(specs: PlatformSpecs, store: MetadataStoreResource) -> dg.
 
 
 def _pipeline_resources(specs: PlatformSpecs, pipeline: PipelineSpec) -> PipelineResources:
-    """What a pipeline's steps may refer to: its own project's connectors, dbt projects and pipelines."""
+    """What a pipeline's steps may refer to: its own project's connectors, dbt projects and pipelines (in the
+    environment being built; in their live environment for the runs its triggers follow)."""
     same = pipeline.project_id
     return PipelineResources(
         {c.id: c for c in specs.connectors if c.project_id == same},
         {d.id: d for d in specs.dbt_projects if d.project_id == same},
-        {p.id: p for p in specs.pipelines if p.project_id == same},
+        {p.id: p for p in specs.pipelines if p.project_id == same and p.environment == pipeline.environment},
+        {p.id: p for p in specs.pipelines if p.project_id == same and p.live},
     )
 
 

@@ -10,15 +10,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from rime_dagster.dbt.manifest import ConnectorTable
 from rime_dagster.dbt.workspace import ProjectFiles, duckdb_path, project_root
+from rime_dagster.pipelines.names import pipeline_job_name
+from rime_dagster.pipelines.versions import (
+    DEVELOPMENT,
+    ENVIRONMENTS,
+    environment_suffix,
+    head_versions,
+    live_environment,
+)
 from rime_dagster.resources import MetadataStoreResource, settings
 from rime_dagster.store.generation import current_generation
-from rime_dagster.store.models import AlertRule, Connector, DbtProject, Pipeline, Project, TableRetentionPolicy
+from rime_dagster.store.models import (
+    AlertRule,
+    Connector,
+    DbtProject,
+    Pipeline,
+    PipelineEnvironment,
+    PipelineVersion,
+    Project,
+    TableRetentionPolicy,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sqlalchemy.orm import Session
+
     from rime_dagster.connectors.sources import Source  # imported by build_source: only a run pays for the plug-ins
 
 
@@ -112,6 +133,22 @@ class PipelineSpec:
     retries: int
     timeout_seconds: int | None
     triggers: list[dict[str, Any]] = field(default_factory=list)
+    # The environment this spec builds (rime_dagster/pipelines/versions.py), the version it runs, and whether it is
+    # the pipeline's live environment (its schedule starts running, its triggers get sensors).
+    environment: str = "development"
+    version: int | None = None
+    live: bool = True
+
+    @property
+    def base_name(self) -> str:
+        """What its Dagster names start from after the namespace: the slug, `<slug>__<environment>` past
+        development (slugs hold no `__`, so no other pipeline's names can clash)."""
+        suffix = environment_suffix(self.environment)
+        return f"{self.slug}__{suffix}" if suffix else self.slug
+
+    @property
+    def job_name(self) -> str:
+        return pipeline_job_name(self.namespace, self.base_name)
 
 
 @dataclass(frozen=True)
@@ -240,27 +277,7 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
                 .order_by(DbtProject.created_at, DbtProject.id)
             )
         ]
-        pipelines = [
-            PipelineSpec(
-                id=p.id,
-                project_id=p.project_id,
-                namespace=projects[p.project_id].namespace,
-                name=p.name,
-                slug=p.slug,
-                steps=list(p.steps),
-                variables=dict(p.variables),
-                schedule=p.schedule,
-                paused=p.paused,
-                retries=p.retries,
-                timeout_seconds=p.timeout_seconds,
-                triggers=list(p.triggers or []),
-            )
-            for p in session.scalars(
-                select(Pipeline)
-                .where(Pipeline.project_id.in_(tenant_projects))
-                .order_by(Pipeline.created_at, Pipeline.id)
-            )
-        ]
+        pipelines = _pipeline_specs(session, tenant_projects, projects)
         alert_rules = [
             AlertRuleSpec(
                 id=r.id,
@@ -294,6 +311,62 @@ def load_specs(store: MetadataStoreResource) -> PlatformSpecs:
         alert_rules=alert_rules,
         retention_policies=retention_policies,
     )
+
+
+def _pipeline_specs(
+    session: Session, tenant_projects: Select[Any], projects: Mapping[str, ProjectSpec]
+) -> list[PipelineSpec]:
+    """A spec per pipeline and environment: development from the pipeline's row (its newest version), each
+    environment past it from the version it holds."""
+    rows = session.scalars(
+        select(Pipeline).where(Pipeline.project_id.in_(tenant_projects)).order_by(Pipeline.created_at, Pipeline.id)
+    ).all()
+    heads = head_versions(session, [p.id for p in rows])
+    held: dict[str, dict[str, PipelineVersion]] = {}
+    for slot, version in session.execute(
+        select(PipelineEnvironment, PipelineVersion)
+        .join(PipelineVersion, PipelineVersion.id == PipelineEnvironment.version_id)
+        .where(PipelineEnvironment.project_id.in_(tenant_projects))
+    ).tuples():
+        held.setdefault(slot.pipeline_id, {})[slot.environment] = version
+    specs = []
+    for p in rows:
+        live = live_environment(held.get(p.id, {}))
+        common = {"id": p.id, "project_id": p.project_id, "namespace": projects[p.project_id].namespace, "slug": p.slug}
+        specs.append(
+            PipelineSpec(
+                **common,
+                name=p.name,
+                steps=list(p.steps),
+                variables=dict(p.variables),
+                schedule=p.schedule,
+                paused=p.paused,
+                retries=p.retries,
+                timeout_seconds=p.timeout_seconds,
+                triggers=list(p.triggers or []),
+                version=heads.get(p.id),
+                live=live == DEVELOPMENT,
+            )
+        )
+        for environment, version in sorted(held.get(p.id, {}).items(), key=lambda e: ENVIRONMENTS.index(e[0])):
+            d = version.definition
+            specs.append(
+                PipelineSpec(
+                    **common,
+                    name=d["name"],
+                    steps=list(d["steps"]),
+                    variables=dict(d.get("variables") or {}),
+                    schedule=d.get("schedule"),
+                    paused=p.paused,
+                    retries=d.get("retries") or 0,
+                    timeout_seconds=d.get("timeout_seconds"),
+                    triggers=list(d.get("triggers") or []),
+                    environment=environment,
+                    version=version.version,
+                    live=live == environment,
+                )
+            )
+    return specs
 
 
 def connector_tables_of(connector: ConnectorSpec | Connector, namespace: str | None = None) -> list[ConnectorTable]:

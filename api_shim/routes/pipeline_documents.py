@@ -61,6 +61,7 @@ def export_pipeline(
 def import_pipeline(
     id: str, body: PipelineDocument, response: Response, principal: Engineer, session: SessionDep
 ) -> PipelineDetail:
-    detail, created = service.import_document(session, get_project(session, id, tenant_id=principal.tenant_id), body)
+    project = get_project(session, id, tenant_id=principal.tenant_id)
+    detail, created = service.import_document(session, project, body, by=principal.email)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return detail

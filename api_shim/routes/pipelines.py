@@ -62,7 +62,7 @@ def list_pipelines(
     openapi_extra=yaml_body("PipelineCreate"),
 )
 def create_pipeline(id: str, body: PipelineCreate, principal: Engineer, session: SessionDep) -> PipelineDetail:
-    return service.create(session, get_project(session, id, tenant_id=principal.tenant_id), body)
+    return service.create(session, get_project(session, id, tenant_id=principal.tenant_id), body, by=principal.email)
 
 
 @router.get(
@@ -82,12 +82,15 @@ def get_pipeline(id: str, pipelineId: str, principal: Viewer, session: SessionDe
     response_model=PipelineDetail,
     responses=error_responses(404, 409, 422),
     summary="Update pipeline configuration",
+    description="A change of definition (anything but `status`) makes the pipeline's next version, which "
+    "development runs at once; qa, uat and production keep the versions promoted into them.",
     openapi_extra=yaml_body("PipelineUpdate"),
 )
 def update_pipeline(
     id: str, pipelineId: str, body: PipelineUpdate, principal: Engineer, session: SessionDep
 ) -> PipelineDetail:
-    return service.update(session, get_project(session, id, tenant_id=principal.tenant_id), pipelineId, body)
+    project = get_project(session, id, tenant_id=principal.tenant_id)
+    return service.update(session, project, pipelineId, body, by=principal.email)
 
 
 @router.delete(
@@ -97,7 +100,7 @@ def update_pipeline(
     responses=error_responses(404, 409),
     summary="Delete a pipeline",
     description="Refused with 409 while another pipeline of the project has a step that runs it, or an "
-    "`on_success` trigger on it.",
+    "`on_success` trigger on it, or while it runs in uat or production.",
 )
 def delete_pipeline(id: str, pipelineId: str, principal: Engineer, session: SessionDep) -> None:
     service.delete(session, get_project(session, id, tenant_id=principal.tenant_id), pipelineId)

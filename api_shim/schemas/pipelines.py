@@ -114,6 +114,9 @@ class PipelineResponse(ResponseModel):
     retries: int
     timeout_seconds: int | None
     triggers: list[PipelineTrigger] = Field(description=TRIGGERS_DESCRIPTION)
+    version: int | None = Field(
+        description="Its newest version (what development runs): GET .../versions lists them all."
+    )
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -139,6 +142,11 @@ class PipelineRunRequest(RequestModel):
     variables: dict[str, Any] | None = Field(
         None,
         description="Merged over the pipeline's variables for this run; dbt steps get them as dbt vars.",
+    )
+    environment: Literal["development", "qa", "uat", "production"] = Field(
+        "development",
+        description="Whose job runs: development's (the newest version) or the version promoted into qa, uat or "
+        "production (409 when that environment has none).",
     )
 
     @field_validator("variables")
@@ -166,6 +174,8 @@ class PipelineRunPlan(ResponseModel):
     run_id: None = None
     status: Literal["validated"] = "validated"
     pipeline_id: str
+    environment: str
+    version: int | None
     full_refresh: bool
     variables: dict[str, Any] = Field(description="What the steps would see: the pipeline's, then the run's.")
     execution_order: list[str]
@@ -177,6 +187,8 @@ class PipelineRunStarted(ResponseModel):
     dagster_run_id: str
     dagster_url: str
     pipeline_id: str
+    environment: str
+    version: int | None
     status: Literal["queued", "running"]
     started_at: Timestamp
     dry_run: Literal[False] = False
@@ -214,6 +226,8 @@ class PipelineRun(ResponseModel):
     dagster_url: str
     pipeline_id: str
     status: RunStatus
+    environment: str = Field(description="The environment whose job ran (development for runs older than versions).")
+    version: int | None = Field(description="The pipeline version it ran (null for runs older than versions).")
     trigger: Literal["api", "schedule", "sensor", "dagster"] = Field(
         description="Who started it: the API, the pipeline's schedule, a sensor, or Dagster (UI, CLI, GraphQL)."
     )

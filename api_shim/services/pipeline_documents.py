@@ -7,6 +7,7 @@ naming the step, as for any create)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -24,9 +25,10 @@ from api_shim.services.pipelines import (
     create_pipeline,
     get_pipeline,
     pipeline_detail,
-    stored_trigger_bodies,
+    trigger_bodies,
     update_pipeline,
 )
+from rime_dagster.pipelines.versions import definition_of
 from rime_dagster.store.models import Pipeline, Project
 
 MEDIA_TYPES = {"json": "application/json", "yaml": "application/yaml"}
@@ -34,32 +36,43 @@ MEDIA_TYPES = {"json": "application/json", "yaml": "application/yaml"}
 
 def document(row: Pipeline) -> dict[str, Any]:
     """The pipeline's definition as a document (JSON values)."""
+    return definition_document(definition_of(row), paused=row.paused)
+
+
+def definition_document(definition: Mapping[str, Any], *, paused: bool) -> dict[str, Any]:
+    """A definition (the pipeline's, or one of its versions') as a document: triggers without their `since`."""
     return {
         "format_version": PIPELINE_FORMAT_VERSION,
         "kind": "pipeline",
         "pipeline": {
-            "name": row.name,
-            "description": row.description,
-            "schedule": row.schedule,
-            "status": "paused" if row.paused else "active",
-            "retries": row.retries,
-            "timeout_seconds": row.timeout_seconds,
-            "variables": row.variables or {},
-            "steps": row.steps,
-            "triggers": [t.model_dump(mode="json") for t in stored_trigger_bodies(row)],
+            "name": definition["name"],
+            "description": definition.get("description"),
+            "schedule": definition.get("schedule"),
+            "status": "paused" if paused else "active",
+            "retries": definition.get("retries") or 0,
+            "timeout_seconds": definition.get("timeout_seconds"),
+            "variables": definition.get("variables") or {},
+            "steps": definition["steps"],
+            "triggers": [t.model_dump(mode="json") for t in trigger_bodies(definition.get("triggers") or [])],
         },
     }
 
 
-def export(session: Session, project: Project, pipeline_id: str, fmt: str) -> tuple[str, str]:
+def render(doc: Mapping[str, Any], fmt: str) -> tuple[str, str]:
     """The document as text in `fmt` (json or yaml), and its media type."""
-    doc = document(get_pipeline(session, project, pipeline_id))
     if fmt == "yaml":
-        return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), MEDIA_TYPES["yaml"]
+        return yaml.safe_dump(dict(doc), sort_keys=False, allow_unicode=True), MEDIA_TYPES["yaml"]
     return json.dumps(doc, indent=2) + "\n", MEDIA_TYPES["json"]
 
 
-def import_document(session: Session, project: Project, body: PipelineDocument) -> tuple[PipelineDetail, bool]:
+def export(session: Session, project: Project, pipeline_id: str, fmt: str) -> tuple[str, str]:
+    """The document as text in `fmt` (json or yaml), and its media type."""
+    return render(document(get_pipeline(session, project, pipeline_id)), fmt)
+
+
+def import_document(
+    session: Session, project: Project, body: PipelineDocument, *, by: str | None = None
+) -> tuple[PipelineDetail, bool]:
     """Creates the pipeline, or replaces the definition of the project's pipeline of that name; says whether it
     created it."""
     definition = body.pipeline.model_dump(exclude={"status"})
@@ -67,11 +80,11 @@ def import_document(session: Session, project: Project, body: PipelineDocument) 
         select(Pipeline).where(Pipeline.project_id == project.id, Pipeline.name == body.pipeline.name)
     )
     if existing is None:
-        row = create_pipeline(session, project, PipelineCreate.model_validate(definition))
+        row = create_pipeline(session, project, PipelineCreate.model_validate(definition), by=by)
         if body.pipeline.status == "paused":
-            row = update_pipeline(session, project, row, PipelineUpdate(status="paused"))
-        return pipeline_detail(row, project), True
+            row = update_pipeline(session, project, row, PipelineUpdate(status="paused"), by=by)
+        return pipeline_detail(session, row, project), True
     # Every field given: the document replaces the whole definition (a field it leaves out takes its default).
     update = PipelineUpdate.model_validate({**definition, "status": body.pipeline.status})
-    row = update_pipeline(session, project, existing, update)
-    return pipeline_detail(row, project), False
+    row = update_pipeline(session, project, existing, update, by=by)
+    return pipeline_detail(session, row, project), False

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.dagster_client import RUN_STATUS, DagsterClient, to_dagster_run_id, to_rime_run_id
@@ -46,8 +47,9 @@ from rime_dagster.pipelines.run_fold import (
     run_steps,
 )
 from rime_dagster.pipelines.spec import StepBody, validate_dag
+from rime_dagster.pipelines.versions import DEVELOPMENT, environment_slots, environment_suffix, latest_version
 from rime_dagster.platform import run_tags
-from rime_dagster.store.models import Pipeline, Project
+from rime_dagster.store.models import Pipeline, PipelineEnvironment, PipelineVersion, Project
 from rime_dagster.store.session import release
 
 if TYPE_CHECKING:
@@ -155,9 +157,12 @@ def fold_run(client: DagsterClient, record: RunRecord, steps: Sequence[StepBody]
 # Launching -----------------------------------------------------------------------------------------------------
 
 
-def plan(session: Session, project: Project, row: Pipeline, depth: int = 0) -> list[PlannedStep]:
-    """The steps in the order a run takes them, each embedded pipeline with its own plan."""
-    steps = steps_of(row)
+def plan(
+    session: Session, project: Project, row: Pipeline, depth: int = 0, steps: list[StepBody] | None = None
+) -> list[PlannedStep]:
+    """The steps in the order a run takes them (`steps`: a version's, else the newest), each embedded pipeline with
+    its own plan."""
+    steps = steps_of(row) if steps is None else steps
     by_id = {s.id: s for s in steps}
     planned = []
     for n, step_id in enumerate(validate_dag(steps), start=1):
@@ -191,23 +196,96 @@ def launch(
     """Launches the pipeline's job; a dry run validates the steps and the resources they name again, and answers
     the plan instead."""
     row = get_pipeline(session, project, pipeline_id)
-    order = check_steps(session, project, steps_of(row), pipeline_id=row.id)
+    target = environment_target(session, project, row, body.environment)
+    order = check_steps(session, project, target.steps, pipeline_id=row.id)
     if body.dry_run:
         return PipelineRunPlan(
             pipeline_id=row.id,
+            environment=body.environment,
+            version=target.version,
             full_refresh=body.full_refresh,
-            variables={**row.variables, **(body.variables or {})},
+            variables={**target.variables, **(body.variables or {})},
             execution_order=order,
-            plan=plan(session, project, row),
+            plan=plan(session, project, row, steps=target.steps),
         )
     release(session)
     tags = {**pipeline_tags(project.id, row.id), **launch_tags(triggered_by, full_refresh=body.full_refresh)}
     if body.variables:
         tags[run_tags.VARIABLES] = run_tags.encode_variables(body.variables)
-    launched = dagster.launch_run(
-        pipeline_job_name(project.namespace, row.slug), generation=project.definitions_generation, tags=tags
+    launched = dagster.launch_run(target.job_name, generation=project.definitions_generation, tags=tags)
+    return PipelineRunStarted.of(
+        launch_summary(dagster, launched), pipeline_id=row.id, environment=body.environment, version=target.version
     )
-    return PipelineRunStarted.of(launch_summary(dagster, launched), pipeline_id=row.id)
+
+
+@dataclass(frozen=True)
+class EnvironmentTarget:
+    """What a run of the pipeline in an environment runs: its job, version, steps and variables."""
+
+    job_name: str
+    version: int | None
+    steps: list[StepBody]
+    variables: dict[str, Any]
+
+
+def environment_target(session: Session, project: Project, row: Pipeline, environment: str) -> EnvironmentTarget:
+    if environment == DEVELOPMENT:
+        head = latest_version(session, row.id)
+        return EnvironmentTarget(
+            pipeline_job_name(project.namespace, row.slug),
+            head.version if head else None,
+            steps_of(row),
+            dict(row.variables or {}),
+        )
+    slot = session.get(PipelineEnvironment, (row.id, environment))
+    if slot is None:
+        raise Conflict(f"Pipeline '{row.name}' has no version in {environment}: promote one there first.")
+    version = session.scalars(select(PipelineVersion).where(PipelineVersion.id == slot.version_id)).one()
+    return EnvironmentTarget(
+        pipeline_job_name(project.namespace, f"{row.slug}__{environment_suffix(environment)}"),
+        version.version,
+        [StepBody.model_validate(s) for s in version.definition["steps"]],
+        dict(version.definition.get("variables") or {}),
+    )
+
+
+class RunSteps:
+    """The steps of the version each run ran (its `rime/pipeline_version` tag), to name its steps' states.
+
+    The newest version's and the environments' are read up front; an older one when a run asks for it, in a
+    transaction of its own (the request's ended before Dagster was called)."""
+
+    def __init__(self, session: Session, row: Pipeline) -> None:
+        self._session, self._row = session, row
+        head = latest_version(session, row.id)
+        self._steps: dict[int, list[StepBody]] = {head.version: steps_of(row)} if head else {}
+        held = [slot.version_id for slot in environment_slots(session, row.id).values()]
+        for version in session.scalars(select(PipelineVersion).where(PipelineVersion.id.in_(held))):
+            self._steps[version.version] = [StepBody.model_validate(s) for s in version.definition["steps"]]
+        self._newest = steps_of(row)
+
+    def of(self, tags: Mapping[str, str], session: Session | None = None) -> list[StepBody]:
+        """`session`: where to read an older version (the one given at construction by default)."""
+        number = version_of(tags)
+        if number is None:
+            return self._newest
+        if number not in self._steps:
+            reader = session or self._session
+            definition = reader.scalar(
+                select(PipelineVersion.definition).where(
+                    PipelineVersion.pipeline_id == self._row.id, PipelineVersion.version == number
+                )
+            )
+            release(reader)
+            self._steps[number] = (
+                [StepBody.model_validate(s) for s in definition["steps"]] if definition else self._newest
+            )
+        return self._steps[number]
+
+
+def version_of(tags: Mapping[str, str]) -> int | None:
+    value = tags.get(run_tags.PIPELINE_VERSION, "")
+    return int(value) if value.isdigit() else None
 
 
 # Reading -------------------------------------------------------------------------------------------------------
@@ -223,10 +301,10 @@ def run_record(dagster: DagsterClient, row: Pipeline, run_id: str) -> RunRecord:
     return record
 
 
-def pipeline_run(dagster: DagsterClient, row: Pipeline, record: RunRecord) -> PipelineRun:
+def pipeline_run(dagster: DagsterClient, row: Pipeline, record: RunRecord, steps: RunSteps) -> PipelineRun:
     view = run_view(dagster, record, with_events=False)
-    fold = fold_run(dagster, record, steps_of(row))
     tags = record.dagster_run.tags
+    fold = fold_run(dagster, record, steps.of(tags))
     try:
         variables = run_tags.variables_of(tags)
     except ValueError:  # a tag edited by hand in the Dagster UI: no variables, rather than a failed list
@@ -235,6 +313,8 @@ def pipeline_run(dagster: DagsterClient, row: Pipeline, record: RunRecord) -> Pi
     return PipelineRun.of(
         view,
         pipeline_id=row.id,
+        environment=tags.get(run_tags.ENVIRONMENT) or DEVELOPMENT,
+        version=version_of(tags),
         trigger=trigger_of(tags),
         triggered_by=tags.get(run_tags.TRIGGERED_BY),
         trigger_event=trigger_event(tags),
@@ -245,11 +325,12 @@ def pipeline_run(dagster: DagsterClient, row: Pipeline, record: RunRecord) -> Pi
     )
 
 
-def _pipeline_then_release(session: Session, project: Project, pipeline_id: str) -> Pipeline:
-    """The pipeline, with the request's transaction ended: what follows only talks to Dagster."""
+def _pipeline_then_release(session: Session, project: Project, pipeline_id: str) -> tuple[Pipeline, RunSteps]:
+    """The pipeline and its versions' steps, with the request's transaction ended: what follows talks to Dagster."""
     row = get_pipeline(session, project, pipeline_id)
+    steps = RunSteps(session, row)
     release(session)
-    return row
+    return row, steps
 
 
 def run_history(
@@ -263,7 +344,7 @@ def run_history(
     cursor: str | None,
 ) -> PipelineRunList:
     """Every run of the pipeline's job, newest first: from the API, its schedule or Dagster's UI."""
-    row = _pipeline_then_release(session, project, pipeline_id)
+    row, steps = _pipeline_then_release(session, project, pipeline_id)
     page = run_page(
         dagster,
         codec,
@@ -272,21 +353,21 @@ def run_history(
         limit=limit,
         cursor=cursor,
     )
-    return page.as_page(PipelineRunList, lambda r: pipeline_run(dagster, row, r))
+    return page.as_page(PipelineRunList, lambda r: pipeline_run(dagster, row, r, steps))
 
 
 def run_detail(
     session: Session, dagster: DagsterClient, project: Project, pipeline_id: str, run_id: str
 ) -> PipelineRun:
-    row = _pipeline_then_release(session, project, pipeline_id)
-    return pipeline_run(dagster, row, run_record(dagster, row, run_id))
+    row, steps = _pipeline_then_release(session, project, pipeline_id)
+    return pipeline_run(dagster, row, run_record(dagster, row, run_id), steps)
 
 
 def cancel(
     session: Session, dagster: DagsterClient, project: Project, pipeline_id: str, run_id: str
 ) -> PipelineRunCanceled:
     """Asks Dagster to terminate the run; a run already over is a Conflict."""
-    row = _pipeline_then_release(session, project, pipeline_id)
+    row, _ = _pipeline_then_release(session, project, pipeline_id)
     record = run_record(dagster, row, run_id)
     current = RUN_STATUS.get(record.dagster_run.status.value, "running")
     if current in TERMINAL_RUN:
@@ -306,9 +387,9 @@ def run_logs(
     limit: int,
 ) -> PipelineRunLogs:
     """Up to `limit` log lines after the line `after`."""
-    row = _pipeline_then_release(session, project, pipeline_id)
+    row, steps = _pipeline_then_release(session, project, pipeline_id)
     record = run_record(dagster, row, run_id)
-    fold = RunFold(steps_of(row))
+    fold = RunFold(steps.of(record.dagster_run.tags))
     records, more = dagster.run_event_records(record.dagster_run.run_id, after=after, limit=limit)
     lines = [PipelineLogLine(**log_line(r, fold)) for r in records]
     return PipelineRunLogs(
@@ -331,9 +412,10 @@ def log_stream(
 ) -> AsyncIterator[tuple[str, Any] | None]:
     """The run's log lines after `after`, then live ones, as (event, data) pairs: `log`, `status`, `error`;
     None when a keep-alive is due. The run is looked up now (NotFound before any streaming), read later."""
-    row = _pipeline_then_release(session, project, pipeline_id)
+    row, steps = _pipeline_then_release(session, project, pipeline_id)
     record = run_record(dagster, row, run_id)
-    return _log_events(hub, dagster, record.dagster_run.run_id, run_id, steps_of(row), after)
+    run_steps = steps.of(record.dagster_run.tags)
+    return _log_events(hub, dagster, record.dagster_run.run_id, run_id, run_steps, after)
 
 
 async def _log_events(
@@ -413,8 +495,11 @@ def watch_target(
         project = session.get(Project, row.project_id) if row else None
         if row is None or project is None or project.tenant_id != principal.tenant_id:
             raise WatchRefused(NotFound.of("Pipeline", pipeline_id), principal)
+        steps = RunSteps(session, row)
     try:
         record = run_record(dagster, row, run_id)
+        with sessions.begin() as session:  # an older version's steps, if the run ran one
+            run_steps = steps.of(record.dagster_run.tags, session)
     except RimeError as exc:
         raise WatchRefused(exc, principal) from None
-    return WatchTarget(principal, steps_of(row), record.dagster_run.run_id)
+    return WatchTarget(principal, run_steps, record.dagster_run.run_id)

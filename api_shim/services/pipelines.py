@@ -43,6 +43,7 @@ from rime_dagster.pipelines.trigger_spec import (
     sensor_suffixes,
     stored_triggers,
 )
+from rime_dagster.pipelines.versions import PRODUCTION, UAT, environment_slots, head_versions, record_version
 from rime_dagster.platform.names import dagster_name
 from rime_dagster.store import slugs
 from rime_dagster.store.ids import new_id
@@ -172,7 +173,12 @@ class _ProjectIndex:
 
 
 def stored_trigger_bodies(row: Pipeline) -> list[Trigger]:
-    return _TRIGGERS.validate_python([{k: t[k] for k in ("type", TARGET_FIELD[t["type"]])} for t in row.triggers])
+    return trigger_bodies(row.triggers)
+
+
+def trigger_bodies(stored: Iterable[Mapping[str, Any]]) -> list[Trigger]:
+    """Stored triggers as a body gives them (without `since`)."""
+    return _TRIGGERS.validate_python([{k: t[k] for k in ("type", TARGET_FIELD[t["type"]])} for t in stored])
 
 
 def check_triggers(
@@ -299,7 +305,8 @@ def _dump(steps: list[StepBody]) -> list[dict[str, Any]]:
     return [s.model_dump(mode="json") for s in steps]
 
 
-def create_pipeline(session: Session, project: Project, body: PipelineCreate) -> Pipeline:
+def create_pipeline(session: Session, project: Project, body: PipelineCreate, *, by: str | None = None) -> Pipeline:
+    """The new pipeline, with its version 1 (`by`: who made it)."""
     _ensure_name_free(session, project.id, body.name)
     check_steps(session, project, body.steps, pipeline_id=None)
     triggers = _stored(body.triggers, [])
@@ -322,10 +329,14 @@ def create_pipeline(session: Session, project: Project, body: PipelineCreate) ->
         session.flush()
     except IntegrityError:
         raise Conflict(f"A pipeline named '{body.name}' already exists in this project.") from None
+    record_version(session, row, by=by)
     return row
 
 
-def update_pipeline(session: Session, project: Project, row: Pipeline, body: PipelineUpdate) -> Pipeline:
+def update_pipeline(
+    session: Session, project: Project, row: Pipeline, body: PipelineUpdate, *, by: str | None = None
+) -> Pipeline:
+    """Applies the change; a change of definition (not a pause or resume) makes the next version."""
     changes = body.model_dump(exclude_unset=True)
     for field in ("name", "steps", "retries", "triggers"):
         if field in changes and changes[field] is None:
@@ -347,6 +358,7 @@ def update_pipeline(session: Session, project: Project, row: Pipeline, body: Pip
     if body.status is not None:
         row.paused = body.status == "paused"
     session.flush()
+    record_version(session, row, by=by)
     return row
 
 
@@ -382,20 +394,25 @@ PIPELINES = Listing(
 )
 
 
-def pipeline_response(row: Pipeline, project: Project) -> PipelineResponse:
+def pipeline_response(row: Pipeline, project: Project, version: int | None) -> PipelineResponse:
     steps = [{**s.model_dump(), "name": s.name or s.id} for s in steps_of(row)]
     triggers = [
         {**t, "sensor_name": dagster_name(project.namespace, row.slug, suffix)}
         for t, suffix in zip(row.triggers, sensor_suffixes(row.triggers), strict=True)
     ]
-    return PipelineResponse.of(row, steps=steps, status=active_or_paused(row.paused), triggers=triggers)
+    return PipelineResponse.of(
+        row, steps=steps, status=active_or_paused(row.paused), triggers=triggers, version=version
+    )
 
 
-def pipeline_detail(row: Pipeline, project: Project) -> PipelineDetail:
+def pipeline_detail(session: Session, row: Pipeline, project: Project) -> PipelineDetail:
     """The pipeline with its DAG and the order a run takes its steps."""
     steps = steps_of(row)
+    head = head_versions(session, [row.id]).get(row.id)
     return PipelineDetail.of(
-        pipeline_response(row, project), dag=Dag.model_validate(dag_of(steps)), execution_order=validate_dag(steps)
+        pipeline_response(row, project, head),
+        dag=Dag.model_validate(dag_of(steps)),
+        execution_order=validate_dag(steps),
     )
 
 
@@ -403,20 +420,31 @@ def list_page(session: Session, codec: CursorCodec, project: Project, page: Page
     result = PIPELINES.page(
         session, select(Pipeline).where(Pipeline.project_id == project.id), page, codec, {"project": project.id}
     )
-    return result.as_page(PipelineList, lambda row: pipeline_response(row, project))
+    heads = head_versions(session, [row.id for row in result.items])
+    return result.as_page(PipelineList, lambda row: pipeline_response(row, project, heads.get(row.id)))
 
 
-def create(session: Session, project: Project, body: PipelineCreate) -> PipelineDetail:
-    return pipeline_detail(create_pipeline(session, project, body), project)
+def create(session: Session, project: Project, body: PipelineCreate, *, by: str | None = None) -> PipelineDetail:
+    return pipeline_detail(session, create_pipeline(session, project, body, by=by), project)
 
 
 def describe(session: Session, project: Project, pipeline_id: str) -> PipelineDetail:
-    return pipeline_detail(get_pipeline(session, project, pipeline_id), project)
+    return pipeline_detail(session, get_pipeline(session, project, pipeline_id), project)
 
 
-def update(session: Session, project: Project, pipeline_id: str, body: PipelineUpdate) -> PipelineDetail:
-    row = update_pipeline(session, project, get_pipeline(session, project, pipeline_id), body)
-    return pipeline_detail(row, project)
+def update(
+    session: Session, project: Project, pipeline_id: str, body: PipelineUpdate, *, by: str | None = None
+) -> PipelineDetail:
+    row = update_pipeline(session, project, get_pipeline(session, project, pipeline_id), body, by=by)
+    return pipeline_detail(session, row, project)
+
+
+def check_deletable(session: Session, row: Pipeline) -> None:
+    """A pipeline running in uat or production is not deleted: retire or demote it first."""
+    held = environment_slots(session, row.id)
+    blocking = [env for env in (UAT, PRODUCTION) if env in held]
+    if blocking:
+        raise Conflict(f"Pipeline '{row.name}' runs in {' and '.join(blocking)}: retire or demote it first.")
 
 
 def delete(session: Session, project: Project, pipeline_id: str) -> None:
@@ -426,6 +454,7 @@ def delete(session: Session, project: Project, pipeline_id: str) -> None:
     users = referencing_pipelines(session, project, row.id)
     if users:
         raise Conflict(f"Pipeline(s) {', '.join(sorted(users))} run this pipeline; change them first.")
+    check_deletable(session, row)
     followers = triggering_pipelines(session, project, row.id)
     if followers:
         raise Conflict(

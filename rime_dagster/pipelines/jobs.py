@@ -20,7 +20,7 @@ from rime_dagster.connectors.assets import sync_tables
 from rime_dagster.connectors.names import connector_pool
 from rime_dagster.dbt.assets import dbt_events
 from rime_dagster.dbt.manifest import load_manifest, read_run_results
-from rime_dagster.pipelines.names import DONE_NODE, MAX_NESTING, pipeline_job_name, pipeline_tags, step_node_name
+from rime_dagster.pipelines.names import DONE_NODE, MAX_NESTING, pipeline_tags, step_node_name
 from rime_dagster.pipelines.spec import (
     ConnectorSyncConfig,
     DbtStepConfig,
@@ -44,17 +44,21 @@ NOTHING = resolve_dagster_type(dg.Nothing)  # graph input/output mappings want t
 
 
 class Resources:
-    """What steps refer to, by id (the project's connectors and dbt projects, every pipeline)."""
+    """What steps refer to, by id: the project's connectors and dbt projects, its pipelines in the environment
+    being built (a pipeline step runs the other pipeline's version in the same environment), and each pipeline in
+    its live environment (whose runs an on_success trigger follows)."""
 
     def __init__(
         self,
         connectors: Mapping[str, ConnectorSpec],
         dbt_projects: Mapping[str, DbtProjectSpec],
         pipelines: Mapping[str, PipelineSpec],
+        live_pipelines: Mapping[str, PipelineSpec] | None = None,
     ) -> None:
         self.connectors = connectors
         self.dbt_projects = dbt_projects
-        self.pipelines = pipelines
+        self.pipelines = pipelines  # in the environment being built
+        self.live_pipelines = pipelines if live_pipelines is None else live_pipelines  # what triggers watch
         self.graphs: dict[str, dg.GraphDefinition] = {}
 
 
@@ -82,7 +86,7 @@ def _step_op(pipeline: PipelineSpec, step: StepBody, config: StepConfig, resourc
     pool, waited_for = _step_pool(pipeline, config, resources)
 
     @dg.op(
-        name=dagster_name(pipeline.namespace, pipeline.slug, re.sub(r"[^A-Za-z0-9_]", "_", step.id)),
+        name=dagster_name(pipeline.namespace, pipeline.base_name, re.sub(r"[^A-Za-z0-9_]", "_", step.id)),
         ins={START: dg.In(dg.Nothing)},
         out={RESULT: dg.Out(dg.Nothing)},
         description=f"{step.type} step '{step.name or step.id}' of pipeline '{pipeline.name}'",
@@ -179,7 +183,7 @@ def dbt_rows(run_dir: Path) -> int:
 
 def _join_op(pipeline: PipelineSpec) -> dg.OpDefinition:
     @dg.op(
-        name=dagster_name(pipeline.namespace, pipeline.slug, DONE_NODE),
+        name=dagster_name(pipeline.namespace, pipeline.base_name, DONE_NODE),
         ins={START: dg.In(dg.Nothing)},
         out={RESULT: dg.Out(dg.Nothing)},
     )
@@ -224,7 +228,7 @@ def pipeline_graph(pipeline: PipelineSpec, resources: Resources, depth: int = 0)
         START: dg.MultiDependencyDefinition([dg.DependencyDefinition(step_node_name(s.id), RESULT) for s in sinks])
     }
     graph = dg.GraphDefinition(
-        name=dagster_name(pipeline.namespace, pipeline.slug, "graph"),
+        name=dagster_name(pipeline.namespace, pipeline.base_name, "graph"),
         description=f"Pipeline '{pipeline.name}'",
         node_defs=node_defs,
         dependencies=dependencies,
@@ -277,19 +281,27 @@ def execution_config(parallel: bool) -> dict[str, Any]:
 
 
 def pipeline_definitions(pipeline: PipelineSpec, resources: Resources) -> dg.Definitions:
-    tags = pipeline_tags(pipeline.project_id, pipeline.id)
+    tags = {**pipeline_tags(pipeline.project_id, pipeline.id), run_tags.ENVIRONMENT: pipeline.environment}
+    if pipeline.version is not None:
+        tags[run_tags.PIPELINE_VERSION] = str(pipeline.version)
     if pipeline.timeout_seconds:
         tags["dagster/max_runtime"] = str(pipeline.timeout_seconds)
     # A chain gains nothing from a process per step, and each one costs seconds of start-up
     # (imports); it runs in the run worker. Pipelines with parallel branches get the
     # multiprocess executor. Either is only the default: a launch may choose the other.
     job = pipeline_graph(pipeline, resources).to_job(
-        name=pipeline_job_name(pipeline.namespace, pipeline.slug),
-        description=f"Pipeline '{pipeline.name}'",
+        name=pipeline.job_name,
+        description=f"Pipeline '{pipeline.name}' ({pipeline.environment}, version {pipeline.version})",
         tags=tags,
         metadata={run_tags.PIPELINE_ID: pipeline.id, run_tags.PROJECT_ID: pipeline.project_id},
         config=execution_config(parallel=not is_chain(pipeline, resources)),
     )
-    schedules = rime_schedule(job, pipeline.schedule, paused=pipeline.paused)
-    sensors = trigger_sensors(pipeline, job, connectors=resources.connectors, pipelines=resources.pipelines)
+    # Only the live environment's schedule starts running, and only it has the triggers' sensors
+    # (rime_dagster/pipelines/versions.py): one pipeline, one set of scheduled runs.
+    schedules = rime_schedule(job, pipeline.schedule, paused=pipeline.paused or not pipeline.live)
+    sensors = (
+        trigger_sensors(pipeline, job, connectors=resources.connectors, pipelines=resources.live_pipelines)
+        if pipeline.live
+        else []
+    )
     return dg.Definitions(jobs=[job], schedules=schedules, sensors=sensors)

@@ -37,7 +37,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.event_api import RunStatusChangeRecordsFilter
 
-from rime_dagster.pipelines.names import pipeline_job_name, pipeline_tags
+from rime_dagster.pipelines.names import pipeline_tags
 from rime_dagster.pipelines.trigger_spec import sensor_suffixes, since_ns, target_of
 from rime_dagster.platform import run_tags
 from rime_dagster.platform.names import dagster_name
@@ -113,8 +113,7 @@ def _evaluator(
         upstream = pipelines.get(trigger["pipeline_id"])
         if upstream is None:
             return None
-        job_name = pipeline_job_name(upstream.namespace, upstream.slug)
-        return success_evaluator(upstream.id, job_name, since_ns(trigger), identity, tags)
+        return success_evaluator(upstream.id, upstream.job_name, since_ns(trigger), identity, tags)
     if trigger["type"] == "on_table_update":
         return table_evaluator(pipeline.namespace, trigger["table"], since_ns(trigger), identity, tags)
     return None

@@ -16,6 +16,9 @@ PROJECT_ID = "rime/project_id"
 CONNECTOR_ID = "rime/connector_id"
 DBT_PROJECT_ID = "rime/dbt_project_id"
 PIPELINE_ID = "rime/pipeline_id"
+# A pipeline run's environment (development, qa, uat, production) and the version of the pipeline it ran.
+ENVIRONMENT = "rime/environment"
+PIPELINE_VERSION = "rime/pipeline_version"
 KIND = "rime/kind"  # one of the KIND_* values, set by the job's own tags
 
 # Run tags: how it was started and what it does.

@@ -29,6 +29,7 @@ from rime_dagster.store.models import (
     DbtProject,
     DefinitionsState,
     Pipeline,
+    PipelineEnvironment,
     Project,
     TableRetentionPolicy,
 )
@@ -36,7 +37,8 @@ from rime_dagster.store.types import utcnow
 
 STATE_ID = 1
 # The rows the code location builds definitions from: any change to one of these needs a reload.
-TRACKED = (Project, Connector, DbtProject, Pipeline, TableRetentionPolicy)  # a retention policy is a schedule
+# A retention policy is a schedule; a pipeline's environment past development is a job and schedule of its own.
+TRACKED = (Project, Connector, DbtProject, Pipeline, PipelineEnvironment, TableRetentionPolicy)
 # Rows whose definitions depend only on their existence (an alert rule's sensor reads the rule's row at each
 # evaluation): adding or deleting one needs a reload, editing it does not.
 TRACKED_EXISTENCE = (AlertRule,)

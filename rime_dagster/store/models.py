@@ -177,6 +177,76 @@ class Pipeline(TimestampedMixin, Base):
     triggers: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
 
 
+class PipelineVersion(Base):
+    """An immutable snapshot of a pipeline's definition (rime_dagster/pipelines/versions.py): creating a pipeline
+    makes version 1, every change of its definition the next one. The newest is what development runs."""
+
+    __tablename__ = "pipeline_versions"
+    __table_args__ = (UniqueConstraint("pipeline_id", "version", name="uq_pipeline_versions_pipeline_version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), nullable=False)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    # {name, description, steps, variables, schedule, retries, timeout_seconds, triggers}: the pipeline row's fields.
+    definition: Mapped[dict] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    created_by: Mapped[str | None] = mapped_column(String(320))
+    # Set when the version was retired from production.
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retired_by: Mapped[str | None] = mapped_column(String(320))
+
+
+class PipelineEnvironment(Base):
+    """Which version an environment past development runs (qa, uat, production): its own Dagster job and schedule
+    are built from that version. Development always runs the newest version, so it has no row."""
+
+    __tablename__ = "pipeline_environments"
+
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(20), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    version_id: Mapped[str] = mapped_column(ForeignKey("pipeline_versions.id", ondelete="CASCADE"), nullable=False)
+    since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    by: Mapped[str | None] = mapped_column(String(320))
+    approval_request_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class ApprovalRequest(Base):
+    """A request to move a pipeline version into uat or production; a lead other than the requester decides."""
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (Index("ix_approval_requests_project_status", "project_id", "status", "requested_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), nullable=False)
+    version_id: Mapped[str] = mapped_column(ForeignKey("pipeline_versions.id", ondelete="CASCADE"), nullable=False)
+    from_environment: Mapped[str] = mapped_column(String(20), nullable=False)
+    to_environment: Mapped[str] = mapped_column(String(20), nullable=False)
+    # pending | approved | rejected
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    requested_by: Mapped[str] = mapped_column(String(320), nullable=False)
+    requested_by_user_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    decided_by: Mapped[str | None] = mapped_column(String(320))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ApprovalComment(Base):
+    __tablename__ = "approval_comments"
+    __table_args__ = (Index("ix_approval_comments_request_created", "approval_request_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    approval_request_id: Mapped[str] = mapped_column(
+        ForeignKey("approval_requests.id", ondelete="CASCADE"), nullable=False
+    )
+    author: Mapped[str] = mapped_column(String(320), nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
 class NotificationChannel(TimestampedMixin, Base):
     """Where alerts are sent: a webhook, a Slack incoming webhook or an SMTP mailbox."""
 
