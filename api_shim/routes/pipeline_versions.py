@@ -39,7 +39,7 @@ VERSION_REF = "A version's number (`3`) or id (`pver_...`)."
     summary="List a pipeline's versions",
     description="Version 1 is the pipeline as created; each change of its definition made the next. Each says "
     "where it stands (`development` for the newest, `qa`, `uat`, `production`, `superseded`, `retired`). Sorted "
-    "by `version` (`sort=-version`: newest first).",
+    "by `version`, oldest first (`order=desc`: newest first).",
 )
 def list_versions(
     id: str, pipelineId: str, principal: Viewer, session: SessionDep, codec: CursorCodecDep, page: VersionPage
