@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from rime_client.errors import NotFound, RateLimited, ServiceUnavailable, error_from
+from rime_client.errors import NotFound, RateLimited, RequestInProgress, ServiceUnavailable, error_from
 
 API_PREFIX = "/api/v1"
 # The API's largest page (`limit` above it is a 400).
@@ -20,8 +21,14 @@ class Http:
     """One httpx.Client to `base_url` with the token, and the retry policy.
 
     Retried: a 429 always (the server did nothing), after its Retry-After when that is at most `max_retry_after`
-    seconds; a 503 or a connection error only for GETs and for POSTs carrying an Idempotency-Key, which the server
-    answers at most once: a retry of a launch it already made returns that run instead of starting another.
+    seconds; a 503 or a connection error only for GETs, reads sent as POSTs (a query) and POSTs carrying an
+    Idempotency-Key, which the server answers at most once: a retry of a launch it already made returns that run
+    instead of starting another.
+
+    A keyed POST retried after a timeout or a dropped connection may find the first attempt still being served: the
+    server answers 409 with its details naming the key (RequestInProgress). That is waited out with the same backoff,
+    under the same key, until the first attempt's answer is stored and replayed (raised when the retries are spent).
+    Any other 409 (a name taken, a stale plan) is the request's own answer and is raised at once.
     """
 
     def __init__(
@@ -55,17 +62,44 @@ class Http:
         params: Mapping[str, Any] | None = None,
         json: dict[str, Any] | None = None,
         idempotent_post: bool = False,
+        idempotency_key: str | None = None,
+        read_only: bool = False,
+        files: list[tuple[str, tuple[str, bytes]]] | None = None,
     ) -> dict[str, Any]:
-        """The JSON object of a 2xx answer ({} for a 204); else the RimeError of the last attempt."""
-        headers = {"Idempotency-Key": str(uuid.uuid4())} if idempotent_post else {}
-        safe = method == "GET" or idempotent_post
-        retrying = Retrying(
+        """The JSON object of a 2xx answer ({} for a 204); else the RimeError of the last attempt.
+
+        `idempotent_post`: sent under an Idempotency-Key (`idempotency_key`, else a new one), which every retry of
+        the call reuses. `read_only`: a POST that changes nothing (a query), as safe to retry as a GET."""
+        key = idempotency_key or (str(uuid.uuid4()) if idempotent_post else None)
+        headers = {"Idempotency-Key": key} if key else {}
+        retrying = self._retrying(safe=method == "GET" or read_only or key is not None)
+        return retrying(self._once, method, path, params=params, json=json, headers=headers, files=files)
+
+    def _retrying(self, *, safe: bool) -> Retrying:
+        return Retrying(
             stop=stop_after_attempt(self.max_retries + 1),
             retry=retry_if_exception(lambda exc: self._retryable(exc, safe)),
             wait=self._wait,
             reraise=True,
         )
-        return retrying(self._once, method, path, params=params, json=json, headers=headers)
+
+    @contextmanager
+    def stream(self, method: str, path: str, *, json: dict[str, Any] | None = None) -> Iterator[httpx.Response]:
+        """A 2xx answer to read as it arrives (a file); else the RimeError. A read: retried as a GET is."""
+
+        def opened() -> httpx.Response:
+            response = self.client.send(self.client.build_request(method, path, json=json), stream=True)
+            if response.is_error:
+                response.read()
+                response.close()
+                raise error_from(response)
+            return response
+
+        response = self._retrying(safe=True)(opened)
+        try:
+            yield response
+        finally:
+            response.close()
 
     def _once(
         self,
@@ -75,8 +109,9 @@ class Http:
         params: Mapping[str, Any] | None,
         json: dict[str, Any] | None,
         headers: dict[str, str],
+        files: list[tuple[str, tuple[str, bytes]]] | None,
     ) -> dict[str, Any]:
-        response = self.client.request(method, path, params=params, json=json, headers=headers)
+        response = self.client.request(method, path, params=params, json=json, headers=headers, files=files)
         if response.is_error:
             raise error_from(response)
         return response.json() if response.content else {}
@@ -84,7 +119,7 @@ class Http:
     def _retryable(self, exc: BaseException, safe: bool) -> bool:
         if isinstance(exc, RateLimited):
             return exc.retry_after is None or exc.retry_after <= self.max_retry_after
-        return safe and isinstance(exc, ServiceUnavailable | httpx.TransportError)
+        return safe and isinstance(exc, ServiceUnavailable | RequestInProgress | httpx.TransportError)
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -8,7 +8,13 @@ from types import TracebackType
 from typing import Any
 
 from rime_client._http import Http
+from rime_client.governance import AuditLogs, Classifications, MaskingPolicies, RetentionPolicies
+from rime_client.infrastructure import Infrastructure
+from rime_client.monitoring import AlertRules, Alerts, EscalationPolicies, NotificationChannels
 from rime_client.resources import Connectors, Pipelines, Projects, Runs
+from rime_client.tables import Tables
+from rime_client.transformations import DbtProjects
+from rime_client.users import Tokens, Users
 
 
 class Client:
@@ -47,6 +53,20 @@ class Client:
         self.connectors = Connectors(self._http, self.projects, project)
         self.pipelines = Pipelines(self._http, self.projects, project)
         self.runs = Runs(self._http, self.pipelines)
+        in_project = (self._http, self.projects, project)
+        self.dbt_projects = DbtProjects(*in_project)
+        self.alert_rules = AlertRules(*in_project)
+        self.alerts = Alerts(*in_project)
+        self.notification_channels = NotificationChannels(*in_project)
+        self.escalation_policies = EscalationPolicies(*in_project)
+        self.classifications = Classifications(*in_project)
+        self.masking_policies = MaskingPolicies(*in_project)
+        self.audit_logs = AuditLogs(*in_project)
+        self.retention_policies = RetentionPolicies(*in_project)
+        self.tables = Tables(*in_project)
+        self.infrastructure = Infrastructure(*in_project)
+        self.users = Users(self._http)
+        self.tokens = Tokens(self._http, self.users)
 
     def close(self) -> None:
         self._http.close()

@@ -44,6 +44,15 @@ class Conflict(RimeError):
     """409."""
 
 
+class RequestInProgress(Conflict):
+    """409 to a retry of a keyed trigger while the server still serves the first attempt under its Idempotency-Key
+    (after a timeout or a dropped connection): the work may well be under way. The client waits and asks again under
+    the same key (the answer is then the first attempt's); this is raised once its retries are spent. Calling again
+    with `idempotency_key` set to this error's `idempotency_key` gets that answer, and starts nothing new."""
+
+    idempotency_key: str | None = None
+
+
 class Unprocessable(RimeError):
     """422: well-formed but refused (e.g. an invalid pipeline DAG)."""
 
@@ -86,6 +95,8 @@ def error_from(response: httpx.Response) -> RimeError:
     except (ValueError, KeyError, TypeError):  # not the API's envelope (a proxy's page, say)
         code, message, details = f"http_{response.status_code}", response.text[:500] or response.reason_phrase, None
     cls = BY_STATUS.get(response.status_code, RimeError)
+    if cls is Conflict and isinstance(details, list) and any(_names_the_key(detail) for detail in details):
+        cls = RequestInProgress
     exc = cls(
         code,
         message,
@@ -95,4 +106,11 @@ def error_from(response: httpx.Response) -> RimeError:
     )
     if isinstance(exc, RateLimited):
         exc.retry_after = retry_after(response)
+    if isinstance(exc, RequestInProgress):
+        exc.idempotency_key = response.request.headers.get("Idempotency-Key")
     return exc
+
+
+def _names_the_key(detail: object) -> bool:
+    """The API's mark on the 409 of a key still in use: a `details` entry naming the Idempotency-Key header."""
+    return isinstance(detail, dict) and detail.get("field") == "Idempotency-Key"

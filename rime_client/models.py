@@ -43,6 +43,28 @@ class Connector(Model):
     last_sync: dict[str, Any] | None = None
 
 
+class CheckResult(Model):
+    """A connection or delivery test: `success: false` carries the reason; it is not an error."""
+
+    success: bool
+    message: str
+
+
+class SourceTable(Model):
+    """A table a connector's source offers (discovered live): columns as {name, type, nullable}."""
+
+    name: str
+    columns: list[dict[str, Any]]
+    primary_key: list[str] = []
+    row_estimate: int | None = None
+
+
+class UploadedFile(Model):
+    name: str
+    size_bytes: int
+    uploaded_at: datetime
+
+
 class RunStarted(Model):
     """A connector sync's 202."""
 

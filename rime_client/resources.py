@@ -3,7 +3,8 @@ by id, exact name or slug (a project's namespace) wherever an id is taken."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import builtins
+from collections.abc import Iterator, Mapping
 from itertools import islice
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 from rime_client._http import Http, not_found
 from rime_client.errors import NotFound
 from rime_client.models import (
+    CheckResult,
     Connector,
     ConnectorRun,
     Pipeline,
@@ -20,6 +22,8 @@ from rime_client.models import (
     PipelineRunPlan,
     Project,
     RunStarted,
+    SourceTable,
+    UploadedFile,
 )
 from rime_client.runs import RunHandle
 
@@ -30,9 +34,18 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-def _items(http: Http, path: str, model: type[M], *, limit: int | None, page_size: int) -> Iterator[M]:
+def _items(
+    http: Http,
+    path: str,
+    model: type[M],
+    *,
+    limit: int | None,
+    page_size: int,
+    params: Mapping[str, Any] | None = None,
+) -> Iterator[M]:
     page_size = min(page_size, limit) if limit else page_size
-    return islice((model.model_validate(item) for item in http.pages(path, page_size=page_size)), limit)
+    pages = http.pages(path, params=params, page_size=page_size)
+    return islice((model.model_validate(item) for item in pages), limit)
 
 
 class Projects:
@@ -98,15 +111,54 @@ class Connectors(_InProject):
         """`body` as the API takes it: name, connector_type, config, credentials, selected_tables, schedule, ..."""
         return Connector.model_validate(self._http.request("POST", self._base(project), json=body))
 
-    def delete(self, connector_id: str, *, project: str | None = None) -> None:
-        self._http.request("DELETE", f"{self._base(project)}/{_seg(connector_id)}")
+    def update(self, connector_id: str, changes: dict[str, Any], *, project: str | None = None) -> Connector:
+        """A partial update (JSON merge semantics): name, config, credentials, selected_tables, schedule, sync_mode,
+        cursor_fields, status ("active" | "paused")."""
+        path = f"{self._base(project)}/{_seg(connector_id)}"
+        return Connector.model_validate(self._http.request("PATCH", path, json=changes))
 
-    def sync(self, connector_id: str, *, project: str | None = None, full_refresh: bool = False) -> RunStarted:
-        """Starts a sync (202), under an Idempotency-Key its retries reuse."""
+    def delete(self, connector_id: str, *, project: str | None = None, purge_data: bool = False) -> None:
+        """`purge_data` also drops the connector's Iceberg tables."""
+        path = f"{self._base(project)}/{_seg(connector_id)}"
+        self._http.request("DELETE", path, params={"purge_data": "true" if purge_data else "false"})
+
+    def test(self, connector_id: str, *, project: str | None = None) -> CheckResult:
+        """A real connection attempt; a failure is `success: false` with the reason, not an error."""
+        path = f"{self._base(project)}/{_seg(connector_id)}/test"
+        return CheckResult.model_validate(self._http.request("POST", path))
+
+    def schema(self, connector_id: str, *, project: str | None = None) -> builtins.list[SourceTable]:
+        """The source's tables and columns, discovered live (nothing is stored)."""
+        answer = self._http.request("GET", f"{self._base(project)}/{_seg(connector_id)}/schema")
+        return [SourceTable.model_validate(table) for table in answer["tables"]]
+
+    def upload(
+        self, connector_id: str, files: Mapping[str, bytes], *, project: str | None = None
+    ) -> builtins.list[UploadedFile]:
+        """Puts files (name -> content: CSV, Parquet or JSON lines, 32 MB each) in a `files` connector's upload
+        area; the area's files after it."""
+        parts = [("files", (name, content)) for name, content in files.items()]
+        answer = self._http.request("POST", f"{self._base(project)}/{_seg(connector_id)}/files", files=parts)
+        return [UploadedFile.model_validate(item) for item in answer["files"]]
+
+    def files(self, connector_id: str, *, project: str | None = None) -> builtins.list[UploadedFile]:
+        """The files in a `files` connector's upload area."""
+        answer = self._http.request("GET", f"{self._base(project)}/{_seg(connector_id)}/files")
+        return [UploadedFile.model_validate(item) for item in answer["files"]]
+
+    def sync(
+        self,
+        connector_id: str,
+        *,
+        project: str | None = None,
+        full_refresh: bool = False,
+        idempotency_key: str | None = None,
+    ) -> RunStarted:
+        """Starts a sync (202), under an Idempotency-Key (`idempotency_key`, else a new one) its retries reuse."""
         path = f"{self._base(project)}/{_seg(connector_id)}/sync"
-        return RunStarted.model_validate(
-            self._http.request("POST", path, json={"full_refresh": full_refresh}, idempotent_post=True)
-        )
+        body = {"full_refresh": full_refresh}
+        answer = self._http.request("POST", path, json=body, idempotent_post=True, idempotency_key=idempotency_key)
+        return RunStarted.model_validate(answer)
 
     def runs(
         self, connector_id: str, *, project: str | None = None, limit: int | None = None, page_size: int = 50

@@ -54,6 +54,14 @@ def validate_key(key: str) -> str:
     return key
 
 
+def in_progress() -> Conflict:
+    """The 409 of a repeat that arrives while the first request with its key is still being served. Its `details`
+    name the header, so that a client can tell it from a 409 of the request itself (a name taken, a stale plan):
+    this one is worth retrying, under the same key, once the first request has had time to finish."""
+    message = "A request with this Idempotency-Key is still being processed; retry shortly."
+    return Conflict(message, details=[{"field": "Idempotency-Key", "message": "Still being processed."}])
+
+
 def claim(
     sessions: sessionmaker[Session], ref: KeyRef, *, method: str, path: str, fingerprint: str, ttl: timedelta
 ) -> StoredResponse | Claimed:
@@ -61,7 +69,7 @@ def claim(
     try:
         return _claim(sessions, ref, method=method, path=path, fingerprint=fingerprint, ttl=ttl)
     except IntegrityError:  # a concurrent repeat claimed it between our read and insert
-        raise Conflict("A request with this Idempotency-Key is still being processed; retry shortly.") from None
+        raise in_progress() from None
 
 
 def _claim(
@@ -81,7 +89,7 @@ def _claim(
             status, body = row.response_status, row.response_body
             # A done key holds its response (`complete` stores both with the state).
             if row.state != "done" or status is None or body is None:
-                raise Conflict("A request with this Idempotency-Key is still being processed; retry shortly.")
+                raise in_progress()
             return StoredResponse(status=status, body=body)
         session.add(
             IdempotencyKey(

@@ -41,7 +41,8 @@ class Received:
 
 @dataclass
 class HttpReceiver:
-    """Answers each POST with the next of `statuses` (the last one repeats), after `delay` seconds."""
+    """Answers each POST with the next of `statuses` (the last one repeats), after `delay` seconds, and once `gate`
+    (if any) is set: a delivery stays in flight for as long as a test wants (10 s at most)."""
 
     url: str
     statuses: list[int] = field(default_factory=lambda: [200])
@@ -49,6 +50,7 @@ class HttpReceiver:
     answer_body: bytes = b"ok"
     location: str | None = None  # the Location header of a 3xx answer
     trickle: float | None = None  # answer with a header line that gains a byte every `trickle` seconds, forever
+    gate: threading.Event | None = None
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -78,6 +80,8 @@ def http_receiver(
                 receiver.requests.append(Received(self.path, dict(self.headers.items()), body, time.monotonic()))
             if receiver.delay:
                 time.sleep(receiver.delay)
+            if receiver.gate is not None:
+                receiver.gate.wait(10)
             if receiver.trickle is not None:
                 self.trickle_forever(receiver.trickle)
                 return
