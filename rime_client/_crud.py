@@ -58,7 +58,7 @@ class ProjectCrud(_InProject, Generic[M]):
         return _items(self._http, self._base(project), self.model, limit=limit, page_size=page_size)
 
     def get(self, ref: str, *, project: str | None = None) -> M:
-        """By id, else by exact name (the list's view of it then)."""
+        """By id, else by exact name (then read by its id: the detail view, as by id)."""
         path, found = self._find(ref, project)
         return found if ref.startswith(self.prefix) and found.id == ref else self._read(path)
 
