@@ -193,7 +193,7 @@ def _wait_for_sync(
         runs = client.connectors.runs(connector_id, project=project_id, limit=20)
         run = next((r for r in runs if r.run_id == run_id), None)
         if run is not None and progress is not None:
-            progress({"type": "run_update", "status": run.status, "duration_seconds": run.duration_seconds})
+            progress({"type": "run_update", "status": run.status})
         if run is not None and run.status in TERMINAL:
             return run
         if time.monotonic() + pause > deadline:

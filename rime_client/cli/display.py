@@ -77,7 +77,7 @@ class RunProgress:
             self._changed(step_id, entry[1], entry[2])
         elif kind == "run_update" and message.get("status") != self.status:
             self.status = str(message["status"])
-            self._changed("run", self.status, message.get("duration_seconds"))
+            self._changed("run", self.status, None)  # the closing summary gives the run's duration
 
     def _changed(self, name: str, status: str, duration: float | None) -> None:
         if self.live:

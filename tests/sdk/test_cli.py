@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -278,8 +279,16 @@ def test_waiting_for_runs_shows_the_steps_and_exits_by_the_outcome(api: Served, 
 
     # The installed entry point, as in CI: not a terminal, so one line per change; the gate opens once the step runs.
     argv = [str(RIME), "runs", "wait", passing_run, "--pipeline", "nightly", "--project", passing_project.name]
-    rime = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert rime.stdout is not None
+    rime, interrupted = (
+        subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    )
+    assert rime.stdout is not None and interrupted.stdout is not None and interrupted.stderr is not None
+    interrupted.stdout.readline()  # it follows the run; Ctrl-C stops the waiting, not the run
+    interrupted.send_signal(signal.SIGINT)
+    assert (
+        interrupted.wait(30) == 130 and f"Stopped waiting; run {passing_run} keeps going" in interrupted.stderr.read()
+    )
     lines = []
     for line in rime.stdout:
         lines.append(line.split(maxsplit=1)[1].split() if line[:2].isdigit() else line.split())
