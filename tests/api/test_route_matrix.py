@@ -101,6 +101,30 @@ class Ctx:
         url = f"/api/v1/projects/{self.project_id}/pipelines"
         return self.created(url, {"name": unique("doomed"), "steps": sync_step(self)})
 
+    def spare_in(self, environment: str) -> str:
+        """A pipeline of its own whose version 1 runs in `environment`: promoted by the admin, each approval given
+        by the lead (approvals need a lead other than the requester)."""
+        pipeline_id = self.spare_pipeline()
+        url = f"/api/v1/projects/{self.project_id}/pipelines/{pipeline_id}/versions/1/promote"
+        for step in ("qa", "uat", "production"):
+            if step == "qa":
+                assert self.clients.admin.post(url).status_code == 200
+            else:
+                request_id = self.clients.admin.post(url).json()["approval_request_id"]
+                approve = f"/api/v1/projects/{self.project_id}/approvals/{request_id}/approve"
+                assert self.clients.as_role(Role.lead_data_engineer).post(approve, json={}).status_code == 200
+            if step == environment:
+                return pipeline_id
+        raise ValueError(environment)
+
+    def pending_request(self) -> str:
+        """An approval request of a pipeline of its own (qa -> uat), requested by the admin."""
+        pipeline_id = self.spare_in("qa")
+        url = f"/api/v1/projects/{self.project_id}/pipelines/{pipeline_id}/versions/1/promote"
+        response = self.clients.admin.post(url)
+        assert response.status_code == 202, response.text
+        return response.json()["approval_request_id"]
+
     def spare_user(self) -> str:
         body = {"email": f"{unique('doomed')}@example.com", "name": "D", "role": "viewer"}
         return self.created("/api/v1/users", body)
@@ -184,6 +208,14 @@ def pipe_url(c: Ctx, suffix: str = "") -> str:
     return f"/api/v1/projects/{c.project_id}/pipelines/{c.pipeline_id}{suffix}"
 
 
+APPROVALS = "/api/v1/projects/{id}/approvals"
+
+
+def approval_url(c: Ctx, suffix: str = "") -> str:
+    """A pending approval request of its own (approving or rejecting one decides it)."""
+    return f"/api/v1/projects/{c.project_id}/approvals/{c.pending_request()}{suffix}"
+
+
 def sync_step(c: Ctx) -> list[dict]:
     return [{"id": "sync", "type": "connector_sync", "config": {"connector_id": c.connector_id}}]
 
@@ -259,6 +291,36 @@ CASES: dict[tuple[str, str], Case] = {
         "url": f"/api/v1/projects/{c.project_id}/pipelines/{c.spare_pipeline()}"
     },
     ("POST", PIPE + "/{pipelineId}/run"): lambda c, r: {"url": pipe_url(c, "/run"), "json": {"dry_run": True}},
+    ("GET", PIPE + "/{pipelineId}/versions"): lambda c, r: {"url": pipe_url(c, "/versions")},
+    ("GET", PIPE + "/{pipelineId}/versions/diff"): lambda c, r: {
+        "url": pipe_url(c, "/versions/diff"),
+        "params": {"from": 1, "to": 1},
+    },
+    ("GET", PIPE + "/{pipelineId}/versions/{version}"): lambda c, r: {"url": pipe_url(c, "/versions/1")},
+    ("GET", PIPE + "/{pipelineId}/versions/{version}/export"): lambda c, r: {"url": pipe_url(c, "/versions/1/export")},
+    ("GET", PIPE + "/{pipelineId}/environments"): lambda c, r: {"url": pipe_url(c, "/environments")},
+    ("POST", PIPE + "/{pipelineId}/versions/{version}/promote"): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}/pipelines/{c.spare_pipeline()}/versions/1/promote"
+    },
+    ("POST", PIPE + "/{pipelineId}/versions/{version}/demote"): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}/pipelines/{c.spare_in('uat')}/versions/1/demote"
+    },
+    ("POST", PIPE + "/{pipelineId}/versions/{version}/retire"): lambda c, r: {
+        "url": f"/api/v1/projects/{c.project_id}/pipelines/{c.spare_in('production')}/versions/1/retire"
+    },
+    ("GET", APPROVALS): lambda c, r: {"url": f"/api/v1/projects/{c.project_id}/approvals"},
+    ("GET", APPROVALS + "/{requestId}"): lambda c, r: {"url": approval_url(c)},
+    ("POST", APPROVALS + "/{requestId}/approve"): lambda c, r: {"url": approval_url(c, "/approve"), "json": {}},
+    ("POST", APPROVALS + "/{requestId}/reject"): lambda c, r: {
+        "url": approval_url(c, "/reject"),
+        "json": {"reason": "not yet"},
+    },
+    ("GET", APPROVALS + "/{requestId}/comments"): lambda c, r: {"url": approval_url(c, "/comments")},
+    ("POST", APPROVALS + "/{requestId}/comments"): lambda c, r: {
+        "url": approval_url(c, "/comments"),
+        "json": {"content": "looks fine"},
+    },
+    ("GET", "/api/v1/notifications/pending-approvals"): lambda c, r: {"url": "/api/v1/notifications/pending-approvals"},
     ("GET", PIPE + "/{pipelineId}/runs"): lambda c, r: {"url": pipe_url(c, "/runs")},
     ("GET", PIPE + "/{pipelineId}/runs/{runId}"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}")},
     ("POST", PIPE + "/{pipelineId}/runs/{runId}/cancel"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}/cancel")},
