@@ -20,10 +20,11 @@ from rime_client.client import Client
 from rime_client.errors import RimeError
 
 Handler = Callable[[Client, argparse.Namespace], int]
+ArgParser = argparse.ArgumentParser
 CONFIG_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"login": commands.login, "logout": commands.logout}
 
 
-def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, argparse.ArgumentParser]:
+def _parents() -> tuple[ArgParser, ArgParser, ArgParser]:
     api = argparse.ArgumentParser(add_help=False)
     api.add_argument("--url", help="the API's base URL (default: $RIME_URL, else the one `rime login` stored)")
     api.add_argument(
@@ -36,7 +37,7 @@ def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, argpar
     return api, project, output
 
 
-def _wait_options(parser: argparse.ArgumentParser, what: str) -> None:
+def _wait_options(parser: ArgParser, what: str) -> None:
     parser.add_argument("--timeout", type=float, metavar="S", help=f"stop waiting after S seconds (exit 4; {what})")
 
 
@@ -46,68 +47,68 @@ def _group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argpar
 
 
 def _command(
-    group: argparse._SubParsersAction, name: str, handler: Handler, help_text: str, *parents: argparse.ArgumentParser
-) -> argparse.ArgumentParser:
+    group: argparse._SubParsersAction, name: str, handler: Handler, help_text: str, *parents: ArgParser
+) -> ArgParser:
     parser = group.add_parser(name, help=help_text, description=help_text, parents=list(parents))
     parser.set_defaults(client_handler=handler)
     return parser
 
 
-def _add_projects(sub: argparse._SubParsersAction, api: argparse.ArgumentParser, out: argparse.ArgumentParser) -> None:
-    group = _group(sub, "projects", "list, show, create and delete projects")
-    listing = _command(group, "list", commands.projects_list, "list the projects", api, out)
-    listing.add_argument("--limit", type=int, help="at most this many")
-    _command(group, "get", commands.projects_get, "show a project", api, out).add_argument(
-        "project_ref", metavar="PROJECT", help="id, name or slug"
+def _on_one(
+    group: argparse._SubParsersAction, name: str, handler: Handler, help_text: str, what: str, *parents: ArgParser
+) -> ArgParser:
+    """A command on one named thing: its positional argument WHAT, an id or a name."""
+    parser = _command(group, name, handler, help_text, *parents)
+    parser.add_argument(what, metavar=what.upper(), help="id or name" + (" or slug" if what == "project" else ""))
+    return parser
+
+
+def _list_and_get(
+    group: argparse._SubParsersAction, what: str, listing: Handler, getting: Handler, *parents: ArgParser
+) -> None:
+    _command(group, "list", listing, f"list the {what}s", *parents).add_argument(
+        "--limit", type=int, help="at most this many"
     )
+    _on_one(group, "get", getting, f"show a {what}", what, *parents)
+
+
+def _add_projects(sub: argparse._SubParsersAction, api: ArgParser, out: ArgParser) -> None:
+    group = _group(sub, "projects", "list, show, create and delete projects")
+    _list_and_get(group, "project", commands.projects_list, commands.projects_get, api, out)
     create = _command(group, "create", commands.projects_create, "create a project (admins)", api, out)
     create.add_argument("name")
     create.add_argument("--description")
-    delete = _command(group, "delete", commands.projects_delete, "delete a project and all it holds (admins)", api)
-    delete.add_argument("project_ref", metavar="PROJECT", help="id, name or slug")
+    delete = _on_one(
+        group, "delete", commands.projects_delete, "delete a project and all it holds (admins)", "project", api
+    )
     delete.add_argument("--purge-data", action="store_true", help="drop its Iceberg tables too")
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
 
 
-def _add_connectors(sub: argparse._SubParsersAction, *parents: argparse.ArgumentParser) -> None:
-    api, project, out = parents
+def _add_connectors(sub: argparse._SubParsersAction, *parents: ArgParser) -> None:
     group = _group(sub, "connectors", "list, show and sync a project's connectors")
-    _command(group, "list", commands.connectors_list, "list the connectors", *parents).add_argument(
-        "--limit", type=int, help="at most this many"
-    )
-    _command(group, "get", commands.connectors_get, "show a connector", *parents).add_argument(
-        "connector", metavar="CONNECTOR", help="id or name"
-    )
-    sync = _command(group, "sync", commands.connectors_sync, "start a sync", *parents)
-    sync.add_argument("connector", metavar="CONNECTOR", help="id or name")
+    _list_and_get(group, "connector", commands.connectors_list, commands.connectors_get, *parents)
+    sync = _on_one(group, "sync", commands.connectors_sync, "start a sync", "connector", *parents)
     sync.add_argument("--full-refresh", action="store_true")
     sync.add_argument("--wait", action="store_true", help="wait for its end: exit 0 if it succeeded, 1 if not")
     _wait_options(sync, "the sync keeps going")
 
 
-def _add_pipelines(sub: argparse._SubParsersAction, *parents: argparse.ArgumentParser) -> None:
-    api, project, out = parents
+def _add_pipelines(sub: argparse._SubParsersAction, *parents: ArgParser) -> None:
+    api, project, _ = parents
     group = _group(sub, "pipelines", "list, show, run and export a project's pipelines")
-    _command(group, "list", commands.pipelines_list, "list the pipelines", *parents).add_argument(
-        "--limit", type=int, help="at most this many"
-    )
-    _command(group, "get", commands.pipelines_get, "show a pipeline and its steps", *parents).add_argument(
-        "pipeline", metavar="PIPELINE", help="id or name"
-    )
-    run = _command(group, "run", commands.pipelines_run, "start a run", *parents)
-    run.add_argument("pipeline", metavar="PIPELINE", help="id or name")
+    _list_and_get(group, "pipeline", commands.pipelines_list, commands.pipelines_get, *parents)
+    run = _on_one(group, "run", commands.pipelines_run, "start a run", "pipeline", *parents)
     run.add_argument("--full-refresh", action="store_true")
     run.add_argument("--wait", action="store_true", help="show the steps progressing; exit 0 if it succeeded, 1 if not")
     _wait_options(run, "the run keeps going")
-    runs = _command(group, "runs", commands.pipelines_runs, "the pipeline's runs, newest first", *parents)
-    runs.add_argument("pipeline", metavar="PIPELINE", help="id or name")
+    runs = _on_one(group, "runs", commands.pipelines_runs, "the pipeline's runs, newest first", "pipeline", *parents)
     runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
-    export = _command(group, "export", commands.pipelines_export, "print the pipeline as a document", api, project)
-    export.add_argument("pipeline", metavar="PIPELINE", help="id or name")
+    export = _on_one(group, "export", commands.pipelines_export, "print it as a document", "pipeline", api, project)
     export.add_argument("--format", choices=("yaml", "json"), default="yaml")
 
 
-def _add_runs(sub: argparse._SubParsersAction, *parents: argparse.ArgumentParser) -> None:
+def _add_runs(sub: argparse._SubParsersAction, *parents: ArgParser) -> None:
     group = _group(sub, "runs", "show, follow or cancel one pipeline run")
     for name, handler, help_text in (
         ("get", commands.runs_get, "show a run and its steps"),

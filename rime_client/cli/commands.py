@@ -88,7 +88,7 @@ def projects_list(client: Client, args: argparse.Namespace) -> int:
 
 
 def projects_get(client: Client, args: argparse.Namespace) -> int:
-    project = client.projects.get(args.project_ref)
+    project = client.projects.get(args.project)
     if _json(args):
         as_json(project, sys.stdout)
     else:
@@ -107,7 +107,7 @@ def projects_create(client: Client, args: argparse.Namespace) -> int:
 
 
 def projects_delete(client: Client, args: argparse.Namespace) -> int:
-    project = client.projects.get(args.project_ref)
+    project = client.projects.get(args.project)
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError(f"Deleting project {project.name} deletes all its resources: pass --yes to confirm.")

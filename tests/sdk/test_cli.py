@@ -12,7 +12,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import yaml
 from api_shim.cli import main
 from rime_client import Client, Pipeline, Project
 from rime_client.cli.display import RunProgress
+from tests.sdk import test_client  # its TestWait's helpers (a module import: pytest collects no test twice)
 from tests.sdk.conftest import Served
 from tests.sdk.test_client import ROOT, unique, with_pipeline
 
@@ -250,16 +250,6 @@ def start_run(api: Served, project: Project, pipeline: Pipeline, gate: Path, out
     return subprocess.Popen(argv, env=env, cwd=ROOT)
 
 
-def run_of(client: Client, project: Project, pipeline: Pipeline) -> str:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        runs = list(client.pipelines.runs(pipeline.id, project=project.id, limit=1))
-        if runs:
-            return runs[0].run_id
-        time.sleep(0.05)
-    raise AssertionError("the run did not appear in the run history")
-
-
 @pytest.mark.slow  # two Dagster runs in processes of their own, and `rime` in another: a few seconds
 def test_waiting_for_runs_shows_the_steps_and_exits_by_the_outcome(api: Served, env, client: Client, tmp_path, capsys):
     gate = tmp_path / "gate"
@@ -269,7 +259,7 @@ def test_waiting_for_runs_shows_the_steps_and_exits_by_the_outcome(api: Served, 
         start_run(api, passing_project, passing, gate, "pass"),
         start_run(api, failing_project, failing, gate, "fail"),
     ]
-    passing_run = run_of(client, passing_project, passing)
+    passing_run = test_client.TestWait.run_of(client, passing_project, passing)
 
     # Not over before the timeout: exit 4, and the run keeps going.
     code, _, err = run_cli(
@@ -298,7 +288,7 @@ def test_waiting_for_runs_shows_the_steps_and_exits_by_the_outcome(api: Served, 
     assert ["sync", "running"] in lines and lines[-3][:2] == ["sync", "completed"]
     assert lines[-2][:2] == ["run", "succeeded"] and lines[-1][:3] == ["Run", passing_run, "succeeded"]
 
-    failing_run = run_of(client, failing_project, failing)
+    failing_run = test_client.TestWait.run_of(client, failing_project, failing)
     code, out, _ = run_cli(capsys, "runs", "wait", failing_run, "--pipeline", failing.id, "-p", failing_project.name)
     assert code == 1 and f"Run {failing_run} failed" in out and "sync: " in out and "the source went away" in out
     code, out, _ = run_cli(capsys, "runs", "get", failing_run, "--pipeline", "nightly", "-p", failing_project.id)
