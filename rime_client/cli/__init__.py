@@ -37,8 +37,14 @@ def _parents() -> tuple[ArgParser, ArgParser, ArgParser]:
     return api, project, output
 
 
-def _wait_options(parser: ArgParser, what: str) -> None:
-    parser.add_argument("--timeout", type=float, metavar="S", help=f"stop waiting after S seconds (exit 4; {what})")
+def _wait_options(parser: ArgParser, what: str, *, trigger: bool = True) -> None:
+    """--timeout, and for a command that starts the run: --full-refresh and --wait."""
+    if trigger:
+        parser.add_argument("--full-refresh", action="store_true")
+        parser.add_argument("--wait", action="store_true", help="show its progress; exit 0 if it succeeded, 1 if not")
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help=f"stop waiting after S seconds (exit 4; the {what} keeps going)"
+    )
 
 
 def _group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
@@ -88,20 +94,14 @@ def _add_projects(sub: argparse._SubParsersAction, api: ArgParser, out: ArgParse
 def _add_connectors(sub: argparse._SubParsersAction, *parents: ArgParser) -> None:
     group = _group(sub, "connectors", "list, show and sync a project's connectors")
     _list_and_get(group, "connector", commands.connectors_list, commands.connectors_get, *parents)
-    sync = _on_one(group, "sync", commands.connectors_sync, "start a sync", "connector", *parents)
-    sync.add_argument("--full-refresh", action="store_true")
-    sync.add_argument("--wait", action="store_true", help="wait for its end: exit 0 if it succeeded, 1 if not")
-    _wait_options(sync, "the sync keeps going")
+    _wait_options(_on_one(group, "sync", commands.connectors_sync, "start a sync", "connector", *parents), "sync")
 
 
 def _add_pipelines(sub: argparse._SubParsersAction, *parents: ArgParser) -> None:
     api, project, _ = parents
     group = _group(sub, "pipelines", "list, show, run and export a project's pipelines")
     _list_and_get(group, "pipeline", commands.pipelines_list, commands.pipelines_get, *parents)
-    run = _on_one(group, "run", commands.pipelines_run, "start a run", "pipeline", *parents)
-    run.add_argument("--full-refresh", action="store_true")
-    run.add_argument("--wait", action="store_true", help="show the steps progressing; exit 0 if it succeeded, 1 if not")
-    _wait_options(run, "the run keeps going")
+    _wait_options(_on_one(group, "run", commands.pipelines_run, "start a run", "pipeline", *parents), "run")
     runs = _on_one(group, "runs", commands.pipelines_runs, "the pipeline's runs, newest first", "pipeline", *parents)
     runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     export = _on_one(group, "export", commands.pipelines_export, "print it as a document", "pipeline", api, project)
@@ -119,7 +119,7 @@ def _add_runs(sub: argparse._SubParsersAction, *parents: ArgParser) -> None:
         parser.add_argument("run_id", metavar="RUN")
         parser.add_argument("--pipeline", required=True, help="the run's pipeline: id or name")
         if name == "wait":
-            _wait_options(parser, "the run keeps going")
+            _wait_options(parser, "run", trigger=False)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
