@@ -301,6 +301,11 @@ def world_base(request, tmp_path_factory) -> Iterator[World]:
         world.ids["classificationId"] = world.post(f"{base}/classifications", json=classification)["id"]
         marts = {"resource_type": "iceberg_namespace", "name": "marts", "config": {"properties": {"owner": "bi"}}}
         world.ids["resourceId"] = world.post(f"{base}/infrastructure", json=marts)["id"]
+        # Version 1 of the pipeline runs in qa, and its move to uat waits for approval.
+        promote = f"{base}/pipelines/{world.ids['pipelineId']}/versions/1/promote"
+        assert client.post(promote).status_code == 200
+        request_id = client.post(promote).json()["approval_request_id"]
+        world.ids |= {"version": "1", "requestId": request_id}
         yield world
     for read_only in (False, True):  # schemathesis' client holds on to the app until the process ends
         engine_for(settings.metadata_url, read_only=read_only).dispose()
