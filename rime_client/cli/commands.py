@@ -49,7 +49,11 @@ def _read_token(args: argparse.Namespace) -> str:
     if args.token_stdin or not sys.stdin.isatty():
         token = sys.stdin.readline().strip()
     else:
-        token = getpass.getpass("API token: ").strip()
+        try:
+            token = getpass.getpass("API token: ").strip()  # not echoed
+        except EOFError:  # Ctrl-D
+            print(file=sys.stderr)
+            token = ""
     if not token:
         raise UsageError("No token given.")
     return token
