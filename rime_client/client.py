@@ -10,6 +10,7 @@ from typing import Any
 from rime_client._http import Http
 from rime_client.governance import AuditLogs, Classifications, MaskingPolicies, RetentionPolicies
 from rime_client.infrastructure import Infrastructure
+from rime_client.lifecycle import Approvals, PipelineVersions
 from rime_client.monitoring import AlertRules, Alerts, EscalationPolicies, NotificationChannels
 from rime_client.resources import Connectors, Pipelines, Projects, Runs
 from rime_client.tables import Tables
@@ -53,6 +54,8 @@ class Client:
         self.connectors = Connectors(self._http, self.projects, project)
         self.pipelines = Pipelines(self._http, self.projects, project)
         self.runs = Runs(self._http, self.pipelines)
+        self.versions = PipelineVersions(self._http, self.pipelines)
+        self.approvals = Approvals(self._http, self.projects, project)
         in_project = (self._http, self.projects, project)
         self.dbt_projects = DbtProjects(*in_project)
         self.alert_rules = AlertRules(*in_project)

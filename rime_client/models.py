@@ -109,6 +109,7 @@ class Pipeline(Model):
     triggers: list[dict[str, Any]] = []
     created_at: datetime
     updated_at: datetime
+    version: int | None = None  # the newest version: what development runs
     execution_order: list[str] | None = None  # the detail view's, not the list's
 
 
@@ -133,6 +134,8 @@ class PipelineRun(Model):
     dagster_url: str
     pipeline_id: str
     status: RunStatus
+    environment: str = "development"
+    version: int | None = None
     trigger: str
     triggered_by: str | None = None
     full_refresh: bool = False
@@ -153,6 +156,8 @@ class PipelineRunPlan(Model):
 
     dry_run: Literal[True] = True
     pipeline_id: str
+    environment: str = "development"
+    version: int | None = None
     full_refresh: bool
     variables: dict[str, Any]
     execution_order: list[str]

@@ -213,11 +213,16 @@ class Pipelines(_InProject):
         project: str | None = None,
         full_refresh: bool = False,
         variables: dict[str, Any] | None = None,
+        environment: str = "development",
+        idempotency_key: str | None = None,
     ) -> RunHandle:
-        """Starts a run (under an Idempotency-Key its retries reuse); `.wait()` on the answer follows it."""
+        """Starts a run of `environment`'s version (development: the newest), under an Idempotency-Key
+        (`idempotency_key`, else a new one) its retries reuse; `.wait()` on the answer follows it."""
         path, found = self._resolve(pipeline, project)
-        body = {"full_refresh": full_refresh, "variables": variables}
-        started = self._http.request("POST", f"{path}/run", json=body, idempotent_post=True)
+        body = {"full_refresh": full_refresh, "variables": variables, "environment": environment}
+        started = self._http.request(
+            "POST", f"{path}/run", json=body, idempotent_post=True, idempotency_key=idempotency_key
+        )
         return RunHandle(self._http, base=path, pipeline_id=found.id, started=started)
 
     def plan(
@@ -227,10 +232,11 @@ class Pipelines(_InProject):
         project: str | None = None,
         full_refresh: bool = False,
         variables: dict[str, Any] | None = None,
+        environment: str = "development",
     ) -> PipelineRunPlan:
-        """A dry run: the steps validated and the ordered plan; nothing is launched."""
+        """A dry run: the steps of `environment`'s version validated and the ordered plan; nothing is launched."""
         path, _ = self._resolve(pipeline, project)
-        body = {"full_refresh": full_refresh, "variables": variables, "dry_run": True}
+        body = {"full_refresh": full_refresh, "variables": variables, "dry_run": True, "environment": environment}
         return PipelineRunPlan.model_validate(
             self._http.request("POST", f"{path}/run", json=body, idempotent_post=True)
         )
