@@ -64,11 +64,10 @@ def resolve(url: str | None, token: str | None) -> Target:
 
 
 def save(url: str, token: str) -> Path:
-    """Writes {url, token} to the credentials file: the directory 0700, the file 0600 from its first byte, replaced
-    whole (a reader never sees half of it)."""
+    """Writes {url, token} to the credentials file: 0600 from its first byte, replaced whole (a reader never sees half
+    of it), in a directory made 0700 (one that exists, e.g. a $RIME_CONFIG_DIR of the user's, keeps its mode)."""
     path = credentials_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".credentials-")  # created 0600
     try:
         with os.fdopen(fd, "w") as handle:
