@@ -257,3 +257,62 @@ def test_failure_skips_downstream_and_dagster_launched_runs_show(api, dagster_we
 # Cancel (the running dbt step stopped, the step after it skipped) is proven on the two-minute dbt run of
 # test_definitions_sync.py::test_reloads_during_a_long_run_leave_no_old_code_server_behind_then_cancel_stops_it,
 # which reloads the code location during the same run first.
+
+
+def test_production_runs_its_approved_version_while_development_changes(api, dagster_webserver: Webserver, tmp_path):
+    project = api.post("/api/v1/projects", json={"name": "pipeline environments"}).json()
+    pid = project["id"]
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    (folder / "orders.csv").write_text("id,amount\n1,2.5\n")
+    connector = api.post(
+        f"/api/v1/projects/{pid}/connectors",
+        json={
+            "name": "Inbox",
+            "connector_type": "files",
+            "config": {"path": str(folder)},
+            "selected_tables": ["orders"],
+        },
+    ).json()
+    sync = {"id": "sync", "type": "connector_sync", "config": {"connector_id": connector["id"]}}
+    pipeline = api.post(f"/api/v1/projects/{pid}/pipelines", json={"name": "staged", "steps": [sync]}).json()
+    base = f"/api/v1/projects/{pid}/pipelines/{pipeline['id']}"
+
+    # Version 1 to production: the admin requests each approval, another lead gives it.
+    user = api.post("/api/v1/users", json={"email": "approver@example.com", "name": "A", "role": "lead_data_engineer"})
+    token = api.post(f"/api/v1/users/{user.json()['id']}/tokens", json={"name": "t"}).json()["token"]
+    approver = {"Authorization": f"Bearer {token}"}
+    assert api.post(f"{base}/versions/1/promote").status_code == 200
+    for _ in ("uat", "production"):
+        request_id = api.post(f"{base}/versions/1/promote").json()["approval_request_id"]
+        approved = api.post(f"/api/v1/projects/{pid}/approvals/{request_id}/approve", json={}, headers=approver)
+        assert approved.status_code == 200, approved.text
+    # Development moves on: version 2 adds a step.
+    tidy = {
+        "id": "tidy",
+        "type": "table_maintenance",
+        "config": {"table": "inbox__orders", "operation": "expire_snapshots"},
+    }
+    changed = api.patch(base, json={"steps": [sync, {**tidy, "depends_on": ["sync"]}]})
+    assert changed.status_code == 200 and changed.json()["version"] == 2
+
+    # Each run at once after the change: the launch waits for Dagster to build the environment's job.
+    production = api.post(f"{base}/run", json={"environment": "production"})
+    assert production.status_code == 202, production.text
+    assert production.json()["environment"] == "production" and production.json()["version"] == 1
+    development = api.post(f"{base}/run").json()
+    runs = {
+        "production": wait_for_pipeline_run(api, base, production.json()["run_id"]),
+        "development": wait_for_pipeline_run(api, base, development["run_id"]),
+    }
+    assert [(s["step_id"], s["status"]) for s in runs["production"]["steps"]] == [("sync", "completed")]
+    assert [(s["step_id"], s["status"]) for s in runs["development"]["steps"]] == [
+        ("sync", "completed"),
+        ("tidy", "completed"),
+    ]
+    assert (runs["production"]["environment"], runs["production"]["version"]) == ("production", 1)
+    assert (runs["development"]["environment"], runs["development"]["version"]) == ("development", 2)
+    history = api.get(f"{base}/runs").json()["data"]
+    assert {(r["environment"], r["version"]) for r in history} == {("production", 1), ("development", 2)}
+    jobs = {dagster_webserver.client.run_record(r["dagster_run_id"]).dagster_run.job_name for r in history}
+    assert jobs == {f"{project['namespace']}__staged", f"{project['namespace']}__staged__production"}
