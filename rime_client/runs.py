@@ -111,7 +111,8 @@ class RunHandle:
                 for step in run.steps:
                     if seen.get(step.step_id) != step.status:
                         seen[step.step_id] = step.status
-                        on_update({"type": "step_update", **step.model_dump(mode="json")})
+                        # Its fields as the socket's `step_update` has them (the step's own `type` gives way).
+                        on_update({**step.model_dump(mode="json"), "type": "step_update"})
                 on_update({"type": "run_update", "run_id": run.run_id, "status": run.status})
             if run.finished:
                 return run
