@@ -16,7 +16,7 @@ from rime_client.cli import credentials
 from rime_client.cli.display import STEP_HEADERS, RunProgress, as_json, fields, step_rows, table
 from rime_client.client import Client
 from rime_client.errors import NotFound
-from rime_client.models import TERMINAL, Connector, ConnectorRun, PipelineRun
+from rime_client.models import TERMINAL, Connector, ConnectorRun, Pipeline, PipelineRun
 from rime_client.runs import RunHandle
 
 # Exit codes (README "Command line"): what scripts branch on.
@@ -348,32 +348,34 @@ def _documents(sources: list[str]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def _named(client: Client, project_id: str, document: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """(id, export) of the project's pipeline of the document's name, if there is one."""
+def _named(client: Client, project_id: str, document: dict[str, Any]) -> tuple[Pipeline, dict[str, Any]] | None:
+    """The project's pipeline of the document's name and its export, if there is one."""
     definition = document.get("pipeline")
     name = definition.get("name") if isinstance(definition, dict) else None
     if not isinstance(name, str):
         return None  # the API names what is missing
     found = next((p for p in client.pipelines.list(project=project_id, page_size=100) if p.name == name), None)
-    return (found.id, client.pipelines.export(found.id, project=project_id)) if found else None
+    return (found, client.pipelines.export(found.id, project=project_id)) if found else None
 
 
-def apply_one(client: Client, project_id: str, document: dict[str, Any]) -> tuple[str, list[str], str, str]:
-    """Applies one document: (created | updated | unchanged, the fields it changed, the pipeline's name and id).
+def apply_one(client: Client, project_id: str, document: dict[str, Any]) -> dict[str, Any]:
+    """Applies one document: {action: created | updated | unchanged, the pipeline's name, id and version (its
+    newest), the fields that changed}.
 
     A document equal to the pipeline's export is not sent at all; otherwise the import replaces the definition,
     and comparing the exports before and after tells what changed (a document leaving out fields at their
     defaults may change nothing)."""
     existing = _named(client, project_id, document)
     if existing is not None and document == existing[1]:
-        return "unchanged", [], existing[1]["pipeline"]["name"], existing[0]
-    pipeline = client.pipelines.import_document(document, project=project_id)
-    if existing is None:
-        return "created", [], pipeline.name, pipeline.id
-    before = existing[1]
-    after = client.pipelines.export(pipeline.id, project=project_id)
-    changed = [k for k in after["pipeline"] if after["pipeline"].get(k) != before["pipeline"].get(k)]
-    return ("updated" if changed else "unchanged"), changed, pipeline.name, pipeline.id
+        pipeline, action, changed = existing[0], "unchanged", []
+    else:
+        pipeline = client.pipelines.import_document(document, project=project_id)
+        after = client.pipelines.export(pipeline.id, project=project_id)["pipeline"] if existing else {}
+        before = existing[1]["pipeline"] if existing else {}
+        changed = [k for k in after if after.get(k) != before.get(k)]
+        action = "created" if existing is None else "updated" if changed else "unchanged"
+    version = getattr(pipeline, "version", None)  # an API without versions has none
+    return {"action": action, "name": pipeline.name, "id": pipeline.id, "version": version, "changed": changed}
 
 
 def apply(client: Client, args: argparse.Namespace) -> int:
@@ -382,10 +384,12 @@ def apply(client: Client, args: argparse.Namespace) -> int:
     project_id = client.projects.get(_project(args)).id
     results = []
     for _source, document in documents:
-        action, changed, name, pipeline_id = apply_one(client, project_id, document)
-        results.append({"action": action, "name": name, "id": pipeline_id, "changed": changed})
+        result = apply_one(client, project_id, document)
+        results.append(result)
         if not _json(args):
-            print(f"pipeline {name} ({pipeline_id}) {action}" + (f": {', '.join(changed)}" if changed else ""))
+            changed = f": {', '.join(result['changed'])}" if result["changed"] else ""
+            version = f" (version {result['version']})" if result["version"] is not None else ""
+            print(f"pipeline {result['name']} ({result['id']}) {result['action']}{changed}{version}")
     if _json(args):
         as_json({"project_id": project_id, "results": results}, sys.stdout)
     return EXIT_OK

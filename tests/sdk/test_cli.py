@@ -159,16 +159,15 @@ class TestApply:
 
         code, out, _ = run_cli(capsys, "apply", "-f", str(path), "-p", project.name)
         copy = client.pipelines.get("copy", project=project.id)
-        assert (code, out) == (0, f"pipeline copy ({copy.id}) created\n")
-        assert (
-            run_cli(capsys, "apply", "-f", str(path), "-p", project.name)[1] == f"pipeline copy ({copy.id}) unchanged\n"
-        )
+        assert (code, out) == (0, f"pipeline copy ({copy.id}) created (version 1)\n")
+        again = run_cli(capsys, "apply", "-f", str(path), "-p", project.name)[1]
+        assert again == f"pipeline copy ({copy.id}) unchanged (version 1)\n"
         assert client.pipelines.get(copy.id, project=project.id).updated_at == copy.updated_at  # nothing was sent
 
         document["pipeline"]["schedule"] = "0 3 * * *"
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         code, out, _ = run_cli(capsys, "apply", "-f", str(path), "-p", project.name)
-        assert out == f"pipeline copy ({copy.id}) updated: schedule\n"
+        assert out == f"pipeline copy ({copy.id}) updated: schedule (version 2)\n"
         assert client.pipelines.get("copy", project=project.id).schedule == "0 3 * * *"
 
         # A document leaving out fields: they take their defaults (the schedule goes); sent again, it changes nothing.
@@ -176,7 +175,8 @@ class TestApply:
         monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(short)))
         code, out, _ = run_cli(capsys, "apply", "-f", "-", "-p", project.id, "-o", "json")
         result = json.loads(out)
-        assert result["results"] == [{"action": "updated", "name": "copy", "id": copy.id, "changed": ["schedule"]}]
+        updated = {"action": "updated", "name": "copy", "id": copy.id, "version": 3, "changed": ["schedule"]}
+        assert result == {"project_id": project.id, "results": [updated]}
         path.write_text(
             json.dumps(short)
             + "\n---\n"
@@ -184,7 +184,7 @@ class TestApply:
         )
         code, out, _ = run_cli(capsys, "apply", "-f", str(path), "-p", project.id)
         first, second = out.splitlines()
-        assert first == f"pipeline copy ({copy.id}) unchanged" and second.endswith(") created")
+        assert first == f"pipeline copy ({copy.id}) unchanged (version 3)" and second.endswith(") created (version 1)")
 
     def test_refusals_print_their_details(self, env, client: Client, tmp_path, capsys):
         project, pipeline = with_pipeline(client, unique("cli-apply-bad"))
