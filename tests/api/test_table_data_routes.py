@@ -57,7 +57,7 @@ COVERED: dict[tuple[str, str], tuple[Request, Callable]] = {
 
 
 # Routes whose name says export or preview but which return no table rows: checked by hand, listed by name.
-NOT_TABLE_DATA = {"pipeline.export"}  # a pipeline's definition as a document
+NOT_TABLE_DATA = {"pipeline.export", "pipeline_version.export"}  # a pipeline (version)'s definition as a document
 
 
 def _returns_table_data(route: APIRoute) -> bool:
