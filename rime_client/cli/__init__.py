@@ -101,7 +101,22 @@ def _add_pipelines(sub: argparse._SubParsersAction, *parents: ArgParser) -> None
     api, project, _ = parents
     group = _group(sub, "pipelines", "list, show, run and export a project's pipelines")
     _list_and_get(group, "pipeline", commands.pipelines_list, commands.pipelines_get, *parents)
-    _wait_options(_on_one(group, "run", commands.pipelines_run, "start a run", "pipeline", *parents), "run")
+    run = _on_one(group, "run", commands.pipelines_run, "start a run", "pipeline", *parents)
+    run.add_argument(
+        "--environment",
+        choices=("development", "qa", "uat", "production"),
+        default="development",
+        help="whose version runs (default development: the newest)",
+    )
+    run.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a run variable (repeatable; VALUE read as YAML)",
+    )
+    run.add_argument("--dry-run", action="store_true", help="validate and show the plan; nothing runs")
+    _wait_options(run, "run")
     runs = _on_one(group, "runs", commands.pipelines_runs, "the pipeline's runs, newest first", "pipeline", *parents)
     runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     export = _on_one(group, "export", commands.pipelines_export, "print it as a document", "pipeline", api, project)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ from rime_client.cli import credentials
 from rime_client.cli.display import STEP_HEADERS, RunProgress, as_json, fields, step_rows, table
 from rime_client.client import Client
 from rime_client.errors import NotFound
-from rime_client.models import TERMINAL, Connector, ConnectorRun, Pipeline, PipelineRun
+from rime_client.models import TERMINAL, Connector, ConnectorRun, Pipeline, PipelineRun, PipelineRunPlan
 from rime_client.runs import RunHandle
 
 # Exit codes (README "Command line"): what scripts branch on.
@@ -252,7 +253,15 @@ def pipelines_export(client: Client, args: argparse.Namespace) -> int:
 
 def pipelines_run(client: Client, args: argparse.Namespace) -> int:
     project = client.projects.get(_project(args))
-    handle = client.pipelines.run(args.pipeline, project=project.id, full_refresh=args.full_refresh)
+    options = {
+        "project": project.id,
+        "full_refresh": args.full_refresh,
+        "variables": _variables(args.var) or None,
+        "environment": args.environment,
+    }
+    if args.dry_run:
+        return _show_plan(client.pipelines.plan(args.pipeline, **options), args)
+    handle = client.pipelines.run(args.pipeline, **options)
     if args.wait:
         return _follow(handle, args, project.id)
     if _json(args):
@@ -260,6 +269,33 @@ def pipelines_run(client: Client, args: argparse.Namespace) -> int:
     else:
         print(f"Started run {handle.run_id} ({handle.status}).")
         print(f"Follow it: {_wait_command(handle, project.id)}")
+    return EXIT_OK
+
+
+def _variables(pairs: list[str]) -> dict[str, Any]:
+    """--var KEY=VALUE...: each value read as YAML (10 a number, true a boolean, [a, b] a list; quote a string)."""
+    variables = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--var {pair}: expected KEY=VALUE.")
+        try:
+            variables[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--var {pair}: {exc}") from exc
+    return variables
+
+
+def _show_plan(plan: PipelineRunPlan, args: argparse.Namespace) -> int:
+    if _json(args):
+        as_json(plan, sys.stdout)
+        return EXIT_OK
+    keys = ("pipeline_id", "environment", "version", "full_refresh", "execution_order")
+    fields([*((k, getattr(plan, k)) for k in keys), ("variables", json.dumps(plan.variables))], sys.stdout)
+    print()
+    rows = [[s.get("order"), s.get("step_id"), s.get("type"), s.get("depends_on")] for s in plan.plan]
+    table(("ORDER", "STEP", "TYPE", "DEPENDS ON"), rows, sys.stdout)
+    print("Dry run: validated, nothing started.")
     return EXIT_OK
 
 

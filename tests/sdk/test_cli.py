@@ -140,13 +140,42 @@ class TestReads:
             main(["pipelines", "run"])
         assert usage.value.code == 2
 
-    def test_triggers_refused_are_api_errors(self, api: Served, env, client: Client, monkeypatch, capsys):
+    def test_run_options_reach_the_api_and_refusals_are_api_errors(
+        self, api: Served, env, client: Client, monkeypatch, capsys
+    ):
         project, _ = with_pipeline(client, unique("cli-refused"))
         monkeypatch.setenv("RIME_TOKEN", api.viewer_token)
         for argv in (("pipelines", "run", "nightly", "--wait"), ("connectors", "sync", "Shop", "--wait")):
             code, out, err = run_cli(capsys, *argv, "--project", project.name)
             assert (code, out) == (3, ""), argv
             assert err.startswith("error: ") and "code: forbidden  request id: req_" in err
+        monkeypatch.setenv("RIME_TOKEN", api.admin_token)
+        # The run's environment and variables reach the API: production has no version yet (nothing was promoted).
+        argv = ("pipelines", "run", "nightly", "-p", project.id, "--environment", "production", "--var", "min=10")
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 3 and "production" in err and "code: conflict" in err, err
+        argv = (
+            "pipelines",
+            "run",
+            "nightly",
+            "-p",
+            project.name,
+            "--dry-run",
+            "--var",
+            "min=10",
+            "--var",
+            "tags=[a, b]",
+        )
+        code, out, _ = run_cli(capsys, *argv, "-o", "json")
+        plan = json.loads(out)
+        assert (
+            code == 0 and plan["variables"] == {"min": 10, "tags": ["a", "b"]} and plan["execution_order"] == ["sync"]
+        )
+        code, out, _ = run_cli(capsys, *argv)
+        assert 'variables:       {"min": 10, "tags": ["a", "b"]}' in out and "1      sync  connector_sync" in out
+        assert out.endswith("Dry run: validated, nothing started.\n")
+        code, _, err = run_cli(capsys, "pipelines", "run", "nightly", "-p", project.id, "--var", "no-value")
+        assert code == 2 and "--var no-value: expected KEY=VALUE" in err
 
 
 class TestApply:
