@@ -177,7 +177,9 @@ class RunFold:
 
     def _apply_run_event(self, kind: str, event: DagsterEvent, at: datetime | None) -> None:
         status = _RUN_EVENTS[kind]
-        if kind in ("PIPELINE_START", "PIPELINE_STARTING") and self.started_at is None:
+        # The run started when its worker did (PIPELINE_START, the run record's start_time, which the run's detail
+        # reports too); STARTING (the launch) stands in until then.
+        if kind == "PIPELINE_START" or (kind == "PIPELINE_STARTING" and self.started_at is None):
             self.started_at = at
         if status in TERMINAL_RUN:
             self.finished_at = at
