@@ -127,6 +127,22 @@ mutation RimeReload($location: String!) {
 }
 """
 
+REEXECUTE_MUTATION = """
+mutation RimeReexecute($params: ReexecutionParams!) {
+  launchPipelineReexecution(reexecutionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PipelineNotFoundError { message pipelineName }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidStepError { invalidStepKey }
+    ... on ConflictingExecutionParamsError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConflict { message }
+    ... on UnauthorizedError { message }
+    ... on PythonError { message }
+  }
+}
+"""
 
 SENSOR_FIELDS = """
     __typename
@@ -322,6 +338,75 @@ class DagsterClient:
         Under an Idempotency-Key, the run is tied to the key as soon as Dagster accepts it, and a retry of a
         request that failed after its launch gets that run back instead of a new one.
         """
+
+        def submit(tags: dict[str, str]) -> str:
+            try:
+                return self._call(
+                    "launch",
+                    # A launch plans the run in the code server and starts its worker: slower than a query.
+                    self._graphql(self.settings.dagster_launch_timeout_seconds).submit_job_execution,
+                    job_name,
+                    repository_location_name=self.location,
+                    # Definitions' singleton repository: without it the client searches every
+                    # location for the job name and could launch another location's job.
+                    repository_name="__repository__",
+                    run_config=run_config or {},
+                    tags=tags,
+                    asset_selection=asset_selection,
+                )
+            except Unprocessable as exc:
+                if "NotFound" not in exc.message:
+                    raise
+                raise _job_missing(job_name) from None
+
+        return self._launch(submit, tags, generation)
+
+    def reexecute_run(
+        self, parent_dagster_run_id: str, *, from_failure: bool, tags: dict[str, str], generation: int | None = None
+    ) -> LaunchedRun:
+        """Re-executes a run of a job, as the Dagster UI's "Re-execute" does: a new run of the same job, which
+        Dagster links to it (`dagster/parent_run_id`, `dagster/root_run_id`).
+
+        `from_failure`: only the steps that failed or never ran, each step after them included (Dagster's
+        `FROM_FAILURE`); the other steps' results are the parent's. Else every step (`ALL_STEPS`). Dagster plans it
+        with the job as its code location serves it now, and takes the parent's run config. `tags` replace the
+        parent's: the run gets the job's own tags and these. Waits for `generation` and honours the
+        Idempotency-Key as `launch_run` does.
+        """
+
+        def submit(tags: dict[str, str]) -> str:
+            params = {
+                "parentRunId": parent_dagster_run_id,
+                "strategy": "FROM_FAILURE" if from_failure else "ALL_STEPS",
+                "extraTags": [{"key": key, "value": value} for key, value in tags.items()],
+                "useParentRunTags": False,
+            }
+            data = self._query(
+                "re-execution",
+                REEXECUTE_MUTATION,
+                {"params": params},
+                timeout=self.settings.dagster_launch_timeout_seconds,
+            )
+            answer = data.get("launchPipelineReexecution") or {}
+            kind = answer.get("__typename")
+            if kind == "LaunchRunSuccess":
+                return answer["run"]["runId"]
+            metrics.DAGSTER_ERRORS.labels("re-execution").inc()
+            if kind == "PipelineNotFoundError":
+                raise _job_missing(answer.get("pipelineName") or "?")
+            log.warning("Dagster refused to re-execute run %s: %s", parent_dagster_run_id, str(answer)[:4000])
+            # A PythonError's message names Dagster's reason (e.g. no step left to re-execute); its stack stays here.
+            reason = str(answer.get("message") or kind or "no answer").splitlines()[0]
+            raise Unprocessable(f"Dagster refused the re-execution: {reason}")
+
+        return self._launch(submit, tags, generation)
+
+    def _launch(
+        self, submit: Callable[[dict[str, str]], str], tags: dict[str, str], generation: int | None
+    ) -> LaunchedRun:
+        """What every launch does around `submit` (which hands Dagster the run and returns its id): the run an
+        earlier attempt under the request's Idempotency-Key launched, if any; else who launched it as Dagster's
+        UI shows it, the wait for `generation`, and the run tied to the key once Dagster took it."""
         earlier = idempotency.launched_before()
         if earlier is not None:
             return LaunchedRun(dagster_run_id=earlier)
@@ -329,28 +414,7 @@ class DagsterClient:
             tags = {**tags, run_tags.LAUNCHED_BY: tags[run_tags.TRIGGERED_BY]}
         if generation is not None and self.definitions is not None:
             self.definitions.wait_for(generation)
-        try:
-            run_id = self._call(
-                "launch",
-                # A launch plans the run in the code server and starts its worker: slower than a query.
-                self._graphql(self.settings.dagster_launch_timeout_seconds).submit_job_execution,
-                job_name,
-                repository_location_name=self.location,
-                # Definitions' singleton repository: without it the client searches every
-                # location for the job name and could launch another location's job.
-                repository_name="__repository__",
-                run_config=run_config or {},
-                tags=tags,
-                asset_selection=asset_selection,
-            )
-        except Unprocessable as exc:
-            if "NotFound" not in exc.message:
-                raise
-            # Dagster serves the needed generation, yet the job is not there: its definitions failed to build.
-            raise Unprocessable(
-                f"Dagster's code location has no job {job_name!r}: its definitions failed to build. "
-                "The code server's log says why."
-            ) from None
+        run_id = submit(tags)
         try:
             idempotency.record_launch(run_id)
         except Exception:  # the run is launched: answer for it all the same
@@ -527,6 +591,14 @@ class DagsterClient:
             if self._instance is not None:
                 self._instance.dispose()
                 self._instance = None
+
+
+def _job_missing(job_name: str) -> Unprocessable:
+    """Dagster serves the needed generation, yet the job is not there: its definitions failed to build."""
+    return Unprocessable(
+        f"Dagster's code location has no job {job_name!r}: its definitions failed to build. "
+        "The code server's log says why."
+    )
 
 
 def _sensor_answer(answer: dict[str, Any], sensor_name: str, action: str) -> dict[str, Any]:

@@ -79,6 +79,16 @@ def flag(value: bool) -> str:
     return "true" if value else "false"
 
 
+# What a re-execution of a run does not take over from it: who or what started the run, and its worker process.
+NOT_INHERITED = frozenset({TRIGGER, TRIGGER_EVENT, TRIGGERED_BY, RUN_WORKER_PID, RUN_WORKER_HOST, RUN_WORKER_STARTED})
+
+
+def inherited(tags: Mapping[str, str]) -> dict[str, str]:
+    """The `rime/` tags a re-execution keeps from its parent run: what the run does (its project, pipeline,
+    environment, version, variables, full refresh), not who started it."""
+    return {key: value for key, value in tags.items() if key.startswith("rime/") and key not in NOT_INHERITED}
+
+
 def is_set(tags: Mapping[str, str], key: str) -> bool:
     """Whether the boolean tag `key` is "true" (absent is false)."""
     return tags.get(key) == "true"
