@@ -66,11 +66,18 @@ class Subscription:
 
 
 class RunWatch:
-    def __init__(self, client: DagsterClient, dagster_run_id: str, run_id: str, steps: Sequence[StepBody]):
+    def __init__(
+        self,
+        client: DagsterClient,
+        dagster_run_id: str,
+        run_id: str,
+        steps: Sequence[StepBody],
+        reused: frozenset[str] = frozenset(),
+    ):
         self.client = client
         self.dagster_run_id = dagster_run_id
         self.run_id = run_id
-        self.fold = RunFold(steps)
+        self.fold = RunFold(steps, reused=reused)
         self.subscribers: set[Subscription] = set()
         self.ready = asyncio.Event()
         self.failure: str | None = None
@@ -173,12 +180,19 @@ class RunWatchHub:
 
     @asynccontextmanager
     async def watch(
-        self, dagster_run_id: str, run_id: str, steps: Sequence[StepBody], *, logs: bool = False
+        self,
+        dagster_run_id: str,
+        run_id: str,
+        steps: Sequence[StepBody],
+        *,
+        logs: bool = False,
+        reused: frozenset[str] = frozenset(),
     ) -> AsyncIterator[tuple[Subscription, RunWatch]]:
-        """Subscribes to a run: the queue starts with the current state of every step and the run."""
+        """Subscribes to a run: the queue starts with the current state of every step and the run. `reused`: the
+        steps a re-execution takes from its parent run (`run_fold.reused_steps`)."""
         watch = self.watches.get(dagster_run_id)
         if watch is None or (watch.task is not None and watch.task.done()):
-            watch = RunWatch(self.client, dagster_run_id, run_id, steps)
+            watch = RunWatch(self.client, dagster_run_id, run_id, steps, reused)
             self.watches[dagster_run_id] = watch
             watch.task = asyncio.create_task(watch.run(self.interval), name=f"watch-{dagster_run_id}")
         sub = Subscription(logs=logs)

@@ -73,7 +73,8 @@ async def _relay(websocket: WebSocket, target: pipeline_runs.WatchTarget, run_id
 
     leaving = asyncio.create_task(until_client_leaves())
     try:
-        async with websocket.app.state.run_watch.watch(target.dagster_run_id, run_id, target.steps) as (sub, _watch):
+        hub = websocket.app.state.run_watch
+        async with hub.watch(target.dagster_run_id, run_id, target.steps, reused=target.reused) as (sub, _watch):
             while True:
                 getting = asyncio.create_task(sub.queue.get())
                 done, _ = await asyncio.wait({getting, leaving}, return_when=asyncio.FIRST_COMPLETED)

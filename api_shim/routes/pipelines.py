@@ -28,6 +28,8 @@ from api_shim.schemas.pipelines import (
     PipelineRunLogs,
     PipelineRunPlan,
     PipelineRunRequest,
+    PipelineRunRetried,
+    PipelineRunRetry,
     PipelineRunStarted,
     PipelineUpdate,
 )
@@ -191,6 +193,35 @@ def cancel_pipeline_run(
 ) -> PipelineRunCanceled:
     project = get_project(session, id, tenant_id=principal.tenant_id)
     return pipeline_runs.cancel(session, dagster, project, pipelineId, runId)
+
+
+@router.post(
+    "/{pipelineId}/runs/{runId}/retry",
+    name="pipeline.retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=PipelineRunRetried,
+    responses=error_responses(404, 409, 422),
+    dependencies=[Idempotent],
+    summary="Retry a failed or canceled run",
+    description="Re-executes the run in Dagster as a new run of the same environment's job, linked to it "
+    "(`parent_run_id`, `root_run_id`). `from_failure` (default): only the steps that failed or never ran, and every "
+    "step after them, run again; the others keep the run's results and show as `skipped` with `reused: true`. "
+    "`from_failure: false`: every step again. The new run keeps the run's environment, version, variables and "
+    "full refresh, and names the caller as `triggered_by`. A run that succeeded or has not ended is a 409, and so "
+    "is a run of a version its environment no longer runs (Dagster re-executes the job as it is now).",
+)
+def retry_pipeline_run(
+    id: str,
+    pipelineId: str,
+    runId: str,
+    principal: Engineer,
+    session: SessionDep,
+    dagster: DagsterClientDep,
+    body: Annotated[PipelineRunRetry | None, Body()] = None,
+) -> PipelineRunRetried:
+    project = get_project(session, id, tenant_id=principal.tenant_id)
+    body = body or PipelineRunRetry()
+    return pipeline_runs.retry(session, dagster, project, pipelineId, runId, body, triggered_by=principal.email)
 
 
 LOGS_RESPONSE = {

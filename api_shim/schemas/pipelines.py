@@ -194,6 +194,22 @@ class PipelineRunStarted(ResponseModel):
     dry_run: Literal[False] = False
 
 
+class PipelineRunRetry(RequestModel):
+    from_failure: bool = Field(
+        True,
+        description="Re-run only the steps that failed or never ran, and every step after them; the other steps "
+        "keep the run's results (`reused`). `false`: every step again.",
+    )
+
+
+class PipelineRunRetried(PipelineRunStarted):
+    parent_run_id: str = Field(description="The run retried.")
+    parent_dagster_run_id: str
+    root_run_id: str = Field(description="The first run of its line of retries (the parent, on a first retry).")
+    root_dagster_run_id: str
+    from_failure: bool
+
+
 class PipelineStepRun(ResponseModel):
     step_id: str
     step_name: str
@@ -205,6 +221,11 @@ class PipelineStepRun(ResponseModel):
     rows: int | None = Field(description="Rows the step landed or built, when it reports them.")
     error: str | None
     attempts: int = Field(description="Times Dagster started the step (retries included).")
+    reused: bool = Field(
+        False,
+        description="A retried run's step that it did not run again (`status: skipped`): its result is the "
+        "parent run's (`parent_run_id`).",
+    )
 
 
 class TriggerEvent(ResponseModel):
@@ -242,6 +263,10 @@ class PipelineRun(ResponseModel):
     duration_seconds: float | None
     error: str | None
     steps: list[PipelineStepRun]
+    parent_run_id: str | None = Field(None, description="A retry (re-execution): the run it was made from.")
+    parent_dagster_run_id: str | None = Field(None, description="That run's Dagster id (`dagster/parent_run_id`).")
+    root_run_id: str | None = Field(None, description="A retry: the first run of its line of retries.")
+    root_dagster_run_id: str | None = Field(None, description="That run's Dagster id (`dagster/root_run_id`).")
 
 
 class PipelineRunList(Page[PipelineRun]):

@@ -28,6 +28,8 @@ from api_shim.schemas.pipelines import (
     PipelineRunLogs,
     PipelineRunPlan,
     PipelineRunRequest,
+    PipelineRunRetried,
+    PipelineRunRetry,
     PipelineRunStarted,
     PipelineStepRun,
     PlannedStep,
@@ -44,6 +46,7 @@ from rime_dagster.pipelines.run_fold import (
     RunFold,
     StepState,
     failure_text,
+    reused_steps,
     run_steps,
 )
 from rime_dagster.pipelines.spec import StepBody, validate_dag
@@ -83,6 +86,7 @@ def step_message(state: StepState) -> dict[str, Any]:
         "finished_at": _iso(state.finished_at),
         "rows": state.rows,
         "error": state.error,
+        "reused": state.reused,
     }
 
 
@@ -141,10 +145,22 @@ def trigger_event(tags: Mapping[str, str]) -> TriggerEvent | None:
         return None
 
 
+def followed_steps(
+    client: DagsterClient, record: RunRecord, steps: Sequence[StepBody]
+) -> tuple[list[StepBody], frozenset[str]]:
+    """The steps a run's state shows, and those of them it reused: a run of a subset of the steps (launched from
+    Dagster's UI) shows those; a re-execution shows them all, the ones it did not plan reused from its parent."""
+    planned = client.execution_plan_steps(record)
+    if record.dagster_run.parent_run_id:
+        return list(steps), reused_steps(steps, planned)
+    return run_steps(steps, planned), frozenset()
+
+
 def fold_run(client: DagsterClient, record: RunRecord, steps: Sequence[StepBody]) -> RunFold:
     """The run's state from its step and run events (all of them, page by page)."""
     run = record.dagster_run
-    fold = RunFold(run_steps(steps, client.execution_plan_steps(record)))
+    steps, reused = followed_steps(client, record, steps)
+    fold = RunFold(steps, reused=reused)
     while True:
         records, more = client.run_event_records(run.run_id, after=fold.cursor, limit=5000, of_type=FOLDED_EVENTS)
         fold.apply(records)
@@ -322,7 +338,20 @@ def pipeline_run(dagster: DagsterClient, row: Pipeline, record: RunRecord, steps
         variables=variables,
         error=(failed[0] if failed else fold.run_error) if view.status == "failed" else None,
         steps=[PipelineStepRun.of(s) for s in fold.states()],
+        **lineage(record),
     )
+
+
+def lineage(record: RunRecord) -> dict[str, str | None]:
+    """The run a re-execution was made from, and the first run of its line (Dagster's ids, and Rime's)."""
+    run = record.dagster_run
+    parent, root = run.parent_run_id, run.root_run_id
+    return {
+        "parent_run_id": to_rime_run_id(parent) if parent else None,
+        "parent_dagster_run_id": parent,
+        "root_run_id": to_rime_run_id(root) if root else None,
+        "root_dagster_run_id": root,
+    }
 
 
 def _pipeline_then_release(session: Session, project: Project, pipeline_id: str) -> tuple[Pipeline, RunSteps]:
@@ -376,6 +405,62 @@ def cancel(
     return PipelineRunCanceled(run_id=run_id)
 
 
+def retry(
+    session: Session,
+    dagster: DagsterClient,
+    project: Project,
+    pipeline_id: str,
+    run_id: str,
+    body: PipelineRunRetry,
+    *,
+    triggered_by: str,
+) -> PipelineRunRetried:
+    """Re-executes a failed or canceled run as a new run of the same environment's job, linked to it: from its
+    failure (the steps that failed or never ran, and every step after them) or every step again.
+
+    Dagster re-executes the job its code location serves now, so the environment must still run the version the
+    run ran (else a Conflict): re-running some steps of one version over the results of another is no retry.
+    The new run keeps what the run did (pipeline, environment, version, variables, full refresh) and names the
+    caller as who started it."""
+    row = get_pipeline(session, project, pipeline_id)
+    record = run_record(dagster, row, run_id)
+    tags = record.dagster_run.tags
+    status = RUN_STATUS.get(record.dagster_run.status.value, "running")
+    if status == "succeeded":
+        raise Conflict(f"Run {run_id} succeeded: only a failed or canceled run is retried (`.../run` starts anew).")
+    if status not in ("failed", "canceled"):
+        raise Conflict(f"Run {run_id} is still {status}: wait for its end, or cancel it, before retrying it.")
+    environment = tags.get(run_tags.ENVIRONMENT) or DEVELOPMENT
+    ran = version_of(tags)
+    target = environment_target(session, project, row, environment)
+    if ran is None or target.version != ran:
+        raise Conflict(
+            f"Run {run_id} ran version {ran if ran is not None else '(unknown)'} in {environment}, which now runs "
+            f"version {target.version}: Dagster would re-execute the new version's job. Start a new run instead."
+        )
+    check_steps(session, project, target.steps, pipeline_id=row.id)
+    release(session)
+    launched = dagster.reexecute_run(
+        record.dagster_run.run_id,
+        from_failure=body.from_failure,
+        tags={**run_tags.inherited(tags), run_tags.TRIGGERED_BY: triggered_by},
+        generation=project.definitions_generation,
+    )
+    parent = record.dagster_run
+    root = parent.root_run_id or parent.run_id  # as Dagster links them
+    return PipelineRunRetried.of(
+        launch_summary(dagster, launched),
+        parent_run_id=to_rime_run_id(parent.run_id),
+        parent_dagster_run_id=parent.run_id,
+        root_run_id=to_rime_run_id(root),
+        root_dagster_run_id=root,
+        pipeline_id=row.id,
+        environment=environment,
+        version=ran,
+        from_failure=body.from_failure,
+    )
+
+
 def run_logs(
     session: Session,
     dagster: DagsterClient,
@@ -414,15 +499,21 @@ def log_stream(
     None when a keep-alive is due. The run is looked up now (NotFound before any streaming), read later."""
     row, steps = _pipeline_then_release(session, project, pipeline_id)
     record = run_record(dagster, row, run_id)
-    run_steps = steps.of(record.dagster_run.tags)
-    return _log_events(hub, dagster, record.dagster_run.run_id, run_id, run_steps, after)
+    followed, reused = followed_steps(dagster, record, steps.of(record.dagster_run.tags))
+    return _log_events(hub, dagster, record.dagster_run.run_id, run_id, followed, reused, after)
 
 
 async def _log_events(
-    hub: RunWatchHub, dagster: DagsterClient, dagster_run_id: str, run_id: str, steps: list[StepBody], after: int
+    hub: RunWatchHub,
+    dagster: DagsterClient,
+    dagster_run_id: str,
+    run_id: str,
+    steps: list[StepBody],
+    reused: frozenset[str],
+    after: int,
 ) -> AsyncIterator[tuple[str, Any] | None]:
     """Backlog from storage up to the shared reader's cursor, then its live feed, until the run ends."""
-    async with hub.watch(dagster_run_id, run_id, steps, logs=True) as (sub, watch):
+    async with hub.watch(dagster_run_id, run_id, steps, logs=True, reused=reused) as (sub, watch):
         async for line in _stored_log_lines(dagster, dagster_run_id, watch.fold, after=after, until=sub.log_cursor):
             yield "log", line
         async for event in _live_log_events(sub, run_id, after=after):
@@ -475,6 +566,7 @@ class WatchTarget:
     principal: Principal
     steps: list[StepBody]
     dagster_run_id: str
+    reused: frozenset[str] = frozenset()  # a re-execution's steps taken from its parent run
 
 
 def watch_target(
@@ -499,7 +591,8 @@ def watch_target(
     try:
         record = run_record(dagster, row, run_id)
         with sessions.begin() as session:  # an older version's steps, if the run ran one
-            run_steps = steps.of(record.dagster_run.tags, session)
+            version_steps = steps.of(record.dagster_run.tags, session)
+        followed, reused = followed_steps(dagster, record, version_steps)
     except RimeError as exc:
         raise WatchRefused(exc, principal) from None
-    return WatchTarget(principal, run_steps, record.dagster_run.run_id)
+    return WatchTarget(principal, followed, record.dagster_run.run_id, reused)

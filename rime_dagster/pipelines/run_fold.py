@@ -8,7 +8,8 @@ attributes, so the API (run detail, WebSocket, log stream) folds what it reads o
 Statuses: `pending` until Dagster starts the step, `running` (also while a retry waits),
 `completed`, `failed`, `skipped`. Once the run is over, a step that never started is
 `skipped` (its upstream failed, or the run was canceled first), and one still `running`
-is `failed` with the run's outcome as its error.
+is `failed` with the run's outcome as its error. A re-execution's step that it did not plan
+is `skipped` and `reused` from the start: its result is the parent run's.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class StepState:
     attempts: int = 0
     # When this state was reached: the Dagster event's time (what a WebSocket message carries).
     changed_at: datetime | None = None
+    # Not run by this re-execution: its result is the parent run's (`skipped` too).
+    reused: bool = False
 
     @property
     def duration_seconds(self) -> float | None:
@@ -128,6 +131,7 @@ class RunFold:
     finished_at: datetime | None = None
     run_error: str | None = None
     cursor: int = 0  # storage id of the last record folded
+    reused: frozenset[str] = frozenset()  # step ids a re-execution takes from its parent run (reused_steps)
     _dagster_steps: dict[str, _DagsterStep] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -223,6 +227,8 @@ class RunFold:
         self, step_id: str, name: str, type_: str, node: str, parts: list[tuple[str, _DagsterStep]]
     ) -> StepState:
         state = StepState(step_id=step_id, step_name=name, type=type_)
+        if not parts and step_id in self.reused:
+            return replace(state, status="skipped", reused=True)
         if parts:
             steps = [s for _, s in parts]
             started = [s.started_at for s in steps if s.started_at]
@@ -268,3 +274,12 @@ def run_steps(steps: Sequence[StepBody], planned: set[str] | None) -> list[StepB
         return list(steps)
     nodes = {key.split(".", 1)[0] for key in planned}
     return [s for s in steps if step_node_name(s.id) in nodes]
+
+
+def reused_steps(steps: Sequence[StepBody], planned: set[str] | None) -> frozenset[str]:
+    """The steps a re-execution (Dagster's `FROM_FAILURE`, or the UI's re-execution of a selection) did not plan:
+    their results are its parent run's."""
+    if not planned:
+        return frozenset()
+    nodes = {key.split(".", 1)[0] for key in planned}
+    return frozenset(s.id for s in steps if step_node_name(s.id) not in nodes)

@@ -324,6 +324,10 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", PIPE + "/{pipelineId}/runs"): lambda c, r: {"url": pipe_url(c, "/runs")},
     ("GET", PIPE + "/{pipelineId}/runs/{runId}"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}")},
     ("POST", PIPE + "/{pipelineId}/runs/{runId}/cancel"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}/cancel")},
+    ("POST", PIPE + "/{pipelineId}/runs/{runId}/retry"): lambda c, r: {
+        "url": pipe_url(c, f"/runs/{NO_RUN}/retry"),
+        "json": {"from_failure": True},
+    },
     ("GET", PIPE + "/{pipelineId}/runs/{runId}/logs"): lambda c, r: {"url": pipe_url(c, f"/runs/{NO_RUN}/logs")},
     ("GET", MASKING): lambda c, r: {"url": monitoring_url(c, "masking-policies")},
     ("POST", MASKING): lambda c, r: {
@@ -653,6 +657,7 @@ NEEDS_DAGSTER = {
 NEEDS_RUN = {
     ("GET", PIPE + "/{pipelineId}/runs/{runId}"),
     ("POST", PIPE + "/{pipelineId}/runs/{runId}/cancel"),
+    ("POST", PIPE + "/{pipelineId}/runs/{runId}/retry"),
     ("GET", PIPE + "/{pipelineId}/runs/{runId}/logs"),
 }
 
