@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -31,14 +31,13 @@ from typing import NoReturn
 
 import httpx
 
-from api_shim.dagster_client import ensure_dagster_home
+from api_shim.supervisor import GRACE_SECONDS, GaveUp, Supervisor
 from rime_client import cli as client_cli
 from rime_dagster.platform import environment
 from rime_dagster.settings import Settings, get_settings
 
 log = logging.getLogger("rime")
 REPO_ROOT = Path(__file__).resolve().parent.parent
-GRACE_SECONDS = 10.0
 CODE_SERVER_NICENESS = 10
 
 
@@ -163,84 +162,94 @@ def initialize_dagster_storage(dagster_home: Path) -> None:
     DagsterInstance.from_config(str(dagster_home)).dispose()
 
 
-class Supervisor:
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen]] = []
-        self.stopping = False
-
-    def start(self, name: str, argv: list[str], env: dict[str, str], *, nice: int = 0) -> None:
-        # Each child leads its own process group so stopping it stops its own children
-        # (the code server's child and run workers) too.
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
-        )
-        self.children.append((name, proc))
-        log.info("started %s (pid %d)", name, proc.pid)
-
-    def first_exited(self) -> tuple[str, int] | None:
-        for name, proc in self.children:
-            if proc.poll() is not None:
-                return name, proc.returncode
-        return None
-
-    def stop(self) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
-        for _, proc in self.children:
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_SECONDS
-        for name, proc in self.children:
+def busy_ports(settings: Settings) -> list[str]:
+    """Each port `rime up` needs that something else holds, as the line that says so and which setting moves it."""
+    wanted = [
+        (settings.api_host, settings.api_port, "RIME_API_PORT"),
+        (settings.dagster_host, settings.dagster_port, "RIME_DAGSTER_PORT"),
+        (settings.code_server_host, settings.code_server_port, "RIME_CODE_SERVER_PORT"),
+    ]
+    if settings.dagster_viewer_port:
+        wanted.append((settings.dagster_host, settings.dagster_viewer_port, "RIME_DAGSTER_VIEWER_PORT"))
+    busy = []
+    for host, port, setting in wanted:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no owner
             try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", name, GRACE_SECONDS)
-        # Kill every group, even those whose leader exited: stragglers must not survive.
-        for _, proc in self.children:
-            _signal_group(proc, signal.SIGKILL)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+                probe.bind((host, port))
+            except OSError:
+                busy.append(f"port {port} on {host} is in use (set {setting} to use another)")
+    return busy
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def wait_ready(url: str, timeout: float, supervisor: Supervisor) -> bool:
+def wait_ready(api: str, instance_id: str, timeout: float, supervisor: Supervisor) -> bool:
+    """Whether OUR API (its /health names the instance id `rime up` gave it) is ready within `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if supervisor.first_exited():
-            return False
+        supervisor.check()
         try:
-            if httpx.get(url, timeout=5).status_code == 200:
+            health = httpx.get(f"{api}/health", timeout=5)
+            ours = health.status_code == 200 and health.json().get("instance_id") == instance_id
+            if ours and httpx.get(f"{api}/health/ready", timeout=10).status_code == 200:
                 return True
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError):
             pass
-        time.sleep(1)
+        time.sleep(0.5)
     return False
 
 
-def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
+def reload_code_location(settings: Settings) -> None:
+    """After the code server restarted: wait until it listens, then have the webserver load it again (the daemon
+    reconnects by itself)."""
+    if not wait_for_code_server(settings, 120):
+        log.warning("the restarted code server did not answer within 120 s")
+        return
+    query = "mutation($name: String!) { reloadRepositoryLocation(repositoryLocationName: $name) { __typename } }"
+    httpx.post(
+        settings.graphql_url,
+        json={"query": query, "variables": {"name": settings.dagster_location}},
+        timeout=120,
+    )
+
+
+def api_command(settings: Settings, bin_dir: Path, log_level: str) -> list[str]:
+    return [
+        str(bin_dir / "uvicorn"),
+        "--factory",
+        "api_shim.main:app_from_env",
+        "--host",
+        settings.api_host,
+        "--port",
+        str(settings.api_port),
+        "--no-access-log",
+        "--log-level",
+        log_level,
+    ]
+
+
+def up(settings: Settings, *, demo: bool, ready_timeout: float, verbose: bool = False) -> int:
+    busy = busy_ports(settings)
+    if busy:
+        for line in busy:
+            print(f"rime up: {line}", file=sys.stderr)
+        return 2
+    from api_shim.dagster_client import ensure_dagster_home  # the platform's modules: not for client commands
+
+    # Migrations and Dagster's storage set-up log every step at INFO: only their warnings are news.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     bin_dir = Path(sys.executable).parent
     dagster_home = ensure_dagster_home(settings)
     initialize_dagster_storage(dagster_home)
     token, token_path = admin_token(settings)
-    env = process_env(settings, dagster_home)
+    instance_id = secrets.token_hex(8)
+    env = {**process_env(settings, dagster_home), "RIME_STOP_GRACE_SECONDS": str(GRACE_SECONDS)}
     settings = Settings(**{**settings.model_dump(exclude={"admin_token"}), "admin_token": token})
     migrate(settings)
     bootstrap(settings, demo=demo)
 
-    workspace = write_workspace(settings)
-    supervisor = Supervisor()
+    write_workspace(settings)
+    supervisor = Supervisor(cwd=REPO_ROOT)
+    level = "info" if verbose else "warning"  # the processes' own logs: warnings and errors unless --verbose
 
     def on_signal(_signum: int, _frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
@@ -251,60 +260,64 @@ def up(settings: Settings, *, demo: bool, ready_timeout: float) -> int:
     try:
         # Reloads (a new process loading the definitions) are background work: on a busy machine the API's
         # requests come first. Run workers lower their own priority the same way (platform/run_launcher.py).
-        supervisor.start("code-server", code_server_command(settings, bin_dir), env, nice=CODE_SERVER_NICENESS)
+        supervisor.start(
+            "code-server",
+            [*code_server_command(settings, bin_dir), "--log-level", level],
+            {**env, "RIME_GUARD_REAP": "1"},  # its `dagster api grpc` child ends with it
+            nice=CODE_SERVER_NICENESS,
+            on_restart=lambda: reload_code_location(settings),
+        )
         # The webserver and the daemon would show a load error until the code server listens.
-        if not wait_for_code_server(settings, ready_timeout, alive=lambda: supervisor.first_exited() is None):
+        if not wait_for_code_server(settings, ready_timeout, alive=lambda: supervisor.alive("code-server")):
             log.error("the rime code server did not start; see the logs above")
             return 1
-        supervisor.start("dagster-webserver", webserver_command(settings, bin_dir, workspace), env)
-        if settings.dagster_viewer_port:
-            supervisor.start("dagster-viewer", webserver_command(settings, bin_dir, workspace, read_only=True), env)
-        supervisor.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)], env)
-        supervisor.start(
-            "api",
-            [
-                str(bin_dir / "uvicorn"),
-                "--factory",
-                "api_shim.main:app_from_env",
-                "--host",
-                settings.api_host,
-                "--port",
-                str(settings.api_port),
-                "--no-access-log",
-                "--log-level",
-                settings.log_level.lower(),
-            ],
-            env,
-        )
+        _start_servers(supervisor, settings, bin_dir, env, level=level, instance_id=instance_id)
         api = f"http://{settings.api_host}:{settings.api_port}"
-        if wait_ready(f"{api}/health/ready", ready_timeout, supervisor):
-            token_hint = (
-                f"export RIME_TOKEN=$(cat {token_path})" if token_path else "export RIME_TOKEN=$RIME_ADMIN_TOKEN"
-            )
-            viewer = settings.dagster_viewer_port
-            print(
-                "\n  Rime is up.\n"
-                f"    Dagster UI : {settings.dagster_ui_base}\n"
-                + (f"    read-only  : http://{settings.dagster_host}:{viewer}\n" if viewer else "")
-                + f"    API        : {api}/api/v1   (docs: {api}/api/docs)\n"
-                f"    Readiness  : {api}/health/ready\n"
-                f"    Admin token: {token_hint}\n"
-                "  Ctrl-C stops everything.\n",
-                flush=True,
-            )
+        if wait_ready(api, instance_id, ready_timeout, supervisor):
+            _print_summary(settings, api, token_path)
         else:
             log.error("the platform did not become ready within %.0f s; see the logs above", ready_timeout)
         while True:
-            exited = supervisor.first_exited()
-            if exited:
-                log.error("%s exited with code %s; stopping the platform", *exited)
-                return 1
+            supervisor.check()
             time.sleep(0.5)
+    except GaveUp as exc:
+        log.error("%s", exc)
+        return 1
     except KeyboardInterrupt:
         log.info("stopping the platform")
         return 0
     finally:
         supervisor.stop()
+
+
+def _start_servers(
+    supervisor: Supervisor, settings: Settings, bin_dir: Path, env: dict[str, str], *, level: str, instance_id: str
+) -> None:
+    """The webserver (and the read-only one), the daemon and the API, once the code server listens."""
+    workspace = settings.dagster_home_path / "workspace.yaml"
+    webserver = webserver_command(settings, bin_dir, workspace)
+    supervisor.start("dagster-webserver", [*webserver, "--dagster-log-level", level], env)
+    if settings.dagster_viewer_port:
+        viewer_argv = webserver_command(settings, bin_dir, workspace, read_only=True)
+        supervisor.start("dagster-viewer", [*viewer_argv, "--dagster-log-level", level], env)
+    daemon = [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace), "--log-level", level]
+    supervisor.start("dagster-daemon", daemon, env)
+    supervisor.start("api", api_command(settings, bin_dir, level), {**env, "RIME_INSTANCE_ID": instance_id})
+
+
+def _print_summary(settings: Settings, api: str, token_path: Path | None) -> None:
+    token_hint = f"export RIME_TOKEN=$(cat {token_path})" if token_path else "export RIME_TOKEN=$RIME_ADMIN_TOKEN"
+    viewer = settings.dagster_viewer_port
+    print(
+        "\n  Rime is up.\n"
+        f"    Dagster UI : {settings.dagster_ui_base}\n"
+        + (f"    read-only  : http://{settings.dagster_host}:{viewer}\n" if viewer else "")
+        + f"    API        : {api}/api/v1   (docs: {api}/api/docs)\n"
+        f"    Readiness  : {api}/health/ready\n"
+        f"    Admin token: {token_hint}\n"
+        "  A process that dies is restarted. Ctrl-C stops everything.\n",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("up", help="start Dagster webserver + daemon and the API")
     start.add_argument("--no-demo", action="store_true", help="do not load the demo project")
     start.add_argument("--ready-timeout", type=float, default=180.0)
+    start.add_argument("--verbose", action="store_true", help="show the processes' INFO logs, not only warnings")
     client_cli.add_commands(sub)  # login, projects, connectors, pipelines, runs, apply: the SDK over HTTP
     args = parser.parse_args(argv)
     if client_cli.handles(args):
@@ -331,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings)
         bootstrap(settings, demo=args.demo)
     elif args.command == "up":
-        return up(settings, demo=not args.no_demo, ready_timeout=args.ready_timeout)
+        return up(settings, demo=not args.no_demo, ready_timeout=args.ready_timeout, verbose=args.verbose)
     return 0
 
 

@@ -235,8 +235,10 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request line at INFO, including our own Dagster health probes.
+    # httpx logs every request line at INFO, including our own Dagster health probes; alembic each step of loading
+    # its configuration and of a migration.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # Request lines carry query strings, and `?token=` with them. uvicorn has set up its loggers by the time
     # it calls the app factory: a logger's filter sees what that logger logs, a handler's what reaches it.
     for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "api_shim.access"):

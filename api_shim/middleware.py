@@ -121,7 +121,10 @@ class RequestContextMiddleware:
             metrics.HTTP_REQUESTS.labels(scope["method"], template, str(status["code"])).inc()
             metrics.HTTP_LATENCY.labels(scope["method"], template).observe(elapsed)
             query = redact(scope.get("query_string", b"").decode("latin-1"))
-            access_log.info(
+            # Probes (a load balancer's, `rime up`'s) would bury the requests in the log: DEBUG when they succeed.
+            probe = scope["path"] in ("/health", "/health/ready", "/metrics") and status["code"] == 200
+            access_log.log(
+                logging.DEBUG if probe else logging.INFO,
                 "%s %s%s %s %.1fms request_id=%s",
                 scope["method"],
                 scope["path"],

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
         2, ge=0, le=16, description="Fresh DuckDB databases kept open ahead of reads (each serves one read); 0: none."
     )
     log_level: str = "INFO"
+    instance_id: str | None = Field(
+        None,
+        description="Set by `rime up` for its API: /health reports it, so `rime up` knows the API it reads is its own.",
+    )
 
     dbt_project_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

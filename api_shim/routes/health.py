@@ -28,6 +28,7 @@ class DependencyStatus(BaseModel):
 
 class Liveness(BaseModel):
     status: Literal["ok"]
+    instance_id: str | None = None  # the RIME_INSTANCE_ID `rime up` gave this API process, if any
 
 
 class Readiness(BaseModel):
@@ -83,8 +84,8 @@ async def _run_check(request: Request, check: Callable[[Request], str]) -> Depen
 
 
 @router.get("/health", response_model=Liveness, summary="Liveness: the API process is up")
-def health() -> Liveness:
-    return Liveness(status="ok")
+def health(request: Request) -> Liveness:
+    return Liveness(status="ok", instance_id=request.app.state.settings.instance_id)
 
 
 @router.get(
