@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 import pytest
 import yaml
 from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._serdes.config_class import class_from_code_pointer
 
+from api_shim.cli import main as cli_main
 from rime_dagster.platform.instance import DAGSTER_YAML, ensure_dagster_home
 from rime_dagster.settings import Settings
 
@@ -93,6 +95,36 @@ def service_env(service: Mapping[str, Any], env: Mapping[str, str]) -> dict[str,
 def option(argv: list[str], flag: str) -> str:
     assert flag in argv, f"{flag} missing from {argv}"
     return argv[argv.index(flag) + 1]
+
+
+def click_command(script: str) -> click.Command:
+    """The click command behind an installed console script that a service runs."""
+    if script == "dagster":
+        from dagster._cli import cli
+
+        return cli
+    if script == "dagster-daemon":
+        from dagster._daemon.cli import create_dagster_daemon_cli
+
+        return create_dagster_daemon_cli()
+    if script == "dagster-webserver":
+        from dagster_webserver.cli import cli as webserver_cli
+
+        return webserver_cli
+    assert script == "uvicorn", f"no click command known for {script}"
+    return importlib.import_module("uvicorn.main").main
+
+
+def assert_cli_accepts(argv: list[str]) -> None:
+    """The installed program has the subcommands and the options `argv` uses (their values are not checked)."""
+    command, rest = click_command(argv[0]), argv[1:]
+    while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
+        sub = command.get_command(click.Context(command), rest[0])
+        assert sub is not None, f"{argv}: no subcommand {rest[0]}"
+        command, rest = sub, rest[1:]
+    options = {opt for param in command.params for opt in (*param.opts, *getattr(param, "secondary_opts", ()))}
+    unknown = [arg for arg in rest if arg.startswith("-") and arg not in options]
+    assert not unknown, f"{argv}: unknown options {unknown}"
 
 
 def settings_from(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> Settings:
@@ -247,6 +279,24 @@ class TestComposeWiring:
         assert callable(getattr(importlib.import_module(module), attribute))
         assert PYPROJECT["project"]["scripts"]["rime"] == "api_shim.cli:main"
         assert services["migrate"]["command"] == ["rime", "migrate"]
+
+    @pytest.mark.slow  # imports the webserver's and the daemon's command lines: 0.6 s
+    def test_commands_and_health_checks_use_options_the_programs_have(self, services, capsys):
+        for service in services.values():
+            if service["command"][:1] != ["rime"] and service["command"]:
+                assert_cli_accepts(service["command"])
+            test = (service.get("healthcheck") or {}).get("test", [])
+            if test[:2] == ["CMD", "dagster"]:
+                assert_cli_accepts(test[1:])
+        with pytest.raises(SystemExit) as done:  # `rime migrate` exists (its help, nothing migrated)
+            cli_main(["migrate", "--help"])
+        assert done.value.code == 0 and "migrate" in capsys.readouterr().out
+
+    def test_rime_services_build_this_repositorys_image(self, services):
+        for name in RIME_SERVICES:
+            build = services[name]["build"]
+            assert (COMPOSE_DIR / build["context"]).resolve() == ROOT, name
+            assert (ROOT / build["dockerfile"]).resolve() == COMPOSE_DIR / "Dockerfile", name
 
     def test_the_services_start_in_order(self, compose):
         depends = {name: service.get("depends_on") or {} for name, service in compose["services"].items()}
@@ -510,6 +560,10 @@ class TestHelmValues:
         args = rime_deployment["codeServerArgs"]  # `dagster code-server start`: reloads in place
         assert "dagsterApiGrpcArgs" not in rime_deployment
         assert module_imports(option(args, "-m"))
+        # The chart runs: dagster code-server start -h 0.0.0.0 -p <port> <codeServerArgs>
+        assert_cli_accepts(
+            ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", str(rime_deployment["port"]), *args]
+        )
         settings = settings_from(monkeypatch, chart_user_code_env(rime_deployment, manifests))
         # The chart's workspace names the location (and its Service) after the deployment.
         assert rime_deployment["name"] == option(args, "--location-name") == settings.dagster_location
@@ -589,6 +643,7 @@ class TestApiManifest:
         assert [c["command"] for c in pod["initContainers"]] == [["rime", "migrate"]]
         module, attribute = option(api_container["command"], "--factory").split(":")
         assert callable(getattr(importlib.import_module(module), attribute))
+        assert_cli_accepts(api_container["command"])
 
     def test_its_service_reaches_it(self, api_container, manifests):
         deployment, service = manifests["Deployment", "rime-api"], manifests["Service", "rime-api"]
