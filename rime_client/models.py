@@ -124,6 +124,7 @@ class StepRun(Model):
     rows: int | None = None
     error: str | None = None
     attempts: int = 0
+    reused: bool = False  # a retry's step it did not run again (`skipped`): its result is the parent run's
 
 
 class PipelineRun(Model):
@@ -145,6 +146,8 @@ class PipelineRun(Model):
     duration_seconds: float | None = None
     error: str | None = None
     steps: list[StepRun]
+    parent_run_id: str | None = None  # a retry: the run it was made from
+    root_run_id: str | None = None  # a retry: the first run of its line of retries
 
     @property
     def finished(self) -> bool:

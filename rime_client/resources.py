@@ -261,7 +261,7 @@ class Pipelines(_InProject):
 
 
 class Runs:
-    """A pipeline's runs by id: read one (with its steps), cancel one, or follow one to its end."""
+    """A pipeline's runs by id: read one (with its steps), cancel or retry one, or follow one to its end."""
 
     def __init__(self, http: Http, pipelines: Pipelines):
         self._http, self._pipelines = http, pipelines
@@ -277,3 +277,16 @@ class Runs:
     def cancel(self, run_id: str, *, pipeline: str, project: str | None = None) -> str:
         """Asks Dagster to terminate the run; the answer's status (`canceling`). A run already over: Conflict."""
         return self.handle(run_id, pipeline=pipeline, project=project).cancel()
+
+    def retry(
+        self,
+        run_id: str,
+        *,
+        pipeline: str,
+        project: str | None = None,
+        from_failure: bool = True,
+        idempotency_key: str | None = None,
+    ) -> RunHandle:
+        """Re-executes a failed or canceled run (see `RunHandle.retry`); `.wait()` on the answer follows the new run."""
+        handle = self.handle(run_id, pipeline=pipeline, project=project)
+        return handle.retry(from_failure=from_failure, idempotency_key=idempotency_key)

@@ -58,6 +58,20 @@ class RunHandle:
         self.status = answer["status"]
         return self.status
 
+    def retry(self, *, from_failure: bool = True, idempotency_key: str | None = None) -> RunHandle:
+        """Re-executes this failed or canceled run as a new run linked to it (its `parent_run_id`), under an
+        Idempotency-Key (`idempotency_key`, else a new one) its retries reuse. `from_failure`: only the steps that
+        failed or never ran, and those after them (the others show `reused`); else every step. A run that
+        succeeded or has not ended, or whose environment now runs another version: Conflict."""
+        started = self._http.request(
+            "POST",
+            f"{self._base}/runs/{self.run_id}/retry",
+            json={"from_failure": from_failure},
+            idempotent_post=True,
+            idempotency_key=idempotency_key,
+        )
+        return RunHandle(self._http, base=self._base, pipeline_id=self.pipeline_id, started=started)
+
     def wait(self, timeout: float = 300, *, on_update: Update | None = None, websocket: bool = True) -> PipelineRun:
         """The run once it has ended (succeeded, failed or canceled), with each step's status; TimeoutError after
         `timeout` seconds. Follows the run's WebSocket (each `step_update`/`run_update` message goes to

@@ -16,21 +16,21 @@ from api_shim.services.auth import Role
 from tests.api.test_pipelines import sync
 
 
-def stored_run(clients, pipeline: dict, status: DagsterRunStatus, **tags: str) -> str:
-    """A run of the pipeline's development job in run storage, as Rime id."""
+def stored_run(app, project_id: str, pipeline_id: str, status: DagsterRunStatus, **tags: str) -> str:
+    """A run of the pipeline's development version 1 in the app's run storage, as its Rime id."""
     run = DagsterRun(
         job_name="job",
         run_id=str(uuid.uuid4()),
         status=status,
         tags={
-            "rime/project_id": pipeline["project_id"],
-            "rime/pipeline_id": pipeline["id"],
+            "rime/project_id": project_id,
+            "rime/pipeline_id": pipeline_id,
             "rime/environment": "development",
             "rime/pipeline_version": "1",
             **tags,
         },
     )
-    clients.app.state.dagster.instance().add_run(run)
+    app.state.dagster.instance().add_run(run)
     return to_rime_run_id(run.run_id)
 
 
@@ -52,14 +52,14 @@ def pipeline(clients, setup) -> dict:
     ],
 )
 def test_retry_is_refused_for_a_run_not_over_not_failed_or_of_another_version(clients, pipeline, status, tags, words):
-    run_id = stored_run(clients, pipeline, status, **tags)
+    run_id = stored_run(clients.app, pipeline["project_id"], pipeline["id"], status, **tags)
     response = clients.as_role(Role.data_engineer).post(f"{pipeline['url']}/runs/{run_id}/retry", json={})
     assert response.status_code == 409, response.text
     assert words in response.json()["error"]["message"]
 
 
 def test_retry_of_a_failed_run_of_the_version_its_environment_runs_goes_to_dagster(clients, pipeline):
-    run_id = stored_run(clients, pipeline, DagsterRunStatus.FAILURE)
+    run_id = stored_run(clients.app, pipeline["project_id"], pipeline["id"], DagsterRunStatus.FAILURE)
     # Past every refusal, to the re-execution: Dagster's webserver is not running here.
     response = clients.admin.post(f"{pipeline['url']}/runs/{run_id}/retry")
     assert response.status_code == 503, response.text

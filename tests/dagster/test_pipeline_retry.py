@@ -1,19 +1,24 @@
-"""Retrying a failed pipeline run against a real Dagster webserver: a re-execution from its failure, linked to it.
+"""Retrying a failed pipeline run against a real Dagster webserver: a re-execution from its failure, linked to it,
+over REST and through the SDK (which follows it over the run's WebSocket).
 
 The refusals that need no launch are in tests/api/test_pipeline_retry.py."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
+from api_shim.main import create_app
+from rime_client import Client
+from tests.api.test_alert_stream import served
 from tests.dagster.conftest import Webserver
 from tests.dagster.test_pipeline_jobs import _wait_for_job
-from tests.dagster.test_pipeline_runs import wait_for_pipeline_run, watch
+from tests.dagster.test_pipeline_runs import wait_for_pipeline_run
 
 pytestmark = pytest.mark.dagster
 
 
-def files_connector(api, project_id: str, name: str, folder, table: str) -> dict:
+def files_connector(api: httpx.Client, project_id: str, name: str, folder, table: str) -> dict:
     return api.post(
         f"/api/v1/projects/{project_id}/connectors",
         json={"name": name, "connector_type": "files", "config": {"path": str(folder)}, "selected_tables": [table]},
@@ -21,8 +26,19 @@ def files_connector(api, project_id: str, name: str, folder, table: str) -> dict
 
 
 def test_a_failed_run_retried_from_its_failure_reruns_only_the_failed_step_and_after(
-    api, dagster_webserver: Webserver, tmp_path
+    dagster_webserver: Webserver, tmp_path
 ):
+    token = dagster_webserver.settings.admin_token
+    with (
+        served(create_app(dagster_webserver.settings)) as ws_url,
+        httpx.Client(base_url=ws_url.replace("ws://", "http://"), timeout=120) as api,
+        Client(ws_url.replace("ws://", "http://"), token) as sdk,
+    ):
+        api.headers["Authorization"] = f"Bearer {token}"
+        retried_from_failure(api, sdk, dagster_webserver, tmp_path)
+
+
+def retried_from_failure(api: httpx.Client, sdk: Client, dagster_webserver: Webserver, tmp_path) -> None:
     project = api.post("/api/v1/projects", json={"name": "pipeline retries"}).json()
     pid = project["id"]
     steady, inbox = tmp_path / "steady", tmp_path / "inbox"
@@ -75,13 +91,15 @@ def test_a_failed_run_retried_from_its_failure_reruns_only_the_failed_step_and_a
     assert (retry["environment"], retry["version"]) == ("development", 1)
     repeat = api.post(f"{base}/runs/{failed['run_id']}/retry", json={"from_failure": True}, headers=key)
     assert repeat.status_code == 202 and repeat.json()["run_id"] == retry["run_id"]
-    # `from_failure: false` runs every step again (at the same time: a run of its own).
-    everything = api.post(f"{base}/runs/{failed['run_id']}/retry", json={"from_failure": False}).json()
-    assert everything["from_failure"] is False and everything["parent_run_id"] == failed["run_id"]
+    # The SDK's retry of every step (`from_failure=False`), at the same time: a run of its own.
+    everything = sdk.runs.retry(failed["run_id"], pipeline="retried", project=pid, from_failure=False)
+    assert everything.started["from_failure"] is False and everything.started["parent_run_id"] == failed["run_id"]
 
-    # On the WebSocket like any run: the reused step is skipped from the start, the others run.
-    messages = watch(api, pipeline["id"], retry["run_id"], dagster_webserver.settings.admin_token)
-    first_seen = {}
+    # Followed on its WebSocket like any run: the reused step is skipped from the start, the others run.
+    messages: list[dict] = []
+    followed = sdk.runs.handle(retry["run_id"], pipeline=pipeline["id"], project=pid)
+    run = followed.wait(timeout=120, on_update=messages.append).model_dump(mode="json")
+    first_seen: dict[str, dict] = {}
     for m in messages:
         if m["type"] == "step_update":
             first_seen.setdefault(m["step_id"], m)
@@ -89,27 +107,25 @@ def test_a_failed_run_retried_from_its_failure_reruns_only_the_failed_step_and_a
     assert [m["status"] for m in messages if m.get("step_id") == "orders"][-1] == "completed"
     assert messages[-1]["type"] == "run_update" and messages[-1]["status"] == "succeeded"
 
-    run = wait_for_pipeline_run(api, base, retry["run_id"])
     steps = {s["step_id"]: s for s in run["steps"]}
     assert run["status"] == "succeeded"
-    assert (steps["customers"]["status"], steps["customers"]["reused"], steps["customers"]["attempts"]) == (
-        "skipped",
-        True,
-        0,
-    )
+    customers = steps["customers"]
+    assert (customers["status"], customers["reused"], customers["attempts"]) == ("skipped", True, 0)
     assert [(steps[s]["status"], steps[s]["reused"]) for s in ("orders", "tidy")] == [("completed", False)] * 2
     assert steps["orders"]["rows"] == 2
     assert (run["parent_run_id"], run["root_run_id"]) == (failed["run_id"], failed["run_id"])
-    assert run["trigger"] == "api" and run["triggered_by"] == failed["triggered_by"]
-    assert (run["environment"], run["version"]) == ("development", 1)
+    detail = api.get(f"{base}/runs/{retry['run_id']}").json()
+    assert detail["trigger"] == "api" and detail["triggered_by"] == failed["triggered_by"]
+    assert (detail["environment"], detail["version"]) == ("development", 1)
     tags = dagster_webserver.client.run_record(run["dagster_run_id"]).dagster_run.tags
     assert tags["dagster/parent_run_id"] == tags["dagster/root_run_id"] == failed["dagster_run_id"]
     assert tags["rime/pipeline_id"] == pipeline["id"] and tags["rime/pipeline_version"] == "1"
-    again = wait_for_pipeline_run(api, base, everything["run_id"])
-    assert [(s["status"], s["reused"]) for s in again["steps"]] == [("completed", False)] * 3
-    assert again["status"] == "succeeded" and again["root_run_id"] == failed["run_id"]
+
+    again = everything.wait(timeout=120)
+    assert [(s.status, s.reused) for s in again.steps] == [("completed", False)] * 3
+    assert again.status == "succeeded" and again.root_run_id == failed["run_id"]
     history = [r["run_id"] for r in api.get(f"{base}/runs").json()["data"]]
-    assert history == [again["run_id"], run["run_id"], failed["run_id"]]
+    assert history == [again.run_id, run["run_id"], failed["run_id"]]
 
     # A success is not retried; nor is a run of a version its environment no longer runs.
     succeeded = api.post(f"{base}/runs/{run['run_id']}/retry")
