@@ -237,7 +237,8 @@ class TestOpenAPI:
 
 class TestHealth:
     def test_liveness(self, clients):
-        assert clients.anonymous.get("/health").json() == {"status": "ok"}
+        # instance_id: what `rime up` gave its API (RIME_INSTANCE_ID), so it reads its own; none here.
+        assert clients.anonymous.get("/health").json() == {"status": "ok", "instance_id": None}
 
     def test_ready_reports_each_dependency_and_503_when_dagster_down(self, clients):
         response = clients.anonymous.get("/health/ready")

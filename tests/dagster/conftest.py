@@ -28,12 +28,11 @@ import pytest
 from api_shim.cli import (
     REPO_ROOT,
     code_server_command,
-    ensure_dagster_home,
     wait_for_code_server,
     webserver_command,
     write_workspace,
 )
-from api_shim.dagster_client import DagsterClient
+from api_shim.dagster_client import DagsterClient, ensure_dagster_home
 from api_shim.errors import ServiceUnavailable
 from rime_dagster.settings import Settings
 from tests.conftest import closed_port, make_settings
