@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,8 @@ def _role(pid: int) -> str:
     except OSError:
         return "gone"
     text = b" ".join(argv)
+    if b"child_guard.py" in text:
+        return "guard"
     if b"code-server" in text or (b"api" in argv and b"grpc" in argv):
         return "code-server"
     if b"dagster-webserver" in text:
@@ -163,6 +166,7 @@ def _kill_leftovers(proc: subprocess.Popen, family: set[int]) -> None:
             pass
 
 
+@pytest.mark.timeout(600)  # one boot for all of it: the demo, a second `rime up`, three faults and a schedule tick
 def test_up_ready_runs_the_demo_then_ctrl_c_stops_everything(tmp_path):
     """`rime up` as a newcomer runs it: ready, the demo loaded, the demo pipeline run end to end, each process
     holding only the secrets it needs (issue 11, item 3), and nothing left after Ctrl-C (SIGINT)."""
@@ -201,7 +205,11 @@ def test_up_ready_runs_the_demo_then_ctrl_c_stops_everything(tmp_path):
         assert {"code-server", "webserver", "daemon", "api"} <= held.keys(), held
         # Every process reads the store (the webserver's and the daemon's run workers decrypt credentials); none
         # holds the admin token or anything else of the shell.
-        assert all(s == {"key"} for role in ("api", "code-server", "webserver", "daemon") for s in held[role]), held
+        roles = ("api", "code-server", "webserver", "daemon", "guard")
+        assert all(s == {"key"} for role in roles for s in held[role]), held
+        # The demo connector syncs every minute from now: the daemon's schedule ticks through the faults below.
+        connector_url = f"{api}/projects/{demo['id']}/connectors/{connectors[0]['id']}"
+        assert httpx.patch(connector_url, headers=headers, json={"schedule": "* * * * *"}).status_code == 200
 
         # The demo pipeline, as the README's first five minutes run it: a sync, then dbt in its sandbox, each in a
         # run worker that the webserver starts.
@@ -216,8 +224,138 @@ def test_up_ready_runs_the_demo_then_ctrl_c_stops_everything(tmp_path):
         tags, job_name = _dagster_run(dagster_port, run["run_id"])
         assert job_name == "demo__shop_nightly"
         assert tags["user"] == tags["rime/triggered_by"] == run["triggered_by"] != "", tags
+
+        _second_up_on_the_same_ports_exits_at_once(tmp_path, api_port, dagster_port)
+        _faults_survived(proc, api_port, dagster_port, headers, connector_url)
         family = _descendants(proc.pid)
         _stops_everything(proc, signal.SIGINT, family)
+    finally:
+        _kill_leftovers(proc, family)
+
+
+def _pid_of(proc: subprocess.Popen, role: str) -> int | None:
+    """The process doing `role`'s work (not its guard, not a child of its own)."""
+    pids = [pid for pid in _descendants(proc.pid) if _role(pid) == role and _role(_parent(pid) or 0) == "guard"]
+    return pids[0] if pids else None
+
+
+def _second_up_on_the_same_ports_exits_at_once(tmp_path, api_port: int, dagster_port: int) -> None:
+    """Another `rime up` (another home) on the running platform's ports says so and exits, touching nothing."""
+    env = {
+        **os.environ,
+        "RIME_HOME": str(tmp_path / "second"),
+        "RIME_API_PORT": str(api_port),
+        "RIME_DAGSTER_PORT": str(dagster_port),
+    }
+    env.pop("DAGSTER_HOME", None)
+    started = time.monotonic()
+    second = subprocess.run(
+        [sys.executable, "-m", "api_shim.cli", "up"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert time.monotonic() - started < 10
+    assert f"port {api_port} on 127.0.0.1 is in use (set RIME_API_PORT to use another)" in second.stderr
+    assert f"port {dagster_port} on 127.0.0.1 is in use (set RIME_DAGSTER_PORT to use another)" in second.stderr
+    assert not (tmp_path / "second").exists()
+
+
+def _restarted(proc: subprocess.Popen, role: str, old: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = _pid_of(proc, role)
+        if new is not None and new != old:
+            return new
+        assert proc.poll() is None, "rime up exited"
+        time.sleep(0.2)
+    raise AssertionError(f"{role} was not restarted within {timeout:.0f} s")
+
+
+DEMO_SCHEDULE = "demo__demo_shop_schedule"  # the demo connector's schedule
+
+
+def _scheduled_times(dagster_port: int) -> list[datetime]:
+    """The minute of each run the demo connector's schedule launched, oldest first (one per run), from its ticks;
+    every run of the schedule must belong to one of them."""
+    query = (
+        'query($name: String!) { scheduleOrError(scheduleSelector: {repositoryLocationName: "rime", '
+        'repositoryName: "__repository__", scheduleName: $name}) { ... on Schedule { scheduleState { '
+        "ticks(limit: 100) { timestamp status runIds } } } } }"
+    )
+    ticks = _graphql(dagster_port, query, {"name": DEMO_SCHEDULE})["scheduleOrError"]["scheduleState"]["ticks"]
+    times = sorted(datetime.fromtimestamp(t["timestamp"], UTC) for t in ticks for _ in t["runIds"])
+    runs = "query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { ... on Runs { results { runId } } } }"
+    tags = [{"key": "dagster/schedule_name", "value": DEMO_SCHEDULE}]
+    assert len(_graphql(dagster_port, runs, {"tags": tags})["runsOrError"]["results"]) == len(times)
+    return times
+
+
+def _faults_survived(proc, api_port: int, dagster_port: int, headers: dict, connector_url: str) -> None:
+    """Each of the webserver, the daemon and the API killed: `rime up` restarts it; meanwhile what needs Dagster
+    answers 503 at once and the rest works; no scheduled sync is lost or doubled."""
+    api = f"http://127.0.0.1:{api_port}"
+    sync = f"{connector_url}/sync"
+
+    print(f"{time.strftime('%X')} faults: the webserver", file=sys.stderr)
+    webserver = _pid_of(proc, "webserver")
+    os.kill(webserver, signal.SIGKILL)
+    started = time.monotonic()
+    refused = httpx.post(sync, headers=headers, timeout=10)
+    assert refused.status_code == 503 and time.monotonic() - started < 1, refused.text
+    assert httpx.get(connector_url, headers=headers).status_code == 200  # the rest keeps working
+    _restarted(proc, "webserver", webserver)
+    deadline = time.monotonic() + 30
+    while (answer := httpx.post(sync, headers=headers, timeout=30)).status_code != 202:
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.5)
+
+    # The daemon killed just before a minute's tick: restarted, it still launches that tick, once.
+    print(f"{time.strftime('%X')} faults: the daemon", file=sys.stderr)
+    while not _scheduled_times(dagster_port):  # the schedule has ticked once
+        time.sleep(1)
+    time.sleep(max(0.0, 59 - time.time() % 60))  # down across the minute: its tick is caught up after the restart
+    daemon = _pid_of(proc, "daemon")
+    os.kill(daemon, signal.SIGKILL)
+    _restarted(proc, "daemon", daemon)
+    due = datetime.fromtimestamp((int(time.time() // 60) + 1) * 60, UTC)  # the first tick after the restart
+    deadline = time.monotonic() + 120
+    while (times := _scheduled_times(dagster_port))[-1] < due:
+        assert time.monotonic() < deadline, times
+        time.sleep(1)
+    assert times == [times[0] + timedelta(minutes=n) for n in range(len(times))], times  # none lost, none doubled
+
+    print(f"{time.strftime('%X')} faults: the API", file=sys.stderr)
+    api_pid = _pid_of(proc, "api")
+    instance = httpx.get(f"{api}/health").json()["instance_id"]
+    os.kill(api_pid, signal.SIGKILL)
+    _restarted(proc, "api", api_pid)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{api}/health", timeout=2).json()["instance_id"] == instance:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the API did not come back"
+        time.sleep(0.2)
+
+
+def test_sigkill_of_rime_up_leaves_nothing_behind(tmp_path):
+    """`rime up` killed outright (no handler can run): the kernel stops its processes' guards, which stop their
+    process groups; nothing keeps the ports."""
+    proc, api_port, _ = _rime_up(tmp_path, "--no-demo")
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while _pid_of(proc, "api") is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "the API never started"
+            time.sleep(0.1)
+        family = _descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while (survivors := [pid for pid in family if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert survivors == [], f"left behind: {[(pid, _role(pid)) for pid in survivors]}"
     finally:
         _kill_leftovers(proc, family)
 
