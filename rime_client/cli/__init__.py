@@ -1,6 +1,6 @@
-"""The `rime` client commands (login, projects, connectors, pipelines, runs, apply): the SDK over HTTP, for people
-and scripts. `rime` (api_shim/cli.py) registers them beside its platform commands with `add_commands` and hands
-them to `run`; `main` is the same commands alone.
+"""The `rime` client commands (login, projects, connectors, pipelines, runs, approvals, apply): the SDK over HTTP,
+for people and scripts. `rime` (api_shim/cli.py) registers them beside its platform commands with `add_commands`
+and hands them to `run`; `main` is the same commands alone.
 
 Exit codes: 0 done (a waited run succeeded); 1 a waited run failed or was canceled; 2 a usage error; 3 an API error
 (its message, code and request id on stderr) or an API that cannot be reached; 4 `--timeout` passed while waiting
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import httpx
 
-from rime_client.cli import commands, credentials
+from rime_client.cli import commands, credentials, lifecycle
 from rime_client.client import Client
 from rime_client.errors import RimeError
 
@@ -121,6 +121,32 @@ def _add_pipelines(sub: argparse._SubParsersAction, *parents: ArgParser) -> None
     runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     export = _on_one(group, "export", commands.pipelines_export, "print it as a document", "pipeline", api, project)
     export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    listed = _on_one(group, "versions", lifecycle.versions, "its versions, newest first", "pipeline", *parents)
+    listed.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    _on_one(group, "environments", lifecycle.environments, "what each environment runs", "pipeline", *parents)
+    for move, help_text in (
+        ("promote", "move a version to the next environment (uat and production: an approval request)"),
+        ("demote", "move uat's version back to qa (leads)"),
+        ("retire", "take production's version out of production (leads)"),
+    ):
+        parser = _on_one(group, move, lifecycle.move, help_text, "pipeline", *parents)
+        parser.add_argument("version", metavar="VERSION", help="its number (or id)")
+        parser.set_defaults(move=move)
+
+
+def _add_approvals(sub: argparse._SubParsersAction, *parents: ArgParser) -> None:
+    group = _group(sub, "approvals", "list and decide a project's approval requests (leads)")
+    listing = _command(group, "list", lifecycle.approvals_list, "the project's approval requests", *parents)
+    listing.add_argument("--status", choices=("pending", "approved", "rejected"))
+    listing.add_argument("--limit", type=int, help="at most this many")
+    for decision, help_text in (
+        ("approve", "approve: the version moves (not your own request)"),
+        ("reject", "reject, saying why"),
+    ):
+        parser = _command(group, decision, lifecycle.decide, help_text, *parents)
+        parser.add_argument("request", metavar="REQUEST", help="the request's id (apr_...)")
+        parser.add_argument("--reason", required=decision == "reject", help="why (required to reject)")
+        parser.set_defaults(decision=decision)
 
 
 def _add_runs(sub: argparse._SubParsersAction, *parents: ArgParser) -> None:
@@ -148,6 +174,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_connectors(sub, *parents)
     _add_pipelines(sub, *parents)
     _add_runs(sub, *parents)
+    _add_approvals(sub, *parents)
     apply = sub.add_parser(
         "apply",
         parents=list(parents),

@@ -362,3 +362,32 @@ def test_on_a_terminal_the_steps_are_redrawn_in_place():
         "  dbt_build  pending",
         "",
     ]
+
+
+def test_versions_promotion_and_approvals_from_the_command_line(api: Served, env, client: Client, monkeypatch, capsys):
+    project, pipeline = with_pipeline(client, unique("cli-lifecycle"))
+    client.pipelines.update(pipeline.id, {"description": "second"}, project=project.id)
+    approver = client.users.create(f"{unique('approver')}@example.com", "approver", "lead_data_engineer")
+    approver_token = client.tokens.create(approver.id, "cli").token
+    monkeypatch.setenv("RIME_PROJECT", project.name)
+
+    code, out, _ = run_cli(capsys, "pipelines", "versions", "nightly")
+    assert code == 0 and [line.split()[:2] for line in out.splitlines()[1:]] == [
+        ["2", "development"],
+        ["1", "superseded"],
+    ]
+    assert run_cli(capsys, "pipelines", "promote", "nightly", "2")[:2] == (0, "Version 2 promoted: it stands in qa.\n")
+    code, out, _ = run_cli(capsys, "pipelines", "promote", "nightly", "2")
+    request = re.search(r"request (apr_\w+)", out).group(1)
+    code, out, err = run_cli(capsys, "approvals", "approve", request)  # the admin asked: another lead approves
+    assert code == 3 and "another lead" in err
+    with pytest.raises(SystemExit) as usage:  # argparse's own usage error
+        run_cli(capsys, "approvals", "reject", request)
+    assert usage.value.code == 2 and "--reason" in capsys.readouterr().err
+    code, out, _ = run_cli(capsys, "approvals", "list", "--status", "pending")
+    assert code == 0 and request in out and "qa -> uat" in out
+    monkeypatch.setenv("RIME_TOKEN", approver_token)
+    code, out, _ = run_cli(capsys, "approvals", "approve", request, "--reason", "ok")
+    assert (code, out) == (0, f"Request {request} approved: version 2 of nightly moves to uat.\n")
+    code, out, _ = run_cli(capsys, "pipelines", "environments", "nightly", "-o", "json")
+    assert code == 0 and json.loads(out)["uat"]["version"] == 2
