@@ -13,10 +13,10 @@ import re
 import time
 from typing import Any
 
-from limits import RateLimitItem
+from limits import RateLimitItem, WindowStats
 from limits import parse as parse_limit
-from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
+from limits.storage import MovingWindowSupport, storage_from_string
+from limits.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +30,8 @@ from starlette.websockets import WebSocket
 from api_shim import metrics
 from api_shim.errors import RimeError
 from api_shim.handlers import error_payload
+from api_shim.rate_limit_store import SCHEME as STORE_SCHEME
+from api_shim.rate_limit_store import StoreRateLimitStorage
 from api_shim.services import audit, auth
 from api_shim.services.auth import hash_token
 from rime_dagster.settings import Settings
@@ -164,11 +166,33 @@ _DROP_NOTICES = parse_limit("1/minute")
 
 
 class RateLimits:
-    """The moving-window limiter (the `limits` library) and the limits of the settings: one per app, shared by the
-    rate-limit and audit middleware and the WebSocket route."""
+    """The limiter (the `limits` library) and the limits of the settings: one per app, shared by the rate-limit
+    and audit middleware and the WebSocket route.
+
+    In memory (one API process, the default) and in redis the limiter is the moving window; in the metadata store
+    (rime-store://, what several API workers share, api_shim/rate_limit_store.py) the sliding-window counter, which
+    a database can count atomically. A store that does not answer lets requests through (they are not counted):
+    the route answers 503 itself if it needs the store."""
 
     def __init__(self, settings: Settings):
-        self.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
+        uri = settings.rate_limit_storage_uri
+        if uri.startswith(f"{STORE_SCHEME}://"):
+            storage = storage_from_string(uri, metadata_url=settings.metadata_url)
+            if settings.rate_limit_storage.startswith("memory://"):
+                log.info(
+                    "%d API workers: rate limits are counted in the metadata store (rime-store://), shared by all "
+                    "of them; set RIME_RATE_LIMIT_STORAGE to a redis:// URL to count them there instead",
+                    settings.api_workers,
+                )
+        else:
+            storage = storage_from_string(uri)
+        self.limiter: RateLimiter = (
+            MovingWindowRateLimiter(storage)
+            if isinstance(storage, MovingWindowSupport)
+            else SlidingWindowCounterRateLimiter(storage)
+        )
+        # The store's limiter does I/O: the middleware asks it from a worker thread, not the event loop.
+        self.blocking = isinstance(storage, StoreRateLimitStorage)
         self.default = parse_limit(settings.rate_limit_default)
         self.overrides = {group: parse_limit(value) for group, value in settings.rate_limits.items()}
         self.anonymous = parse_limit(settings.rate_limit_anonymous)
@@ -179,9 +203,26 @@ class RateLimits:
     def of_group(self, group: str) -> RateLimitItem:
         return self.overrides.get(group, self.default)
 
+    def hit(self, item: RateLimitItem, *key: str) -> bool:
+        """Counts one hit of `key` against `item`; False over the limit. A store that fails lets it through."""
+        try:
+            return self.limiter.hit(item, *key)
+        except SQLAlchemyError:
+            log.warning("rate limit storage unavailable; %s not counted", item, exc_info=True)
+            return True
+
+    def take(self, item: RateLimitItem, *key: str) -> tuple[bool, WindowStats | None]:
+        """A hit and the window after it (None when the store failed: the request passes, without headers)."""
+        try:
+            allowed = self.limiter.hit(item, *key)
+            return allowed, self.limiter.get_window_stats(item, *key)
+        except SQLAlchemyError:
+            log.warning("rate limit storage unavailable; %s not counted", item, exc_info=True)
+            return True, None
+
     def websocket_connect(self, *who: str) -> bool:
         """Counts a WebSocket connect of `who` (("address", ip) or ("user", id)); False over the limit."""
-        if self.limiter.hit(self.websocket, "websocket", *who):
+        if self.hit(self.websocket, "websocket", *who):
             return True
         metrics.RATE_LIMITED.labels("websocket").inc()
         return False
@@ -192,12 +233,12 @@ class RateLimits:
         if status != 401:
             return True
         address = client_address(scope)
-        if self.limiter.hit(self.failed_login_audit, "audit-401", address) and self.limiter.hit(
+        if self.hit(self.failed_login_audit, "audit-401", address) and self.hit(
             self.failed_login_audit_total, "audit-401"
         ):
             return True
         metrics.AUDIT_DROPPED.inc()
-        if self.limiter.hit(_DROP_NOTICES, "audit-401-dropped", address):  # one line a minute per address
+        if self.hit(_DROP_NOTICES, "audit-401-dropped", address):  # one line a minute per address
             log.warning(
                 "failed logins from %s: audit entries over %s per address or %s in all are not written "
                 "(counted in rime_audit_dropped_total)",
@@ -217,7 +258,7 @@ async def refuse_websocket(websocket: WebSocket, status: int, code: str, message
 
 
 class RateLimitMiddleware:
-    """Moving-window limits: per tenant and endpoint group for callers with a valid token, per client address
+    """Rate limits (RateLimits): per tenant and endpoint group for callers with a valid token, per client address
     (all groups together) for the rest, so anonymous traffic never spends the tenant's quota; WebSocket
     connects per client address (the WebSocket route counts them per user too).
 
@@ -250,9 +291,9 @@ class RateLimitMiddleware:
             item, key, scope_name = self.limits.of_group(group), (self.tenant, group), f"'{group}'"
         else:
             item, key, scope_name = self.limits.anonymous, ("anonymous", client_address(scope)), "unauthenticated calls"
-        limiter = self.limits.limiter
-        allowed = limiter.hit(item, *key)
-        stats = limiter.get_window_stats(item, *key)
+        allowed, stats = await self._take(item, key)
+        if stats is None:
+            return await self.app(scope, receive, send)
         reset_in = max(1, math.ceil(stats.reset_time - time.time()))
         headers = {
             "RateLimit-Limit": str(item.amount),
@@ -276,6 +317,11 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    async def _take(self, item: RateLimitItem, key: tuple[str, str]) -> tuple[bool, WindowStats | None]:
+        if self.limits.blocking:  # the metadata store's limiter: a query, not for the event loop
+            return await run_in_threadpool(self.limits.take, item, *key)
+        return self.limits.take(item, *key)
 
     async def _authenticated(self, scope: Scope) -> bool:
         """Whether the request carries a token that verifies (one that verified in the last 30 s counts)."""

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API worker processes `rime up` runs (uvicorn --workers). Above 1, rate limits are counted "
+        "in the metadata store unless RIME_RATE_LIMIT_STORAGE names a shared store (see \"Several API workers\").",
+    )
     dagster_host: str = "127.0.0.1"
     dagster_port: int = 3000
     dagster_viewer_port: int | None = Field(
@@ -86,7 +93,9 @@ class Settings(BaseSettings):
         default_factory=dict, description='Per-group overrides as JSON, e.g. {"projects": "100/minute"}.'
     )
     rate_limit_storage: str = Field(
-        "memory://", description="Storage URI of the `limits` library (memory://, redis://...)."
+        "memory://",
+        description="Storage URI of the `limits` library: memory:// (this process), rime-store:// (the metadata "
+        "store, shared by every API process), redis://... With RIME_API_WORKERS > 1, memory:// means rime-store://.",
     )
     rate_limit_anonymous: str = Field(
         "120/minute", description="Limit per client address for requests without a valid token (all groups)."
@@ -276,6 +285,14 @@ class Settings(BaseSettings):
     @property
     def dagster_home_path(self) -> Path:
         return (self.dagster_home or self.home / "dagster").expanduser().resolve()
+
+    @property
+    def rate_limit_storage_uri(self) -> str:
+        """Where rate limits are counted: RIME_RATE_LIMIT_STORAGE, except that several API workers never count in
+        their own memory (each would grant the whole quota): memory:// then means the metadata store."""
+        if self.api_workers > 1 and self.rate_limit_storage.startswith("memory://"):
+            return "rime-store://"
+        return self.rate_limit_storage
 
     @property
     def iceberg_properties(self) -> dict[str, str]:

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from rime_dagster.connectors.names import landable_tables
@@ -457,6 +469,18 @@ class DefinitionsState(Base):
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     reload_owner: Mapped[str | None] = mapped_column(String(64))
     reload_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RateLimitCounter(Base):
+    """One window's count of one rate limit (api_shim/rate_limit_store.py): the limits every API process shares
+    when there are several. `key` names the limit, who it counts and the window; `expires_at` (epoch seconds)
+    is when the row no longer counts and may be purged."""
+
+    __tablename__ = "rate_limit_counters"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    expires_at: Mapped[float] = mapped_column(Float, nullable=False, index=True)
 
 
 class WriteLease(Base):
