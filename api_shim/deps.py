@@ -27,9 +27,11 @@ def get_session(request: Request) -> Iterator[Session]:
     """The request's unit of work: committed when the handler returns, rolled back on error.
 
     Runs with scope="function" so the commit happens before the response is sent:
-    a client never sees a 2xx for a write that did not commit.
+    a client never sees a 2xx for a write that did not commit. A GET's (or HEAD's) unit of work starts as
+    a snapshot (SQLite: no write lock until it writes), so reads answer while another writer holds the lock.
     """
-    with unit_of_work(request.app.state.sessions) as session:
+    safe = request.method in ("GET", "HEAD")
+    with unit_of_work(request.app.state.snapshot_sessions if safe else request.app.state.sessions) as session:
         yield session
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_shim.errors import RimeError
@@ -97,12 +98,33 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
-async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
-    # Connection-level failures mean the store is down (503); anything else is a bug (500).
+# Set on a request's state when its answer is "the metadata store is unavailable": the audit middleware then
+# writes no entry (that write would wait out the same lock or dead server, doubling the client's wait).
+STORE_UNAVAILABLE = "metadata_store_unavailable"
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether a database error means the store is locked, down or unreachable (503), not a bug of ours (500):
+    an OperationalError (SQLite "database is locked", a refused or broken connection, PostgreSQL's lock or
+    statement timeout), a disconnect, or a pool that ran out of connections."""
+    if isinstance(exc, SATimeoutError):
+        return True
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
     # Neither message nor SQL reaches the client.
-    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+    if store_unavailable(exc):
         log.error("metadata store unavailable: %s", exc.__class__.__name__)
-        return error_response(503, "service_unavailable", "The metadata store is unavailable; retry shortly.")
+        setattr(request.state, STORE_UNAVAILABLE, True)
+        retry_after = str(request.app.state.settings.metadata_retry_after_seconds)
+        return error_response(
+            503,
+            "service_unavailable",
+            "The metadata store is unavailable (locked by another writer, or down). "
+            f"Retry in {retry_after} s.",
+            headers={"Retry-After": retry_after},
+        )
     log.exception("database error")
     return error_response(500, "internal_error", "Something went wrong on our end.")
 
@@ -113,3 +135,4 @@ def install_exception_handlers(app: FastAPI) -> None:
     app.exception_handler(RimeError)(_rime)
     app.exception_handler(StarletteHTTPException)(_http)
     app.exception_handler(DBAPIError)(_database)
+    app.exception_handler(SATimeoutError)(_database)  # the pool's: no connection came free in time

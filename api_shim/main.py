@@ -140,9 +140,13 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = False) -> Fa
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
-    app.state.sessions = session_factory(settings.metadata_url)
+    busy_timeout = settings.metadata_busy_timeout_seconds
+    app.state.sessions = session_factory(settings.metadata_url, busy_timeout=busy_timeout)
     # Snapshots that never take the write lock (SQLite): for reads that need no transaction of their own.
-    app.state.readers = session_factory(settings.metadata_url, read_only=True)
+    app.state.readers = session_factory(settings.metadata_url, read_only=True, busy_timeout=busy_timeout)
+    # Units of work of GET requests: on SQLite they read a snapshot and take the write lock only if they write,
+    # so reads answer while another writer holds the lock.
+    app.state.snapshot_sessions = session_factory(settings.metadata_url, deferred=True, busy_timeout=busy_timeout)
     app.state.cursor_codec = CursorCodec(settings.signing_key())
     app.state.dagster = DagsterClient(settings)
     # Reloads Dagster when the definitions change; launches wait on it (api_shim/definitions_sync.py).

@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket
 
 from api_shim import metrics
 from api_shim.errors import RimeError
-from api_shim.handlers import error_payload
+from api_shim.handlers import STORE_UNAVAILABLE, error_payload
 from api_shim.rate_limit_store import SCHEME as STORE_SCHEME
 from api_shim.rate_limit_store import StoreRateLimitStorage
 from api_shim.services import audit, auth
@@ -429,6 +429,10 @@ class AuditMiddleware:
             return
         status = messages[0]["status"]
         if not self.limits.audits(status, scope):
+            return
+        if scope.get("state", {}).get(STORE_UNAVAILABLE):  # nothing was changed, and the entry could not be stored
+            metrics.AUDIT_WRITE_FAILURES.inc()
+            log.warning("no audit entry for %s %s: the metadata store is unavailable", scope["method"], scope["path"])
             return
         body = b"".join(m.get("body", b"") for m in messages[1:])
         try:

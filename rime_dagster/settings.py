@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the metadata store; default SQLite under RIME_HOME."
     )
+    metadata_busy_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long the API waits for the metadata store (another writer's lock; on PostgreSQL a lock "
+        "or, up to 5 s, a connect) before answering 503 service_unavailable with Retry-After.",
+    )
+    metadata_retry_after_seconds: int = Field(
+        2, ge=1, description="Retry-After of a 503 answered because the metadata store is locked or down."
+    )
     admin_token: str | None = Field(
         None, description="Bootstrap token: an active admin holding it is ensured at start."
     )

@@ -37,7 +37,8 @@ class Readiness(BaseModel):
 
 
 def _check_database(request: Request) -> str:
-    with request.app.state.sessions() as session:
+    # A snapshot: on SQLite another writer's lock does not make the store unready (reads still answer).
+    with request.app.state.readers() as session:
         session.execute(text("SELECT 1"))
         return session.get_bind().dialect.name
 

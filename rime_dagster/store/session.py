@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import math
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
@@ -21,17 +22,22 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from rime_dagster.store import generation as _generation  # noqa: F401
 
 
-def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets the Dagster code location read while the API writes; foreign keys make
-    # project deletion cascade; busy_timeout waits out a concurrent writer.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout: float) -> Callable[[sqlite3.Connection, ConnectionPoolEntry], None]:
+    def apply(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets the Dagster code location read while the API writes; foreign keys make
+        # project deletion cascade; busy_timeout waits out a concurrent writer.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return apply
 
 
+# How long a write waits for another writer before "database is locked" (the API answers 503 then);
+# the API takes RIME_METADATA_BUSY_TIMEOUT_SECONDS.
 BUSY_TIMEOUT_SECONDS = 10.0
 _gates: dict[str, threading.Lock] = {}
 _gates_lock = threading.Lock()
@@ -54,10 +60,11 @@ class _GatedConnection(sqlite3.Connection):
     """
 
     gate: threading.Lock | None = None
+    busy_timeout = BUSY_TIMEOUT_SECONDS
     holding = False
 
     def enter_write(self) -> None:
-        if self.gate is not None and not self.gate.acquire(timeout=BUSY_TIMEOUT_SECONDS):
+        if self.gate is not None and not self.gate.acquire(timeout=self.busy_timeout):
             raise sqlite3.OperationalError("database is locked (another write transaction of this process)")
         self.holding = self.gate is not None
 
@@ -99,10 +106,16 @@ def _begin_immediate(conn: Connection) -> None:
         raise
 
 
-def make_engine(url: str, *, read_only: bool = False) -> Engine:
+def make_engine(
+    url: str, *, read_only: bool = False, deferred: bool = False, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+) -> Engine:
     """The engine of the metadata store. `read_only`: for readers that never write (the code location
     building its definitions, the definitions sync): on SQLite their transactions are plain
-    snapshots that never take the write lock, so they never make a writer wait."""
+    snapshots that never take the write lock, so they never make a writer wait. `deferred`: for
+    units of work that mostly read (the API's GET requests): on SQLite a snapshot as well, which takes
+    the write lock only if it writes, so reads still answer while another writer holds the lock. `busy_timeout`
+    (seconds): how long a SQLite writer waits for the write lock, and any connection for a connect,
+    before an OperationalError."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -115,22 +128,24 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         # deferred BEGIN: in WAL mode it reads one consistent snapshot and locks nothing.
         connect_args = {
             "check_same_thread": False,
-            "timeout": BUSY_TIMEOUT_SECONDS,
+            "timeout": busy_timeout,
             "isolation_level": None,
             "factory": _GatedConnection,
         }
         # Enough pooled connections for the API's worker threads: a connection made past the pool
         # runs the PRAGMAs above and is closed again, once per request under a burst.
         engine = create_engine(url, connect_args=connect_args, pool_size=20, max_overflow=20)
-        event.listen(engine, "connect", _sqlite_pragmas)
-        if read_only:
-            event.listen(engine, "connect", lambda conn, _record: conn.execute("PRAGMA query_only=ON"))
+        event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
+        if read_only or deferred:
+            if read_only:
+                event.listen(engine, "connect", lambda conn, _record: conn.execute("PRAGMA query_only=ON"))
             event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         else:
             gate = sqlite_write_gate(url)
 
             def attach_gate(dbapi_connection: _GatedConnection, _record: ConnectionPoolEntry) -> None:
                 dbapi_connection.gate = gate
+                dbapi_connection.busy_timeout = busy_timeout
 
             event.listen(engine, "connect", attach_gate)
             event.listen(engine, "begin", _begin_immediate)
@@ -143,17 +158,33 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
-        connect_args={"connect_timeout": 5},
+        # A server that does not answer fails a connect within 5 s (or the busy timeout, if shorter); a row or
+        # table lock held by another transaction fails the wait after the busy timeout, as on SQLite.
+        connect_args={
+            "connect_timeout": max(1, math.ceil(min(busy_timeout, 5.0))),
+            "options": f"-c lock_timeout={int(busy_timeout * 1000)}",
+        },
     )
 
 
+def engine_for(
+    url: str, *, read_only: bool = False, deferred: bool = False, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+) -> Engine:
+    """The process's one engine for these arguments (keyed by value, however they are passed)."""
+    deferred = deferred and make_url(url).get_backend_name() == "sqlite"  # PostgreSQL has no lock to defer
+    return _engine(url, read_only, deferred, float(busy_timeout))
+
+
 @functools.lru_cache(maxsize=16)
-def engine_for(url: str, *, read_only: bool = False) -> Engine:
-    return make_engine(url, read_only=read_only)
+def _engine(url: str, read_only: bool, deferred: bool, busy_timeout: float) -> Engine:
+    return make_engine(url, read_only=read_only, deferred=deferred, busy_timeout=busy_timeout)
 
 
-def session_factory(url: str, *, read_only: bool = False) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine_for(url, read_only=read_only), expire_on_commit=False)
+def session_factory(
+    url: str, *, read_only: bool = False, deferred: bool = False, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+) -> sessionmaker[Session]:
+    engine = engine_for(url, read_only=read_only, deferred=deferred, busy_timeout=busy_timeout)
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from rime_dagster.store import session as db_session
 from rime_dagster.store.migrate import upgrade_to_head
 from rime_dagster.store.models import User
-from rime_dagster.store.session import _GatedConnection, engine_for, session_factory, session_scope
+from rime_dagster.store.session import _GatedConnection, engine_for, session_factory, session_scope, unit_of_work
 from tests.support.waiting import running, wait_until
 
 
@@ -79,15 +79,16 @@ def test_a_writer_waits_for_the_one_before_and_gets_the_database_at_once(url):
     assert finished[0] - released < 0.2
 
 
-def test_a_writer_that_cannot_get_the_gate_fails_like_a_locked_database(url, monkeypatch):
-    monkeypatch.setattr(db_session, "BUSY_TIMEOUT_SECONDS", 0.2)
+def test_a_writer_that_cannot_get_the_gate_fails_like_a_locked_database(url):
     holder = session_factory(url)()
     holder.add(_user(1))
     holder.flush()
     try:
         started = time.monotonic()
         with pytest.raises(OperationalError) as info:
-            _write(url, 2)  # same thread, second connection: would wait forever on a plain lock
+            # same thread, second connection (one that waits 0.2 s): would wait forever on a plain lock
+            with unit_of_work(session_factory(url, busy_timeout=0.2)) as session:
+                session.add(_user(2))
         assert isinstance(info.value.orig, sqlite3.OperationalError)
         assert "database is locked" in str(info.value.orig)
         assert time.monotonic() - started < 2

@@ -59,6 +59,14 @@ def _as_postgres_user(pg_ctl: str, root: Path) -> str:
 @contextmanager
 def throwaway_postgres() -> Iterator[str]:
     """Yields a SQLAlchemy URL of a fresh server with database `rime` (user `rime`, trusted); stops and deletes it."""
+    with throwaway_postgres_server() as (url, _server):
+        yield url
+
+
+@contextmanager
+def throwaway_postgres_server() -> Iterator[tuple[str, PostgreSQLExecutor]]:
+    """`throwaway_postgres`, with the server's executor: a test may `stop()` it and `start()` it again (its data
+    stays: the executor initialises its directory once)."""
     pg_ctl = find_pg_ctl()
     if pg_ctl is None:
         raise RuntimeError("PostgreSQL's pg_ctl was not found: install Debian's `postgresql` (`make test` does)")
@@ -80,9 +88,10 @@ def throwaway_postgres() -> Iterator[str]:
     try:
         server.start()
         DatabaseJanitor(user=USER, host=server.host, port=port, dbname="rime").init()
-        yield f"postgresql+psycopg://{USER}@127.0.0.1:{port}/rime"
+        yield f"postgresql+psycopg://{USER}@127.0.0.1:{port}/rime", server
     finally:
-        server.stop()
+        if server.running():
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
