@@ -212,8 +212,14 @@ def reload_code_location(settings: Settings) -> None:
     )
 
 
+# How long an API worker told to stop may finish its requests (less than the supervisor's grace period).
+API_DRAIN_SECONDS = GRACE_SECONDS / 2
+
+
 def api_command(settings: Settings, bin_dir: Path, log_level: str) -> list[str]:
-    return [
+    """uvicorn serving the API; with RIME_API_WORKERS > 1, that many worker processes on one socket (uvicorn's
+    parent process restarts a worker that dies). Each worker builds the app from the same environment."""
+    command = [
         str(bin_dir / "uvicorn"),
         "--factory",
         "api_shim.main:app_from_env",
@@ -225,6 +231,10 @@ def api_command(settings: Settings, bin_dir: Path, log_level: str) -> list[str]:
         "--log-level",
         log_level,
     ]
+    if settings.api_workers > 1:
+        # A worker stops within the grace period even with WebSockets open: it holds the port until it has.
+        command += ["--workers", str(settings.api_workers), "--timeout-graceful-shutdown", str(int(API_DRAIN_SECONDS))]
+    return command
 
 
 def up(settings: Settings, *, demo: bool, ready_timeout: float, verbose: bool = False) -> int:
@@ -302,7 +312,11 @@ def _start_servers(
         supervisor.start("dagster-viewer", [*viewer_argv, "--dagster-log-level", level], env)
     daemon = [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace), "--log-level", level]
     supervisor.start("dagster-daemon", daemon, env)
-    supervisor.start("api", api_command(settings, bin_dir, level), {**env, "RIME_INSTANCE_ID": instance_id})
+    api_env = {**env, "RIME_INSTANCE_ID": instance_id}  # every worker's /health names it
+    if settings.api_workers > 1:
+        # The workers are uvicorn's children: if its parent dies they must go with it (they hold the port).
+        api_env["RIME_GUARD_REAP"] = "1"
+    supervisor.start("api", api_command(settings, bin_dir, level), api_env)
 
 
 def _print_summary(settings: Settings, api: str, token_path: Path | None) -> None:

@@ -11,7 +11,8 @@ import logging
 import math
 import re
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from limits import RateLimitItem, WindowStats
 from limits import parse as parse_limit
@@ -37,6 +38,8 @@ from api_shim.services.auth import hash_token
 from rime_dagster.settings import Settings
 from rime_dagster.store.ids import new_request_id
 
+P = ParamSpec("P")
+R = TypeVar("R")
 access_log = logging.getLogger("api_shim.access")
 log = logging.getLogger(__name__)
 
@@ -203,6 +206,13 @@ class RateLimits:
     def of_group(self, group: str) -> RateLimitItem:
         return self.overrides.get(group, self.default)
 
+    async def call(self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`method` of these limits, from a worker thread when the limiter queries the metadata store (not the event
+        loop's business), else directly (memory: microseconds)."""
+        if self.blocking:
+            return await run_in_threadpool(method, *args, **kwargs)
+        return method(*args, **kwargs)
+
     def hit(self, item: RateLimitItem, *key: str) -> bool:
         """Counts one hit of `key` against `item`; False over the limit. A store that fails lets it through."""
         try:
@@ -280,7 +290,7 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            if self.limits.websocket_connect("address", client_address(scope)):
+            if await self.limits.call(self.limits.websocket_connect, "address", client_address(scope)):
                 return await self.app(scope, receive, send)
             message = f"Too many WebSocket connects (limit {self.limits.websocket}); retry shortly."
             return await refuse_websocket(WebSocket(scope, receive, send), 429, "rate_limited", message)
@@ -291,7 +301,7 @@ class RateLimitMiddleware:
             item, key, scope_name = self.limits.of_group(group), (self.tenant, group), f"'{group}'"
         else:
             item, key, scope_name = self.limits.anonymous, ("anonymous", client_address(scope)), "unauthenticated calls"
-        allowed, stats = await self._take(item, key)
+        allowed, stats = await self.limits.call(self.limits.take, item, *key)
         if stats is None:
             return await self.app(scope, receive, send)
         reset_in = max(1, math.ceil(stats.reset_time - time.time()))
@@ -317,11 +327,6 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-    async def _take(self, item: RateLimitItem, key: tuple[str, str]) -> tuple[bool, WindowStats | None]:
-        if self.limits.blocking:  # the metadata store's limiter: a query, not for the event loop
-            return await run_in_threadpool(self.limits.take, item, *key)
-        return self.limits.take(item, *key)
 
     async def _authenticated(self, scope: Scope) -> bool:
         """Whether the request carries a token that verifies (one that verified in the last 30 s counts)."""
@@ -428,7 +433,7 @@ class AuditMiddleware:
         if route is None:  # no endpoint matched: nothing was attempted
             return
         status = messages[0]["status"]
-        if not self.limits.audits(status, scope):
+        if not await self.limits.call(self.limits.audits, status, scope):
             return
         if scope.get("state", {}).get(STORE_UNAVAILABLE):  # nothing was changed, and the entry could not be stored
             metrics.AUDIT_WRITE_FAILURES.inc()

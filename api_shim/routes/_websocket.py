@@ -37,7 +37,8 @@ async def refuse(
     """Refuses the connect (before the upgrade where the server can answer HTTP) and audits it."""
     # Like HTTP 429s, refused connects over the rate limit are not audited; failed logins within their budget.
     state = websocket.app.state
-    if refused.status != 429 and state.rate_limits.audits(refused.status, websocket.scope):
+    limits = state.rate_limits
+    if refused.status != 429 and await limits.call(limits.audits, refused.status, websocket.scope):
         try:
             await run_in_threadpool(
                 audit.record_refused_websocket,

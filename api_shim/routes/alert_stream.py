@@ -14,7 +14,7 @@ from api_shim.errors import Forbidden
 from api_shim.routes._websocket import refuse, ws_credentials
 from api_shim.routing import API_PREFIX, operation_id
 from api_shim.services.auth import Principal, Role
-from api_shim.services.websocket_auth import WatchRefused, websocket_principal
+from api_shim.services.websocket_auth import WatchRefused, websocket_principal, within_connect_limit
 
 router = APIRouter(prefix=API_PREFIX + "/ws", tags=["Monitoring"], generate_unique_id_function=operation_id)
 
@@ -61,7 +61,9 @@ async def _principal_or_refuse(websocket: WebSocket, token: str | None) -> Princ
 
 def _authenticate(state: State, token: str | None) -> Principal:
     with state.sessions.begin() as session:
-        return websocket_principal(session, state.rate_limits, token, tenant_id=state.settings.tenant)
+        principal = websocket_principal(session, token, tenant_id=state.settings.tenant)
+    within_connect_limit(state.rate_limits, principal)
+    return principal
 
 
 async def _relay(websocket: WebSocket, sub: Subscription, *, keepalive_seconds: float) -> None:

@@ -38,7 +38,7 @@ from api_shim.schemas.pipelines import (
 from api_shim.services.auth import Principal
 from api_shim.services.pipelines import check_steps, get_pipeline, steps_of
 from api_shim.services.runs import launch_summary, launch_tags, run_page, run_view, when
-from api_shim.services.websocket_auth import WatchRefused, websocket_principal
+from api_shim.services.websocket_auth import WatchRefused, websocket_principal, within_connect_limit
 from rime_dagster.pipelines.names import MAX_NESTING, pipeline_job_name, pipeline_tags
 from rime_dagster.pipelines.run_fold import (
     FOLDED_EVENTS,
@@ -582,7 +582,9 @@ def watch_target(
     """Who watches which run: the token's principal, within the per-user connect limit, and a run of a pipeline of
     their tenant. Raises WatchRefused."""
     with sessions.begin() as session:
-        principal = websocket_principal(session, rate_limits, token, tenant_id=tenant_id)
+        principal = websocket_principal(session, token, tenant_id=tenant_id)
+    within_connect_limit(rate_limits, principal)
+    with sessions.begin() as session:
         row = session.get(Pipeline, pipeline_id)
         project = session.get(Project, row.project_id) if row else None
         if row is None or project is None or project.tenant_id != principal.tenant_id:

@@ -22,13 +22,19 @@ class WatchRefused(Exception):
         self.error, self.principal, self.status = error, principal, status or error.status
 
 
-def websocket_principal(session: Session, rate_limits: RateLimits, token: str | None, *, tenant_id: str) -> Principal:
-    """The principal holding `token` (its use recorded in `session`), within the per-user connect limit; else
-    WatchRefused (401 for any failed login, 429 over the limit)."""
+def websocket_principal(session: Session, token: str | None, *, tenant_id: str) -> Principal:
+    """The principal holding `token` (its use recorded in `session`); else WatchRefused (401 for any failed login).
+    Count the connect with `within_connect_limit` once `session`'s transaction has ended."""
     try:
-        principal = authenticate(session, token, tenant_id=tenant_id)
+        return authenticate(session, token, tenant_id=tenant_id)
     except RimeError as exc:
         raise WatchRefused(exc, None, status=401) from None
+
+
+def within_connect_limit(rate_limits: RateLimits, principal: Principal) -> None:
+    """Counts a WebSocket connect of `principal`'s user; WatchRefused (429) over the per-user limit.
+
+    Outside any write transaction: with several API workers the count is a write to the metadata store, which on
+    SQLite would wait for the caller's own transaction to end (the write lock is the database's)."""
     if not rate_limits.websocket_connect("user", principal.user_id):
         raise WatchRefused(RateLimited("Too many WebSocket connects by this user; retry shortly."), principal)
-    return principal

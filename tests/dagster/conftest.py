@@ -106,10 +106,12 @@ def uvicorn_api(
     env: dict[str, str] | None = None,
     access_log: bool = False,
     memory_limit_bytes: int | None = None,
+    args: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """uvicorn serving `api_shim.main:app_from_env` with `settings` (and `env` over them), its own process
     group, stdout and stderr in `log_path`; yields its base URL. `memory_limit_bytes` caps its address space,
-    so that a test of a memory attack cannot take the machine down with it."""
+    so that a test of a memory attack cannot take the machine down with it; `args`: more of uvicorn's options
+    (`--workers 2`)."""
     port = closed_port()
     process_env = {k: v for k, v in os.environ.items() if not k.startswith(("RIME_", "DAGSTER_"))}
     process_env.update(
@@ -125,7 +127,7 @@ def uvicorn_api(
         **({"RIME_DATABASE_URL": settings.database_url} if settings.database_url else {}),
     )
     process_env.update(env or {})
-    argv = [str(BIN / "uvicorn"), "--factory", "api_shim.main:app_from_env", "--port", str(port)]
+    argv = [str(BIN / "uvicorn"), "--factory", "api_shim.main:app_from_env", "--port", str(port), *args]
     if not access_log:
         argv.append("--no-access-log")
 
