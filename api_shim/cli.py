@@ -327,11 +327,19 @@ def _print_summary(settings: Settings, api: str, token_path: Path | None) -> Non
         f"    Dagster UI : {settings.dagster_ui_base}\n"
         + (f"    read-only  : http://{settings.dagster_host}:{viewer}\n" if viewer else "")
         + f"    API        : {api}/api/v1   (docs: {api}/api/docs)\n"
-        f"    Readiness  : {api}/health/ready\n"
+        + (f"    API workers: {settings.api_workers}, {_shared_limits(settings)}\n" if settings.api_workers > 1 else "")
+        + f"    Readiness  : {api}/health/ready\n"
         f"    Admin token: {token_hint}\n"
         "  A process that dies is restarted. Ctrl-C stops everything.\n",
         flush=True,
     )
+
+
+def _shared_limits(settings: Settings) -> str:
+    storage = settings.rate_limit_storage_uri
+    if storage.startswith("rime-store://"):
+        return "rate limits shared through the metadata store (RIME_RATE_LIMIT_STORAGE to change)"
+    return f"rate limits counted in {storage.split('://', 1)[0]}://"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,7 +182,7 @@ class RateLimits:
         if uri.startswith(f"{STORE_SCHEME}://"):
             storage = storage_from_string(uri, metadata_url=settings.metadata_url)
             if settings.rate_limit_storage.startswith("memory://"):
-                log.info(
+                log.debug(  # `rime up` says so in its summary
                     "%d API workers: rate limits are counted in the metadata store (rime-store://), shared by all "
                     "of them; set RIME_RATE_LIMIT_STORAGE to a redis:// URL to count them there instead",
                     settings.api_workers,
