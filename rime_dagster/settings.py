@@ -200,6 +200,19 @@ class Settings(BaseSettings):
     default_run_timeout_seconds: int = Field(
         6 * 3600, ge=0, description="dagster/max_runtime of connector syncs and dbt runs (0: no limit)."
     )
+    run_monitoring_poll_seconds: int = Field(
+        30,
+        ge=1,
+        description="How often the Dagster daemon's run monitoring looks at started runs: a run whose worker "
+        "died (killed, out of memory) is marked failed within this.",
+    )
+    run_slots_free_after_seconds: int = Field(
+        60,
+        ge=1,
+        description="The pool slot a run's step held (one sync per connector at a time) is freed this long after "
+        "the run ended without freeing it itself (its worker died): a re-sync waits that long, plus up to "
+        "RIME_RUN_MONITORING_POLL_SECONDS.",
+    )
     # Issue 13: alert notifications (rime_dagster/monitoring/notify.py, delivery.py).
     alert_delivery_timeout_seconds: float = Field(
         5.0,

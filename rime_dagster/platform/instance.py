@@ -21,13 +21,14 @@ run_coordinator:
 run_launcher:
   module: rime_dagster.platform.run_launcher
   class: ProcessRunLauncher
-# The daemon enforces pipelines' timeout_seconds (dagster/max_runtime) and fails runs stuck
-# starting; it looks every 30 s.
+# The daemon enforces pipelines' timeout_seconds (dagster/max_runtime), fails runs stuck starting and
+# runs whose worker died; it looks every RIME_RUN_MONITORING_POLL_SECONDS (30 s).
 run_monitoring:
   enabled: true
   poll_interval_seconds: 30
   start_timeout_seconds: 300
-  # Frees the pool slots a run still holds once it has ended (say, its worker was killed).
+  # Frees the pool slots a run still holds once it has ended (say, its worker was killed), after
+  # RIME_RUN_SLOTS_FREE_AFTER_SECONDS.
   free_slots_after_run_end_seconds: 60
 # One sync of a connector's tables at a time: the steps that write them share a pool of one slot
 # (rime_dagster/platform/pools.py). A second run waits in its step, logging "Step blocked by limit
@@ -51,13 +52,25 @@ telemetry:
   enabled: false
 """
 MANAGED_MARKER = DAGSTER_YAML.splitlines()[0]
+_POLL_LINE = "  poll_interval_seconds: 30\n"
+_FREE_SLOTS_LINE = "  free_slots_after_run_end_seconds: 60\n"
+assert _POLL_LINE in DAGSTER_YAML and _FREE_SLOTS_LINE in DAGSTER_YAML
+
+
+def instance_yaml(settings: Settings) -> str:
+    """DAGSTER_YAML with this deployment's run monitoring intervals (RIME_RUN_MONITORING_POLL_SECONDS,
+    RIME_RUN_SLOTS_FREE_AFTER_SECONDS)."""
+    return DAGSTER_YAML.replace(
+        _POLL_LINE, f"  poll_interval_seconds: {settings.run_monitoring_poll_seconds}\n"
+    ).replace(_FREE_SLOTS_LINE, f"  free_slots_after_run_end_seconds: {settings.run_slots_free_after_seconds}\n")
 
 
 def ensure_dagster_home(settings: Settings) -> Path:
     home = settings.dagster_home_path
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
+    wanted = instance_yaml(settings)
     current = config.read_text() if config.exists() else None
-    if current is None or (current != DAGSTER_YAML and current.startswith(MANAGED_MARKER)):
-        config.write_text(DAGSTER_YAML)
+    if current is None or (current != wanted and current.startswith(MANAGED_MARKER)):
+        config.write_text(wanted)
     return home

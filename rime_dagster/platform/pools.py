@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
+from dagster._core.launcher import WorkerStatus
 
 from rime_dagster.platform.write_leases import write_lease
 
@@ -66,7 +67,9 @@ def pool_writes(
     def waiting(holder: str) -> None:
         context.log.info(f"Waiting for run {holder} ({waited_for}) to finish writing (write lease of pool {pool}).")
 
-    with write_lease(pool, context.run_id, on_wait=waiting):
+    with write_lease(
+        pool, context.run_id, on_wait=waiting, holder_gone=lambda run_id: run_gone(context.instance, run_id)
+    ):
         if time.time() - started > 1:
             context.log.info(f"Waited {time.time() - started:.1f} s for the write lease of pool {pool}.")
         context.log.info(f"{WRITING} {pool}.")
@@ -74,6 +77,16 @@ def pool_writes(
             yield
         finally:
             context.log.info(f"{DONE_WRITING} {pool}.")
+
+
+def run_gone(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether run `run_id` ended and its worker process is known to be dead (the run launcher checks it on this
+    host): nothing of it can be writing any more. A run whose worker may still live (another host, a forced
+    termination) is not gone: its write lease expires instead."""
+    run = instance.get_run_by_id(run_id)
+    if run is None or not run.is_finished or not instance.run_launcher.supports_check_run_worker_health:
+        return False
+    return instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.FAILED
 
 
 WRITING = "Writing as the only writer of pool"

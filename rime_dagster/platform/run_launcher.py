@@ -160,7 +160,8 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         if alive:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
         return CheckRunHealthResult(
-            WorkerStatus.FAILED, f"the run worker (process {run.tags.get(RUN_WORKER_PID)}) has exited"
+            WorkerStatus.FAILED,
+            f"the run worker (process {run.tags.get(RUN_WORKER_PID)}) exited before the run ended (killed or crashed)",
         )
 
     def terminate(self, run_id: str) -> bool:

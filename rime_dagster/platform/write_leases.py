@@ -11,7 +11,9 @@ would land the new rows twice.
 So a step that writes a pool's tables also holds the pool's write lease: a row of the metadata store, taken by one
 insert or one conditional update (atomic on SQLite, whose transactions begin IMMEDIATE here, and on PostgreSQL),
 renewed by a thread while the step runs, released at its end, and taken over by another run only once it has
-expired: its holder died without releasing it.
+expired: its holder died without releasing it. A waiter that can tell its holder is gone (`holder_gone`: its run
+ended and its worker process no longer lives, as after a SIGKILL) takes it over at once instead of waiting for the
+expiry; a run that ended while its worker still writes (a forced termination) keeps it.
 """
 
 from __future__ import annotations
@@ -40,16 +42,31 @@ POLL_SECONDS = 0.5
 
 @contextmanager
 def write_lease(
-    pool: str, holder: str, *, url: str | None = None, on_wait: Callable[[str], None] | None = None
+    pool: str,
+    holder: str,
+    *,
+    url: str | None = None,
+    on_wait: Callable[[str], None] | None = None,
+    holder_gone: Callable[[str], bool] | None = None,
 ) -> Iterator[None]:
     """Holds `pool`'s write lease for the block, waiting for it first if another holder has it; `on_wait` is called
-    once, with that holder, when the wait begins."""
+    once, with that holder, when the wait begins. `holder_gone(holder)`: True when that holder can no longer be
+    writing (its run ended and its process died): its lease is then taken over without waiting for the expiry."""
     url = url or get_settings().metadata_url
     waiting = False
     while not claim(url, pool, holder):
+        other = current_holder(url, pool)
         if not waiting and on_wait is not None:
-            on_wait(current_holder(url, pool) or "another run")
+            on_wait(other or "another run")
         waiting = True
+        if (
+            other is not None
+            and holder_gone is not None
+            and holder_gone(other)
+            and _take_over(url, pool, other, holder)
+        ):
+            log.warning("took over the write lease of %s from %s: its run ended and its process is gone", pool, other)
+            break
         time.sleep(POLL_SECONDS)
     stop = threading.Event()
     renewer = threading.Thread(
@@ -80,6 +97,17 @@ def claim(url: str, pool: str, holder: str) -> bool:
             update(WriteLease)
             .where(WriteLease.pool == pool, or_(WriteLease.holder == holder, WriteLease.expires_at < now))
             .values(holder=holder, expires_at=until)
+        )
+        return bool(getattr(taken, "rowcount", 0))
+
+
+def _take_over(url: str, pool: str, gone: str, holder: str) -> bool:
+    """Takes the lease from `gone` if it still holds it (one conditional update: one taker wins)."""
+    with session_scope(url) as session:
+        taken = session.execute(
+            update(WriteLease)
+            .where(WriteLease.pool == pool, WriteLease.holder == gone)
+            .values(holder=holder, expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS))
         )
         return bool(getattr(taken, "rowcount", 0))
 

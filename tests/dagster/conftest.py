@@ -124,6 +124,7 @@ def uvicorn_api(
         RIME_LOG_LEVEL="WARNING",
         RIME_CONNECTOR_PATH_ROOTS=json.dumps([str(root) for root in settings.connector_path_roots]),
         DAGSTER_HOME=str(settings.dagster_home_path),
+        **monitoring_env(settings),
         **({"RIME_DATABASE_URL": settings.database_url} if settings.database_url else {}),
     )
     process_env.update(env or {})
@@ -155,6 +156,14 @@ def uvicorn_api(
         except subprocess.TimeoutExpired:
             _signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+
+
+def monitoring_env(settings: Settings) -> dict[str, str]:
+    """The run monitoring settings, for a process that writes dagster.yaml (the API at start) to write the same."""
+    return {
+        "RIME_RUN_MONITORING_POLL_SECONDS": str(settings.run_monitoring_poll_seconds),
+        "RIME_RUN_SLOTS_FREE_AFTER_SECONDS": str(settings.run_slots_free_after_seconds),
+    }
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -262,6 +271,10 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
         dagster_launch_timeout_seconds=60,
         dagster_reload_timeout_seconds=120,
         health_timeout_seconds=5,
+        # A daemon's run monitoring marks a run whose worker was killed failed within a second, and frees the pool
+        # slot it held a second later (test_run_worker_killed.py re-syncs at once).
+        run_monitoring_poll_seconds=1,
+        run_slots_free_after_seconds=1,
         # Source files of the session's tests (each under its own tmp_path) and the repository's demo data.
         connector_path_roots=[tmp.parent, DEMO_DATA],
     )  # migrates the metadata store under settings.home
@@ -275,6 +288,7 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
         # Run workers confine connectors as the API does.
         RIME_CONNECTOR_PATH_ROOTS=json.dumps([str(root) for root in settings.connector_path_roots]),
         DAGSTER_DISABLE_TELEMETRY="1",
+        **monitoring_env(settings),
         # A cancelled dbt step gets 5 s, not dagster-dbt's 25, to stop on SIGINT before it is killed: dbt does not
         # stop while a model runs (the slow fixture's sleeps), so each cancel of one waited the full 25 s.
         DAGSTER_DBT_TERMINATION_TIMEOUT_SECONDS="5",

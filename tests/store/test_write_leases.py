@@ -74,3 +74,20 @@ def test_the_holder_renews_the_lease_while_it_writes(db_url, monkeypatch):
             assert time.monotonic() < deadline, "the lease was never renewed"
             time.sleep(0.05)
     assert current_holder(db_url, POOL) is None
+
+
+def test_a_lease_whose_holder_is_gone_is_taken_over_at_once(db_url, monkeypatch):
+    monkeypatch.setattr(write_leases, "POLL_SECONDS", 0.02)
+    assert claim(db_url, POOL, "run-killed")  # its worker was killed: never released, far from expiring
+    asked: list[str] = []
+
+    def gone(holder: str) -> bool:
+        asked.append(holder)
+        return len(asked) >= 3  # the run ends (its worker found dead) while the next writer waits
+
+    started = time.monotonic()
+    with write_lease(POOL, "run-next", url=db_url, holder_gone=gone):
+        assert current_holder(db_url, POOL) == "run-next"
+    assert time.monotonic() - started < write_leases.LEASE_SECONDS / 10
+    assert set(asked) == {"run-killed"} and len(asked) == 3
+    assert current_holder(db_url, POOL) is None
