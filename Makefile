@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test install bench lint clean postgres-programs
+.PHONY: up test test-postgres install bench lint clean postgres-programs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ endif
 ## Install what the tests need and run the whole suite.
 test: $(STAMP) postgres-programs
 	$(BIN)/python -m pytest
+
+## The whole suite with PostgreSQL under the shared fixtures: Rime's store and Dagster's storage (dagster-postgres)
+## in a throwaway server's databases (tests/conftest.py, RIME_TEST_BACKEND).
+test-postgres: $(STAMP) postgres-programs
+	RIME_TEST_BACKEND=postgresql $(BIN)/python -m pytest
 
 ## Run every benchmark (installs the `bench` extra: dlt, the connector sync peer).
 bench: $(STAMP)

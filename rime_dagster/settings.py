@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         None, description="Dagster GraphQL endpoint; default http://DAGSTER_HOST:DAGSTER_PORT/graphql."
     )
     dagster_ui_url: str | None = Field(None, description="Public Dagster UI base URL used in run links.")
+    dagster_schema: str = Field(
+        "dagster",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="With the metadata store on PostgreSQL: the schema of its database that holds Dagster's run, "
+        "event-log and schedule storage.",
+    )
     dagster_home: Path | None = Field(
         None, description="DAGSTER_HOME for run storage reads; default RIME_HOME/dagster."
     )

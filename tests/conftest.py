@@ -6,6 +6,7 @@ import atexit
 import functools
 import gc
 import itertools
+import os
 import shutil
 import socket
 import sqlite3
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 from _pytest.nodeid import coerce_node_id  # see pytest_collection_modifyitems
 from fastapi.testclient import TestClient
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import make_url
 
 from api_shim.main import create_app
 from api_shim.services import users as user_service
@@ -25,10 +28,60 @@ from api_shim.services.auth import Role
 from rime_dagster.platform.instance import ensure_dagster_home
 from rime_dagster.settings import Settings, get_settings
 from rime_dagster.store.migrate import upgrade_to_head
-from rime_dagster.store.session import engine_for, session_scope
+from rime_dagster.store.session import dispose_engines, engine_for, session_scope
 from tests.support.postgres import fresh_database, throwaway_postgres
 
 ADMIN_TOKEN = "rime_test_admin_token_0123456789abcdef"
+# `make test-postgres` (RIME_TEST_BACKEND=postgresql): the stores the shared fixtures make (the `settings`, `home`
+# and `make_settings` ones) are PostgreSQL databases, Rime's tables and Dagster's storage (dagster-postgres, its own
+# schema) in each, on a throwaway server per test process. Tests that name their backend keep it.
+POSTGRES_BACKEND = os.environ.get("RIME_TEST_BACKEND", "sqlite") == "postgresql"
+_test_databases = itertools.count()
+_kept: list[object] = []  # the server's context manager, exited at exit
+_databases_by_home: dict[Path, str] = {}
+
+
+@functools.cache
+def _postgres_server() -> str:
+    """The throwaway server of this test process (stopped and deleted at exit), with a template database migrated
+    to head and holding Dagster's storage tables."""
+    server = throwaway_postgres()
+    _kept.append(server)
+    url = server.__enter__()
+    atexit.register(server.__exit__, None, None, None)
+    template = _new_database(url, "rime_template")
+    upgrade_to_head(template)
+    folder = Path(tempfile.mkdtemp(prefix="rime-pg-dagster-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    home = ensure_dagster_home(Settings(home=folder, database_url=template))
+    _create_dagster_storage(home)
+    engine_for(template).dispose()
+    return url
+
+
+def _create_dagster_storage(home: Path) -> None:
+    from dagster import DagsterInstance
+
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        instance.get_run_records(limit=1)
+        instance.all_instigator_state()
+    finally:
+        instance.dispose()
+
+
+def postgres_test_database() -> str:
+    """A new database on this process's throwaway server: a copy of the template (Rime's and Dagster's tables)."""
+    return _new_database(_postgres_server(), f"t{os.getpid()}_{next(_test_databases)}", template="rime_template")
+
+
+def _new_database(server_url: str, name: str, template: str | None = None) -> str:
+    """A database on the throwaway server, kept until the server is deleted."""
+    url = make_url(server_url)
+    DatabaseJanitor(
+        user=url.username, host=url.host, port=url.port, dbname=name, template_dbname=template, password=url.password
+    ).init()
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def pytest_collection_finish(session) -> None:
@@ -128,9 +181,13 @@ def _dagster_storage_template() -> Path:
 
 
 def seeded_dagster_home(settings: Settings) -> None:
-    """`settings`' DAGSTER_HOME with its storages created (a copy of the template) unless it has them already."""
+    """`settings`' DAGSTER_HOME with its storages created (a copy of the template) unless it has them already; on
+    PostgreSQL they are in the database (a copy of the template's)."""
     home = settings.dagster_home_path
     if home.exists():
+        return
+    if settings.metadata_url.startswith("postgresql"):
+        ensure_dagster_home(settings)
         return
     shutil.copytree(_dagster_storage_template(), home)
 
@@ -153,6 +210,10 @@ def db_url(request, tmp_path) -> Iterator[str]:
 
 
 def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Settings:
+    if database_url is None and POSTGRES_BACKEND:  # one database per home, as SQLite's file is under it
+        home = Path(overrides.get("home") or tmp_path / "rime")
+        database_url = _databases_by_home.setdefault(home, "") or postgres_test_database()
+        _databases_by_home[home] = database_url
     values = dict(
         home=tmp_path / "rime",
         database_url=database_url,
@@ -177,14 +238,35 @@ def make_settings(tmp_path, database_url: str | None = None, **overrides) -> Set
     return settings
 
 
+@pytest.fixture(autouse=True)
+def _close_test_databases() -> Iterator[None]:
+    """On PostgreSQL each test has databases of its own: their engines' connections close with the test (a server
+    takes a hundred connections; a process's tests would hold one pool per database until collected)."""
+    yield
+    if POSTGRES_BACKEND:
+        dispose_engines()
+
+
+def use_settings(monkeypatch, settings: Settings) -> None:
+    """The process's settings (get_settings(), what the code location reads) become `settings`' home, key and
+    store; the caller clears get_settings' cache when done (or monkeypatch's undo and the next clear do)."""
+    monkeypatch.setenv("RIME_HOME", str(settings.home))
+    monkeypatch.setenv("RIME_SECRET_KEY", settings.secret_key)
+    if settings.database_url:
+        monkeypatch.setenv("RIME_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """RIME_HOME under tmp_path for code that reads the settings, with its metadata store migrated as a deployment's
     is (run steps hold write leases there); connectors may read under tmp_path (returns it)."""
     monkeypatch.setenv("RIME_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RIME_CONNECTOR_PATH_ROOTS", str(tmp_path))
+    if POSTGRES_BACKEND:
+        monkeypatch.setenv("RIME_DATABASE_URL", postgres_test_database())
     get_settings.cache_clear()
-    url = migrated_sqlite(tmp_path / "home" / "rime.db")
+    url = get_settings().metadata_url if POSTGRES_BACKEND else migrated_sqlite(tmp_path / "home" / "rime.db")
     yield tmp_path
     engine_for(url).dispose()
     get_settings.cache_clear()

@@ -311,12 +311,18 @@ def build_source(connector: Connector, cipher: CredentialCipher, settings: Setti
     """The connector's source, confined to what the deployment lets connectors reach."""
     plugin = source_class(connector.connector_type)
     directory = upload_dir(settings, connector)
-    return plugin.from_dicts(
-        connector.config,
-        credentials_of(connector, cipher),
-        upload_dir=directory,
-        access=SourceAccess.from_settings(settings, directory),
-    )
+    try:
+        return plugin.from_dicts(
+            connector.config,
+            credentials_of(connector, cipher),
+            upload_dir=directory,
+            access=SourceAccess.from_settings(settings, directory),
+        )
+    except ValidationError as exc:  # valid when stored, not now: say so (never the values: credentials)
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        raise Unprocessable(f"The connector's config is no longer usable: {where}: {reason}.") from None
 
 
 def delete_connector(session: Session, connector: Connector, settings: Settings) -> None:
@@ -474,7 +480,10 @@ def test_connection(
     """
     with sessions() as session:
         connector = _connector_in(session, tenant_id=tenant_id, project_id=project_id, connector_id=connector_id)
-        source = build_source(connector, cipher, settings)
+        try:
+            source = build_source(connector, cipher, settings)
+        except Unprocessable as exc:
+            return ConnectionTestResult(success=False, message=exc.message)
         left_out = left_out_tables_note(connector)
         discovers = connector.selected_tables is None
     result = source.test(CONNECTION_TIMEOUT_SECONDS)

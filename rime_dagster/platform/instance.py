@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from pathlib import Path
+
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from rime_dagster.settings import Settings
 
+log = logging.getLogger(__name__)
+
 DAGSTER_YAML = """\
-# Written by Rime at start: the embedded Dagster instance (SQLite storage in this folder).
+# Written by Rime at start: the embedded Dagster instance (its storage: see the end of the file).
 # Rime rewrites this file while this first line is unchanged; edit the line to keep your own.
 #
 # Runs launch at once (no queue for the daemon to poll): trigger-to-start is the run worker's
@@ -65,12 +74,68 @@ def instance_yaml(settings: Settings) -> str:
     ).replace(_FREE_SLOTS_LINE, f"  free_slots_after_run_end_seconds: {settings.run_slots_free_after_seconds}\n")
 
 
+# The environment variable that carries the storage's password to every Dagster process: the instance file (which
+# Dagster's UI shows under "Configuration") names it, never the password itself.
+PASSWORD_VARIABLE = "RIME_DAGSTER_STORAGE_PASSWORD"
+
+
+def storage_yaml(settings: Settings) -> str:
+    """Where Dagster keeps runs, event logs and schedules: SQLite files in DAGSTER_HOME, or, when the metadata store
+    is on PostgreSQL, dagster-postgres in the same database under its own schema (RIME_DAGSTER_SCHEMA; Dagster's
+    tables, its alembic_version among them, never meet Rime's)."""
+    url = make_url(settings.metadata_url)
+    if url.get_backend_name() != "postgresql":
+        return "# Storage: SQLite files in this folder (Dagster's default).\n"
+    lines = [
+        f"# Storage: PostgreSQL, database {url.database}, schema {settings.dagster_schema} (dagster-postgres).",
+        "storage:",
+        "  postgres:",
+        "    postgres_db:",
+        f"      username: {json.dumps(url.username or '')}",
+        f"      hostname: {json.dumps(url.host or 'localhost')}",
+        f"      port: {url.port or 5432}",
+        f"      db_name: {json.dumps(url.database or '')}",
+        # psycopg2: SQLAlchemy 2.1's default driver for postgresql:// is psycopg 3, with which dagster-postgres'
+        # NOTIFY (a bound parameter) is a syntax error.
+        "      scheme: postgresql+psycopg2",
+        "      params:",
+        f"        options: {json.dumps('-csearch_path=' + settings.dagster_schema)}",
+    ]
+    if url.password:
+        lines[4:4] = ["      password:", f"        env: {PASSWORD_VARIABLE}"]
+    return "\n".join(lines) + "\n"
+
+
+def storage_environment(settings: Settings) -> dict[str, str]:
+    """What a Dagster process needs in its environment to open the storage `storage_yaml` describes."""
+    password = make_url(settings.metadata_url).password
+    return {PASSWORD_VARIABLE: str(password)} if password else {}
+
+
+def _ensure_schema(settings: Settings) -> None:
+    """Dagster's schema, if the store answers: a process starting while PostgreSQL is down starts anyway (its
+    requests answer 503 until the store is back; `rime up` and `rime migrate` create the schema first)."""
+    engine = create_engine(settings.metadata_url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{settings.dagster_schema}"'))
+    except SQLAlchemyError as exc:
+        log.warning("could not create Dagster's schema %s: %s", settings.dagster_schema, type(exc).__name__)
+    finally:
+        engine.dispose()
+
+
 def ensure_dagster_home(settings: Settings) -> Path:
+    """DAGSTER_HOME with its `dagster.yaml`; on PostgreSQL, Dagster's schema created and this process's environment
+    given the storage's password (the processes `rime up` starts get it from process_env)."""
     home = settings.dagster_home_path
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    wanted = instance_yaml(settings)
+    wanted = instance_yaml(settings) + storage_yaml(settings)
     current = config.read_text() if config.exists() else None
     if current is None or (current != wanted and current.startswith(MANAGED_MARKER)):
         config.write_text(wanted)
+    if make_url(settings.metadata_url).get_backend_name() == "postgresql":
+        _ensure_schema(settings)
+        os.environ.update(storage_environment(settings))
     return home

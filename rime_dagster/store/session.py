@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -175,9 +175,34 @@ def engine_for(
     return _engine(url, read_only, deferred, float(busy_timeout))
 
 
-@functools.lru_cache(maxsize=16)
+_ENGINES: OrderedDict[tuple[str, bool, bool, float], Engine] = OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+_MAX_ENGINES = 16
+
+
 def _engine(url: str, read_only: bool, deferred: bool, busy_timeout: float) -> Engine:
-    return make_engine(url, read_only=read_only, deferred=deferred, busy_timeout=busy_timeout)
+    """Cached; the least recently used engine past 16 is disposed (its pooled connections closed), not left for
+    the garbage collector with its connections open."""
+    key = (url, read_only, deferred, busy_timeout)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is not None:
+            _ENGINES.move_to_end(key)
+            return engine
+        engine = _ENGINES[key] = make_engine(url, read_only=read_only, deferred=deferred, busy_timeout=busy_timeout)
+        evicted = _ENGINES.popitem(last=False)[1] if len(_ENGINES) > _MAX_ENGINES else None
+    if evicted is not None:
+        evicted.dispose()
+    return engine
+
+
+def dispose_engines() -> None:
+    """Disposes and forgets every cached engine (tests that make a database per test)."""
+    with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
+        engine.dispose()
 
 
 def session_factory(

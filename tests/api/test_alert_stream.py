@@ -269,7 +269,9 @@ def test_a_burst_larger_than_a_clients_queue_reaches_it(sqlite_settings, monkeyp
 def test_a_client_of_another_tenant_gets_nothing_of_this_one(tmp_path, sqlite_settings):
     url = sqlite_settings.metadata_url
     ours, theirs = add_rule(url), add_rule(url, tenant="acme")
-    acme_settings = make_settings(tmp_path, alert_stream_poll_seconds=POLL, tenant="acme", admin_token=None)
+    acme_settings = make_settings(
+        tmp_path, url, alert_stream_poll_seconds=POLL, tenant="acme", admin_token=None
+    )  # the same store
     with running(sqlite_settings) as clients, TestClient(create_app(acme_settings)) as acme_client:
         with session_scope(url) as session:
             acme_user = user_service.create_user(

@@ -17,7 +17,7 @@ from rime_dagster.specs import ConnectorSpec
 from rime_dagster.store.ids import new_id
 from rime_dagster.store.models import MaskingPolicy
 from rime_dagster.store.session import session_scope
-from tests.conftest import make_settings, role_clients
+from tests.conftest import make_settings, role_clients, use_settings
 
 
 def url(project: dict, suffix: str = "") -> str:
@@ -173,10 +173,9 @@ CUSTOMERS = [
 @pytest.fixture
 def synced(tmp_path, monkeypatch):
     """An API and a code location's sync sharing one deployment (RIME_HOME) under tmp_path."""
-    monkeypatch.setenv("RIME_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RIME_CONNECTOR_PATH_ROOTS", str(tmp_path))
-    get_settings.cache_clear()
     settings = make_settings(tmp_path, home=tmp_path / "home")
+    use_settings(monkeypatch, settings)
     with role_clients(create_app(settings), settings) as clients:
         yield clients
     get_settings.cache_clear()

@@ -370,3 +370,21 @@ def test_connector_changes_are_audited_against_the_connector(admin, project, fil
         ("connector.update", files_connector["id"], 200),
         ("connector.create", files_connector["id"], 201),
     ]
+
+
+def test_a_source_gone_since_it_was_validated_is_a_422_naming_the_field(admin, project, tmp_path):
+    """A SQLite file deleted after the connector was created: its schema is a 422 saying why, its test a failed
+    test, never a 500."""
+    db = tmp_path / "gone.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE orders (id INTEGER)")
+    body = {"name": "gone", "connector_type": "sqlite", "config": {"path": str(db)}, "selected_tables": ["orders"]}
+    created = admin.post(_url(project), json=body)
+    assert created.status_code == 201, created.text
+    db.unlink()
+    base = _url(project, f"/{created.json()['id']}")
+    schema = admin.get(f"{base}/schema")
+    assert schema.status_code == 422, schema.text
+    assert schema.json()["error"]["message"] == "The connector's config is no longer usable: path: no such file."
+    tested = admin.post(f"{base}/test").json()
+    assert tested == {"success": False, "message": "The connector's config is no longer usable: path: no such file."}

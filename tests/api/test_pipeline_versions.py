@@ -19,6 +19,7 @@ from rime_dagster.store.migrate import alembic_config, downgrade_to_base, upgrad
 from rime_dagster.store.models import PipelineVersion
 from rime_dagster.store.session import session_scope
 from tests.api.test_pipelines import sync
+from tests.conftest import use_settings
 from tests.store.test_readable_names import _rows_at_0005
 
 
@@ -85,9 +86,7 @@ def to_production(clients, setup, pipeline, version: int, second_lead) -> None:
 
 def built_repository(settings, monkeypatch) -> dg.RepositoryDefinition:
     """What the code location builds from the app's store."""
-    monkeypatch.setenv("RIME_HOME", str(settings.home))
-    monkeypatch.setenv("RIME_SECRET_KEY", settings.secret_key)
-    get_settings.cache_clear()
+    use_settings(monkeypatch, settings)
     try:
         store = MetadataStoreResource()
         return build_definitions(load_specs(store), store).get_repository_def()

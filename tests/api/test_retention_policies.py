@@ -17,7 +17,7 @@ from rime_dagster.resources import MetadataStoreResource
 from rime_dagster.settings import get_settings
 from rime_dagster.specs import load_specs
 from rime_dagster.store.models import Project
-from tests.conftest import Clients, make_settings, role_clients
+from tests.conftest import Clients, make_settings, role_clients, use_settings
 from tests.tables.conftest import append
 
 TABLES = ("shop__orders", "shop__customers", "shop__items")
@@ -107,8 +107,7 @@ def test_the_policy_shows_its_newest_run_from_dagsters_run_storage(clients, proj
     """A tick of the policy's schedule, run as Dagster runs it (in process, on the API's Dagster instance): the
     policy then answers the run, by its id, in its get and in the project's list."""
     settings = clients.app.state.settings
-    monkeypatch.setenv("RIME_HOME", str(settings.home))  # the run reads the settings as a deployment's run does
-    get_settings.cache_clear()
+    use_settings(monkeypatch, settings)  # the run reads the settings as a deployment's run does
     try:
         table = "shop__events"
         catalog = clients.app.state.iceberg.catalog()

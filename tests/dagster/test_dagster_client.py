@@ -35,7 +35,7 @@ from rime_dagster.settings import Settings, get_settings
 from rime_dagster.store.generation import current_generation
 from rime_dagster.store.models import IdempotencyKey
 from rime_dagster.store.session import engine_for, session_factory, session_scope
-from tests.conftest import make_settings
+from tests.conftest import make_settings, use_settings
 from tests.dagster.conftest import Webserver, graphql, location_entry
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -283,8 +283,7 @@ def store_settings(tmp_path, monkeypatch) -> Iterator[Settings]:
     settings = make_settings(tmp_path)
     for name in [n for n in os.environ if n.startswith("RIME_")]:
         monkeypatch.delenv(name)
-    monkeypatch.setenv("RIME_HOME", str(settings.home))
-    get_settings.cache_clear()
+    use_settings(monkeypatch, settings)
     yield settings
     get_settings.cache_clear()
     engine_for(settings.metadata_url).dispose()

@@ -29,7 +29,7 @@ from rime_dagster.settings import get_settings
 from rime_dagster.store.models import AlertDelivery, NotificationChannel
 from rime_dagster.store.session import session_factory, session_scope
 from rime_dagster.store.types import utcnow
-from tests.conftest import closed_port, make_settings
+from tests.conftest import closed_port, make_settings, use_settings
 from tests.monitoring.outbox import add_channel, add_project, add_rule, fire
 from tests.support.receivers import http_receiver, make_certificates, silent_server, smtp_server
 from tests.support.waiting import wait_until
@@ -362,8 +362,7 @@ class TestClaims:
 class TestSensor:
     @pytest.mark.slow
     def test_delivery_sensor_sends_what_is_due(self, settings, monkeypatch):
-        monkeypatch.setenv("RIME_HOME", str(settings.home))
-        monkeypatch.setenv("RIME_SECRET_KEY", "test-secret-key")
+        use_settings(monkeypatch, settings)
         monkeypatch.setenv("RIME_ALERT_DELIVERY_TIMEOUT_SECONDS", "2")
         get_settings.cache_clear()
         try:

@@ -17,7 +17,7 @@ from api_shim.main import create_app
 from rime_dagster.pipelines.jobs import Resources, pipeline_definitions
 from rime_dagster.resources import MetadataStoreResource, get_settings
 from rime_dagster.specs import load_specs
-from tests.conftest import make_settings, role_clients
+from tests.conftest import make_settings, role_clients, use_settings
 
 
 @pytest.fixture
@@ -238,9 +238,7 @@ def test_a_file_uploaded_after_the_trigger_starts_one_run(clients, setup, settin
     pipeline = created(admin, setup, "on upload", [{"type": "on_upload", "connector_id": shop}], [sync(shop)])
     put("after.csv")
 
-    monkeypatch.setenv("RIME_HOME", str(settings.home))
-    monkeypatch.setenv("RIME_SECRET_KEY", settings.secret_key)
-    get_settings.cache_clear()
+    use_settings(monkeypatch, settings)
     try:
         specs = load_specs(MetadataStoreResource())
         [spec] = [p for p in specs.pipelines if p.id == pipeline["id"]]

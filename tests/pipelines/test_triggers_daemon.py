@@ -28,6 +28,7 @@ from dagster._daemon.sensor import execute_sensor_iteration
 from api_shim.services.pipeline_runs import trigger_event, trigger_of
 from rime_dagster.platform.iceberg import open_catalog
 from rime_dagster.resources import get_settings
+from tests.conftest import use_settings
 
 pytestmark = pytest.mark.slow
 LOCATION = "from rime_dagster.definitions import load_definitions\n\ndefs = load_definitions()\n"
@@ -37,9 +38,7 @@ log = logging.getLogger(__name__)
 @pytest.fixture
 def platform(settings, monkeypatch):
     """The code location reads the API's store: the same RIME_HOME."""
-    monkeypatch.setenv("RIME_HOME", str(settings.home))
-    monkeypatch.setenv("RIME_SECRET_KEY", settings.secret_key)
-    get_settings.cache_clear()
+    use_settings(monkeypatch, settings)
     yield settings
     get_settings.cache_clear()
 

@@ -16,7 +16,7 @@ from rime_dagster.settings import get_settings
 from rime_dagster.store.models import AlertEvent
 from rime_dagster.store.retention import purge_alert_events
 from rime_dagster.store.session import session_scope
-from tests.conftest import make_settings
+from tests.conftest import make_settings, use_settings
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -75,9 +75,8 @@ def deployment(tmp_path, monkeypatch):
     settings = make_settings(tmp_path)
     for name in [n for n in os.environ if n.startswith("RIME_")]:
         monkeypatch.delenv(name)
-    monkeypatch.setenv("RIME_HOME", str(settings.home))
     monkeypatch.setenv("RIME_ALERT_EVENTS_RETENTION_HOURS", "2")
-    get_settings.cache_clear()
+    use_settings(monkeypatch, settings)
     yield settings
     get_settings.cache_clear()
 

@@ -83,7 +83,8 @@ def throwaway_postgres_server() -> Iterator[tuple[str, PostgreSQLExecutor]]:
         startparams="-w",
         dbname="rime",
         user=USER,
-        postgres_options="-c listen_addresses=127.0.0.1 -c full_page_writes=off",  # -F (no fsync) is the executor's
+        # -F (no fsync) is the executor's. Connections: a test process's pools, Dagster's and the servers' it starts.
+        postgres_options="-c listen_addresses=127.0.0.1 -c full_page_writes=off -c max_connections=300",
     )
     try:
         server.start()
