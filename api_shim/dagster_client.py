@@ -11,6 +11,7 @@ import functools
 import logging
 import ssl
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
@@ -41,6 +42,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 RUN_PREFIX = "run_"
+# Finished runs whose events (RunEvents: rows landed, failure messages) a process keeps; a few MB at most.
+FINISHED_EVENTS_KEPT = 4096
 # A run's status in Rime's words.
 RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 # Dagster run status -> Rime run status
@@ -202,6 +205,9 @@ class DagsterClient:
         # Set by the app: launches wait on it for the generation they need.
         self.definitions: DefinitionsSync | None = None
         self._http_client: httpx.Client | None = None
+        # What a finished run materialized and why it failed never changes: run histories read each run's once.
+        self._finished_events: OrderedDict[str, RunEvents] = OrderedDict()
+        self._finished_events_lock = threading.Lock()
 
     @property
     def _http(self) -> httpx.Client:
@@ -520,8 +526,27 @@ class DagsterClient:
         records = self._run_records(RunsFilter(run_ids=[dagster_run_id]), 1)
         return records[0] if records else None
 
-    def run_events(self, dagster_run_id: str) -> RunEvents:
-        """Materializations (asset key path -> metadata values) and the failure messages of a run."""
+    def run_events(self, dagster_run_id: str, *, finished: bool = False) -> RunEvents:
+        """Materializations (asset key path -> metadata values) and the failure messages of a run. `finished`: the
+        run has ended (its events are all written), so they are kept, for the FINISHED_EVENTS_KEPT runs read last.
+
+        On SQLite, Dagster keeps an event log file per run and opens it (a new engine) for each read: a page of 100
+        runs cost 100 of those every time it was listed."""
+        if finished:
+            with self._finished_events_lock:
+                kept = self._finished_events.get(dagster_run_id)
+                if kept is not None:
+                    self._finished_events.move_to_end(dagster_run_id)
+                    return kept
+        events = self._read_run_events(dagster_run_id)
+        if finished:
+            with self._finished_events_lock:
+                self._finished_events[dagster_run_id] = events
+                while len(self._finished_events) > FINISHED_EVENTS_KEPT:
+                    self._finished_events.popitem(last=False)
+        return events
+
+    def _read_run_events(self, dagster_run_id: str) -> RunEvents:
         from dagster import DagsterEventType
 
         kinds = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}

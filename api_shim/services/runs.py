@@ -50,7 +50,7 @@ def run_view(client: DagsterClient, record: RunRecord, *, with_events: bool = Tr
         started_at=started,
         finished_at=finished,
         duration_seconds=duration,
-        events=client.run_events(run.run_id) if with_events else RunEvents(),
+        events=client.run_events(run.run_id, finished=run.is_finished) if with_events else RunEvents(),
         record=record,
     )
 

@@ -362,3 +362,23 @@ def test_a_stopped_sync_gives_up_its_reload_lease_at_once(tmp_path):
         stopping.stop()
     assert other._take_lease()
     other._release_lease()
+
+
+def test_a_finished_runs_events_are_read_once(tmp_path):
+    """Run histories list each run's events; a finished run's never change, so its event log is read once."""
+    from dagster import DagsterRun, DagsterRunStatus
+
+    client = DagsterClient(make_settings(tmp_path))
+    instance = client.instance()
+    finished, running = (
+        instance.add_run(DagsterRun(job_name="sync", run_id=str(uuid.uuid4()), status=status))
+        for status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.STARTED)
+    )
+    reads: list[str] = []
+    read = client._read_run_events
+    client._read_run_events = lambda run_id: reads.append(run_id) or read(run_id)
+    for _ in range(3):
+        client.run_events(finished.run_id, finished=finished.is_finished)
+        client.run_events(running.run_id, finished=running.is_finished)
+    assert reads == [finished.run_id] + [running.run_id] * 3
+    client.close()
