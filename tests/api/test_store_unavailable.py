@@ -18,7 +18,7 @@ from api_shim.main import create_app
 from rime_dagster.settings import Settings
 from rime_dagster.store.models import AuditLog, Project
 from rime_dagster.store.session import engine_for, session_scope
-from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.conftest import ADMIN_TOKEN, make_settings, migrated_sqlite
 from tests.support.postgres import throwaway_postgres_server
 
 BUSY_TIMEOUT = 0.3
@@ -35,7 +35,9 @@ def serving(settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def sqlite_api(tmp_path_factory) -> Iterator[tuple[TestClient, Settings]]:
-    settings = make_settings(tmp_path_factory.mktemp("locked"), metadata_busy_timeout_seconds=BUSY_TIMEOUT)
+    tmp = tmp_path_factory.mktemp("locked")
+    sqlite = migrated_sqlite(tmp / "rime" / "rime.db")  # SQLite's lock, whatever backend the suite runs on
+    settings = make_settings(tmp, sqlite, metadata_busy_timeout_seconds=BUSY_TIMEOUT)
     with serving(settings) as client:
         assert client.post("/api/v1/projects", json={"name": "before"}).status_code == 201
         yield client, settings

@@ -292,7 +292,7 @@ def running_dagster(tmp: Path, database_url: str | None = None) -> Iterator[Webs
         # A cancelled dbt step gets 5 s, not dagster-dbt's 25, to stop on SIGINT before it is killed: dbt does not
         # stop while a model runs (the slow fixture's sleeps), so each cancel of one waited the full 25 s.
         DAGSTER_DBT_TERMINATION_TIMEOUT_SECONDS="5",
-        **({"RIME_DATABASE_URL": database_url} if database_url else {}),
+        **({"RIME_DATABASE_URL": settings.database_url} if settings.database_url else {}),
     )
     env_marker = f"DAGSTER_HOME={dagster_home}"
     log_path = tmp / "webserver.log"
