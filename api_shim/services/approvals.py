@@ -138,26 +138,19 @@ def approve(
         )
     check_embedded_present(session, project, version, request.to_environment)
     place(session, pipeline, version, request.to_environment, by=principal.email, approval_request_id=request.id)
-    request.status, request.decided_by, request.decided_at, request.reason = (
-        "approved",
-        principal.email,
-        utcnow(),
-        reason,
-    )
-    session.flush()
-    return _detail(session, request)
+    return _decided(session, request, "approved", principal, reason)
 
 
 def reject(
     session: Session, project: Project, request_id: str, principal: Principal, reason: str
 ) -> ApprovalRequestDetail:
-    request = _pending(session, project, request_id)
-    request.status, request.decided_by, request.decided_at, request.reason = (
-        "rejected",
-        principal.email,
-        utcnow(),
-        reason,
-    )
+    return _decided(session, _pending(session, project, request_id), "rejected", principal, reason)
+
+
+def _decided(
+    session: Session, request: ApprovalRequest, status: str, principal: Principal, reason: str | None
+) -> ApprovalRequestDetail:
+    request.status, request.decided_by, request.decided_at, request.reason = status, principal.email, utcnow(), reason
     session.flush()
     return _detail(session, request)
 

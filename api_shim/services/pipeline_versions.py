@@ -297,30 +297,34 @@ def promote(session: Session, project: Project, pipeline_id: str, ref: str, prin
     return _moved("pending_approval", current, version, request.id)
 
 
-def demote(session: Session, project: Project, pipeline_id: str, ref: str, principal: Principal) -> PromotionResult:
-    """uat -> qa: qa runs the version again and uat runs none."""
+def _leaving(
+    session: Session, project: Project, pipeline_id: str, ref: str, environment: str, action: str
+) -> tuple[Pipeline, PipelineVersion]:
+    """The pipeline and version about to leave `environment` (which it must run; no other pipeline there may embed
+    it), with the environment's slot removed."""
     row = get_pipeline(session, project, pipeline_id)
     version = get_version(session, row, ref)
-    slot = session.get(PipelineEnvironment, (row.id, UAT))
+    slot = session.get(PipelineEnvironment, (row.id, environment))
     if slot is None or slot.version_id != version.id:
-        raise Conflict(f"Version {version.version} is not in uat: only uat's version can be demoted (to qa).")
-    check_not_embedded(session, project, row, [UAT])
+        raise Conflict(
+            f"Version {version.version} is not in {environment}: only {environment}'s version can be {action}."
+        )
+    check_not_embedded(session, project, row, [environment])
     session.delete(slot)
+    return row, version
+
+
+def demote(session: Session, project: Project, pipeline_id: str, ref: str, principal: Principal) -> PromotionResult:
+    """uat -> qa: qa runs the version again and uat runs none."""
+    row, version = _leaving(session, project, pipeline_id, ref, UAT, "demoted (to qa)")
     place(session, row, version, QA, by=principal.email)
     return _moved("demoted", QA, version)
 
 
 def retire(session: Session, project: Project, pipeline_id: str, ref: str, principal: Principal) -> PromotionResult:
     """Production stops running the version: its job and schedule go, and development is live again."""
-    row = get_pipeline(session, project, pipeline_id)
-    version = get_version(session, row, ref)
-    slot = session.get(PipelineEnvironment, (row.id, PRODUCTION))
-    if slot is None or slot.version_id != version.id:
-        raise Conflict(f"Version {version.version} is not in production: only production's version can be retired.")
-    check_not_embedded(session, project, row, [PRODUCTION])
-    session.delete(slot)
+    row, version = _leaving(session, project, pipeline_id, ref, PRODUCTION, "retired")
     version.retired_at = utcnow()
     version.retired_by = principal.email
     session.flush()
-    standing = Standing(session, row)
-    return _moved("retired", standing.environment(version), version)
+    return _moved("retired", Standing(session, row).environment(version), version)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from starlette.testclient import WebSocketDenialResponse
@@ -74,6 +75,17 @@ def sse_events(api, url: str) -> list[tuple[str, dict]]:
             elif line.startswith("data: "):
                 events.append((event, json.loads(line.removeprefix("data: "))))
     return events
+
+
+def inbox(api, tmp_path, project_name: str) -> tuple[dict, dict, Path]:
+    """A project with a files connector `Inbox` over a folder holding orders.csv: (project, connector, folder)."""
+    project = api.post("/api/v1/projects", json={"name": project_name}).json()
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    (folder / "orders.csv").write_text("id,amount\n1,2.5\n")
+    body = {"name": "Inbox", "connector_type": "files", "config": {"path": str(folder)}, "selected_tables": ["orders"]}
+    connector = api.post(f"/api/v1/projects/{project['id']}/connectors", json=body).json()
+    return project, connector, folder
 
 
 def test_sync_then_dbt_build_from_the_api_with_live_progress(api, dagster_webserver: Webserver, demo_shop):
@@ -184,20 +196,8 @@ steps:
 
 
 def test_failure_skips_downstream_and_dagster_launched_runs_show(api, dagster_webserver: Webserver, tmp_path):
-    project = api.post("/api/v1/projects", json={"name": "pipeline failures"}).json()
+    project, connector, folder = inbox(api, tmp_path, "pipeline failures")
     pid = project["id"]
-    folder = tmp_path / "inbox"
-    folder.mkdir()
-    (folder / "orders.csv").write_text("id,amount\n1,2.5\n")
-    connector = api.post(
-        f"/api/v1/projects/{pid}/connectors",
-        json={
-            "name": "Inbox",
-            "connector_type": "files",
-            "config": {"path": str(folder)},
-            "selected_tables": ["orders"],
-        },
-    ).json()
     pipeline = api.post(
         f"/api/v1/projects/{pid}/pipelines",
         json={
@@ -260,20 +260,8 @@ def test_failure_skips_downstream_and_dagster_launched_runs_show(api, dagster_we
 
 
 def test_production_runs_its_approved_version_while_development_changes(api, dagster_webserver: Webserver, tmp_path):
-    project = api.post("/api/v1/projects", json={"name": "pipeline environments"}).json()
+    project, connector, _ = inbox(api, tmp_path, "pipeline environments")
     pid = project["id"]
-    folder = tmp_path / "inbox"
-    folder.mkdir()
-    (folder / "orders.csv").write_text("id,amount\n1,2.5\n")
-    connector = api.post(
-        f"/api/v1/projects/{pid}/connectors",
-        json={
-            "name": "Inbox",
-            "connector_type": "files",
-            "config": {"path": str(folder)},
-            "selected_tables": ["orders"],
-        },
-    ).json()
     sync = {"id": "sync", "type": "connector_sync", "config": {"connector_id": connector["id"]}}
     pipeline = api.post(f"/api/v1/projects/{pid}/pipelines", json={"name": "staged", "steps": [sync]}).json()
     base = f"/api/v1/projects/{pid}/pipelines/{pipeline['id']}"
