@@ -253,7 +253,7 @@ def _second_up_on_the_same_ports_exits_at_once(tmp_path, api_port: int, dagster_
         [sys.executable, "-m", "api_shim.cli", "up"], env=env, capture_output=True, text=True, timeout=60
     )
     assert second.returncode == 2, second.stdout + second.stderr
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # an interpreter start and the port check: seconds even on a busy machine
     assert f"port {api_port} on 127.0.0.1 is in use (set RIME_API_PORT to use another)" in second.stderr
     assert f"port {dagster_port} on 127.0.0.1 is in use (set RIME_DAGSTER_PORT to use another)" in second.stderr
     assert not (tmp_path / "second").exists()
