@@ -82,7 +82,7 @@ def _moved(status: str, environment: str, version: PipelineVersion, request_id: 
 def get_version(session: Session, row: Pipeline, ref: str) -> PipelineVersion:
     """A version by its number (`3`) or id (`pver_...`)."""
     query = select(PipelineVersion).where(PipelineVersion.pipeline_id == row.id)
-    if ref.isdigit():
+    if ref.isdigit() and len(ref) <= 9:  # a longer number is no version, and past PostgreSQL's integer
         version = session.scalar(query.where(PipelineVersion.version == int(ref)))
     else:
         version = session.scalar(query.where(PipelineVersion.id == ref))

@@ -128,6 +128,8 @@ def test_each_edit_of_the_definition_is_a_version(clients, setup, pipeline):
     newest_first = viewer.get(f"{setup['url']}/{pipeline['id']}/versions", params={"order": "desc"}).json()
     assert [v["version"] for v in newest_first["data"]] == [4, 3, 2, 1]
     assert viewer.get(f"{setup['url']}/{pipeline['id']}/versions/9").status_code == 404
+    huge = "9" * 30  # past any database's integer: still a 404, not a driver error
+    assert viewer.get(f"{setup['url']}/{pipeline['id']}/versions/{huge}").status_code == 404
 
 
 def test_production_needs_another_leads_approval(clients, setup, pipeline, second_lead):
